@@ -1,0 +1,1 @@
+"""Decoding: the one tree-verification engine (tree build, verify, accept, KV compaction)."""

@@ -1,0 +1,1 @@
+"""Evaluation: acceptance length, per-depth acceptance, throughput and speedup reports."""

@@ -1,0 +1,1 @@
+"""Draft-head families, one file each (config + module + registration)."""

@@ -1,0 +1,1 @@
+"""Shipped recipes: `<base>/<job>.yaml` (complete and runnable) and `accelerate/*.yaml` launch configs."""

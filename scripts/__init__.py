@@ -1,0 +1,1 @@
+"""Command line: `draftheads <verb>`, a thin dispatch table over importable functions."""

@@ -1,0 +1,66 @@
+"""`draftheads <verb>`: a dispatch table over small verb modules.
+
+Each verb module has `add_arguments(parser)` (cheap: argparse only, so `--help` is fast) and
+`run(args) -> int` (imports the heavy parts). Errors caused by user input (`DraftheadsError`) are
+printed as one clear message with exit status 2; anything else is a bug and keeps its traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from dataclasses import dataclass
+
+from draftheads.utils.errors import DraftheadsError
+
+
+@dataclass(frozen=True)
+class Verb:
+    """One command: its words on the command line, the module implementing it, a one-line summary."""
+
+    words: tuple[str, ...]
+    module: str
+    summary: str
+
+
+VERBS = (
+    Verb(("data", "inspect"), "draftheads.scripts.data_inspect", "print a tokenised row with its loss mask, and dataset statistics"),
+    Verb(("config",), "draftheads.scripts.config_show", "print a recipe resolved with its defaults and overrides"),
+)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The full argument parser, one subcommand (or group of subcommands) per verb."""
+    parser = argparse.ArgumentParser(prog="draftheads", description="Train, evaluate and publish speculative-decoding draft heads.")
+    groups = parser.add_subparsers(dest="verb", metavar="VERB", required=True)
+    nested: dict[str, argparse._SubParsersAction] = {}
+    for verb in VERBS:
+        head, *rest = verb.words
+        if not rest:
+            sub = groups.add_parser(head, help=verb.summary, description=verb.summary)
+        else:
+            if head not in nested:
+                group = groups.add_parser(head, help=f"{head} commands")
+                nested[head] = group.add_subparsers(dest=f"{head}_verb", metavar="VERB", required=True)
+            sub = nested[head].add_parser(rest[0], help=verb.summary, description=verb.summary)
+        importlib.import_module(verb.module).add_arguments(sub)
+        sub.set_defaults(verb_module=verb.module)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the `draftheads` console script."""
+    args = build_parser().parse_args(argv)
+    try:
+        return importlib.import_module(args.verb_module).run(args) or 0
+    except DraftheadsError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

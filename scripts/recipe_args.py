@@ -1,0 +1,48 @@
+"""Command-line arguments shared by every verb that reads a recipe."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from draftheads.train.config import Recipe
+
+
+def add_recipe_arguments(parser: argparse.ArgumentParser) -> None:
+    """`[RECIPE] [key.sub=value ...]` plus quick flags for the base model and data."""
+    parser.add_argument(
+        "items",
+        nargs="*",
+        metavar="RECIPE | key=value",
+        help="a recipe (a YAML path, or a shipped name like smollm2-135m/data), then overrides such as "
+        "data.max_length=512 data.sources.0.limit=100",
+    )
+    parser.add_argument("--base", help="base model: Hub id, folder, .gguf file or demo:smollm2-135m (sets model.base)")
+    parser.add_argument(
+        "--data", action="append", metavar="PATH", help="data source, repeatable (replaces data.sources); demo:sharegpt, demo:mt-bench"
+    )
+    parser.add_argument("--limit", type=int, help="keep at most this many conversations per source")
+
+
+def recipe_from_args(args: argparse.Namespace) -> "Recipe":
+    """Resolve the recipe named on the command line, with flags and overrides applied."""
+    from draftheads.train.config import load_recipe  # imports torch: not needed for --help
+
+    recipes = [item for item in args.items if "=" not in item]
+    overrides = [item for item in args.items if "=" in item]
+    if len(recipes) > 1:
+        raise SystemExit(f"error: one recipe at most, got {', '.join(recipes)}")
+    # Flags become overrides, so they are type-checked like everything else.
+    if args.base:
+        overrides.append(f"model.base={json.dumps(args.base)}")
+    if args.data:
+        overrides.append("data.sources=" + json.dumps([{"path": p} for p in args.data]))
+    recipe = load_recipe(recipes[0] if recipes else None, overrides)
+    if args.limit is not None:
+        count = len(recipe.data.sources)
+        extra = [f"data.sources.{i}.limit={args.limit}" for i in range(count)]
+        recipe = load_recipe(recipes[0] if recipes else None, overrides + extra)
+    return recipe

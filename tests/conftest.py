@@ -1,0 +1,25 @@
+"""Shared fixtures: the real demo tokenizer, tiny in-process Llama models, data files."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+
+@pytest.fixture(scope="session")
+def demo_tokenizer():
+    """The demo model's real tokenizer (SmolLM2, ChatML), loaded from the converted cache."""
+    from draftheads.models.backbone import load_tokenizer
+
+    return load_tokenizer("demo:smollm2-135m")
+
+
+@pytest.fixture
+def tiny_llama():
+    """A freshly initialised tiny LlamaForCausalLM in eval mode (seeded)."""
+    from transformers import LlamaForCausalLM
+
+    from helpers import tiny_llama_config
+
+    torch.manual_seed(0)
+    return LlamaForCausalLM(tiny_llama_config()).eval()

@@ -1,0 +1,78 @@
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+from helpers import write_jsonl
+from draftheads.scripts.cli import VERBS, build_parser, main
+
+SAMPLE = {"id": "s1", "conversations": [{"from": "human", "value": "Name a colour."}, {"from": "gpt", "value": "Blue."}]}
+
+
+@pytest.mark.parametrize("verb", VERBS, ids=lambda v: " ".join(v.words))
+def test_every_verb_has_help(verb, capsys):
+    with pytest.raises(SystemExit) as done:
+        build_parser().parse_args([*verb.words, "--help"])
+    assert done.value.code == 0 and verb.summary in capsys.readouterr().out
+
+
+def test_data_inspect_prints_the_mask_and_statistics(tmp_path, capsys):
+    path = write_jsonl(tmp_path / "d.jsonl", [SAMPLE, SAMPLE])
+    assert main(["data", "inspect", "--data", str(path), "--color", "never", "--tokens", "data.max_length=256"]) == 0
+    out = capsys.readouterr().out
+    assert "<|im_start|>assistant\n⟦Blue.<|im_end|>⟧\n" in out
+    assert "row 1 of 2:" in out and "2 records read, 2 kept" in out and "conversations: 2" in out
+    assert "'Blue'" in out  # the per-token table
+
+
+def test_data_inspect_colour_marks_the_trained_text(tmp_path, capsys):
+    path = write_jsonl(tmp_path / "d.jsonl", [SAMPLE])
+    main(["data", "inspect", "--data", str(path), "--color", "always"])
+    assert "\x1b[30;42mBlue.<|im_end|>\x1b[0m" in capsys.readouterr().out
+
+
+def test_packed_rows_show_document_boundaries(tmp_path, capsys):
+    path = write_jsonl(tmp_path / "d.jsonl", [SAMPLE] * 3)
+    main(["data", "inspect", "--data", str(path), "--color", "never", "data.packing=true", "data.max_length=512"])
+    out = capsys.readouterr().out
+    assert out.count("next packed document") == 2 and "packed rows: 1" in out
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["data", "inspect", "--data", "{bad}"], "error: {bad}: no such file or folder"),
+        (["data", "inspect", "data.nope=1"], "error: defaults: data.nope: unknown key"),
+        (["data", "inspect", "--base", "demo:nothing"], "error: unknown demo model 'demo:nothing'"),
+        (["config", "missing.yaml"], "error: missing.yaml: no such recipe file"),
+        (["data", "inspect", "--data", "{jsonl}", "--show", "9"], "error: --show 9: the dataset has rows 1..1"),
+        (["data", "inspect", "--data", "{jsonl}", "--limit", "0"], "limit must be at least 1"),
+    ],
+)
+def test_user_errors_are_one_line_without_traceback(tmp_path, capsys, argv, message):
+    (tmp_path / "bad.jsonl").write_text('{"conversations": [\n')
+    jsonl = write_jsonl(tmp_path / "ok.jsonl", [SAMPLE])
+    argv = [a.format(bad=tmp_path / "nope.jsonl", jsonl=jsonl) for a in argv]
+    message = message.format(bad=tmp_path / "nope.jsonl")
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err
+
+
+def test_malformed_line_is_reported_by_the_console_script(tmp_path):
+    path = write_jsonl(tmp_path / "d.jsonl", [SAMPLE, '{"conversations": [', SAMPLE])
+    done = subprocess.run(["draftheads", "data", "inspect", "--data", str(path)], capture_output=True, text=True)
+    assert done.returncode == 2 and "Traceback" not in done.stderr
+    assert f"error: {path}: line 2: malformed JSON" in done.stderr
+
+
+def test_config_prints_and_saves_the_resolved_recipe(tmp_path):
+    done = subprocess.run(
+        [sys.executable, "-m", "draftheads.scripts.cli", "config", "smollm2-135m/data", "data.max_length=99", "--save", str(tmp_path)],
+        capture_output=True,
+        text=True,
+    )
+    assert done.returncode == 0, done.stderr
+    assert "max_length: 99" in done.stdout and (tmp_path / "recipe.yaml").read_text() in done.stdout

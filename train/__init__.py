@@ -1,0 +1,1 @@
+"""Training: recipe configs, losses, the accelerate loop, schedules and checkpoints."""
