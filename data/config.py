@@ -39,9 +39,15 @@ class DataConfig:
     instead of stopping at the first with an error."""
     chat_template: str | None = None
     """A Jinja chat template (inline, or a path to a .jinja file) replacing the tokenizer's own."""
+    eval_fraction: float = 0.02
+    """Share of conversations held out for evaluation (at least one when > 0), chosen by `eval_seed`."""
+    eval_seed: int = 0
+    """Seed of the held-out selection, independent of the training seed."""
 
     def __post_init__(self) -> None:
         if self.max_length < 2:
             raise ValueError(f"max_length must be at least 2, got {self.max_length}")
+        if not 0.0 <= self.eval_fraction < 1.0:
+            raise ValueError(f"eval_fraction must be in [0, 1), got {self.eval_fraction}")
         if not self.sources:
             raise ValueError("sources must name at least one input")

@@ -41,6 +41,8 @@ class DataStats:
     skipped: dict[str, int] = field(default_factory=dict)
     lengths: list[int] = field(default_factory=list)
     rows: int = 0
+    held_out: int = 0
+    """Conversations held out for evaluation."""
     packed_slots: int | None = None
     """With packing: token slots in all rows (rows x max_length), to report how full rows are."""
 
@@ -59,6 +61,8 @@ class DataStats:
             f"length: mean {statistics.fmean(self.lengths):.0f}, p50 {q[50]}, p90 {q[90]}, p99 {q[99]}, max {max(self.lengths)}",
             f"truncated to max_length: {self.truncated}",
         ]
+        if self.held_out:
+            out.append(f"held out for evaluation: {self.held_out} conversations")
         if self.packed_slots:
             out.append(f"packed rows: {self.rows} ({self.tokens / self.packed_slots:.1%} of token slots used)")
         else:
@@ -138,18 +142,32 @@ class ChatDataset(torch.utils.data.Dataset):
         return self.rows[index]
 
 
-def build_dataset(
+def split_held_out(rows: list[Row], fraction: float, seed: int) -> tuple[list[Row], list[Row]]:
+    """Hold out `fraction` of the conversations (at least one if fraction > 0), keeping file order."""
+    if fraction <= 0 or len(rows) < 2:
+        return rows, []
+    count = max(1, round(len(rows) * fraction))
+    picked = set(torch.randperm(len(rows), generator=torch.Generator().manual_seed(seed))[:count].tolist())
+    train = [r for i, r in enumerate(rows) if i not in picked]
+    held = [r for i, r in enumerate(rows) if i in picked]
+    return train, held
+
+
+def build_datasets(
     cfg: DataConfig, tokenizer, model_name: str = "the tokenizer", progress: bool = True
-) -> tuple[ChatDataset, DataStats, ChatFormatter]:
-    """Read every source, tokenise with assistant-only masks, truncate and optionally pack."""
+) -> tuple[ChatDataset, ChatDataset, DataStats, ChatFormatter]:
+    """Training and held-out datasets: split by conversation before packing, so no conversation is in both."""
     formatter = ChatFormatter(tokenizer, cfg.chat_template, model_name)
     conversations, reports = read_sources(cfg.sources, require_assistant=True, skip_invalid=cfg.skip_invalid)
     stats = DataStats(sources=reports)
     if not conversations:
         raise DataError("no usable conversations in: " + ", ".join(s.path for s in cfg.sources))
     rows = tokenize_conversations(conversations, formatter, cfg.max_length, cfg.skip_invalid, stats, progress)
+    train, held = split_held_out(rows, cfg.eval_fraction, cfg.eval_seed)
+    stats.held_out = len(held)
     if cfg.packing:
-        rows = pack_rows(rows, cfg.max_length)
-        stats.packed_slots = len(rows) * cfg.max_length
-    stats.rows = len(rows)
-    return ChatDataset(rows), stats, formatter
+        train, held = pack_rows(train, cfg.max_length), pack_rows(held, cfg.max_length)
+        stats.packed_slots = (len(train) + len(held)) * cfg.max_length
+    stats.rows = len(train) + len(held)
+    return ChatDataset(train), ChatDataset(held), stats, formatter
+

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from draftheads.data.dataset import Row, build_dataset
+from draftheads.data.dataset import Row, build_datasets
 from draftheads.models.backbone import load_tokenizer, resolve_location, tokenizer_fingerprint
 from draftheads.train.config import Recipe
 from draftheads.utils.errors import ConfigError
@@ -49,7 +49,7 @@ def inspect_data(
     """Build the recipe's dataset and return a report: sources, one masked row, statistics."""
     location = resolve_location(recipe.model.base, recipe.model.revision)
     tokenizer = load_tokenizer(recipe.model.base, recipe.model.revision, location)
-    dataset, stats, _ = build_dataset(recipe.data, tokenizer, recipe.model.base, progress=progress)
+    dataset, _, stats, _ = build_datasets(recipe.data, tokenizer, recipe.model.base, progress=progress)
     if not 1 <= show <= len(dataset):
         raise ConfigError(f"--show {show}: the dataset has rows 1..{len(dataset)}")
     row = dataset[show - 1]
@@ -59,7 +59,7 @@ def inspect_data(
         f"base model: {recipe.model.base} = {location.origin}",
         f"tokenizer: {type(tokenizer).__name__}, vocab {len(tokenizer)}, fingerprint {tokenizer_fingerprint(tokenizer)}",
         "",
-        f"row {show} of {len(dataset)}: {len(row.input_ids)} tokens, {trained} trained on ({legend})",
+        f"training row {show} of {len(dataset)}: {len(row.input_ids)} tokens, {trained} trained on ({legend})",
         "─" * 72,
         render_masked(tokenizer, row, color, max_chars),
         "─" * 72,

@@ -11,12 +11,87 @@ import copy
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
+from typing import Literal
 
 from draftheads.data.config import DataConfig
 from draftheads.models.backbone import BackboneConfig
+from draftheads.models.heads.base import HeadConfig
+from draftheads.models.heads.medusa import MedusaConfig
 from draftheads.utils.atomic import atomic_write_text
 from draftheads.utils.errors import ConfigError
 from draftheads.utils.typed_config import apply_overrides, dump_yaml, from_dict, merge, read_yaml, to_dict
+
+
+@dataclass
+class LossConfig:
+    """How per-depth head losses are formed and weighted."""
+
+    decay: float = 0.8
+    """Weight of depth k is decay^(k-1): nearer heads matter more for acceptance."""
+    soft_label_weight: float = 0.0
+    """Mix of soft labels: 0 = cross-entropy on the data's tokens, 1 = KL to the backbone's own
+    distribution for the same token (self-distillation from the same forward, no extra cost)."""
+    chunk_size: int = 2048
+    """Positions projected to the vocabulary at once; bounds memory (logits are recomputed in backward)."""
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.soft_label_weight <= 1.0:
+            raise ValueError(f"soft_label_weight must be in [0, 1], got {self.soft_label_weight}")
+        if self.decay <= 0:
+            raise ValueError(f"decay must be positive, got {self.decay}")
+
+
+@dataclass
+class TrainConfig:
+    """The optimisation loop."""
+
+    output_dir: str = "outputs/run"
+    """Folder for recipe.yaml, checkpoints/, logs/ and the exported heads/."""
+    max_steps: int = 1000
+    """Optimizer steps (the data is cycled as often as needed)."""
+    batch_size: int = 4
+    """Rows per micro-batch per process."""
+    grad_accum: int = 1
+    """Micro-batches per optimizer step."""
+    lr: float = 1e-3
+    """Peak learning rate (AdamW)."""
+    weight_decay: float = 0.0
+    """AdamW weight decay."""
+    betas: tuple[float, float] = (0.9, 0.999)
+    """AdamW betas."""
+    warmup_steps: int = 50
+    """Linear warmup from 0 to `lr`."""
+    schedule: Literal["cosine", "linear", "constant"] = "cosine"
+    """Decay after warmup."""
+    min_lr_ratio: float = 0.1
+    """Final learning rate as a fraction of `lr` (cosine and linear)."""
+    max_grad_norm: float | None = 1.0
+    """Clip the global gradient norm; null to disable."""
+    mixed_precision: Literal["auto", "no", "bf16", "fp16"] = "auto"
+    """`auto`: bf16 on GPUs that support it, else full precision."""
+    seed: int = 42
+    """Seeds data order and initialisation."""
+    eval_every: int = 100
+    """Held-out evaluation every this many steps (and before the first and after the last)."""
+    eval_batches: int | None = None
+    """Cap on held-out batches per evaluation; null for all."""
+    save_every: int = 200
+    """Checkpoint every this many steps (and at the end)."""
+    keep_checkpoints: int = 2
+    """Checkpoints kept; older ones are deleted."""
+    resume_from: str | None = None
+    """`latest` (the newest checkpoint in output_dir, if any) or a checkpoint folder."""
+    log_every: int = 10
+    """Tracker logging interval in steps."""
+    trackers: list[str] = field(default_factory=lambda: ["tensorboard"])
+    """accelerate trackers: tensorboard, wandb (WANDB_MODE=offline works), ... Empty for none."""
+    loss: LossConfig = field(default_factory=LossConfig)
+    """Loss terms and weights."""
+
+    def __post_init__(self) -> None:
+        for name in ("max_steps", "batch_size", "grad_accum", "eval_every", "save_every", "log_every", "keep_checkpoints"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
 
 
 @dataclass
@@ -27,6 +102,10 @@ class Recipe:
     """The base model heads are trained for."""
     data: DataConfig = field(default_factory=DataConfig)
     """Training conversations and how they are tokenised."""
+    heads: HeadConfig = field(default_factory=MedusaConfig)
+    """The head family (`head_type`) and its settings."""
+    train: TrainConfig = field(default_factory=TrainConfig)
+    """The optimisation loop."""
 
 
 def find_recipe(name_or_path: str) -> Path:

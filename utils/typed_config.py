@@ -83,6 +83,9 @@ def _convert(value: Any, tp: Any, where: str) -> Any:
             raise ConfigError(f"{where}: expected a mapping, got {value!r}")
         val_tp = args[1] if len(args) == 2 else Any
         return {str(k): _convert(v, val_tp, f"{where}.{k}") for k, v in value.items()}
+    if isinstance(tp, type) and hasattr(tp, "__from_config__"):
+        # A tagged family of configs (e.g. head configs keyed by `head_type`) picks its own class.
+        return tp.__from_config__(value, where)
     if dataclasses.is_dataclass(tp):
         return from_dict(tp, value, where)
     if tp is bool:

@@ -1,1 +1,6 @@
-"""Draft-head families, one file each (config + module + registration)."""
+"""Draft-head families, one file each (config + module + registration).
+
+Importing this package registers every family; add a new family's module to the import below.
+"""
+
+from draftheads.models.heads import medusa  # noqa: F401  (registers "medusa")

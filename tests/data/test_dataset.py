@@ -6,7 +6,7 @@ import torch
 from helpers import write_jsonl
 from draftheads.data.collate import Collator
 from draftheads.data.config import DataConfig, SourceConfig
-from draftheads.data.dataset import Row, build_dataset, pack_rows
+from draftheads.data.dataset import Row, build_datasets, pack_rows, split_held_out
 from draftheads.models.backbone import LAST, Backbone, ModelLocation
 from draftheads.utils.errors import DataError
 
@@ -17,8 +17,8 @@ def conversation(i: int, words: int) -> dict:
 
 def test_build_dataset_truncates_and_counts(demo_tokenizer, tmp_path):
     path = write_jsonl(tmp_path / "d.jsonl", [conversation(0, 5), conversation(1, 200), {"conversations": []}])
-    cfg = DataConfig(sources=[SourceConfig(path=str(path))], max_length=64, skip_invalid=True)
-    dataset, stats, _ = build_dataset(cfg, demo_tokenizer, progress=False)
+    cfg = DataConfig(sources=[SourceConfig(path=str(path))], max_length=64, skip_invalid=True, eval_fraction=0)
+    dataset, _, stats, _ = build_datasets(cfg, demo_tokenizer, progress=False)
     assert len(dataset) == 2 and stats.truncated == 1 and stats.lengths[1] == 64
     assert stats.sources[0].dropped == {"conversation has no assistant turn to train on": 1}
     assert stats.assistant_tokens == sum(sum(r.loss_mask) for r in dataset.rows)
@@ -29,14 +29,14 @@ def test_build_dataset_truncates_and_counts(demo_tokenizer, tmp_path):
 def test_conversation_whose_replies_are_all_past_max_length_is_skipped(demo_tokenizer, tmp_path):
     long_prompt = {"conversations": [{"from": "human", "value": "x " * 300}, {"from": "gpt", "value": "ok"}]}
     path = write_jsonl(tmp_path / "d.jsonl", [long_prompt, conversation(1, 3)])
-    dataset, stats, _ = build_dataset(DataConfig(sources=[SourceConfig(path=str(path))], max_length=48), demo_tokenizer, progress=False)
+    dataset, _, stats, _ = build_datasets(DataConfig(sources=[SourceConfig(path=str(path))], max_length=48, eval_fraction=0), demo_tokenizer, progress=False)
     assert len(dataset) == 1 and stats.skipped == {"no assistant token within max_length": 1}
 
 
 def test_no_usable_conversation_is_an_error(demo_tokenizer, tmp_path):
     path = write_jsonl(tmp_path / "d.jsonl", [{"conversations": []}])
     with pytest.raises(DataError, match="no usable conversations in"):
-        build_dataset(DataConfig(sources=[SourceConfig(path=str(path))], skip_invalid=True), demo_tokenizer, progress=False)
+        build_datasets(DataConfig(sources=[SourceConfig(path=str(path))], skip_invalid=True), demo_tokenizer, progress=False)
 
 
 def test_packing_never_splits_a_document():
@@ -75,3 +75,21 @@ def test_packed_row_gives_the_same_hidden_states_as_separate_documents(tiny_llam
         alone = backbone.features(torch.tensor([doc])).features[LAST][0]
         torch.testing.assert_close(together[start : start + len(doc)], alone, rtol=1e-5, atol=1e-5)
         start += len(doc)
+
+
+def test_held_out_split_is_by_conversation_and_seeded():
+    rows = [Row([i], [1]) for i in range(50)]
+    train, held = split_held_out(rows, 0.1, seed=3)
+    assert len(held) == 5 and len(train) == 45
+    assert sorted(r.input_ids[0] for r in train + held) == list(range(50))
+    assert [r.input_ids for r in split_held_out(rows, 0.1, seed=3)[1]] == [r.input_ids for r in held]
+    assert len(split_held_out(rows[:3], 0.01, seed=0)[1]) == 1  # at least one when asked for
+
+
+def test_build_datasets_holds_out_before_packing(demo_tokenizer, tmp_path):
+    path = write_jsonl(tmp_path / "d.jsonl", [conversation(i, 3) for i in range(20)])
+    cfg = DataConfig(sources=[SourceConfig(path=str(path))], max_length=256, packing=True, eval_fraction=0.25)
+    train, held, stats, _ = build_datasets(cfg, demo_tokenizer, progress=False)
+    assert stats.held_out == 5
+    docs = lambda ds: sum(r.position_ids.count(0) for r in ds.rows)
+    assert docs(train) == 15 and docs(held) == 5

@@ -23,7 +23,8 @@ def test_data_inspect_prints_the_mask_and_statistics(tmp_path, capsys):
     assert main(["data", "inspect", "--data", str(path), "--color", "never", "--tokens", "data.max_length=256"]) == 0
     out = capsys.readouterr().out
     assert "<|im_start|>assistant\n⟦Blue.<|im_end|>⟧\n" in out
-    assert "row 1 of 2:" in out and "2 records read, 2 kept" in out and "conversations: 2" in out
+    assert "training row 1 of 1:" in out and "2 records read, 2 kept" in out and "conversations: 2" in out
+    assert "held out for evaluation: 1 conversations" in out
     assert "'Blue'" in out  # the per-token table
 
 
@@ -35,7 +36,7 @@ def test_data_inspect_colour_marks_the_trained_text(tmp_path, capsys):
 
 def test_packed_rows_show_document_boundaries(tmp_path, capsys):
     path = write_jsonl(tmp_path / "d.jsonl", [SAMPLE] * 3)
-    main(["data", "inspect", "--data", str(path), "--color", "never", "data.packing=true", "data.max_length=512"])
+    main(["data", "inspect", "--data", str(path), "--color", "never", "data.packing=true", "data.max_length=512", "data.eval_fraction=0"])
     out = capsys.readouterr().out
     assert out.count("next packed document") == 2 and "packed rows: 1" in out
 

@@ -1,0 +1,152 @@
+"""A base model plus draft heads: build, save (heads only), load, with compatibility checks.
+
+A saved heads folder is Hugging Face-native and holds only the heads: `config.json` (the head
+config with `head_type` and the base model's identity), `model.safetensors`, and `README.md` (the
+model card) plus `training.json` when written by the trainer. Loading checks that the base model
+given or named in the config has the hidden size, vocabulary and tokenizer the heads were trained
+with, and refuses a mismatch with a message that says which.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from draftheads.models.backbone import Backbone, BackboneConfig, load_backbone, tokenizer_fingerprint
+from draftheads.models.heads.base import BaseModelInfo, DraftHeads, HeadConfig
+from draftheads.models.registry import HEADS
+from draftheads.utils.atomic import atomic_directory
+from draftheads.utils.errors import ConfigError, ModelLoadError
+
+CONFIG_NAME = "config.json"
+WEIGHTS_NAME = "model.safetensors"
+
+
+def base_info(backbone: Backbone) -> BaseModelInfo:
+    """The identity of `backbone` that heads record and later check."""
+    return BaseModelInfo(
+        model=backbone.location.spec,
+        revision=backbone.location.revision,
+        hidden_size=backbone.hidden_size,
+        vocab_size=backbone.vocab_size,
+        tokenizer_fingerprint=tokenizer_fingerprint(backbone.tokenizer),
+    )
+
+
+def check_compatible(info: BaseModelInfo, backbone: Backbone, heads_source: str) -> None:
+    """Refuse a base model whose hidden size, vocabulary or tokenizer differs from the heads'."""
+    actual = base_info(backbone)
+    problems = [
+        f"{name} {getattr(info, name)} (heads) vs {getattr(actual, name)} (base)"
+        for name in ("hidden_size", "vocab_size", "tokenizer_fingerprint")
+        if getattr(info, name) != getattr(actual, name)
+    ]
+    if problems:
+        raise ModelLoadError(
+            f"{heads_source}: these heads were trained on '{info.model}' and do not fit base model "
+            f"'{backbone.location.spec}': " + "; ".join(problems)
+        )
+
+
+class DraftModel:
+    """Backbone + heads, as used by evaluation and users. Training wraps the same pieces."""
+
+    def __init__(self, backbone: Backbone, heads: DraftHeads):
+        self.backbone = backbone
+        self.heads = heads
+
+    @classmethod
+    def new(cls, backbone: Backbone, config: HeadConfig) -> "DraftModel":
+        """Fresh heads of `config`'s family for `backbone`, with the base's identity recorded."""
+        config.base = base_info(backbone)
+        return cls(backbone, HEADS.get(config.head_type).build(config, backbone))
+
+    def save_pretrained(self, directory: str | Path, extra_files: dict[str, str] | None = None) -> Path:
+        """Write the heads folder atomically (see `save_heads`)."""
+        return save_heads(self.heads, directory, extra_files)
+
+    @classmethod
+    def from_pretrained(
+        cls, heads: str | Path, base: str | None = None, device: str | torch.device = "cpu", dtype: str = "float32"
+    ) -> "DraftModel":
+        """Load heads (a folder or a Hub id) and their base model (`base`, else the one in the config)."""
+        folder = _heads_folder(str(heads))
+        config = read_head_config(folder)
+        backbone = load_backbone(BackboneConfig(base=base or config.base.model, revision=None if base else config.base.revision, dtype=dtype), device)
+        check_compatible(config.base, backbone, str(heads))
+        module = HEADS.get(config.head_type).build(config, backbone)
+        load_head_weights(module, folder)
+        return cls(backbone, module.eval())
+
+
+def save_heads(heads: DraftHeads, directory: str | Path, extra_files: dict[str, str] | None = None) -> Path:
+    """Write config.json, model.safetensors (heads only) and any extra text files, atomically.
+
+    The folder is written aside and renamed into place, so a reader (or a crash) never sees a mix
+    of an old and a new export; an existing export is replaced only once the new one is complete.
+    """
+    directory = Path(directory)
+    state = {k: v.detach().contiguous().cpu() for k, v in heads.state_dict().items()}
+    staged = directory.with_name(directory.name + ".new")
+    shutil.rmtree(staged, ignore_errors=True)  # left by a crash between the two renames below
+    with atomic_directory(staged) as tmp:
+        (tmp / CONFIG_NAME).write_text(json.dumps(heads.config.to_json_dict(), indent=2) + "\n")
+        save_file(state, str(tmp / WEIGHTS_NAME), metadata={"format": "pt", "head_type": heads.config.head_type})
+        for name, text in (extra_files or {}).items():
+            (tmp / name).write_text(text)
+    if directory.exists():
+        previous = directory.with_name(directory.name + ".old")
+        shutil.rmtree(previous, ignore_errors=True)
+        directory.rename(previous)
+        staged.rename(directory)
+        shutil.rmtree(previous)
+    else:
+        staged.rename(directory)
+    return directory
+
+
+def read_head_config(folder: Path) -> HeadConfig:
+    """Parse a heads folder's config.json into its family's config class."""
+    path = folder / CONFIG_NAME
+    if not path.is_file():
+        raise ModelLoadError(f"{folder}: no {CONFIG_NAME}, so this is not a draftheads heads folder")
+    try:
+        data = json.loads(path.read_text())
+        config = HeadConfig.__from_config__(data, str(path))
+    except json.JSONDecodeError as exc:
+        raise ModelLoadError(f"{path}: not valid JSON ({exc})") from None
+    except ConfigError as exc:
+        raise ModelLoadError(str(exc)) from None
+    if config.base is None:
+        raise ModelLoadError(f"{path}: no 'base' section: the heads do not say which base model they belong to")
+    return config
+
+
+def load_head_weights(module: DraftHeads, folder: Path) -> None:
+    """Load model.safetensors into `module`, refusing missing or unexpected tensors."""
+    path = folder / WEIGHTS_NAME
+    if not path.is_file():
+        raise ModelLoadError(f"{folder}: no {WEIGHTS_NAME}")
+    device = next(iter(module.state_dict().values())).device
+    result = module.load_state_dict(load_file(str(path), device=str(device)), strict=False)
+    if result.missing_keys or result.unexpected_keys:
+        raise ModelLoadError(f"{path}: weights do not match the config: missing {result.missing_keys}, unexpected {result.unexpected_keys}")
+
+
+def _heads_folder(spec: str) -> Path:
+    path = Path(spec).expanduser()
+    if path.is_dir():
+        return path
+    if path.exists() or spec.startswith((".", "/", "~")) or spec.count("/") != 1:
+        raise ModelLoadError(f"{spec}: not a heads folder or a Hub repository id")
+    from huggingface_hub import snapshot_download
+
+    try:
+        return Path(snapshot_download(spec))
+    except Exception as exc:  # network, auth or missing repo: all mean "cannot get these heads"
+        raise ModelLoadError(f"{spec}: cannot download heads from the Hub: {exc}") from None
+

@@ -1,0 +1,120 @@
+"""What every head family is: a config dataclass and an `nn.Module` with two duties.
+
+Training: `forward(features, input_ids)` returns one hidden state per draft depth at every
+position t; depth k (1-based) predicts the token k steps after the next one, i.e. token t+1+k.
+Sequential families (Hydra, Clover, EAGLE) read the true tokens t+1..t+k from `input_ids` (teacher
+forcing with exactly the tokens a drafted path would hold); parallel ones (Medusa) ignore them.
+`project(depth, states, lm_head)` maps states to vocabulary logits; it is separate so that losses
+project only the positions they train on, in chunks (a 49k-word projection dominates the cost).
+
+Drafting: `begin_draft(features, input_ids)` takes the features of the tokens just accepted and
+returns the family's drafting state; `draft_step(state, paths, lm_head)` takes N partial tree paths
+(the tokens drafted at depths 1..d, shape [N, d]) and returns log-probabilities for depth d+1,
+shape [N, vocab]. This pair is all the decoding engine needs; it never asks which family it has.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+from draftheads.models.backbone import LAST, Backbone
+from draftheads.utils.errors import ConfigError
+from draftheads.utils.typed_config import from_dict
+
+
+@dataclass
+class BaseModelInfo:
+    """The base model heads were trained on; loading refuses a base that differs."""
+
+    model: str
+    """Model spec as given to training (Hub id, folder, GGUF file or demo name)."""
+    revision: str | None
+    """Hub revision, if any."""
+    hidden_size: int
+    """Width of the base model's hidden states."""
+    vocab_size: int
+    """Rows of the base model's lm_head."""
+    tokenizer_fingerprint: str
+    """Hash of vocabulary, special tokens and chat template (see `tokenizer_fingerprint`)."""
+
+
+@dataclass
+class HeadConfig:
+    """Settings every family shares. Families subclass this and add a `head_type` tag field."""
+
+    num_heads: int = 4
+    """Draft depth K: head k predicts the token k steps after the next one."""
+    base: BaseModelInfo | None = None
+    """Filled in from the backbone when training starts; checked when heads are loaded."""
+
+    head_type = "?"  # set by @register_head; also written as the dataclass field of each family
+
+    def __post_init__(self) -> None:
+        if self.num_heads < 1:
+            raise ValueError(f"num_heads must be at least 1, got {self.num_heads}")
+
+    def feature_layers(self) -> tuple[int, ...]:
+        """Backbone layers the heads read (`LAST` = the final normed hidden state)."""
+        return (LAST,)
+
+    @classmethod
+    def __from_config__(cls, value: Any, where: str) -> "HeadConfig":
+        """Build the config of the family named by `value["head_type"]` (typed_config hook)."""
+        from draftheads.models.registry import HEADS
+
+        if not isinstance(value, dict) or "head_type" not in value:
+            raise ConfigError(f"{where}.head_type: required key is missing (one of: {', '.join(HEADS.names())})")
+        config_class = HEADS.config_class(value["head_type"], f"{where}.head_type")
+        return from_dict(config_class, value, where)
+
+    def to_json_dict(self) -> dict:
+        """The config as written to config.json (`head_type` first)."""
+        data = dataclasses.asdict(self)
+        return {"head_type": data.pop("head_type"), **data}
+
+
+@dataclass
+class HeadOutput:
+    """What a training forward returns."""
+
+    states: list[torch.Tensor]
+    """One [batch, seq, hidden] tensor per depth 1..K."""
+    aux_losses: dict[str, torch.Tensor] = dataclasses.field(default_factory=dict)
+    """Extra loss terms a family adds (e.g. feature regression), already weighted."""
+
+
+class DraftHeads(nn.Module):
+    """Base class of every family; see the module docstring for the contract."""
+
+    config_class: type[HeadConfig] = HeadConfig
+    head_type: str = "?"
+
+    def __init__(self, config: HeadConfig):
+        super().__init__()
+        self.config = config
+
+    def forward(self, features: dict[int, torch.Tensor], input_ids: torch.Tensor) -> HeadOutput:
+        """Per-depth states at every position (training)."""
+        raise NotImplementedError
+
+    def project(self, depth: int, states: torch.Tensor, lm_head: nn.Module) -> torch.Tensor:
+        """Vocabulary logits of depth `depth` (1-based) for `states` [..., hidden]."""
+        raise NotImplementedError
+
+    def begin_draft(self, features: dict[int, torch.Tensor], input_ids: torch.Tensor) -> Any:
+        """Drafting state from the features [1, n, hidden] of the n tokens just accepted."""
+        raise NotImplementedError
+
+    def draft_step(self, state: Any, paths: torch.Tensor, lm_head: nn.Module) -> torch.Tensor:
+        """Log-probabilities [N, vocab] of depth d+1 for N partial paths [N, d]."""
+        raise NotImplementedError
+
+    @classmethod
+    def build(cls, config: HeadConfig, backbone: Backbone) -> "DraftHeads":
+        """New heads for `backbone`, initialised as the family prescribes."""
+        raise NotImplementedError

@@ -1,0 +1,101 @@
+"""Medusa heads (Cai et al., 2024): K parallel heads on the last hidden state.
+
+Head k is L residual blocks x + SiLU(W x + b) followed by a vocabulary projection. W and b start
+at zero, so an untrained head is the identity and predicts what the base model predicts next; the
+projection is the base lm_head itself (`share_lm_head`, no extra vocabulary matrices) or a copy of
+it per head. Every block has its own weights: the reference implementation's `[ResBlock(h)] * L`
+repeats one block object L times, which silently shares its weights.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+from torch import nn
+
+from draftheads.models.backbone import LAST, Backbone
+from draftheads.models.heads.base import DraftHeads, HeadConfig, HeadOutput
+from draftheads.models.registry import register_head
+
+
+@dataclass
+class MedusaConfig(HeadConfig):
+    """Medusa-1 heads."""
+
+    head_type: Literal["medusa"] = "medusa"
+    """Family tag."""
+    num_layers: int = 1
+    """Residual blocks per head."""
+    share_lm_head: bool = True
+    """Project with the base lm_head (frozen) instead of one trainable vocabulary matrix per head."""
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.num_layers < 0:
+            raise ValueError(f"num_layers must be at least 0, got {self.num_layers}")
+
+
+class ResBlock(nn.Module):
+    """x + SiLU(W x + b), with W and b zero so the block starts as the identity."""
+
+    def __init__(self, hidden_size: int):
+        super().__init__()
+        self.linear = nn.Linear(hidden_size, hidden_size)
+        nn.init.zeros_(self.linear.weight)
+        nn.init.zeros_(self.linear.bias)
+        self.act = nn.SiLU()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.act(self.linear(x))
+
+
+@register_head("medusa")
+class MedusaHeads(DraftHeads):
+    """K independent heads; drafting ignores the path (every depth reads the same hidden state)."""
+
+    config_class = MedusaConfig
+
+    def __init__(self, config: MedusaConfig, hidden_size: int, vocab_size: int):
+        super().__init__(config)
+        # One ResBlock object per (head, layer): a list comprehension, never `[block] * L`.
+        self.blocks = nn.ModuleList(
+            nn.Sequential(*[ResBlock(hidden_size) for _ in range(config.num_layers)]) for _ in range(config.num_heads)
+        )
+        self.projections = (
+            None
+            if config.share_lm_head
+            else nn.ModuleList(nn.Linear(hidden_size, vocab_size, bias=False) for _ in range(config.num_heads))
+        )
+
+    @classmethod
+    def build(cls, config: MedusaConfig, backbone: Backbone) -> "MedusaHeads":
+        """Heads for `backbone`; unshared projections start as copies of its lm_head."""
+        heads = cls(config, backbone.hidden_size, backbone.vocab_size)
+        if heads.projections is not None:
+            with torch.no_grad():
+                for projection in heads.projections:
+                    projection.weight.copy_(backbone.lm_head.weight)
+        return heads.to(device=backbone.lm_head.weight.device)
+
+    def forward(self, features: dict[int, torch.Tensor], input_ids: torch.Tensor) -> HeadOutput:
+        """States of every head at every position."""
+        hidden = features[LAST]
+        return HeadOutput(states=[block(hidden) for block in self.blocks])
+
+    def project(self, depth: int, states: torch.Tensor, lm_head: nn.Module) -> torch.Tensor:
+        """Logits of head `depth` (1-based)."""
+        if self.projections is None:
+            return lm_head(states)
+        return self.projections[depth - 1](states)
+
+    def begin_draft(self, features: dict[int, torch.Tensor], input_ids: torch.Tensor) -> torch.Tensor:
+        """The state is the hidden state of the last accepted token, [hidden]."""
+        return features[LAST][0, -1]
+
+    def draft_step(self, state: torch.Tensor, paths: torch.Tensor, lm_head: nn.Module) -> torch.Tensor:
+        """Head d+1's log-probabilities, the same for every path (Medusa heads are parallel)."""
+        depth = paths.shape[1] + 1
+        logits = self.project(depth, self.blocks[depth - 1](state), lm_head).float()
+        return torch.log_softmax(logits, dim=-1).expand(paths.shape[0], -1)
