@@ -23,3 +23,17 @@ def tiny_llama():
 
     torch.manual_seed(0)
     return LlamaForCausalLM(tiny_llama_config()).eval()
+
+
+@pytest.fixture(scope="session")
+def tiny_base(tmp_path_factory, demo_tokenizer):
+    """A local base-model folder: a 2-layer Llama (hidden 64) with the demo tokenizer and vocabulary."""
+    from transformers import LlamaForCausalLM
+
+    from helpers import tiny_llama_config
+
+    folder = tmp_path_factory.mktemp("tiny-base")
+    torch.manual_seed(0)
+    LlamaForCausalLM(tiny_llama_config(vocab_size=len(demo_tokenizer))).save_pretrained(folder)
+    demo_tokenizer.save_pretrained(folder)
+    return folder

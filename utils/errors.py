@@ -35,3 +35,7 @@ def record_error(source: str, record: str, field: str | None, problem: str) -> D
     error = DataError(f"{where}: {problem}")
     error.problem = problem  # what went wrong, without where: skipped records are counted by it
     return error
+
+
+class HubError(DraftheadsError):
+    """The Hugging Face Hub refused or could not be reached (messages never include the token)."""

@@ -7,10 +7,13 @@ forcing with exactly the tokens a drafted path would hold); parallel ones (Medus
 `project(depth, states, lm_head)` maps states to vocabulary logits; it is separate so that losses
 project only the positions they train on, in chunks (a 49k-word projection dominates the cost).
 
-Drafting: `begin_draft(features, input_ids)` takes the features of the tokens just accepted and
-returns the family's drafting state; `draft_step(state, paths, lm_head)` takes N partial tree paths
-(the tokens drafted at depths 1..d, shape [N, d]) and returns log-probabilities for depth d+1,
-shape [N, vocab]. This pair is all the decoding engine needs; it never asks which family it has.
+Drafting: `begin_draft(features, input_ids)` takes the features of the tokens just accepted (the
+last is position t) and returns the family's drafting state; `draft_step(state, paths, lm_head)`
+takes N partial tree paths of length d, shape [N, d] (column 0 is the tree root, token t+1, the
+base model's own next token; column j the token drafted at depth j), and returns log-probabilities
+of depth d, i.e. of token t+1+d, shape [N, vocab]. Training feeds sequential heads the same tokens
+(t+1..t+d from the data), so drafting and training agree on the same path. This pair is all the
+decoding engine needs; it never asks which family it has.
 """
 
 from __future__ import annotations
@@ -111,7 +114,7 @@ class DraftHeads(nn.Module):
         raise NotImplementedError
 
     def draft_step(self, state: Any, paths: torch.Tensor, lm_head: nn.Module) -> torch.Tensor:
-        """Log-probabilities [N, vocab] of depth d+1 for N partial paths [N, d]."""
+        """Log-probabilities [N, vocab] of depth d for N paths [N, d] (root token first)."""
         raise NotImplementedError
 
     @classmethod

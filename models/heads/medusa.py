@@ -95,7 +95,7 @@ class MedusaHeads(DraftHeads):
         return features[LAST][0, -1]
 
     def draft_step(self, state: torch.Tensor, paths: torch.Tensor, lm_head: nn.Module) -> torch.Tensor:
-        """Head d+1's log-probabilities, the same for every path (Medusa heads are parallel)."""
-        depth = paths.shape[1] + 1
+        """Head d's log-probabilities, the same for every path (Medusa heads are parallel)."""
+        depth = paths.shape[1]
         logits = self.project(depth, self.blocks[depth - 1](state), lm_head).float()
         return torch.log_softmax(logits, dim=-1).expand(paths.shape[0], -1)

@@ -1,0 +1,56 @@
+"""Publish a heads folder to the Hugging Face Hub with a generated model card.
+
+The token comes from the usual Hugging Face places (HF_TOKEN, or a saved login) and is handed to
+huggingface_hub only; it is never printed or written into any file. HF_ENDPOINT points uploads at
+another Hub-compatible server.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from draftheads.models.card import model_card
+from draftheads.models.draft_model import CONFIG_NAME, WEIGHTS_NAME, read_head_config
+from draftheads.utils.atomic import atomic_write_text
+from draftheads.utils.errors import HubError
+
+UPLOADED = (CONFIG_NAME, WEIGHTS_NAME, "README.md", "training.json", "eval_report.json")
+"""Files of a heads folder that are published (checkpoints and logs never are)."""
+
+
+def _optional_json(path: Path) -> dict | None:
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def refresh_card(folder: Path) -> str:
+    """Regenerate README.md from config.json, training.json and eval_report.json (when present)."""
+    config = read_head_config(folder)
+    card = model_card(config, _optional_json(folder / "training.json"), _optional_json(folder / "eval_report.json"))
+    atomic_write_text(folder / "README.md", card)
+    return card
+
+
+def push_heads(folder: str | Path, repo_id: str, private: bool = False, commit_message: str | None = None) -> str:
+    """Create `repo_id` if needed and upload the heads folder; returns the commit URL."""
+    from huggingface_hub import HfApi, get_token
+    from huggingface_hub.errors import HfHubHTTPError
+
+    folder = Path(folder)
+    refresh_card(folder)
+    if get_token() is None:
+        raise HubError("no Hugging Face token: set HF_TOKEN or run `hf auth login`")
+    api = HfApi()
+    config = read_head_config(folder)
+    message = commit_message or f"Upload {config.head_type} draft heads for {config.base.model}"
+    try:
+        api.create_repo(repo_id, private=private, exist_ok=True, repo_type="model")
+        commit = api.upload_folder(
+            folder_path=str(folder), repo_id=repo_id, repo_type="model", commit_message=message, allow_patterns=list(UPLOADED)
+        )
+    except HfHubHTTPError as exc:
+        status = exc.response.status_code if exc.response is not None else "no response"
+        raise HubError(f"the Hub refused the upload to {repo_id} (HTTP {status}): {exc.server_message or exc}") from None
+    except OSError as exc:
+        raise HubError(f"cannot reach the Hub to upload {repo_id}: {exc}") from None
+    return commit.commit_url

@@ -1,0 +1,65 @@
+from __future__ import annotations
+
+import torch
+
+from draftheads.models.backbone import LAST, Backbone, ModelLocation
+from draftheads.models.heads.medusa import MedusaConfig, MedusaHeads
+from draftheads.train.losses import depth_loss_sums, depth_targets, depth_weights, target_counts
+
+
+def test_targets_are_t_plus_1_plus_k_inside_the_mask():
+    ids = torch.tensor([[10, 11, 12, 13, 14, 15]])
+    mask = torch.tensor([[0, 0, 1, 1, 1, 0]])
+    t1 = depth_targets({"input_ids": ids, "loss_mask": mask}, 1)  # position t -> token t+2
+    assert t1.positions.tolist() == [0, 1, 2] and t1.tokens.tolist() == [12, 13, 14]
+    t3 = depth_targets({"input_ids": ids, "loss_mask": mask}, 3)
+    assert t3.positions.tolist() == [0] and t3.tokens.tolist() == [14]
+    assert len(depth_targets({"input_ids": ids, "loss_mask": mask}, 5)) == 0
+
+
+def test_packed_targets_never_cross_into_the_next_document():
+    ids = torch.tensor([[1, 2, 3, 4, 5, 6, 7]])
+    batch = {"input_ids": ids, "loss_mask": torch.ones_like(ids), "position_ids": torch.tensor([[0, 1, 2, 3, 0, 1, 2]])}
+    assert depth_targets(batch, 1).tokens.tolist() == [3, 4, 7]
+    assert depth_targets(batch, 2).tokens.tolist() == [4]
+    assert target_counts(batch, 3).tolist() == [3.0, 1.0, 0.0]
+
+
+def test_chunked_loss_and_gradients_equal_the_unchunked_ones(tiny_llama):
+    backbone = Backbone(tiny_llama, None, ModelLocation("tiny", "tiny", None, "in-process"))
+    heads = MedusaHeads.build(MedusaConfig(num_heads=2, share_lm_head=False), backbone)
+    with torch.no_grad():
+        for p in heads.parameters():
+            p.add_(torch.randn_like(p) * 0.05)
+    ids = torch.randint(0, 128, (2, 16))
+    batch = {"input_ids": ids, "loss_mask": torch.ones_like(ids)}
+    results = []
+    for chunk, soft in ((4096, 0.0), (5, 0.0), (4096, 0.5), (5, 0.5)):
+        heads.zero_grad()
+        with torch.no_grad():
+            hidden = backbone.features(ids).features
+        sums = depth_loss_sums(heads, heads(hidden, ids), batch, hidden[LAST], backbone.lm_head, soft, chunk)
+        sum(sums).backward()
+        results.append((torch.stack(sums).detach(), [p.grad.clone() for p in heads.parameters()]))
+    for whole, chunked in ((results[0], results[1]), (results[2], results[3])):
+        torch.testing.assert_close(whole[0], chunked[0], rtol=1e-5, atol=1e-4)
+        for a, b in zip(whole[1], chunked[1]):
+            torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
+
+
+def test_soft_labels_are_zero_when_the_head_matches_the_teacher(tiny_llama):
+    """With soft_label_weight 1, a head reproducing the backbone's distribution at t+k has zero loss."""
+    backbone = Backbone(tiny_llama, None, ModelLocation("tiny", "tiny", None, "in-process"))
+    heads = MedusaHeads.build(MedusaConfig(num_heads=1), backbone)
+    ids = torch.randint(0, 128, (1, 10))
+    hidden = backbone.features(ids).features
+    # A head whose state at t is the backbone's state at t+1 predicts exactly the teacher.
+    shifted = torch.cat([hidden[LAST][:, 1:], hidden[LAST][:, -1:]], dim=1)
+    from draftheads.models.heads.base import HeadOutput
+
+    sums = depth_loss_sums(heads, HeadOutput([shifted]), {"input_ids": ids, "loss_mask": torch.ones_like(ids)}, hidden[LAST], backbone.lm_head, 1.0, 64)
+    assert abs(sums[0].item()) < 1e-4
+
+
+def test_depth_weights_decay():
+    assert depth_weights(3, 0.8) == [1.0, 0.8, 0.8**2]

@@ -1,0 +1,260 @@
+"""The training loop: one plain accelerate loop for every head family.
+
+The backbone is frozen, in eval mode, run under no_grad: no activations are kept for it. accelerate
+prepares only what trains (the heads, inside `HeadLossModule`), so DDP/DeepSpeed synchronise and
+checkpoint only head parameters. Each depth's loss is divided by the number of its trained tokens
+in the whole optimizer step (all micro-batches, all processes), so a run on 2 processes computes
+the same update as a run on 1 process with twice the gradient accumulation.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Iterator
+
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from draftheads.data.collate import Collator
+from draftheads.data.dataset import build_datasets
+from draftheads.models.backbone import Backbone, load_backbone
+from draftheads.models.card import model_card
+from draftheads.models.draft_model import DraftModel, save_heads
+from draftheads.models.heads.base import DraftHeads
+from draftheads.train.checkpoint import TrainerState, resolve_resume, save_checkpoint
+from draftheads.train.config import Recipe, save_resolved
+from draftheads.train.losses import depth_accuracy_counts, depth_loss_sums, depth_weights, target_counts
+from draftheads.train.schedules import make_scheduler
+from draftheads.utils.typed_config import to_dict
+
+
+class HeadLossModule(nn.Module):
+    """What accelerate prepares: the heads, with the per-depth loss computed inside forward so that
+    DDP and DeepSpeed see every trainable parameter used in the wrapped call."""
+
+    def __init__(self, heads: DraftHeads):
+        super().__init__()
+        self.heads = heads
+
+    def forward(self, features, batch, lm_head, soft_weight: float, chunk_size: int) -> list[torch.Tensor]:
+        from draftheads.models.backbone import LAST
+
+        output = self.heads(features, batch["input_ids"])
+        sums = depth_loss_sums(self.heads, output, batch, features[LAST], lm_head, soft_weight, chunk_size)
+        aux = sum(output.aux_losses.values()) if output.aux_losses else None
+        return sums if aux is None else sums + [aux]
+
+
+@dataclass
+class TrainResult:
+    """What a finished run produced."""
+
+    output_dir: Path
+    heads_dir: Path
+    evals: list[dict] = field(default_factory=list)
+    """Held-out metrics at every evaluation (the first is before any training)."""
+    losses: list[float] = field(default_factory=list)
+    """Training loss at every step."""
+
+
+def make_accelerator(recipe: Recipe):
+    """An Accelerator for this recipe: gloo on CPU (DDP and DeepSpeed), bf16 where it is native."""
+    from accelerate import Accelerator
+    from accelerate.utils import DataLoaderConfiguration, InitProcessGroupKwargs, ProjectConfiguration
+
+    cfg = recipe.train
+    precision = cfg.mixed_precision
+    if precision == "auto":
+        precision = "bf16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "no"
+    # On CPU, DDP and DeepSpeed need gloo; but a backend given to a lone process makes accelerate
+    # look for a process group that does not exist, so only when launched with several.
+    several = int(os.environ.get("WORLD_SIZE", "1")) > 1
+    handlers = [InitProcessGroupKwargs(backend="gloo")] if several and not torch.cuda.is_available() else []
+    return Accelerator(
+        mixed_precision=precision,
+        gradient_accumulation_steps=cfg.grad_accum,
+        log_with=list(cfg.trackers) or None,
+        project_config=ProjectConfiguration(project_dir=cfg.output_dir, logging_dir=str(Path(cfg.output_dir) / "logs")),
+        kwargs_handlers=handlers,
+        dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True),
+    )
+
+
+def _batches(loader, state: TrainerState, accelerator) -> Iterator[dict]:
+    """Micro-batches forever, epoch after epoch, starting at the state's saved data position."""
+    while True:
+        loader.set_epoch(state.epoch)
+        source = accelerator.skip_first_batches(loader, state.batch_in_epoch) if state.batch_in_epoch else loader
+        for batch in source:
+            state.batch_in_epoch += 1
+            yield batch
+        state.epoch += 1
+        state.batch_in_epoch = 0
+
+
+def evaluate(heads: DraftHeads, backbone: Backbone, loader, accelerator, max_batches: int | None, chunk_size: int) -> dict:
+    """Held-out per-depth top-1/top-5 accuracy and cross-entropy, summed over all processes."""
+    heads.eval()
+    layers = heads.config.feature_layers()
+    counts = torch.zeros(heads.config.num_heads, 4, dtype=torch.float64)
+    with torch.no_grad():
+        for i, batch in enumerate(loader):
+            if max_batches is not None and i >= max_batches:
+                break
+            features = backbone.features(batch["input_ids"], batch.get("attention_mask"), batch.get("position_ids"), layers)
+            counts += depth_accuracy_counts(heads, heads(features.features, batch["input_ids"]), batch, backbone.lm_head, chunk_size)
+    counts = accelerator.reduce(counts.to(accelerator.device), "sum").cpu()
+    heads.train()
+    targets = counts[:, 0].clamp(min=1)
+    return {
+        "top1": (counts[:, 1] / targets).tolist(),
+        "top5": (counts[:, 2] / targets).tolist(),
+        "loss": (counts[:, 3] / targets).tolist(),
+        "targets": counts[:, 0].tolist(),
+    }
+
+
+def _flat(prefix: str, value, out: dict) -> dict:
+    if isinstance(value, dict):
+        for k, v in value.items():
+            _flat(f"{prefix}.{k}" if prefix else k, v, out)
+    else:
+        out[prefix] = value if isinstance(value, (int, float, str, bool)) else str(value)
+    return out
+
+
+def train(recipe: Recipe, on_step: Callable[[int], None] | None = None, progress: bool = True) -> TrainResult:
+    """Train the recipe's heads; resumable; returns where the heads were exported.
+
+    `on_step(step)` is called after each optimizer step (and its checkpoint, if any).
+    """
+    from accelerate.utils import set_seed
+
+    cfg = recipe.train
+    accelerator = make_accelerator(recipe)
+    set_seed(cfg.seed)
+    output_dir = Path(cfg.output_dir)
+    with accelerator.main_process_first():  # the first process converts/caches the base model
+        backbone = load_backbone(recipe.model, device=accelerator.device)
+    backbone.model.requires_grad_(False)
+    with accelerator.main_process_first():
+        train_set, held_set, stats, _ = build_datasets(recipe.data, backbone.tokenizer, recipe.model.base, progress and accelerator.is_main_process)
+    if accelerator.is_main_process:
+        save_resolved(recipe, output_dir)
+        for line in stats.lines():
+            accelerator.print(f"data: {line}")
+
+    draft = DraftModel.new(backbone, recipe.heads)
+    heads = draft.heads.train()
+    depths = recipe.heads.num_heads
+    optimizer = torch.optim.AdamW(heads.parameters(), lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay)
+    # Not prepared: accelerate would step a prepared scheduler once per process.
+    scheduler = make_scheduler(optimizer, cfg.warmup_steps, cfg.max_steps, cfg.schedule, cfg.min_lr_ratio)
+    collate = Collator(pad_token_id=backbone.tokenizer.pad_token_id or 0)
+    generator = torch.Generator().manual_seed(cfg.seed)
+    train_loader = torch.utils.data.DataLoader(train_set, batch_size=cfg.batch_size, shuffle=True, collate_fn=collate, generator=generator)
+    eval_loader = torch.utils.data.DataLoader(held_set, batch_size=cfg.batch_size, collate_fn=collate) if len(held_set) else None
+    module, optimizer, train_loader = accelerator.prepare(HeadLossModule(heads), optimizer, train_loader)
+    if eval_loader is not None:
+        eval_loader = accelerator.prepare(eval_loader)
+    state = TrainerState()
+    accelerator.register_for_checkpointing(scheduler, state)
+
+    resume = resolve_resume(output_dir, cfg.resume_from)
+    if resume is not None:
+        accelerator.load_state(str(resume))
+        accelerator.print(f"resumed from {resume} at step {state.step}")
+    if accelerator.is_main_process and cfg.trackers:
+        accelerator.init_trackers("draftheads", config=_flat("", to_dict(recipe), {}))
+
+    unwrapped = accelerator.unwrap_model(module).heads
+    weights = depth_weights(depths, cfg.loss.decay)
+    world = accelerator.num_processes
+    result = TrainResult(output_dir=output_dir, heads_dir=output_dir / "heads")
+
+    def run_eval(step: int) -> None:
+        if eval_loader is None:
+            return
+        metrics = evaluate(unwrapped, backbone, eval_loader, accelerator, cfg.eval_batches, cfg.loss.chunk_size)
+        metrics["step"] = step
+        result.evals.append(metrics)
+        accelerator.log({f"eval/top1_head{k + 1}": v for k, v in enumerate(metrics["top1"])}, step=step)
+        accelerator.log({f"eval/top5_head{k + 1}": v for k, v in enumerate(metrics["top5"])}, step=step)
+        top1 = " ".join(f"{v:.3f}" for v in metrics["top1"])
+        top5 = " ".join(f"{v:.3f}" for v in metrics["top5"])
+        accelerator.print(f"\nstep {step}: held-out top-1 by head [{top1}]  top-5 [{top5}]")
+        if accelerator.is_main_process:
+            with open(output_dir / "metrics.jsonl", "a") as f:
+                f.write(json.dumps(metrics) + "\n")
+
+    if state.step == 0:
+        run_eval(0)
+    data = _batches(train_loader, state, accelerator)
+    bar = tqdm(total=cfg.max_steps, initial=state.step, desc="training", unit="step", disable=not (progress and accelerator.is_main_process))
+    layers = recipe.heads.feature_layers()
+    tokens_seen, started = 0, time.perf_counter()
+    while state.step < cfg.max_steps:
+        micro = [next(data) for _ in range(cfg.grad_accum)]
+        counts = accelerator.reduce(sum(target_counts(b, depths) for b in micro).to(accelerator.device), "sum")
+        step_loss = torch.zeros((), device=accelerator.device)
+        for batch in micro:
+            with accelerator.accumulate(module):
+                with torch.no_grad():
+                    features = backbone.features(batch["input_ids"], batch.get("attention_mask"), batch.get("position_ids"), layers)
+                sums = module(features.features, batch, backbone.lm_head, cfg.loss.soft_label_weight, cfg.loss.chunk_size)
+                loss = sum(w * s / counts[k].clamp(min=1) for k, (w, s) in enumerate(zip(weights, sums)))
+                if len(sums) > depths:
+                    loss = loss + sums[-1] / cfg.grad_accum / world  # auxiliary terms are per-micro-batch means
+                step_loss += loss.detach()
+                # accelerate divides by grad_accum and DDP/DeepSpeed average over processes; the loss
+                # is already normalised by the step's global token counts, so undo both.
+                accelerator.backward(loss * cfg.grad_accum * world)
+                if accelerator.sync_gradients and cfg.max_grad_norm:
+                    accelerator.clip_grad_norm_(module.parameters(), cfg.max_grad_norm)
+                optimizer.step()
+                optimizer.zero_grad()
+            tokens_seen += int(batch["input_ids"].numel())
+        scheduler.step()
+        state.step += 1
+        step_loss = accelerator.reduce(step_loss, "sum").item()
+        result.losses.append(step_loss)
+        bar.update(1)
+        bar.set_postfix(loss=f"{step_loss:.3f}", lr=f"{scheduler.get_last_lr()[0]:.2e}")
+        if state.step % cfg.log_every == 0 or state.step == cfg.max_steps:
+            elapsed = max(time.perf_counter() - started, 1e-9)
+            accelerator.log({"train/loss": step_loss, "train/lr": scheduler.get_last_lr()[0], "train/tokens_per_s": tokens_seen * world / elapsed}, step=state.step)
+        if state.step % cfg.eval_every == 0 or state.step == cfg.max_steps:
+            run_eval(state.step)
+        if state.step % cfg.save_every == 0 or state.step == cfg.max_steps:
+            save_checkpoint(accelerator, output_dir, state.step, cfg.keep_checkpoints)
+        if on_step is not None:
+            on_step(state.step)
+    bar.close()
+    if not result.evals:
+        run_eval(state.step)  # resumed at the end already: still report where the heads stand
+    if not math.isfinite(result.losses[-1] if result.losses else 0.0):
+        accelerator.print("warning: the final training loss is not finite")
+    if accelerator.is_main_process:
+        summary = {
+            "steps": state.step,
+            "data": [s.path for s in recipe.data.sources],
+            "train_rows": len(train_set),
+            "held_out_rows": len(held_set),
+            "final_eval": result.evals[-1] if result.evals else None,
+            "first_eval": result.evals[0] if result.evals else None,
+        }
+        save_heads(
+            unwrapped,
+            result.heads_dir,
+            {"README.md": model_card(unwrapped.config, summary), "training.json": json.dumps(summary, indent=2) + "\n"},
+        )
+        accelerator.print(f"heads saved to {result.heads_dir}")
+    accelerator.wait_for_everyone()
+    accelerator.end_training()
+    return result

@@ -1,0 +1,120 @@
+"""Per-depth head losses: hard labels, soft labels (self-distillation), and held-out accuracy.
+
+Depth k (1-based) at position t predicts token t+1+k. It is trained there when token t+1+k is
+assistant text (loss mask) and belongs to the same document as t (packed rows: position ids run on
+without restarting in between). Soft labels are the backbone's own distribution for that same
+token, read at position t+k of the same forward: self-distillation at no extra forward.
+
+Vocabulary logits are formed only at trained positions, `chunk_size` at a time, under activation
+checkpointing: memory holds one chunk of [chunk, vocab] logits instead of K x batch x seq x vocab.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.checkpoint import checkpoint
+
+from draftheads.models.heads.base import DraftHeads, HeadOutput
+
+
+@dataclass
+class Targets:
+    """Where depth k is trained: batch rows, source positions t, and target tokens t+1+k."""
+
+    rows: torch.Tensor
+    positions: torch.Tensor
+    tokens: torch.Tensor
+
+    def __len__(self) -> int:
+        return self.rows.numel()
+
+
+def depth_targets(batch: dict[str, torch.Tensor], depth: int) -> Targets:
+    """Trained positions of depth `depth` (1-based) in a collated batch."""
+    ids, mask = batch["input_ids"], batch["loss_mask"]
+    offset = depth + 1
+    if offset >= ids.shape[1]:
+        empty = ids.new_zeros(0)
+        return Targets(empty, empty, empty)
+    valid = mask[:, offset:].bool()
+    positions = batch.get("position_ids")
+    if positions is not None:
+        valid &= positions[:, offset:] == positions[:, :-offset] + offset
+    rows, cols = valid.nonzero(as_tuple=True)
+    return Targets(rows, cols, ids[rows, cols + offset])
+
+
+def target_counts(batch: dict[str, torch.Tensor], depths: int) -> torch.Tensor:
+    """Trained positions per depth, [depths] (float, for all-reduce)."""
+    return torch.tensor([len(depth_targets(batch, k)) for k in range(1, depths + 1)], dtype=torch.float32)
+
+
+def _chunk_loss(states, tokens, base_states, heads: DraftHeads, depth: int, lm_head: nn.Module, soft_weight: float):
+    log_probs = F.log_softmax(heads.project(depth, states, lm_head).float(), dim=-1)
+    loss = log_probs.new_zeros(())
+    if soft_weight < 1.0:
+        loss = loss + (1.0 - soft_weight) * F.nll_loss(log_probs, tokens, reduction="sum")
+    if soft_weight > 0.0:
+        with torch.no_grad():
+            teacher = F.log_softmax(lm_head(base_states).float(), dim=-1)
+        loss = loss + soft_weight * F.kl_div(log_probs, teacher, log_target=True, reduction="sum")
+    return loss
+
+
+def depth_loss_sums(
+    heads: DraftHeads,
+    output: HeadOutput,
+    batch: dict[str, torch.Tensor],
+    base_hidden: torch.Tensor,
+    lm_head: nn.Module,
+    soft_weight: float,
+    chunk_size: int,
+) -> list[torch.Tensor]:
+    """Summed (not averaged) loss per depth; the caller divides by the global target counts."""
+    sums = []
+    for depth, states in enumerate(output.states, start=1):
+        targets = depth_targets(batch, depth)
+        total = states.new_zeros((), dtype=torch.float32)
+        # Recomputing logits in backward costs one more projection; it only pays when several
+        # chunks' logits would otherwise be alive at once.
+        several = len(targets) > chunk_size
+        for start in range(0, len(targets), chunk_size):
+            rows = targets.rows[start : start + chunk_size]
+            cols = targets.positions[start : start + chunk_size]
+            # The teacher's distribution for token t+1+k is the backbone's prediction at t+k.
+            args = (states[rows, cols], targets.tokens[start : start + chunk_size], base_hidden[rows, cols + depth])
+            args += (heads, depth, lm_head, soft_weight)
+            total = total + (checkpoint(_chunk_loss, *args, use_reentrant=False) if several else _chunk_loss(*args))
+        sums.append(total)
+    return sums
+
+
+@torch.no_grad()
+def depth_accuracy_counts(
+    heads: DraftHeads, output: HeadOutput, batch: dict[str, torch.Tensor], lm_head: nn.Module, chunk_size: int
+) -> torch.Tensor:
+    """[depths, 4]: targets, top-1 hits, top-5 hits, summed cross-entropy (held-out metrics)."""
+    rows_out = []
+    for depth, states in enumerate(output.states, start=1):
+        targets = depth_targets(batch, depth)
+        counts = torch.zeros(4, dtype=torch.float64)
+        for start in range(0, len(targets), chunk_size):
+            part = slice(start, start + chunk_size)
+            logits = heads.project(depth, states[targets.rows[part], targets.positions[part]], lm_head).float()
+            tokens = targets.tokens[part]
+            top5 = logits.topk(min(5, logits.shape[-1]), dim=-1).indices
+            counts[0] += tokens.numel()
+            counts[1] += (top5[:, 0] == tokens).sum().item()
+            counts[2] += (top5 == tokens[:, None]).any(-1).sum().item()
+            counts[3] += F.cross_entropy(logits, tokens, reduction="sum").item()
+        rows_out.append(counts)
+    return torch.stack(rows_out)
+
+
+def depth_weights(depths: int, decay: float) -> list[float]:
+    """λ_k = decay^(k-1) for k = 1..depths."""
+    return [decay ** (k - 1) for k in range(1, depths + 1)]
