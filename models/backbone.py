@@ -73,6 +73,8 @@ class ModelLocation:
     """Hub revision, if any."""
     origin: str
     """Human-readable provenance (Hub id, folder, or GGUF file the folder was converted from)."""
+    hub_id: str | None = None
+    """The model's Hugging Face Hub id when known (Hub specs, demo models), for model cards."""
 
 
 @dataclass
@@ -95,7 +97,7 @@ def resolve_location(spec: str, revision: str | None = None) -> ModelLocation:
             raise ModelLoadError(f"unknown demo model '{spec}'; known: {known}")
         gguf = _demo_gguf_path(demo)
         folder = convert_gguf(gguf)
-        return ModelLocation(spec, str(folder), None, f"{demo.hub_id} (GGUF {gguf.name})")
+        return ModelLocation(spec, str(folder), None, f"{demo.hub_id} (GGUF {gguf.name})", demo.hub_id)
     path = Path(spec).expanduser()
     if spec.endswith(".gguf"):
         if not path.is_file():
@@ -107,7 +109,7 @@ def resolve_location(spec: str, revision: str | None = None) -> ModelLocation:
         return ModelLocation(spec, str(path), None, str(path.resolve()))
     if path.exists() or spec.startswith((".", "/", "~")):
         raise ModelLoadError(f"{spec}: not a model folder, a .gguf file, a demo name or a Hub id")
-    return ModelLocation(spec, spec, revision, spec if revision is None else f"{spec}@{revision}")
+    return ModelLocation(spec, spec, revision, spec if revision is None else f"{spec}@{revision}", spec)
 
 
 def _demo_gguf_path(demo: DemoModel) -> Path:

@@ -10,10 +10,10 @@ def model_card(config: HeadConfig, training: dict | None = None, evaluation: dic
     and acceptance length / speedup when an evaluation report is given."""
     base = config.base
     settings = {k: v for k, v in config.to_json_dict().items() if k not in ("base", "head_type")}
-    lines = [
-        "---",
-        "library_name: draftheads",
-        f"base_model: {base.model if base else 'unknown'}",
+    lines = ["---", "library_name: draftheads"]
+    if base and base.hub_id:
+        lines.append(f"base_model: {base.hub_id}")
+    lines += [
         "tags: [speculative-decoding, draft-heads, " + config.head_type + "]",
         "---",
         "",
@@ -30,7 +30,7 @@ def model_card(config: HeadConfig, training: dict | None = None, evaluation: dic
     ]
     if base:
         lines += [
-            f"| model | `{base.model}` |",
+            f"| model | `{base.model}`" + (f" ({base.hub_id})" if base.hub_id and base.hub_id != base.model else "") + " |",
             f"| revision | `{base.revision or 'n/a'}` |",
             f"| hidden size | {base.hidden_size} |",
             f"| vocabulary | {base.vocab_size} |",

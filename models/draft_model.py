@@ -34,6 +34,7 @@ def base_info(backbone: Backbone) -> BaseModelInfo:
         hidden_size=backbone.hidden_size,
         vocab_size=backbone.vocab_size,
         tokenizer_fingerprint=tokenizer_fingerprint(backbone.tokenizer),
+        hub_id=backbone.location.hub_id,
     )
 
 

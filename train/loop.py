@@ -23,7 +23,7 @@ from tqdm.auto import tqdm
 
 from draftheads.data.collate import Collator
 from draftheads.data.dataset import build_datasets
-from draftheads.models.backbone import Backbone, load_backbone
+from draftheads.models.backbone import LAST, Backbone, load_backbone
 from draftheads.models.card import model_card
 from draftheads.models.draft_model import DraftModel, save_heads
 from draftheads.models.heads.base import DraftHeads
@@ -31,6 +31,7 @@ from draftheads.train.checkpoint import TrainerState, resolve_resume, save_check
 from draftheads.train.config import Recipe, save_resolved
 from draftheads.train.losses import depth_accuracy_counts, depth_loss_sums, depth_weights, target_counts
 from draftheads.train.schedules import make_scheduler
+from draftheads.utils.errors import DraftheadsError
 from draftheads.utils.typed_config import to_dict
 
 
@@ -43,8 +44,6 @@ class HeadLossModule(nn.Module):
         self.heads = heads
 
     def forward(self, features, batch, lm_head, soft_weight: float, chunk_size: int) -> list[torch.Tensor]:
-        from draftheads.models.backbone import LAST
-
         output = self.heads(features, batch["input_ids"])
         sums = depth_loss_sums(self.heads, output, batch, features[LAST], lm_head, soft_weight, chunk_size)
         aux = sum(output.aux_losses.values()) if output.aux_losses else None
@@ -223,6 +222,11 @@ def train(recipe: Recipe, on_step: Callable[[int], None] | None = None, progress
         scheduler.step()
         state.step += 1
         step_loss = accelerator.reduce(step_loss, "sum").item()
+        if not math.isfinite(step_loss):
+            raise DraftheadsError(
+                f"the training loss is {step_loss} at step {state.step}: lower train.lr or set train.max_grad_norm; "
+                f"checkpoints so far are in {output_dir / 'checkpoints'}"
+            )
         result.losses.append(step_loss)
         bar.update(1)
         bar.set_postfix(loss=f"{step_loss:.3f}", lr=f"{scheduler.get_last_lr()[0]:.2e}")
@@ -238,16 +242,16 @@ def train(recipe: Recipe, on_step: Callable[[int], None] | None = None, progress
     bar.close()
     if not result.evals:
         run_eval(state.step)  # resumed at the end already: still report where the heads stand
-    if not math.isfinite(result.losses[-1] if result.losses else 0.0):
-        accelerator.print("warning: the final training loss is not finite")
     if accelerator.is_main_process:
+        # The whole run's evaluations, including those before a resume (step 0 = untrained heads).
+        history = [json.loads(line) for line in (output_dir / "metrics.jsonl").read_text().splitlines()] if eval_loader else []
         summary = {
             "steps": state.step,
             "data": [s.path for s in recipe.data.sources],
             "train_rows": len(train_set),
             "held_out_rows": len(held_set),
-            "final_eval": result.evals[-1] if result.evals else None,
-            "first_eval": result.evals[0] if result.evals else None,
+            "final_eval": history[-1] if history else None,
+            "first_eval": history[0] if history else None,
         }
         save_heads(
             unwrapped,

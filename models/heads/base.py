@@ -44,6 +44,8 @@ class BaseModelInfo:
     """Rows of the base model's lm_head."""
     tokenizer_fingerprint: str
     """Hash of vocabulary, special tokens and chat template (see `tokenizer_fingerprint`)."""
+    hub_id: str | None = None
+    """The base model's Hub id when known (written as `base_model` in the model card)."""
 
 
 @dataclass

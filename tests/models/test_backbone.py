@@ -80,7 +80,8 @@ def test_folder_without_config_is_refused(tmp_path):
 
 def test_hub_ids_pass_through_with_revision():
     location = resolve_location("org/model", revision="abc123")
-    assert (location.path, location.revision, location.origin) == ("org/model", "abc123", "org/model@abc123")
+    assert (location.path, location.revision, location.origin, location.hub_id) == ("org/model", "abc123", "org/model@abc123", "org/model")
+    assert resolve_location("demo:smollm2-135m").hub_id == "HuggingFaceTB/SmolLM2-135M-Instruct"
 
 
 def test_demo_model_is_converted_once_into_a_plain_folder():

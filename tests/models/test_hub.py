@@ -17,7 +17,7 @@ TOKEN = "hf_testsecret1234567890"
 
 @pytest.fixture
 def heads_folder(tiny_llama, demo_tokenizer, tmp_path):
-    draft = DraftModel.new(Backbone(tiny_llama, demo_tokenizer, ModelLocation("org/base", "org/base", "rev1", "hub")), MedusaConfig(num_heads=2))
+    draft = DraftModel.new(Backbone(tiny_llama, demo_tokenizer, ModelLocation("org/base", "org/base", "rev1", "hub", "org/base")), MedusaConfig(num_heads=2))
     training = {"steps": 80, "data": ["demo:sharegpt"], "train_rows": 900, "held_out_rows": 50,
                 "final_eval": {"top1": [0.31, 0.12], "top5": [0.55, 0.3]}, "first_eval": {"top1": [0.02, 0.02], "top5": [0.1, 0.08]}}
     folder = draft.save_pretrained(tmp_path / "heads", {"training.json": json.dumps(training)})
