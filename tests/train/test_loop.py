@@ -122,3 +122,26 @@ def test_two_processes_agree_with_one(config, tiny_base, tmp_path):
     for key in a:
         torch.testing.assert_close(a[key], b[key], rtol=1e-4, atol=1e-6)
     assert any(a[k].abs().sum() > 0 for k in a)  # the heads did move from their zero init
+
+
+def test_kill_9_and_resume_reproduce_the_uninterrupted_run(tiny_base, tmp_path):
+    import signal
+    import time
+
+    settings = {"train.max_steps": 60, "train.save_every": 5, "train.resume_from": "latest", "train.batch_size": 1}
+    straight = tmp_path / "straight"
+    train(load_recipe(None, overrides(tiny_base, straight, **settings)), progress=False)
+
+    killed = tmp_path / "killed"
+    command = [sys.executable, "-m", "draftheads.scripts.cli", "train", *overrides(tiny_base, killed, **settings)]
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 300
+    while not (killed / "checkpoints" / "step-00000005").exists() and process.poll() is None and time.time() < deadline:
+        time.sleep(0.05)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    assert not (killed / "heads").exists(), "the run finished before it could be killed"
+    done = subprocess.run(command, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    a, b = heads_of(straight), heads_of(killed)
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
