@@ -1,0 +1,105 @@
+"""Draft trees in 1-D form: `parents[i]` (root = -1) and `depth[i]`; everything else is derived.
+
+Node 0 is the root: the base model's own next token (t+1). A node at depth d holds a candidate
+for token t+1+d. Nodes are stored parents-first (breadth-first), so one pass in index order can
+compute anything that flows from root to leaves. The attention mask of verification (each node
+sees the cached prefix and its own ancestors) and the position ids (prefix length + depth) are
+derived here; kernels take the 1-D arrays themselves and never a dense mask.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+
+@dataclass(frozen=True)
+class Tree:
+    """A draft tree: parents[i] < i for every non-root node."""
+
+    parents: torch.Tensor
+    """[T] long; parents[0] == -1."""
+    depth: torch.Tensor
+    """[T] long; depth[0] == 0, depth[i] == depth[parents[i]] + 1."""
+    rank: torch.Tensor
+    """[T] long; which candidate of its depth's draft distribution the node takes (0 = the most
+    likely), as in Medusa's static "choices"; 0 for the root."""
+
+    def __post_init__(self) -> None:
+        parents = self.parents.tolist()
+        if not parents or parents[0] != -1 or any(not 0 <= p < i for i, p in enumerate(parents) if i):
+            raise ValueError(f"not a parents-first tree: {parents}")
+
+    @property
+    def size(self) -> int:
+        """Number of nodes, root included."""
+        return self.parents.numel()
+
+    @classmethod
+    def from_paths(cls, paths: list[tuple[int, ...]] | list[list[int]]) -> "Tree":
+        """A static tree from Medusa-style choices: each path lists candidate ranks per depth,
+        e.g. (0,), (1,), (0, 0) is the root, its two best depth-1 candidates, and the best depth-2
+        candidate after the first. Missing prefixes are added; duplicates are merged."""
+        prefixes = {()}
+        for path in paths:
+            path = tuple(int(r) for r in path)
+            if any(r < 0 for r in path):
+                raise ValueError(f"negative rank in path {path}")
+            prefixes.update(path[:n] for n in range(1, len(path) + 1))
+        ordered = sorted(prefixes, key=lambda p: (len(p), p))
+        index = {p: i for i, p in enumerate(ordered)}
+        parents = [index[p[:-1]] if p else -1 for p in ordered]
+        return cls(
+            parents=torch.tensor(parents, dtype=torch.long),
+            depth=torch.tensor([len(p) for p in ordered], dtype=torch.long),
+            rank=torch.tensor([p[-1] if p else 0 for p in ordered], dtype=torch.long),
+        )
+
+    @classmethod
+    def chain(cls, length: int) -> "Tree":
+        """A single path of `length` drafted tokens after the root (length 0: the empty tree of
+        plain autoregressive decoding)."""
+        return cls.from_paths([(0,) * length] if length else [])
+
+    def ancestor_mask(self) -> torch.Tensor:
+        """[T, T] bool: mask[i, j] is True when node j is node i or one of its ancestors."""
+        mask = torch.eye(self.size, dtype=torch.bool)
+        for i, parent in enumerate(self.parents.tolist()):
+            if parent >= 0:
+                mask[i] |= mask[parent]  # parents-first order: the parent's row is complete
+        return mask
+
+    def position_ids(self, prefix_length: int) -> torch.Tensor:
+        """[T] positions of the nodes after a prefix of `prefix_length` tokens."""
+        return self.depth + prefix_length
+
+    def path_to(self, node: int) -> list[int]:
+        """Node indices from the root to `node`, inclusive."""
+        path = []
+        while node >= 0:
+            path.append(node)
+            node = int(self.parents[node])
+        return path[::-1]
+
+
+def accept_greedy(tree: Tree, tokens: torch.Tensor, target: torch.Tensor) -> tuple[list[int], int]:
+    """Greedy verification: the longest root path whose every token equals the base model's argmax.
+
+    `tokens[i]` is node i's token; `target[i]` is the base model's argmax after node i (from the one
+    verification forward). A node is accepted when its parent is and its token is what the base
+    model predicts after the parent. Returns the accepted node indices (root first) and the bonus
+    token, the base model's prediction after the last accepted node; the committed tokens are
+    exactly those greedy autoregressive decoding would produce.
+    """
+    parents = tree.parents.tolist()
+    tokens_l, target_l = tokens.tolist(), target.tolist()
+    accepted = [True] + [False] * (tree.size - 1)
+    best = 0
+    for i in range(1, tree.size):
+        parent = parents[i]
+        if accepted[parent] and tokens_l[i] == target_l[parent]:
+            accepted[i] = True
+            if tree.depth[i] > tree.depth[best]:
+                best = i
+    return tree.path_to(best), target_l[best]

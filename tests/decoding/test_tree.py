@@ -1,0 +1,109 @@
+from __future__ import annotations
+
+import pytest
+import torch
+
+from draftheads.decoding.tree import Tree, accept_greedy
+
+
+def test_from_paths_adds_prefixes_and_orders_parents_first():
+    tree = Tree.from_paths([(0, 1), (1,), (0, 0, 0)])
+    # nodes: (), (0,), (1,), (0,0), (0,1), (0,0,0)
+    assert tree.parents.tolist() == [-1, 0, 0, 1, 1, 3]
+    assert tree.depth.tolist() == [0, 1, 1, 2, 2, 3]
+    assert tree.rank.tolist() == [0, 0, 1, 0, 1, 0]
+    assert tree.path_to(5) == [0, 1, 3, 5]
+
+
+def test_ancestor_mask_and_positions_are_exact():
+    tree = Tree.from_paths([(0, 1), (1,), (0, 0, 0)])
+    expected = torch.tensor(
+        [
+            [1, 0, 0, 0, 0, 0],
+            [1, 1, 0, 0, 0, 0],
+            [1, 0, 1, 0, 0, 0],
+            [1, 1, 0, 1, 0, 0],
+            [1, 1, 0, 0, 1, 0],
+            [1, 1, 0, 1, 0, 1],
+        ],
+        dtype=torch.bool,
+    )
+    assert torch.equal(tree.ancestor_mask(), expected)
+    assert tree.position_ids(37).tolist() == [37, 38, 38, 39, 39, 40]
+
+
+def test_chain_and_empty_tree():
+    assert Tree.chain(0).parents.tolist() == [-1]
+    assert Tree.chain(3).parents.tolist() == [-1, 0, 1, 2]
+
+
+@pytest.mark.parametrize("parents", [[0], [-1, 1], [-1, 0, 3, 1], []])
+def test_invalid_trees_are_refused(parents):
+    with pytest.raises(ValueError, match="not a parents-first tree"):
+        Tree(torch.tensor(parents, dtype=torch.long), torch.zeros(len(parents), dtype=torch.long), torch.zeros(len(parents), dtype=torch.long))
+
+
+@pytest.mark.parametrize(
+    "tokens, accepted, bonus",
+    [
+        ([5, 9, 9, 9, 9, 9], [0], 6),  # accept none: bonus is the base's own next token
+        ([5, 6, 8, 7, 9, 1], [0, 1, 3, 5], 2),  # accept all along the deepest path
+        ([5, 6, 6, 7, 9, 4], [0, 1, 3], 1),  # partial: depth 3 wrong
+        ([5, 9, 6, 9, 7, 9], [0, 2], 7),  # the second-ranked sibling is the right one
+    ],
+)
+def test_greedy_acceptance_edges(tokens, accepted, bonus):
+    tree = Tree.from_paths([(0, 1), (1,), (0, 0, 0)])
+    # Base argmax after each node: root -> 6, (0,) -> 7, (1,) -> 7, (0,0) -> 1, (0,1) -> 0, (0,0,0) -> 2
+    target = torch.tensor([6, 7, 7, 1, 0, 2])
+    assert accept_greedy(tree, torch.tensor(tokens), target) == (accepted, bonus)
+
+
+def tree_forward(model, prefix: torch.Tensor, tree: Tree, tokens: torch.Tensor) -> torch.Tensor:
+    """Logits of every tree node from ONE forward over prefix + nodes (ancestor mask, depth positions)."""
+    n, t = prefix.shape[1], tree.size
+    mask = torch.ones(1, 1, n + t, n + t, dtype=torch.bool).tril()
+    mask[..., n:, n:] = tree.ancestor_mask()
+    positions = torch.cat([torch.arange(n), tree.position_ids(n)])[None]
+    return model(torch.cat([prefix, tokens[None]], dim=1), attention_mask=mask, position_ids=positions).logits[0, n:]
+
+
+def test_tree_forward_equals_a_plain_forward_along_every_path(tiny_llama):
+    """The derived mask and positions make each node see exactly its own path: its logits equal
+    those of an ordinary causal forward over prefix + that path."""
+    torch.manual_seed(0)
+    prefix = torch.randint(0, 128, (1, 7))
+    tree = Tree.from_paths([(0, 0, 0), (1,), (1, 0), (0, 1), (2, 1)])
+    tokens = torch.randint(0, 128, (tree.size,))
+    with torch.no_grad():
+        together = tree_forward(tiny_llama, prefix, tree, tokens)
+        for node in range(tree.size):
+            path = tokens[tree.path_to(node)][None]
+            alone = tiny_llama(torch.cat([prefix, path], dim=1)).logits[0, -1]
+            torch.testing.assert_close(together[node], alone, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("correct_depths", [0, 1, 2, 3])
+def test_one_tree_forward_commits_exactly_the_greedy_tokens(tiny_llama, correct_depths):
+    """Verify a whole tree in one forward, accept greedily: the committed tokens equal plain greedy
+    decoding, however many drafted tokens were right."""
+    torch.manual_seed(correct_depths)
+    prefix = torch.randint(0, 128, (1, 9))
+    tree = Tree.from_paths([(0, 0, 0), (1,), (1, 0), (0, 1)])
+    with torch.no_grad():
+        greedy = []
+        ids = prefix
+        for _ in range(5):
+            greedy.append(int(tiny_llama(ids).logits[0, -1].argmax()))
+            ids = torch.cat([ids, torch.tensor([[greedy[-1]]])], dim=1)
+        # The root holds the base's next token; the rank-0 chain is right up to `correct_depths`;
+        # every other node is wrong.
+        chain = {0} | {i for i in range(1, tree.size) if tree.path_to(i)[1] == 1 and tree.rank[i] == 0}
+        tokens = torch.tensor([greedy[int(d)] for d in tree.depth])
+        for node in range(tree.size):
+            if node not in chain or tree.depth[node] > correct_depths:
+                tokens[node] = (tokens[node] + 1) % 128
+        accepted, bonus = accept_greedy(tree, tokens, tree_forward(tiny_llama, prefix, tree, tokens).argmax(-1))
+    committed = [int(tokens[i]) for i in accepted] + [bonus]
+    assert len(accepted) == 1 + correct_depths
+    assert committed == greedy[: len(committed)]
