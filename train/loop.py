@@ -27,11 +27,11 @@ from draftheads.models.backbone import LAST, Backbone, load_backbone
 from draftheads.models.card import model_card
 from draftheads.models.draft_model import DraftModel, save_heads
 from draftheads.models.heads.base import DraftHeads
-from draftheads.train.checkpoint import TrainerState, resolve_resume, save_checkpoint
+from draftheads.train.checkpoint import TrainerState, list_checkpoints, resolve_resume, save_checkpoint
 from draftheads.train.config import Recipe, save_resolved
 from draftheads.train.losses import depth_accuracy_counts, depth_loss_sums, depth_weights, target_counts
 from draftheads.train.schedules import make_scheduler
-from draftheads.utils.errors import DraftheadsError
+from draftheads.utils.errors import ConfigError, DraftheadsError
 from draftheads.utils.typed_config import to_dict
 
 
@@ -166,6 +166,11 @@ def train(recipe: Recipe, on_step: Callable[[int], None] | None = None, progress
     accelerator.register_for_checkpointing(scheduler, state)
 
     resume = resolve_resume(output_dir, cfg.resume_from)
+    if resume is None and list_checkpoints(output_dir):
+        raise ConfigError(
+            f"train.output_dir: {output_dir} already holds checkpoints of another run: set train.resume_from=latest "
+            "to continue it, or choose a new output_dir"
+        )
     if resume is not None:
         accelerator.load_state(str(resume))
         accelerator.print(f"resumed from {resume} at step {state.step}")
@@ -193,6 +198,8 @@ def train(recipe: Recipe, on_step: Callable[[int], None] | None = None, progress
                 f.write(json.dumps(metrics) + "\n")
 
     if state.step == 0:
+        if accelerator.is_main_process:
+            (output_dir / "metrics.jsonl").unlink(missing_ok=True)  # from a run that died before its first checkpoint
         run_eval(0)
     data = _batches(train_loader, state, accelerator)
     bar = tqdm(total=cfg.max_steps, initial=state.step, desc="training", unit="step", disable=not (progress and accelerator.is_main_process))

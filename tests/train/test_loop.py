@@ -145,3 +145,14 @@ def test_kill_9_and_resume_reproduce_the_uninterrupted_run(tiny_base, tmp_path):
     assert done.returncode == 0, done.stderr[-3000:]
     a, b = heads_of(straight), heads_of(killed)
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_a_fresh_run_into_a_used_output_dir_is_refused(tiny_base, tmp_path):
+    from draftheads.utils.errors import ConfigError
+
+    out = tmp_path / "run"
+    train(load_recipe(None, overrides(tiny_base, out, **{"train.max_steps": 2})), progress=False)
+    with pytest.raises(ConfigError, match="already holds checkpoints of another run: set train.resume_from=latest"):
+        train(load_recipe(None, overrides(tiny_base, out, **{"train.max_steps": 4})), progress=False)
+    result = train(load_recipe(None, overrides(tiny_base, out, **{"train.max_steps": 2, "train.resume_from": "latest"})), progress=False)
+    assert result.evals and result.evals[-1]["step"] == 2  # already done: still reports where the heads stand
