@@ -9,8 +9,8 @@ with, and refuses a mismatch with a message that says which.
 
 from __future__ import annotations
 
+import dataclasses
 import json
-import shutil
 from pathlib import Path
 
 import torch
@@ -62,8 +62,9 @@ class DraftModel:
 
     @classmethod
     def new(cls, backbone: Backbone, config: HeadConfig) -> "DraftModel":
-        """Fresh heads of `config`'s family for `backbone`, with the base's identity recorded."""
-        config.base = base_info(backbone)
+        """Fresh heads of `config`'s family for `backbone`, with the base's identity recorded
+        (in a copy of `config`: the caller's recipe is left as it was)."""
+        config = dataclasses.replace(config, base=base_info(backbone))
         return cls(backbone, HEADS.get(config.head_type).build(config, backbone))
 
     def save_pretrained(self, directory: str | Path, extra_files: dict[str, str] | None = None) -> Path:
@@ -85,28 +86,15 @@ class DraftModel:
 
 
 def save_heads(heads: DraftHeads, directory: str | Path, extra_files: dict[str, str] | None = None) -> Path:
-    """Write config.json, model.safetensors (heads only) and any extra text files, atomically.
-
-    The folder is written aside and renamed into place, so a reader (or a crash) never sees a mix
-    of an old and a new export; an existing export is replaced only once the new one is complete.
-    """
+    """Write config.json, model.safetensors (heads only) and any extra text files, atomically:
+    a reader (or a crash) never sees a mix of an old and a new export."""
     directory = Path(directory)
     state = {k: v.detach().contiguous().cpu() for k, v in heads.state_dict().items()}
-    staged = directory.with_name(directory.name + ".new")
-    shutil.rmtree(staged, ignore_errors=True)  # left by a crash between the two renames below
-    with atomic_directory(staged) as tmp:
+    with atomic_directory(directory, replace=True) as tmp:
         (tmp / CONFIG_NAME).write_text(json.dumps(heads.config.to_json_dict(), indent=2) + "\n")
         save_file(state, str(tmp / WEIGHTS_NAME), metadata={"format": "pt", "head_type": heads.config.head_type})
         for name, text in (extra_files or {}).items():
             (tmp / name).write_text(text)
-    if directory.exists():
-        previous = directory.with_name(directory.name + ".old")
-        shutil.rmtree(previous, ignore_errors=True)
-        directory.rename(previous)
-        staged.rename(directory)
-        shutil.rmtree(previous)
-    else:
-        staged.rename(directory)
     return directory
 
 

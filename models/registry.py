@@ -28,6 +28,8 @@ class HeadRegistry:
         def add(cls: type[DraftHeads]) -> type[DraftHeads]:
             if name in self._families and self._families[name] is not cls:
                 raise ValueError(f"head type '{name}' is registered twice")
+            if getattr(cls.config_class, "head_type", None) != name:
+                raise ValueError(f"{cls.__name__}.config_class must have head_type = {name!r} (the tag recipes use)")
             cls.head_type = name
             self._families[name] = cls
             return cls

@@ -27,22 +27,29 @@ def add_recipe_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--limit", type=int, help="keep at most this many conversations per source")
 
 
-def recipe_from_args(args: argparse.Namespace) -> "Recipe":
-    """Resolve the recipe named on the command line, with flags and overrides applied."""
+def recipe_and_overrides(args: argparse.Namespace) -> tuple[str | None, list[str]]:
+    """The recipe named on the command line and every override, the quick flags included (as
+    overrides, so they are type-checked like everything else and can be handed to a relaunch)."""
     from draftheads.train.config import load_recipe  # imports torch: not needed for --help
 
     recipes = [item for item in args.items if "=" not in item]
     overrides = [item for item in args.items if "=" in item]
     if len(recipes) > 1:
         raise SystemExit(f"error: one recipe at most, got {', '.join(recipes)}")
-    # Flags become overrides, so they are type-checked like everything else.
+    recipe = recipes[0] if recipes else None
     if args.base:
         overrides.append(f"model.base={json.dumps(args.base)}")
     if args.data:
         overrides.append("data.sources=" + json.dumps([{"path": p} for p in args.data]))
-    recipe = load_recipe(recipes[0] if recipes else None, overrides)
     if args.limit is not None:
-        count = len(recipe.data.sources)
-        extra = [f"data.sources.{i}.limit={args.limit}" for i in range(count)]
-        recipe = load_recipe(recipes[0] if recipes else None, overrides + extra)
-    return recipe
+        # One override per source, so the sources (from the recipe or --data) must be known first.
+        count = len(load_recipe(recipe, overrides).data.sources)
+        overrides += [f"data.sources.{i}.limit={args.limit}" for i in range(count)]
+    return recipe, overrides
+
+
+def recipe_from_args(args: argparse.Namespace) -> "Recipe":
+    """Resolve the recipe named on the command line, with flags and overrides applied."""
+    from draftheads.train.config import load_recipe
+
+    return load_recipe(*recipe_and_overrides(args))

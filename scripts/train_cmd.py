@@ -9,7 +9,7 @@ import sys
 from importlib import resources
 from pathlib import Path
 
-from draftheads.scripts.recipe_args import add_recipe_arguments, recipe_from_args
+from draftheads.scripts.recipe_args import add_recipe_arguments, recipe_and_overrides, recipe_from_args
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -42,12 +42,8 @@ def launch_command(args: argparse.Namespace) -> tuple[list[str], dict[str, str]]
     """The `accelerate launch` command line and environment that run this same job."""
     import torch
 
-    forwarded = list(args.items)
-    for flag, value in (("--base", args.base), ("--limit", args.limit)):
-        if value is not None:
-            forwarded += [flag, str(value)]
-    for source in args.data or []:
-        forwarded += ["--data", source]
+    recipe, overrides = recipe_and_overrides(args)
+    forwarded = ([recipe] if recipe else []) + overrides
     command = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(accelerate_config_path(args.accelerate_config))]
     env = dict(os.environ)
     if not torch.cuda.is_available():
@@ -64,9 +60,8 @@ def run(args: argparse.Namespace) -> int:
     from draftheads.train.loop import train
 
     result = train(recipe_from_args(args))
-    if result.evals:
-        final = result.evals[-1]
-        first = result.evals[0]
+    if result.main_process and result.history:
+        first, final = result.history[0], result.history[-1]
         print("held-out top-1 accuracy by head (before -> after training):")
         for k, (a, b) in enumerate(zip(first["top1"], final["top1"])):
             print(f"  head {k + 1}: {a:.3f} -> {b:.3f}   (top-5 {final['top5'][k]:.3f})")

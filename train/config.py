@@ -32,7 +32,8 @@ class LossConfig:
     """Mix of soft labels: 0 = cross-entropy on the data's tokens, 1 = KL to the backbone's own
     distribution for the same token (self-distillation from the same forward, no extra cost)."""
     chunk_size: int = 2048
-    """Positions projected to the vocabulary at once; bounds memory (logits are recomputed in backward)."""
+    """Positions projected to the vocabulary at once; bounds memory (with several chunks per depth,
+    logits are recomputed in backward instead of kept)."""
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.soft_label_weight <= 1.0:

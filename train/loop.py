@@ -56,8 +56,12 @@ class TrainResult:
 
     output_dir: Path
     heads_dir: Path
+    main_process: bool = True
+    """Whether this is the main process (the one that reports and exports)."""
     evals: list[dict] = field(default_factory=list)
-    """Held-out metrics at every evaluation (the first is before any training)."""
+    """Held-out metrics of the evaluations this invocation ran."""
+    history: list[dict] = field(default_factory=list)
+    """Held-out metrics of the whole run, across resumes (main process; the first is at step 0)."""
     losses: list[float] = field(default_factory=list)
     """Training loss at every step."""
 
@@ -180,7 +184,7 @@ def train(recipe: Recipe, on_step: Callable[[int], None] | None = None, progress
     unwrapped = accelerator.unwrap_model(module).heads
     weights = depth_weights(depths, cfg.loss.decay)
     world = accelerator.num_processes
-    result = TrainResult(output_dir=output_dir, heads_dir=output_dir / "heads")
+    result = TrainResult(output_dir=output_dir, heads_dir=output_dir / "heads", main_process=accelerator.is_main_process)
 
     def run_eval(step: int) -> None:
         if eval_loader is None:
@@ -252,6 +256,7 @@ def train(recipe: Recipe, on_step: Callable[[int], None] | None = None, progress
     if accelerator.is_main_process:
         # The whole run's evaluations, including those before a resume (step 0 = untrained heads).
         history = [json.loads(line) for line in (output_dir / "metrics.jsonl").read_text().splitlines()] if eval_loader else []
+        result.history = history
         summary = {
             "steps": state.step,
             "data": [s.path for s in recipe.data.sources],

@@ -28,18 +28,26 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> None:
 
 
 @contextlib.contextmanager
-def atomic_directory(final: str | os.PathLike) -> Iterator[Path]:
+def atomic_directory(final: str | os.PathLike, replace: bool = False) -> Iterator[Path]:
     """Yield a temporary folder next to `final`; on success rename it to `final` in one step.
 
-    If `final` appeared meanwhile (another process finished the same job first), the new copy is
-    discarded and the existing one kept: both are complete, so either is fine. On error nothing is
-    left behind.
+    If `final` exists: with `replace`, the old folder is swapped out only once the new one is
+    complete (a reader sees the old or the new folder, never a mix); without it (a cache that
+    another process finished first), the new copy is discarded, since both are complete. On error
+    nothing is left behind.
     """
     final = Path(final)
     final.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=".tmp", dir=final.parent))
     try:
         yield tmp
+        if replace and final.exists():
+            previous = final.with_name(f".{final.name}.old")
+            shutil.rmtree(previous, ignore_errors=True)
+            os.rename(final, previous)
+            os.rename(tmp, final)
+            shutil.rmtree(previous, ignore_errors=True)
+            return
         try:
             os.rename(tmp, final)
         except OSError:

@@ -77,3 +77,21 @@ def test_config_prints_and_saves_the_resolved_recipe(tmp_path):
     )
     assert done.returncode == 0, done.stderr
     assert "max_length: 99" in done.stdout and (tmp_path / "recipe.yaml").read_text() in done.stdout
+
+
+def test_quick_flags_become_the_overrides_a_relaunch_forwards(tmp_path):
+    from draftheads.scripts.train_cmd import launch_command
+
+    a, b = write_jsonl(tmp_path / "a.jsonl", [SAMPLE]), write_jsonl(tmp_path / "b.jsonl", [SAMPLE])
+    args = build_parser().parse_args(
+        ["train", "smollm2-135m/medusa1", "train.max_steps=3", "--data", str(a), "--data", str(b), "--limit", "5", "--base", "demo:smollm2-135m", "--accelerate-config", "cpu-2proc"]
+    )
+    command, env = launch_command(args)
+    forwarded = command[command.index("draftheads.train") + 1 :]
+    assert forwarded[:2] == ["smollm2-135m/medusa1", "train.max_steps=3"]
+    assert "data.sources.0.limit=5" in forwarded and "data.sources.1.limit=5" in forwarded
+    assert env["ACCELERATE_USE_CPU"] == "true" and command[command.index("--config_file") + 1].endswith("accelerate/cpu-2proc.yaml")
+    from draftheads.train.config import load_recipe
+
+    recipe = load_recipe(forwarded[0], forwarded[1:])  # what the relaunched process will train
+    assert [s.path for s in recipe.data.sources] == [str(a), str(b)] and recipe.train.max_steps == 3

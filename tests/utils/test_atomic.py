@@ -30,3 +30,18 @@ def test_atomic_write_text_replaces_whole_file(tmp_path):
     atomic_write_text(path, "two")
     assert path.read_text() == "two"
     assert [p.name for p in path.parent.iterdir()] == ["f.txt"]
+
+
+def test_atomic_directory_replace_swaps_only_a_complete_folder(tmp_path):
+    final = tmp_path / "export"
+    final.mkdir()
+    (final / "old.txt").write_text("old")
+    with pytest.raises(RuntimeError):
+        with atomic_directory(final, replace=True) as tmp:
+            (tmp / "new.txt").write_text("half")
+            raise RuntimeError("crash while writing")
+    assert [p.name for p in final.iterdir()] == ["old.txt"]  # the old export survives a failed one
+    with atomic_directory(final, replace=True) as tmp:
+        (tmp / "new.txt").write_text("new")
+    assert [p.name for p in final.iterdir()] == ["new.txt"]
+    assert [p.name for p in tmp_path.iterdir()] == ["export"]
