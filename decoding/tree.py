@@ -81,25 +81,3 @@ class Tree:
             path.append(node)
             node = int(self.parents[node])
         return path[::-1]
-
-
-def accept_greedy(tree: Tree, tokens: torch.Tensor, target: torch.Tensor) -> tuple[list[int], int]:
-    """Greedy verification: the longest root path whose every token equals the base model's argmax.
-
-    `tokens[i]` is node i's token; `target[i]` is the base model's argmax after node i (from the one
-    verification forward). A node is accepted when its parent is and its token is what the base
-    model predicts after the parent. Returns the accepted node indices (root first) and the bonus
-    token, the base model's prediction after the last accepted node; the committed tokens are
-    exactly those greedy autoregressive decoding would produce.
-    """
-    parents = tree.parents.tolist()
-    tokens_l, target_l = tokens.tolist(), target.tolist()
-    accepted = [True] + [False] * (tree.size - 1)
-    best = 0
-    for i in range(1, tree.size):
-        parent = parents[i]
-        if accepted[parent] and tokens_l[i] == target_l[parent]:
-            accepted[i] = True
-            if tree.depth[i] > tree.depth[best]:
-                best = i
-    return tree.path_to(best), target_l[best]

@@ -250,12 +250,14 @@ class Backbone:
         position_ids: torch.Tensor | None = None,
         layers: Sequence[int] = (LAST,),
         logits: bool = False,
+        **model_kwargs,
     ) -> BackboneOutput:
         """Run the backbone and return the hidden states of `layers` (and next-token logits).
 
         `LAST` (-1) is the final normed hidden state; i >= 0 is the output of decoder layer i. With
         packed rows, pass `position_ids` that restart at 0 per document and no attention mask:
-        transformers then keeps documents from attending to each other.
+        transformers then keeps documents from attending to each other. `model_kwargs` reach the
+        attention function (the decoding engine passes its KV cache this way).
         """
         wanted = sorted(set(layers))
         for index in wanted:
@@ -270,7 +272,11 @@ class Backbone:
         ]
         try:
             out = self.decoder(
-                input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, use_cache=False
+                input_ids=input_ids,
+                attention_mask=attention_mask,
+                position_ids=position_ids,
+                use_cache=False,
+                **model_kwargs,
             )
         finally:
             for handle in handles:

@@ -6,8 +6,11 @@ import json
 from pathlib import Path
 
 
-def tiny_llama_config(vocab_size: int = 128, layers: int = 2, hidden: int = 64):
-    """A 2-layer Llama with hidden size 64: real modeling code, milliseconds per forward."""
+def tiny_llama_config(vocab_size: int = 128, layers: int = 2, hidden: int = 64, init_std: float = 0.02):
+    """A 2-layer Llama with hidden size 64: real modeling code, milliseconds per forward.
+
+    With the default init a random model repeats one token forever; `init_std=0.3` gives varied
+    greedy continuations, which decoding tests need."""
     from transformers import LlamaConfig
 
     return LlamaConfig(
@@ -19,6 +22,7 @@ def tiny_llama_config(vocab_size: int = 128, layers: int = 2, hidden: int = 64):
         num_key_value_heads=2,
         max_position_embeddings=512,
         tie_word_embeddings=True,
+        initializer_range=init_std,
     )
 
 

@@ -3,7 +3,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from draftheads.decoding.tree import Tree, accept_greedy
+from draftheads.decoding.acceptance import Accepted, accept_greedy
+from draftheads.decoding.tree import Tree
 
 
 def test_from_paths_adds_prefixes_and_orders_parents_first():
@@ -56,7 +57,7 @@ def test_greedy_acceptance_edges(tokens, accepted, bonus):
     tree = Tree.from_paths([(0, 1), (1,), (0, 0, 0)])
     # Base argmax after each node: root -> 6, (0,) -> 7, (1,) -> 7, (0,0) -> 1, (0,1) -> 0, (0,0,0) -> 2
     target = torch.tensor([6, 7, 7, 1, 0, 2])
-    assert accept_greedy(tree, torch.tensor(tokens), target) == (accepted, bonus)
+    assert accept_greedy(tree, torch.tensor(tokens), target) == Accepted(accepted, bonus)
 
 
 def tree_forward(model, prefix: torch.Tensor, tree: Tree, tokens: torch.Tensor) -> torch.Tensor:
@@ -103,7 +104,8 @@ def test_one_tree_forward_commits_exactly_the_greedy_tokens(tiny_llama, correct_
         for node in range(tree.size):
             if node not in chain or tree.depth[node] > correct_depths:
                 tokens[node] = (tokens[node] + 1) % 128
-        accepted, bonus = accept_greedy(tree, tokens, tree_forward(tiny_llama, prefix, tree, tokens).argmax(-1))
+        result = accept_greedy(tree, tokens, tree_forward(tiny_llama, prefix, tree, tokens).argmax(-1))
+        accepted, bonus = result.nodes, result.bonus
     committed = [int(tokens[i]) for i in accepted] + [bonus]
     assert len(accepted) == 1 + correct_depths
     assert committed == greedy[: len(committed)]

@@ -1,0 +1,111 @@
+"""The engine's own KV cache, and the attention function that lets transformers use it.
+
+The cache is preallocated per layer ([B, Hkv, capacity, D], created lazily from the first keys a
+layer writes, so any model's head layout and dtype just work). A forward over T new tokens (tree
+nodes, a prompt, or one autoregressive token) writes their keys/values at [length, length + T)
+and attends over [0, length + T); after acceptance `commit` compacts the accepted nodes into
+place and advances `length`. Rejected nodes are simply overwritten by the next forward.
+
+Transformers reaches this cache through its `AttentionInterface`: `install_tree_attention`
+registers `tree_attention_forward` under `ATTENTION_NAME` and switches the model to it. The engine
+passes the cache as the `draftheads_cache` keyword of the model's forward (transformers hands such
+keywords to the attention function) and the tree's [1, 1, T, T] ancestor mask as the ordinary
+`attention_mask` (transformers passes a 4-D mask through untouched). Without `draftheads_cache`
+the function is plain SDPA, so training and HF `generate` on the same model are unaffected.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from draftheads.kernels.kv_compact import kv_compact_reference
+from draftheads.kernels.tree_attention import tree_attention_reference
+
+ATTENTION_NAME = "draftheads_tree"
+
+
+class KVCache:
+    """Preallocated keys/values for every layer, plus the committed length."""
+
+    def __init__(self, capacity: int):
+        self.capacity = capacity
+        self.length = 0
+        self.pending = 0
+        self.keys: dict[int, torch.Tensor] = {}
+        self.values: dict[int, torch.Tensor] = {}
+
+    def reset(self, capacity: int | None = None) -> None:
+        """Forget the sequence; keep the buffers unless a larger capacity is asked for."""
+        if capacity is not None and capacity > self.capacity:
+            self.capacity = capacity
+            self.keys.clear()
+            self.values.clear()
+        self.length = 0
+        self.pending = 0
+
+    def append(self, layer: int, key: torch.Tensor, value: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Write T new keys/values [B, Hkv, T, D] after the committed prefix of `layer`; return
+        views of the prefix plus the new entries."""
+        count = key.shape[2]
+        end = self.length + count
+        if end > self.capacity:
+            raise RuntimeError(
+                f"KV cache overflow: {self.length} committed + {count} new > capacity {self.capacity}"
+            )
+        if layer not in self.keys:
+            shape = (key.shape[0], key.shape[1], self.capacity, key.shape[3])
+            self.keys[layer] = key.new_empty(shape)
+            self.values[layer] = value.new_empty(shape[:3] + (value.shape[3],))
+        keys, values = self.keys[layer], self.values[layer]
+        keys[:, :, self.length : end] = key
+        values[:, :, self.length : end] = value
+        self.pending = count
+        return keys[:, :, :end], values[:, :, :end]
+
+    def commit(self, nodes: list[int]) -> None:
+        """Keep the pending entries `nodes` (increasing offsets into the last forward's tokens),
+        moved to follow the prefix in that order, and drop the rest."""
+        if any(not 0 <= n < self.pending for n in nodes):
+            raise ValueError(f"commit of {nodes}: only {self.pending} entries are pending")
+        if nodes != list(range(len(nodes))):  # already in place when the path is a prefix
+            index = torch.tensor(nodes, dtype=torch.long)
+            for layer in self.keys:
+                kv_compact_reference(self.keys[layer], self.length, index)
+                kv_compact_reference(self.values[layer], self.length, index)
+        self.length += len(nodes)
+        self.pending = 0
+
+
+def tree_attention_forward(
+    module: nn.Module,
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    attention_mask: torch.Tensor | None,
+    dropout: float = 0.0,
+    scaling: float | None = None,
+    **kwargs,
+) -> tuple[torch.Tensor, None]:
+    """Transformers attention function: tree attention over the engine's cache when the forward
+    got `draftheads_cache`, plain SDPA otherwise. Returns ([B, T, H, D], None) like SDPA."""
+    cache = kwargs.pop("draftheads_cache", None)
+    if cache is None:
+        from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+        return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling, **kwargs)
+    keys, values = cache.append(module.layer_idx, key, value)
+    output = tree_attention_reference(query, keys, values, attention_mask, scaling)
+    return output.transpose(1, 2), None
+
+
+def install_tree_attention(model: nn.Module) -> None:
+    """Register the tree attention (and SDPA's mask builder under the same name, so callers that
+    do not pass a 4-D mask get SDPA's) and switch `model` to it. Idempotent."""
+    from transformers import AttentionInterface
+    from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
+
+    AttentionInterface.register(ATTENTION_NAME, tree_attention_forward)
+    AttentionMaskInterface.register(ATTENTION_NAME, sdpa_mask)
+    if model.config._attn_implementation != ATTENTION_NAME:
+        model.set_attn_implementation(ATTENTION_NAME)

@@ -1,0 +1,269 @@
+"""The one decoding engine: draft a tree with the heads, verify all of it in one backbone forward
+over the engine's KV cache, accept, commit (compact the cache to the accepted path), repeat.
+
+Plain autoregressive decoding is the same loop with a root-only tree, so speedups compare like
+with like. The engine never asks which head family it drives: it calls `begin_draft` with the
+features of the tokens just committed and `draft_step` through a drafter.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Literal
+
+import torch
+
+from draftheads.decoding.acceptance import Accepted, accept_greedy, accept_sampling, accept_typical
+from draftheads.decoding.cache import KVCache, install_tree_attention
+from draftheads.decoding.drafting import Draft, DynamicDrafter, StaticDrafter
+from draftheads.decoding.sampling import SamplingConfig, sample
+from draftheads.decoding.tree import Tree
+from draftheads.models.backbone import LAST, Backbone
+from draftheads.models.heads.base import DraftHeads
+
+
+@dataclass
+class TreeSpec:
+    """Which tree the engine drafts each step."""
+
+    kind: Literal["none", "static", "dynamic"] = "none"
+    """none: autoregressive (root only); static: `paths`; dynamic: grown under `budget`."""
+    paths: list[list[int]] | None = None
+    """Static tree as Medusa-style rank paths, e.g. [[0], [1], [0, 0]]."""
+    budget: int = 16
+    """Dynamic trees: most drafted nodes per step (root excluded)."""
+    width: int = 8
+    """Dynamic trees: most nodes added per depth."""
+
+    def describe(self) -> dict:
+        """JSON-ready description for reports."""
+        if self.kind == "static":
+            return {"kind": "static", "budget": len(Tree.from_paths(self.paths or []).parents) - 1, "paths": self.paths}
+        if self.kind == "dynamic":
+            return {"kind": "dynamic", "budget": self.budget, "width": self.width}
+        return {"kind": "none", "budget": 0}
+
+
+@dataclass
+class GenerationConfig:
+    """What to generate and when to stop."""
+
+    max_new_tokens: int = 256
+    sampling: SamplingConfig = field(default_factory=SamplingConfig)
+    acceptance: Literal["auto", "greedy", "typical", "sampling"] = "auto"
+    """auto: greedy at temperature 0, lossless speculative sampling above it."""
+    typical_epsilon: float = 0.09
+    """Typical acceptance: hard probability threshold (Medusa's posterior_threshold)."""
+    typical_delta: float = 0.3
+    """Typical acceptance: entropy-scaled threshold (Medusa's posterior_alpha)."""
+    stop_strings: tuple[str, ...] = ()
+    eos_token_ids: tuple[int, ...] | None = None
+    """None: the tokenizer's and the model's generation-config EOS tokens."""
+    seed: int | None = None
+
+    def rule(self) -> str:
+        """The acceptance rule actually used."""
+        if self.acceptance == "auto":
+            return "greedy" if self.sampling.greedy else "sampling"
+        if self.acceptance == "greedy" and not self.sampling.greedy:
+            raise ValueError("greedy acceptance needs temperature 0; use sampling or typical above it")
+        if self.acceptance in ("sampling", "typical") and self.sampling.greedy:
+            raise ValueError(f"{self.acceptance} acceptance needs temperature > 0")
+        return self.acceptance
+
+
+@dataclass
+class GenerationResult:
+    """Tokens and what it took to produce them."""
+
+    tokens: list[int]
+    finish_reason: str
+    """eos, stop_string or length."""
+    accepted: list[int] = field(default_factory=list)
+    """Drafted tokens accepted at each verification step (the bonus token not counted)."""
+    tree_sizes: list[int] = field(default_factory=list)
+    """Drafted nodes (root excluded) verified at each step."""
+    predicted: list[float] = field(default_factory=list)
+    """Per step (dynamic trees): 1 + sum of the nodes' joint draft probabilities."""
+    times: dict[str, float] = field(default_factory=dict)
+    """Seconds in prefill, draft, verify, accept (acceptance + cache compaction), other."""
+
+    @property
+    def steps(self) -> int:
+        """Verification steps taken."""
+        return len(self.accepted)
+
+    @property
+    def tau(self) -> float:
+        """Mean tokens committed per verification step, the bonus token included."""
+        return 1 + sum(self.accepted) / len(self.accepted) if self.accepted else 1.0
+
+
+class Engine:
+    """Speculative (or, with no heads / kind none, autoregressive) decoding at batch size 1."""
+
+    def __init__(self, backbone: Backbone, heads: DraftHeads | None = None, tree: TreeSpec | None = None):
+        tree = tree or TreeSpec()
+        if tree.kind != "none" and heads is None:
+            raise ValueError(f"a {tree.kind} tree needs draft heads")
+        install_tree_attention(backbone.model)
+        self.backbone = backbone
+        self.heads = heads if tree.kind != "none" else None
+        self.tree_spec = tree
+        self.layers = tuple(heads.config.feature_layers()) if self.heads is not None else (LAST,)
+        if LAST not in self.layers:
+            self.layers = self.layers + (LAST,)
+        self.drafter: StaticDrafter | DynamicDrafter | None = None
+        self.static_mask: torch.Tensor | None = None
+        if tree.kind == "static":
+            if not tree.paths:
+                raise ValueError("a static tree needs at least one path")
+            template = Tree.from_paths(tree.paths)
+            self.drafter = StaticDrafter(template, heads.config.num_heads)
+            self.static_mask = template.ancestor_mask()
+        elif tree.kind == "dynamic":
+            self.drafter = DynamicDrafter(tree.budget, tree.width, heads.config.num_heads)
+        self.root_tree = Tree.chain(0)
+        self.cache = KVCache(0)
+        self.device = backbone.lm_head.weight.device
+
+    def default_eos(self) -> tuple[int, ...]:
+        """EOS tokens of the tokenizer and of the model's generation config."""
+        ids = set()
+        tokenizer = self.backbone.tokenizer
+        if tokenizer is not None and tokenizer.eos_token_id is not None:
+            ids.add(int(tokenizer.eos_token_id))
+        generation = getattr(self.backbone.model, "generation_config", None)
+        extra = getattr(generation, "eos_token_id", None) if generation is not None else None
+        ids.update([extra] if isinstance(extra, int) else (extra or []))
+        return tuple(sorted(ids))
+
+    def _forward(self, tokens: torch.Tensor, depth: torch.Tensor, mask: torch.Tensor, logits: bool):
+        positions = (depth + self.cache.length).to(self.device)
+        return self.backbone.features(
+            tokens.to(self.device)[None],
+            attention_mask=mask.to(self.device)[None, None],
+            position_ids=positions[None],
+            layers=self.layers,
+            logits=logits,
+            draftheads_cache=self.cache,
+        )
+
+    def _sync(self) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+
+    @torch.inference_mode()
+    def generate(self, prompt_ids: list[int] | torch.Tensor, config: GenerationConfig | None = None) -> GenerationResult:
+        """New tokens after `prompt_ids` (one sequence)."""
+        config = config or GenerationConfig()
+        rule = config.rule()
+        sampling = config.sampling
+        prompt = torch.as_tensor(prompt_ids, dtype=torch.long).flatten()
+        if prompt.numel() == 0:
+            raise ValueError("the prompt is empty")
+        if config.max_new_tokens < 1:
+            raise ValueError(f"max_new_tokens must be at least 1, got {config.max_new_tokens}")
+        eos = set(config.eos_token_ids if config.eos_token_ids is not None else self.default_eos())
+        generator = torch.Generator(device=self.device)
+        generator.manual_seed(config.seed if config.seed is not None else torch.seed() % 2**63)
+        tree_room = self.tree_spec.budget + 1 if self.tree_spec.kind == "dynamic" else (
+            self.static_mask.shape[0] if self.static_mask is not None else 1
+        )
+        self.cache.reset(prompt.numel() + config.max_new_tokens + tree_room)
+        times = dict.fromkeys(("prefill", "draft", "verify", "accept", "other"), 0.0)
+        result = GenerationResult(tokens=[], finish_reason="length", times=times)
+        stopper = _Stopper(self.backbone.tokenizer, eos, config.stop_strings, config.max_new_tokens, result)
+
+        start = time.perf_counter()
+        n = prompt.numel()
+        out = self._forward(prompt, torch.arange(n), torch.ones(n, n, dtype=torch.bool).tril(), logits=False)
+        self.cache.commit(list(range(n)))
+        last = self.backbone.lm_head(out.features[LAST][0, -1:])[0]
+        root = int(last.argmax()) if sampling.greedy else sample(sampling.logprobs(last), generator)
+        state = self.heads.begin_draft(out.features, prompt[None]) if self.heads is not None else None
+        self._sync()
+        times["prefill"] = time.perf_counter() - start
+        loop_start = time.perf_counter()
+        done = stopper.emit(root)
+        while not done:
+            t0 = time.perf_counter()
+            if self.drafter is not None:
+                draft = self.drafter.draft(
+                    self.heads, state, root, self.backbone.lm_head, sampling, generator, rule == "sampling"
+                )
+                mask = self.static_mask if self.static_mask is not None else draft.tree.ancestor_mask()
+                if draft.scores is not None:
+                    result.predicted.append(1 + float(draft.scores[1:].exp().sum()))
+            else:
+                draft = Draft(self.root_tree, torch.tensor([root]))
+                mask = torch.ones(1, 1, dtype=torch.bool)
+            self._sync()
+            t1 = time.perf_counter()
+            out = self._forward(draft.tokens, draft.tree.depth, mask, logits=True)
+            logits = out.logits[0]
+            self._sync()
+            t2 = time.perf_counter()
+            accepted = self._accept(rule, draft, logits, config, generator)
+            self.cache.commit(accepted.nodes)
+            self._sync()
+            t3 = time.perf_counter()
+            result.accepted.append(len(accepted.nodes) - 1)
+            result.tree_sizes.append(draft.tree.size - 1)
+            for node in accepted.nodes[1:]:
+                done = stopper.emit(int(draft.tokens[node]))
+                if done:
+                    break
+            if not done:
+                done = stopper.emit(accepted.bonus)
+            root = accepted.bonus
+            t4 = time.perf_counter()
+            if not done and self.heads is not None:
+                index = torch.tensor(accepted.nodes, device=self.device)
+                features = {layer: value[:, index] for layer, value in out.features.items()}
+                state = self.heads.begin_draft(features, draft.tokens[accepted.nodes][None].to(self.device))
+            self._sync()
+            t5 = time.perf_counter()
+            times["draft"] += (t1 - t0) + (t5 - t4)
+            times["verify"] += t2 - t1
+            times["accept"] += t3 - t2
+        times["other"] = time.perf_counter() - loop_start - times["draft"] - times["verify"] - times["accept"]
+        return result
+
+    def _accept(
+        self, rule: str, draft: Draft, logits: torch.Tensor, config: GenerationConfig, generator: torch.Generator
+    ) -> Accepted:
+        if rule == "greedy":
+            return accept_greedy(draft.tree, draft.tokens, logits.argmax(-1).cpu())
+        target = config.sampling.logprobs(logits)
+        if rule == "typical":
+            return accept_typical(
+                draft.tree, draft.tokens.to(target.device), target, config.typical_epsilon, config.typical_delta, generator
+            )
+        return accept_sampling(draft.tree, draft.tokens, target, draft.draft_logprobs, generator)
+
+
+class _Stopper:
+    """Appends emitted tokens and says when generation must end."""
+
+    def __init__(self, tokenizer, eos: set[int], stop_strings: tuple[str, ...], limit: int, result: GenerationResult):
+        self.tokenizer, self.eos, self.stop_strings, self.limit, self.result = tokenizer, eos, stop_strings, limit, result
+        # a stop string completes within this many trailing tokens (every token is at least a byte)
+        self.window = max((len(s.encode()) for s in stop_strings), default=0) + 2
+
+    def emit(self, token: int) -> bool:
+        tokens = self.result.tokens
+        tokens.append(token)
+        if token in self.eos:
+            self.result.finish_reason = "eos"
+            return True
+        if self.stop_strings:
+            tail = self.tokenizer.decode(tokens[-self.window :])
+            if any(s in tail for s in self.stop_strings):
+                self.result.finish_reason = "stop_string"
+                return True
+        if len(tokens) >= self.limit:
+            self.result.finish_reason = "length"
+            return True
+        return False

@@ -1,0 +1,154 @@
+"""The engine's greedy decoding is token-for-token greedy autoregressive decoding, at every
+acceptance edge, for static and dynamic trees, with real (random) Medusa heads and oracle heads."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from transformers import LlamaForCausalLM
+
+from draftheads.decoding.engine import Engine, GenerationConfig, TreeSpec
+from draftheads.models.backbone import Backbone, ModelLocation
+from draftheads.models.heads.medusa import MedusaConfig, MedusaHeads
+from helpers import tiny_llama_config
+from oracle_heads import OracleHeads
+
+STATIC = TreeSpec("static", paths=[[0], [1], [2], [0, 0], [0, 1], [1, 0], [0, 0, 0], [0, 0, 0, 0]])
+DYNAMIC = TreeSpec("dynamic", budget=12, width=3)  # reaches depth 4
+
+
+@pytest.fixture(scope="module")
+def backbone():
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(tiny_llama_config(init_std=0.3)).eval()
+    return Backbone(model, None, ModelLocation("tiny", "tiny", None, "in-process"))
+
+
+@pytest.fixture(scope="module")
+def medusa(backbone):
+    torch.manual_seed(1)
+    heads = MedusaHeads.build(MedusaConfig(num_heads=4), backbone)
+    for parameter in heads.parameters():
+        torch.nn.init.normal_(parameter, std=0.2)
+    return heads.eval()
+
+
+def hf_greedy(backbone, prompt, n):
+    # an explicit mask: otherwise generate masks prompt tokens that equal pad_token_id
+    out = backbone.model.generate(
+        prompt[None],
+        attention_mask=torch.ones_like(prompt)[None],
+        max_new_tokens=n,
+        do_sample=False,
+        pad_token_id=0,
+        eos_token_id=None,
+    )
+    return out[0, prompt.numel() :].tolist()
+
+
+def prompts(count=4):
+    generator = torch.Generator().manual_seed(7)
+    return [torch.randint(0, 128, (int(n),), generator=generator) for n in torch.randint(3, 30, (count,), generator=generator)]
+
+
+def test_autoregressive_engine_equals_hf_generate(backbone):
+    config = GenerationConfig(max_new_tokens=40, eos_token_ids=())
+    engine = Engine(backbone)
+    for prompt in prompts():
+        result = engine.generate(prompt, config)
+        assert result.tokens == hf_greedy(backbone, prompt, 40)
+        assert result.tau == 1.0 and result.steps == 39 and result.finish_reason == "length"
+
+
+@pytest.mark.parametrize("tree", [STATIC, DYNAMIC], ids=["static", "dynamic"])
+def test_tree_decoding_with_medusa_heads_is_greedy_decoding(backbone, medusa, tree):
+    config = GenerationConfig(max_new_tokens=48, eos_token_ids=())
+    engine = Engine(backbone, medusa, tree)
+    for prompt in prompts():
+        result = engine.generate(prompt, config)
+        assert result.tokens == hf_greedy(backbone, prompt, 48)
+        # random heads: acceptances vary; every step verified a nonempty tree
+        assert all(size > 0 for size in result.tree_sizes)
+        assert sum(result.accepted) + result.steps + 1 >= 48
+
+
+@pytest.mark.parametrize("correct_depth", [0, 2, 4], ids=["accept-none", "accept-partial", "accept-all"])
+@pytest.mark.parametrize("tree", [STATIC, DYNAMIC], ids=["static", "dynamic"])
+def test_acceptance_edges_with_oracle_heads(backbone, correct_depth, tree):
+    prompt = prompts(1)[0]
+    heads = OracleHeads(backbone, num_heads=4, correct_depth=correct_depth)
+    result = Engine(backbone, heads, tree).generate(prompt, GenerationConfig(max_new_tokens=31, eos_token_ids=()))
+    assert result.tokens == hf_greedy(backbone, prompt, 31)
+    # every full step accepts exactly as deep as the drafts are right
+    assert set(result.accepted[:-1]) == {correct_depth}
+
+
+def test_eos_inside_an_accepted_path(backbone):
+    prompt = prompts(1)[0]
+    reference = hf_greedy(backbone, prompt, 30)
+    eos = reference[6]  # the 7th token; stop at its first occurrence
+    stop = reference.index(eos) + 1
+    heads = OracleHeads(backbone, num_heads=4, correct_depth=4)
+    result = Engine(backbone, heads, STATIC).generate(prompt, GenerationConfig(max_new_tokens=30, eos_token_ids=(eos,)))
+    assert result.tokens == reference[:stop]
+    assert result.finish_reason == "eos"
+    # the EOS came from inside an accepted path, not as a bonus token: steps accept 4 drafts each
+    assert stop % 5 != 1 and result.accepted[-1] == 4
+
+
+def test_max_new_tokens_inside_an_accepted_path(backbone):
+    prompt = prompts(1)[0]
+    heads = OracleHeads(backbone, num_heads=4, correct_depth=4)
+    for limit in (1, 2, 4, 7, 8):
+        result = Engine(backbone, heads, STATIC).generate(prompt, GenerationConfig(max_new_tokens=limit, eos_token_ids=()))
+        assert result.tokens == hf_greedy(backbone, prompt, limit)
+        assert result.finish_reason == "length"
+        heads.context.clear()
+
+
+def test_stop_strings_end_where_the_string_completes(tiny_base, demo_tokenizer):
+    from draftheads.models.backbone import BackboneConfig, load_backbone
+
+    backbone = load_backbone(BackboneConfig(base=str(tiny_base)), "cpu")
+    prompt = torch.tensor(demo_tokenizer("The quick brown fox")["input_ids"])
+    engine = Engine(backbone)
+    reference = engine.generate(prompt, GenerationConfig(max_new_tokens=24, eos_token_ids=())).tokens
+    text = demo_tokenizer.decode(reference)
+    stop = text[len(text) // 2 : len(text) // 2 + 3]
+    assert stop.strip(), text
+    result = engine.generate(prompt, GenerationConfig(max_new_tokens=24, eos_token_ids=(), stop_strings=(stop,)))
+    assert result.finish_reason == "stop_string"
+    assert result.tokens == reference[: len(result.tokens)]
+    assert stop in demo_tokenizer.decode(result.tokens)
+    assert stop not in demo_tokenizer.decode(result.tokens[:-1])
+
+
+def test_kv_cache_matches_a_full_recompute_after_compaction(backbone, medusa):
+    """After tree steps with rejections, the cached keys equal those of one plain forward over
+    the committed sequence (compaction put the accepted nodes exactly in place)."""
+    prompt = prompts(1)[0]
+    engine = Engine(backbone, medusa, STATIC)
+    result = engine.generate(prompt, GenerationConfig(max_new_tokens=20, eos_token_ids=()))
+    assert any(a < 4 for a in result.accepted)
+    # the last step may commit past max_new_tokens; what it committed is the greedy sequence
+    extra = engine.cache.length - prompt.numel()
+    assert len(result.tokens) - 1 <= extra <= len(result.tokens) + 3
+    continuation = hf_greedy(backbone, prompt, extra)
+    assert continuation[: len(result.tokens)] == result.tokens[:extra]
+    committed = torch.cat([prompt, torch.tensor(continuation)])
+    reference = backbone.model(committed[None], use_cache=True)
+    for layer in range(backbone.num_layers):
+        keys = reference.past_key_values.layers[layer].keys
+        torch.testing.assert_close(engine.cache.keys[layer][:, :, : committed.numel()], keys, rtol=1e-5, atol=1e-5)
+
+
+def test_bad_requests_are_refused(backbone, medusa):
+    with pytest.raises(ValueError, match="needs draft heads"):
+        Engine(backbone, None, STATIC)
+    with pytest.raises(ValueError, match="heads draft only 2"):
+        Engine(backbone, MedusaHeads.build(MedusaConfig(num_heads=2), backbone), STATIC)
+    engine = Engine(backbone, medusa, STATIC)
+    with pytest.raises(ValueError, match="empty"):
+        engine.generate([], GenerationConfig())
+    with pytest.raises(ValueError, match="needs temperature > 0"):
+        engine.generate([1, 2], GenerationConfig(acceptance="sampling"))

@@ -1,0 +1,39 @@
+"""Test-only draft heads that know the base model's greedy continuation.
+
+Trained heads cannot be made right on demand, but acceptance edges (accept all, accept a prefix,
+accept nothing, EOS or max_new_tokens inside an accepted path) need drafts that are right to an
+exact depth. These heads run the real backbone on the committed context plus the path and draft
+its argmax up to `correct_depth`, and a wrong token below it.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from draftheads.models.backbone import Backbone
+from draftheads.models.heads.base import DraftHeads, HeadConfig
+
+
+class OracleHeads(DraftHeads):
+    """Drafts the base model's greedy tokens for depths <= correct_depth, wrong ones deeper."""
+
+    def __init__(self, backbone: Backbone, num_heads: int, correct_depth: int):
+        super().__init__(HeadConfig(num_heads=num_heads))
+        self.backbone = backbone
+        self.correct_depth = correct_depth
+        self.context: list[int] = []
+
+    def begin_draft(self, features, input_ids):
+        self.context.extend(input_ids[0].tolist())
+        return None
+
+    def draft_step(self, state, paths, lm_head):
+        depth = paths.shape[1]
+        vocab = self.backbone.vocab_size
+        rows = []
+        for path in paths.tolist():
+            ids = torch.tensor([self.context + path])
+            best = int(self.backbone.model(ids, use_cache=False).logits[0, -1].argmax())
+            token = best if depth <= self.correct_depth else (best + 1) % vocab
+            rows.append(torch.nn.functional.one_hot(torch.tensor(token), vocab).float() * 10)
+        return torch.log_softmax(torch.stack(rows), dim=-1)
