@@ -1,0 +1,109 @@
+"""Speculative sampling on trees is lossless: chi-square tests of committed-token frequencies
+against the exact autoregressive distribution (fixed seeds, so the tests are deterministic)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from transformers import LlamaForCausalLM
+
+from draftheads.decoding.acceptance import accept_sampling
+from draftheads.decoding.engine import Engine, GenerationConfig, TreeSpec
+from draftheads.decoding.sampling import SamplingConfig, gumbel_top_k
+from draftheads.decoding.tree import Tree
+from draftheads.models.backbone import Backbone, ModelLocation
+from draftheads.models.heads.medusa import MedusaConfig, MedusaHeads
+from helpers import tiny_llama_config
+
+
+def chi_square_p_value(counts: torch.Tensor, probs: torch.Tensor, min_expected: float = 5.0) -> float:
+    """Pearson chi-square goodness of fit; cells expected below `min_expected` are pooled."""
+    counts, probs = counts.double().flatten(), probs.double().flatten()
+    expected = probs * counts.sum()
+    small = expected < min_expected
+    obs = torch.cat([counts[~small], counts[small].sum().reshape(1)])
+    exp = torch.cat([expected[~small], expected[small].sum().reshape(1)])
+    keep = exp > 0
+    obs, exp = obs[keep], exp[keep]
+    statistic = float(((obs - exp) ** 2 / exp).sum())
+    dof = obs.numel() - 1
+    return float(torch.special.gammaincc(torch.tensor(dof / 2.0), torch.tensor(statistic / 2.0)))
+
+
+def toy_decode(p0, p1, q0, q1, generator, wrong_draft_probs=False):
+    """Two committed tokens from a toy model: p0 after the prompt, p1[x] after token x. The draft
+    proposes 3 root children from q0 and 2 children under the first one from q1[x]."""
+    tree = Tree.from_paths([(0,), (1,), (2,), (0, 0), (0, 1)])
+    log_q0 = q0.log()
+    first = gumbel_top_k(log_q0[None], 3, generator)[0]
+    second = gumbel_top_k(q1[first[0]].log()[None], 2, generator)[0]
+    tokens = torch.cat([torch.tensor([0]), first, second])  # the root token plays no part here
+    target = torch.stack([p0.log(), p1[first[0]].log(), p1[first[1]].log(), p1[first[2]].log(), p0.log(), p0.log()])
+    drafts = {0: log_q0, 1: q1[first[0]].log()}
+    if wrong_draft_probs:  # acceptance told other probabilities than the children were drawn from
+        drafts = {0: torch.full_like(log_q0, -torch.log(torch.tensor(6.0))), 1: torch.full_like(log_q0, -torch.log(torch.tensor(6.0)))}
+    result = accept_sampling(tree, tokens, target, drafts, generator)
+    committed = [int(tokens[n]) for n in result.nodes[1:]] + [result.bonus]
+    if len(committed) == 1:  # only the bonus: the next token comes from the base model itself
+        committed.append(int(torch.multinomial(p1[committed[0]], 1, generator=generator)))
+    return committed[:2]
+
+
+@pytest.mark.parametrize("wrong", [False, True], ids=["real-draft-probs", "wrong-draft-probs"])
+def test_tree_rejection_sampling_matches_the_target_joint(wrong):
+    vocab = 6
+    generator = torch.Generator().manual_seed(0)
+    p0 = torch.softmax(torch.randn(vocab, generator=generator) * 1.5, 0)
+    p1 = torch.softmax(torch.randn(vocab, vocab, generator=generator) * 1.5, 1)
+    q0 = torch.softmax(torch.randn(vocab, generator=generator) * 1.5, 0)
+    q1 = torch.softmax(torch.randn(vocab, vocab, generator=generator) * 1.5, 1)
+    counts = torch.zeros(vocab, vocab)
+    for _ in range(6000):
+        a, b = toy_decode(p0, p1, q0, q1, generator, wrong)
+        counts[a, b] += 1
+    p_value = chi_square_p_value(counts, p0[:, None] * p1)
+    if wrong:
+        assert p_value < 1e-6  # the test has the power to see a biased sampler
+    else:
+        assert p_value > 1e-3
+
+
+@pytest.fixture(scope="module")
+def small_vocab_model():
+    torch.manual_seed(3)
+    model = LlamaForCausalLM(tiny_llama_config(vocab_size=8, init_std=0.3)).eval()
+    backbone = Backbone(model, None, ModelLocation("tiny", "tiny", None, "in-process"))
+    torch.manual_seed(4)
+    heads = MedusaHeads.build(MedusaConfig(num_heads=2), backbone)
+    for parameter in heads.parameters():
+        torch.nn.init.normal_(parameter, std=0.3)
+    return backbone, heads.eval()
+
+
+@pytest.mark.parametrize(
+    ("tree", "sampling"),
+    [
+        (TreeSpec("static", paths=[[0], [1], [2], [0, 0], [0, 1], [1, 0]]), SamplingConfig(temperature=1.0)),
+        (TreeSpec("dynamic", budget=6, width=3), SamplingConfig(temperature=0.8, top_k=5, top_p=0.95)),
+    ],
+    ids=["static-T1", "dynamic-T0.8-topk-topp"],
+)
+def test_engine_sampling_matches_autoregressive_distribution(small_vocab_model, tree, sampling):
+    backbone, heads = small_vocab_model
+    prompt = torch.tensor([1, 5, 2, 7, 3])
+    model = backbone.model
+    with torch.no_grad():
+        first = sampling.logprobs(model(prompt[None]).logits[0, -1]).exp()
+        following = torch.stack(
+            [sampling.logprobs(model(torch.cat([prompt, torch.tensor([x])])[None]).logits[0, -1]).exp() for x in range(8)]
+        )
+    exact = first[:, None] * following
+    engine = Engine(backbone, heads, tree)
+    counts = torch.zeros(8, 8)
+    accepted = 0
+    for seed in range(1500):
+        result = engine.generate(prompt, GenerationConfig(max_new_tokens=3, sampling=sampling, eos_token_ids=(), seed=seed))
+        counts[result.tokens[0], result.tokens[1]] += 1
+        accepted += sum(result.accepted)
+    assert accepted > 300  # drafts were accepted often enough for rejections and residuals to matter
+    assert chi_square_p_value(counts, exact) > 1e-3
