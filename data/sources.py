@@ -44,6 +44,8 @@ class Conversation:
     """[{"role": ..., "content": ...}, ...]."""
     origin: str
     """FILE: line/record N, for error messages further down the pipeline."""
+    category: str = ""
+    """The record's `category` when it has one (MT-bench), for per-category eval results."""
 
     @property
     def has_assistant(self) -> bool:
@@ -265,7 +267,10 @@ def normalise_record(record: Any, label: str, where: str, report: SourceReport |
     messages, trimmed = _trim_leading_assistant(messages)
     if trimmed and report is not None:
         report.leading_assistant_trimmed += 1
-    return Conversation(id=conv_id, messages=messages, origin=f"{label}: {where}")
+    category = record.get("category")
+    return Conversation(
+        id=conv_id, messages=messages, origin=f"{label}: {where}", category=category if isinstance(category, str) else ""
+    )
 
 
 def _turns(turns: Any, name: str, role_key: str, text_key: str, label: str, where: str) -> list[dict[str, str]]:

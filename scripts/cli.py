@@ -28,6 +28,8 @@ VERBS = (
     Verb(("data", "inspect"), "draftheads.scripts.data_inspect", "print a tokenised row with its loss mask, and dataset statistics"),
     Verb(("train",), "draftheads.scripts.train_cmd", "train draft heads from a recipe (in this process, or through accelerate launch)"),
     Verb(("push",), "draftheads.scripts.push_cmd", "upload exported heads and their model card to the Hugging Face Hub"),
+    Verb(("eval",), "draftheads.scripts.eval_cmd", "measure acceptance length and speedup of heads against autoregressive decoding and HF generate"),
+    Verb(("tree",), "draftheads.scripts.tree_cmd", "choose the static draft tree with the best expected speedup on this machine"),
     Verb(("config",), "draftheads.scripts.config_show", "print a recipe resolved with its defaults and overrides"),
 )
 

@@ -49,6 +49,21 @@ class BaseModelInfo:
 
 
 @dataclass
+class TreeChoice:
+    """The static tree `draftheads tree` picked for these heads on some machine; eval and users
+    get it by default (`--tree auto`)."""
+
+    paths: list[list[int]]
+    """Medusa-style rank paths, e.g. [[0], [1], [0, 0]] (root excluded)."""
+    expected_tau: float
+    """Predicted tokens per verification step with this tree (greedy)."""
+    expected_speedup: float
+    """Predicted speedup over autoregressive decoding from the measured verify/draft costs."""
+    measured_on: str = ""
+    """Calibration prompts and hardware the choice was made on."""
+
+
+@dataclass
 class HeadConfig:
     """Settings every family shares. Families subclass this and add a `head_type` tag field."""
 
@@ -56,6 +71,8 @@ class HeadConfig:
     """Draft depth K: head k predicts the token k steps after the next one."""
     base: BaseModelInfo | None = None
     """Filled in from the backbone when training starts; checked when heads are loaded."""
+    tree: TreeChoice | None = None
+    """Default static draft tree, written by `draftheads tree`."""
 
     head_type = "?"  # set by @register_head; also written as the dataclass field of each family
 

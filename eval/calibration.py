@@ -1,0 +1,201 @@
+"""What the heads are worth before decoding: per-depth rank statistics on the base model's own
+continuations, the expected τ of a static tree, verify/draft costs on this machine, and the
+static tree that maximises expected τ per unit of time (`draftheads tree`).
+
+Ranks are measured teacher-forced on sequences the base model generated itself (greedy), which
+is exactly what greedy verification accepts: at position t, depth k's candidate of rank r is
+accepted when the true token t+1+k is the head's r-th most likely token and every shallower depth
+on its path was accepted too. A static tree node with rank path (r1..rd) is therefore accepted at a
+position with probability P(rank_1 = r1, ..., rank_d = rd), counted jointly (no independence
+assumption), and the expected τ of a tree is 1 + the sum of its nodes' probabilities.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from collections import Counter
+from dataclasses import dataclass
+
+import torch
+
+from draftheads.decoding.cache import KVCache, install_tree_attention
+from draftheads.decoding.tree import Tree
+from draftheads.models.draft_model import DraftModel
+
+
+@dataclass
+class RankStats:
+    """Joint rank-path frequencies of the heads over calibration positions."""
+
+    positions: int
+    path_counts: Counter
+    """(r1, ..., rd) -> positions where depths 1..d had exactly these ranks (ranks < max_rank)."""
+    depth_topk: list[list[float]]
+    """[depth][k]: fraction of positions where the true token is in the head's top k+1."""
+
+    def probability(self, path: tuple[int, ...]) -> float:
+        """Fraction of positions where the path's nodes are all accepted."""
+        return self.path_counts.get(tuple(path), 0) / max(self.positions, 1)
+
+    def expected_tau(self, tree: Tree) -> float:
+        """1 + the expected accepted drafts of `tree` under greedy verification."""
+        ranks = tree.rank.tolist()
+        return 1 + sum(self.probability(tuple(ranks[n] for n in tree.path_to(i)[1:])) for i in range(1, tree.size))
+
+    def expected_acceptance_by_depth(self, tree: Tree) -> list[float]:
+        """Per depth d: probability that some node of depth d is accepted."""
+        depth = tree.depth.tolist()
+        ranks = tree.rank.tolist()
+        out = [0.0] * max(depth, default=0)
+        for i in range(1, tree.size):
+            out[depth[i] - 1] += self.probability(tuple(ranks[n] for n in tree.path_to(i)[1:]))
+        return out
+
+    def best_paths(self, count: int) -> list[list[int]]:
+        """The `count` most probable rank paths; prefix-closed (a prefix is at least as likely,
+        and ties put shorter paths first)."""
+        ordered = sorted(self.path_counts.items(), key=lambda kv: (-kv[1], len(kv[0]), kv[0]))
+        return [list(path) for path, _ in ordered[:count]]
+
+
+@torch.inference_mode()
+def rank_stats(draft: DraftModel, sequences: list[tuple[list[int], int]], max_rank: int = 10) -> RankStats:
+    """Ranks of the true tokens under every head, at every position of the generated parts.
+
+    `sequences` are (token ids, index of the first generated token). Positions need targets for
+    all depths, so the last K+1 positions of each sequence are skipped.
+    """
+    backbone, heads = draft.backbone, draft.heads
+    depths = heads.config.num_heads
+    counts: Counter = Counter()
+    topk = torch.zeros(depths, max_rank)
+    positions = 0
+    device = backbone.lm_head.weight.device
+    for ids, start in sequences:
+        ids_t = torch.tensor(ids, device=device)[None]
+        first, last = max(start - 1, 0), len(ids) - 2 - depths  # position t predicts t+1+k at depth k
+        if last < first:
+            continue
+        out = backbone.features(ids_t, layers=heads.config.feature_layers())
+        states = heads(out.features, ids_t).states
+        index = torch.arange(first, last + 1, device=device)
+        ranks = []
+        for k in range(1, depths + 1):
+            logits = heads.project(k, states[k - 1][0, index], backbone.lm_head).float()
+            true = ids_t[0, index + 1 + k]
+            ranks.append((logits > logits.gather(1, true[:, None])).sum(1).cpu())
+        ranks_t = torch.stack(ranks, 1)  # [P, K]
+        positions += ranks_t.shape[0]
+        for k in range(depths):
+            topk[k] += (ranks_t[:, k : k + 1] <= torch.arange(max_rank)).sum(0)
+        for row in ranks_t.tolist():
+            path: tuple[int, ...] = ()
+            for r in row:
+                if r >= max_rank:
+                    break
+                path += (r,)
+                counts[path] += 1
+    return RankStats(positions, counts, (topk / max(positions, 1)).tolist())
+
+
+def median_seconds(fn, device: torch.device, repeats: int) -> float:
+    """Median wall time of `fn()` over `repeats` calls after one warm-up call."""
+    times = []
+    for _ in range(repeats + 1):
+        start = time.perf_counter()
+        fn()
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        times.append(time.perf_counter() - start)
+    return statistics.median(times[1:])
+
+
+@torch.inference_mode()
+def verify_costs(draft: DraftModel, sizes: list[int], prefix_length: int = 256, repeats: int = 5) -> dict[int, float]:
+    """Median seconds of one verification forward of K nodes (with logits) after a cached prefix
+    of `prefix_length` tokens, for each K in `sizes`, on this machine."""
+    backbone = draft.backbone
+    install_tree_attention(backbone.model)
+    device = backbone.lm_head.weight.device
+    cache = KVCache(prefix_length + max(sizes))
+    generator = torch.Generator().manual_seed(0)
+    prefix = torch.randint(0, backbone.vocab_size, (1, prefix_length), generator=generator).to(device)
+    mask = torch.ones(prefix_length, prefix_length, dtype=torch.bool).tril().to(device)
+    backbone.features(prefix, attention_mask=mask[None, None], position_ids=torch.arange(prefix_length, device=device)[None], draftheads_cache=cache)
+    cache.commit(list(range(prefix_length)))
+    costs = {}
+    for size in sizes:
+        tree = Tree.chain(size - 1)
+        tokens = torch.randint(0, backbone.vocab_size, (1, size), generator=generator).to(device)
+        tree_mask = tree.ancestor_mask().to(device)[None, None]
+        positions = (tree.depth + prefix_length).to(device)[None]
+
+        def verify() -> None:
+            backbone.features(tokens, attention_mask=tree_mask, position_ids=positions, logits=True, draftheads_cache=cache)
+            cache.pending = 0  # nothing is committed: every repeat verifies after the same prefix
+
+        costs[size] = median_seconds(verify, device, repeats)
+    return costs
+
+
+@torch.inference_mode()
+def draft_costs(draft: DraftModel, width: int = 1, repeats: int = 5) -> list[float]:
+    """Median seconds of drafting each depth (one `draft_step` over `width` paths), plus the
+    `begin_draft` call counted in depth 1."""
+    backbone, heads = draft.backbone, draft.heads
+    device = backbone.lm_head.weight.device
+    ids = torch.randint(0, backbone.vocab_size, (1, 16), generator=torch.Generator().manual_seed(0)).to(device)
+    out = backbone.features(ids, layers=heads.config.feature_layers())
+
+    begin = median_seconds(lambda: heads.begin_draft(out.features, ids), device, repeats)
+    state = heads.begin_draft(out.features, ids)
+    costs = []
+    for depth in range(1, heads.config.num_heads + 1):
+        paths = ids[0, :depth].repeat(width, 1)
+        costs.append(median_seconds(lambda: heads.draft_step(state, paths, backbone.lm_head), device, repeats))
+    costs[0] += begin
+    return costs
+
+
+@dataclass
+class TreeCandidate:
+    """One row of the tree search."""
+
+    nodes: int
+    depth: int
+    expected_tau: float
+    step_seconds: float
+    expected_speedup: float
+    paths: list[list[int]]
+
+
+def search_static_tree(
+    stats: RankStats, verify: dict[int, float], draft_per_depth: list[float], budget: int
+) -> list[TreeCandidate]:
+    """For every size up to `budget`, the most probable prefix-closed tree, its expected τ, its
+    step time (verify cost of size+1 nodes, interpolated, plus drafting its depths) and its
+    expected speedup over autoregressive steps (verify cost of 1 node). Best first."""
+    ar_cost = _interpolate(verify, 1)
+    candidates = []
+    for count in range(1, budget + 1):
+        paths = stats.best_paths(count)
+        if len(paths) < count:
+            break
+        tree = Tree.from_paths(paths)
+        depth = int(tree.depth.max())
+        step = _interpolate(verify, tree.size) + sum(draft_per_depth[:depth])
+        tau = stats.expected_tau(tree)
+        candidates.append(TreeCandidate(count, depth, tau, step, tau * ar_cost / step, paths))
+    return sorted(candidates, key=lambda c: -c.expected_speedup)
+
+
+def _interpolate(costs: dict[int, float], size: int) -> float:
+    points = sorted(costs.items())
+    if size <= points[0][0]:
+        return points[0][1]
+    for (k0, c0), (k1, c1) in zip(points, points[1:]):
+        if size <= k1:
+            return c0 + (c1 - c0) * (size - k0) / (k1 - k0)
+    (k0, c0), (k1, c1) = points[-2], points[-1]
+    return c1 + (c1 - c0) * (size - k1) / (k1 - k0)

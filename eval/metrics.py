@@ -1,0 +1,147 @@
+"""Report numbers from the per-prompt records of an eval run: τ, acceptance by depth, tokens/s,
+speedups, mismatches, the predicted τ and where the time went."""
+
+from __future__ import annotations
+
+import datetime
+import platform
+import sys
+from collections import defaultdict
+
+import torch
+
+from draftheads.decoding.engine import TreeSpec
+from draftheads.decoding.tree import Tree
+from draftheads.eval.calibration import RankStats
+from draftheads.models.draft_model import DraftModel
+
+
+def tau_of(accepted: list[int]) -> float | None:
+    """Mean tokens committed per verification step (bonus included)."""
+    return 1 + sum(accepted) / len(accepted) if accepted else None
+
+
+def acceptance_by_depth(accepted: list[int], depth: int) -> list[float]:
+    """Per depth d (1-based): fraction of steps that accepted at least d drafted tokens; their sum
+    plus 1 is τ."""
+    steps = max(len(accepted), 1)
+    return [sum(a >= d for a in accepted) / steps for d in range(1, depth + 1)]
+
+
+def hardware() -> dict:
+    """Where the numbers were measured."""
+    info = {"platform": platform.platform(), "processor": platform.processor() or platform.machine(), "torch_threads": torch.get_num_threads()}
+    try:
+        with open("/proc/cpuinfo") as handle:
+            info["cpu"] = next((line.split(":", 1)[1].strip() for line in handle if line.startswith("model name")), "")
+    except OSError:
+        pass
+    if torch.cuda.is_available():
+        info["gpu"] = torch.cuda.get_device_name(0)
+    return info
+
+
+def versions() -> dict:
+    """Library versions of the run."""
+    import accelerate
+    import transformers
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        ours = version("draftheads")
+    except PackageNotFoundError:
+        ours = "source"
+    return {"python": sys.version.split()[0], "torch": torch.__version__, "transformers": transformers.__version__, "accelerate": accelerate.__version__, "draftheads": ours}
+
+
+def build_report(options, draft: DraftModel, tree: TreeSpec, records: list[dict], stats: RankStats) -> dict:
+    """The report dictionary (report.json)."""
+    depth = draft.heads.config.num_heads
+    totals = {}
+    for method in ("baseline", "ours", "hf_generate", "prompt_lookup"):
+        turns = [t for r in records for t in r["methods"][method]]
+        tokens = sum(len(t["tokens"]) for t in turns)
+        seconds = sum(t["seconds"] for t in turns)
+        totals[method] = {"tokens": tokens, "seconds": seconds, "tokens_per_s": tokens / seconds if seconds else None}
+    ours_turns = [t for r in records for t in r["methods"]["ours"]]
+    accepted = [a for t in ours_turns for a in t["accepted"]]
+    by_category = defaultdict(list)
+    for r in records:
+        for t in r["methods"]["ours"]:
+            by_category[r["category"]].extend(t["accepted"])
+    times = {k: sum(t["times"][k] for t in ours_turns) for k in ("prefill", "draft", "verify", "accept", "other")}
+    loop = sum(times[k] for k in ("draft", "verify", "accept", "other"))
+    greedy = options.temperature == 0
+
+    def same(method: str) -> int:
+        return sum(
+            any(a["tokens"] != b["tokens"] for a, b in zip(r["methods"][method], r["methods"]["baseline"])) for r in records
+        )
+
+    if tree.kind == "static":
+        static = Tree.from_paths(tree.paths)
+        tau_predicted = stats.expected_tau(static)
+        predicted_by_depth = stats.expected_acceptance_by_depth(static)
+        source = "calibrated: joint rank-path frequencies of the heads on the baseline's answers, summed over the tree's nodes"
+    else:
+        predicted = [p for t in ours_turns for p in t["predicted"]]
+        tau_predicted = sum(predicted) / len(predicted) if predicted else None
+        predicted_by_depth = None
+        source = "the heads' own joint draft probabilities of each dynamic tree's nodes, before verification"
+    ours_tps, base_tps = totals["ours"]["tokens_per_s"], totals["baseline"]["tokens_per_s"]
+
+    def ratio(a, b):
+        return a / b if a and b else None
+
+    tree_info = tree.describe()
+    if tree.kind == "dynamic":
+        sizes = [s for t in ours_turns for s in t["tree_sizes"]]
+        tree_info["mean_nodes"] = sum(sizes) / max(len(sizes), 1)
+    base = draft.heads.config.base
+    return {
+        "base_model": base.hub_id or draft.backbone.location.spec,
+        "heads": options.heads,
+        "head_type": draft.heads.config.head_type,
+        "prompts": options.prompts,
+        "n_prompts": len(records),
+        "n_turns": len(ours_turns),
+        "max_new_tokens": options.max_new_tokens,
+        "new_tokens": totals["ours"]["tokens"],
+        "temperature": options.temperature,
+        "top_p": options.top_p,
+        "top_k": options.top_k,
+        "acceptance": "greedy" if greedy else "sampling",
+        "tree": tree_info,
+        "steps": len(accepted),
+        "tau": tau_of(accepted),
+        "acceptance_by_depth": acceptance_by_depth(accepted, depth),
+        "tau_by_category": {c: tau_of(a) for c, a in sorted(by_category.items())},
+        "tau_predicted": tau_predicted,
+        "tau_predicted_source": source,
+        "acceptance_by_depth_predicted": predicted_by_depth,
+        "depth_topk_accuracy": {f"depth_{d + 1}": {f"top{k}": stats.depth_topk[d][k - 1] for k in (1, 3, 5, 10)} for d in range(depth)},
+        "calibration_positions": stats.positions,
+        "tokens_per_s": ours_tps,
+        "baseline_tokens_per_s": base_tps,
+        "hf_generate_tokens_per_s": totals["hf_generate"]["tokens_per_s"],
+        "prompt_lookup_tokens_per_s": totals["prompt_lookup"]["tokens_per_s"],
+        "speedup": ratio(ours_tps, base_tps),
+        "speedup_vs_hf_generate": ratio(ours_tps, totals["hf_generate"]["tokens_per_s"]),
+        "speedup_vs_prompt_lookup": ratio(ours_tps, totals["prompt_lookup"]["tokens_per_s"]),
+        "baseline_vs_hf_generate": ratio(base_tps, totals["hf_generate"]["tokens_per_s"]),
+        "methods": totals,
+        "greedy_mismatches": same("ours") if greedy else None,
+        "hf_generate_mismatches": same("hf_generate") if greedy else None,
+        "time_breakdown": {
+            "seconds": times,
+            "fraction_of_decode_loop": {k: times[k] / loop if loop else None for k in ("draft", "verify", "accept", "other")},
+            "engine_overhead_fraction": (times["accept"] + times["other"]) / loop if loop else None,
+            "ms_per_step": {k: 1000 * times[k] / max(len(accepted), 1) for k in ("draft", "verify", "accept", "other")},
+        },
+        "seed": options.seed,
+        "device": str(draft.backbone.lm_head.weight.device),
+        "dtype": options.dtype,
+        "hardware": hardware(),
+        "versions": versions(),
+        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+    }

@@ -1,0 +1,39 @@
+"""Prompt sets for evaluation: MT-bench question files (multi-turn), ShareGPT files, JSONL with
+`prompt`, or `mt-bench` for the packaged demo copy. Only user turns are kept: the model answers
+every turn itself, and its own answers feed the next turn."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from draftheads.data.config import SourceConfig
+from draftheads.data.sources import read_source
+from draftheads.utils.errors import DataError
+
+SHORT_NAMES = {"mt-bench": "demo:mt-bench", "sharegpt": "demo:sharegpt"}
+
+
+@dataclass
+class EvalPrompt:
+    """One evaluation conversation: user turns to answer in order."""
+
+    id: str
+    category: str
+    turns: list[str]
+    system: str | None = None
+
+
+def load_prompts(spec: str, limit: int | None = None) -> list[EvalPrompt]:
+    """Read `spec` (a file, a datasets folder, `mt-bench` or `sharegpt`) into prompts."""
+    path = SHORT_NAMES.get(spec, spec)
+    conversations, report = read_source(SourceConfig(path=path, limit=limit), require_assistant=False, skip_invalid=False)
+    prompts = []
+    for conv in conversations:
+        turns = [m["content"] for m in conv.messages if m["role"] == "user"]
+        system = next((m["content"] for m in conv.messages if m["role"] == "system"), None)
+        if not turns:
+            raise DataError(f"{conv.origin}: no user turn to answer")
+        prompts.append(EvalPrompt(conv.id, conv.category or "all", turns, system))
+    if not prompts:
+        raise DataError(f"{spec}: no prompts ({report.summary()})")
+    return prompts

@@ -1,0 +1,98 @@
+"""`draftheads tree` and `draftheads eval` end to end on a tiny base model with the demo tokenizer."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from draftheads.eval.runner import EvalOptions, run_eval
+from draftheads.models.backbone import BackboneConfig, load_backbone
+from draftheads.models.draft_model import DraftModel, read_head_config
+from draftheads.models.heads.medusa import MedusaConfig
+from draftheads.scripts.cli import main
+from draftheads.utils.errors import ConfigError
+from helpers import write_jsonl
+
+
+@pytest.fixture(scope="module")
+def heads_dir(tiny_base, tmp_path_factory):
+    backbone = load_backbone(BackboneConfig(base=str(tiny_base)), "cpu")
+    torch.manual_seed(0)
+    draft = DraftModel.new(backbone, MedusaConfig(num_heads=3))
+    for parameter in draft.heads.parameters():
+        torch.nn.init.normal_(parameter, std=0.05)
+    return draft.save_pretrained(tmp_path_factory.mktemp("heads") / "medusa")
+
+
+@pytest.fixture
+def prompts(tmp_path):
+    return write_jsonl(
+        tmp_path / "questions.jsonl",
+        [
+            {"question_id": 1, "category": "writing", "turns": ["Write a haiku about rain.", "Now make it about snow."]},
+            {"question_id": 2, "category": "math", "turns": ["What is 12 times 7?"]},
+        ],
+    )
+
+
+def test_eval_writes_a_complete_report_and_is_lossless(heads_dir, prompts, tmp_path, capsys):
+    out = tmp_path / "report.json"
+    code = main(["eval", "--heads", str(heads_dir), "--prompts", str(prompts), "--max-new-tokens", "12", "--tree", "dynamic", "--tree-budget", "6", "--out", str(out)])
+    assert code == 0
+    report = json.loads(out.read_text())
+    for key in (
+        "base_model", "heads", "head_type", "n_prompts", "new_tokens", "temperature", "tree", "tau",
+        "acceptance_by_depth", "tokens_per_s", "baseline_tokens_per_s", "hf_generate_tokens_per_s",
+        "prompt_lookup_tokens_per_s", "speedup", "greedy_mismatches", "tau_predicted", "time_breakdown",
+        "hardware", "versions",
+    ):
+        assert report[key] is not None, key
+    assert report["n_prompts"] == 2 and report["n_turns"] == 3 and report["head_type"] == "medusa"
+    assert report["greedy_mismatches"] == 0
+    assert report["tau"] == pytest.approx(1 + sum(report["acceptance_by_depth"]))
+    assert set(report["tau_by_category"]) == {"writing", "math"}
+    assert out.with_suffix(".md").read_text().startswith("# draftheads eval")
+    assert out.with_suffix(".png").read_bytes()[:4] == b"\x89PNG"
+    assert not out.with_name("report.json.partial.jsonl").exists()
+    assert "greedy mismatches: 0" in capsys.readouterr().out
+
+
+def test_eval_resumes_from_its_partial_file_and_refuses_other_settings(heads_dir, prompts, tmp_path):
+    out = tmp_path / "report.json"
+    options = EvalOptions(heads=str(heads_dir), prompts=str(prompts), max_new_tokens=6, tree="static", tree_budget=4)
+    first = run_eval(options, out, progress=False)
+    partial = out.with_name("report.json.partial.jsonl")
+    lines = partial.read_text().splitlines()
+    assert len(lines) == 3  # header + one line per prompt
+    partial.write_text("\n".join(lines[:2]) + "\n" + lines[2][:40])  # the last prompt was cut by a kill
+    second = run_eval(options, out, progress=False)
+    assert second["methods"]["baseline"]["tokens"] == first["methods"]["baseline"]["tokens"]
+    kept = json.loads(partial.read_text().splitlines()[1])
+    assert kept["methods"]["ours"][0]["seconds"] == json.loads(lines[1])["methods"]["ours"][0]["seconds"]
+    with pytest.raises(ConfigError, match="other settings"):
+        run_eval(EvalOptions(heads=str(heads_dir), prompts=str(prompts), max_new_tokens=7), out, progress=False)
+
+
+def test_tree_search_saves_a_tree_that_eval_uses_by_default(heads_dir, prompts, tmp_path, capsys):
+    assert main(["tree", "--heads", str(heads_dir), "--prompts", str(prompts), "--budget", "4", "--max-new-tokens", "24"]) == 0
+    printed = capsys.readouterr().out
+    assert "best:" in printed and "verify ms by nodes" in printed
+    choice = read_head_config(heads_dir).tree
+    assert choice is not None and 1 <= len(choice.paths) <= 4
+    out = tmp_path / "report.json"
+    assert main(["eval", "--heads", str(heads_dir), "--prompts", str(prompts), "--max-new-tokens", "8", "--out", str(out)]) == 0
+    report = json.loads(out.read_text())
+    assert report["tree"]["kind"] == "static"
+    assert report["tree"]["paths"] == choice.paths
+    assert report["greedy_mismatches"] == 0
+
+
+def test_bad_eval_inputs_are_named(heads_dir, tmp_path, capsys):
+    bad = write_jsonl(tmp_path / "bad.jsonl", [{"turns": ["ok"]}, {"question": "no turns"}])
+    assert main(["eval", "--heads", str(heads_dir), "--prompts", str(bad), "--out", str(tmp_path / "r.json")]) == 2
+    err = capsys.readouterr().err
+    assert "bad.jsonl" in err and "line 2" in err
+    assert main(["eval", "--heads", str(tmp_path / "missing"), "--prompts", str(bad)]) == 2
+    assert not (tmp_path / "r.json").exists()
