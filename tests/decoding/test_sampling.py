@@ -107,3 +107,20 @@ def test_engine_sampling_matches_autoregressive_distribution(small_vocab_model, 
         accepted += sum(result.accepted)
     assert accepted > 300  # drafts were accepted often enough for rejections and residuals to matter
     assert chi_square_p_value(counts, exact) > 1e-3
+
+
+def test_typical_acceptance_thresholds():
+    """A node passes when the base gives its token more than min(epsilon, delta * exp(-entropy))."""
+    from draftheads.decoding.acceptance import accept_typical
+
+    tree = Tree.from_paths([(0,), (1,), (0, 0)])  # root, two children, one grandchild under node 1
+    peaked = torch.log(torch.tensor([0.90, 0.05, 0.03, 0.02]))
+    flat = torch.log(torch.tensor([0.30, 0.26, 0.24, 0.20]))
+    target = torch.stack([peaked, flat, flat, flat])
+    generator = torch.Generator().manual_seed(0)
+    # after the root: threshold min(0.09, 0.3 * e^-H = 0.196) = 0.09; token 1 (0.05) fails, token 0 passes
+    result = accept_typical(tree, torch.tensor([3, 1, 0, 2]), target, epsilon=0.09, delta=0.3, generator=generator)
+    assert result.nodes == [0, 2]
+    # after a flat node the threshold is 0.3 * e^-H = 0.075: token 3 (0.20) passes, the deeper path wins
+    result = accept_typical(tree, torch.tensor([3, 0, 1, 3]), target, epsilon=0.09, delta=0.3, generator=generator)
+    assert result.nodes == [0, 1, 3]
