@@ -82,6 +82,7 @@ def build_report(options, draft: DraftModel, tree: TreeSpec, records: list[dict]
         static = Tree.from_paths(tree.paths)
         tau_predicted = stats.expected_tau(static)
         predicted_by_depth = stats.expected_acceptance_by_depth(static)
+        predicted_by_depth += [0.0] * (depth - len(predicted_by_depth))  # the tree drafts no deeper
         source = "calibrated: joint rank-path frequencies of the heads on the baseline's answers, summed over the tree's nodes"
     else:
         predicted = [p for t in ours_turns for p in t["predicted"]]

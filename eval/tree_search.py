@@ -63,6 +63,11 @@ def choose_tree(
     for c in sorted(candidates, key=lambda c: c.nodes):
         print(f"{c.nodes:>5} {c.depth:>5} {c.expected_tau:>7.3f} {1000 * c.step_seconds:>8.1f} {c.expected_speedup:>10.3f}")
     best = candidates[0]
+    if best.expected_speedup < 1:
+        print(
+            f"warning: no tree of up to {budget} nodes is expected to beat autoregressive decoding on this machine "
+            f"(best {best.expected_speedup:.3f}x); the heads' acceptance is too low for the verify cost of extra nodes"
+        )
     print(f"best: {best.nodes} nodes, expected tau {best.expected_tau:.3f}, expected speedup {best.expected_speedup:.3f}x: {best.paths}")
     if save:
         where = f"{prompts} ({len(sequences)} prompts, {stats.positions} positions), {device}, {torch.get_num_threads()} threads"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 import subprocess
 from pathlib import Path
@@ -12,7 +13,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.mark.slow
-def test_readme_main_job_trains_heads_that_beat_untrained_ones(tmp_path):
+def test_readme_main_job_trains_heads_that_beat_untrained_ones_and_decode_losslessly(tmp_path):
     readme = (ROOT / "README.md").read_text()
     command = re.search(r"<!-- main-job -->\n```bash\n(.*?)\n```", readme, re.S).group(1)
     job = command.split("&&")[-1].strip()  # the install part is what .ci/run already did
@@ -23,3 +24,14 @@ def test_readme_main_job_trains_heads_that_beat_untrained_ones(tmp_path):
     before, after = map(float, found.groups())
     assert after > before + 0.05, f"head-1 top-1 {before} -> {after}"
     assert (tmp_path / "run" / "heads" / "model.safetensors").is_file()
+    # The trained heads through the decoder on real MT-bench prompts: lossless, and τ is measured.
+    report_path = tmp_path / "report.json"
+    evaluated = subprocess.run(
+        ["draftheads", "eval", "--heads", str(tmp_path / "run" / "heads"), "--prompts", "mt-bench", "--limit", "1",
+         "--max-new-tokens", "24", "--tree-budget", "4", "--out", str(report_path)],
+        cwd=ROOT, capture_output=True, text=True, timeout=900,
+    )
+    assert evaluated.returncode == 0, evaluated.stderr[-3000:]
+    report = json.loads(report_path.read_text())
+    assert report["greedy_mismatches"] == 0 and report["n_turns"] == 2
+    assert report["tau"] >= 1 and report["steps"] > 0
