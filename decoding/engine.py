@@ -167,7 +167,10 @@ class Engine:
             raise ValueError(f"max_new_tokens must be at least 1, got {config.max_new_tokens}")
         eos = set(config.eos_token_ids if config.eos_token_ids is not None else self.default_eos())
         generator = torch.Generator(device=self.device)
-        generator.manual_seed(config.seed if config.seed is not None else torch.seed() % 2**63)
+        if config.seed is not None:
+            generator.manual_seed(config.seed)
+        else:
+            generator.seed()  # a fresh nondeterministic seed, leaving torch's global RNG alone
         tree_room = self.tree_spec.budget + 1 if self.tree_spec.kind == "dynamic" else (
             self.static_mask.shape[0] if self.static_mask is not None else 1
         )
