@@ -19,30 +19,41 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from draftheads.kernels.kv_compact import kv_compact_reference
+from draftheads.kernels.kv_compact import kv_compact
 from draftheads.kernels.tree_attention import tree_attention_reference
 
 ATTENTION_NAME = "draftheads_tree"
 
 
 class KVCache:
-    """Preallocated keys/values for every layer, plus the committed length."""
+    """Preallocated keys/values of every layer in one buffer, plus the committed length.
 
-    def __init__(self, capacity: int):
+    One buffer ([layers, 2, B, Hkv, capacity, D]) lets compaction move every layer's keys and
+    values in a single kernel launch. It is allocated at the first write, from that layer's key
+    shape and dtype."""
+
+    def __init__(self, capacity: int, num_layers: int, backend: str = "auto"):
         self.capacity = capacity
+        self.num_layers = num_layers
+        self.backend = backend
+        """Kernel backend for compaction (see `draftheads.kernels.dispatch`)."""
         self.length = 0
         self.pending = 0
-        self.keys: dict[int, torch.Tensor] = {}
-        self.values: dict[int, torch.Tensor] = {}
+        self.buffer: torch.Tensor | None = None
 
     def reset(self, capacity: int | None = None) -> None:
-        """Forget the sequence; keep the buffers unless a larger capacity is asked for."""
+        """Forget the sequence; keep the buffer unless a larger capacity is asked for."""
         if capacity is not None and capacity > self.capacity:
             self.capacity = capacity
-            self.keys.clear()
-            self.values.clear()
+            self.buffer = None
         self.length = 0
         self.pending = 0
+
+    def layer(self, layer: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Views of `layer`'s whole key and value buffers, [B, Hkv, capacity, D]."""
+        if self.buffer is None:
+            raise RuntimeError("the KV cache has not been written yet")
+        return self.buffer[layer, 0], self.buffer[layer, 1]
 
     def append(self, layer: int, key: torch.Tensor, value: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Write T new keys/values [B, Hkv, T, D] after the committed prefix of `layer`; return
@@ -53,11 +64,14 @@ class KVCache:
             raise RuntimeError(
                 f"KV cache overflow: {self.length} committed + {count} new > capacity {self.capacity}"
             )
-        if layer not in self.keys:
-            shape = (key.shape[0], key.shape[1], self.capacity, key.shape[3])
-            self.keys[layer] = key.new_empty(shape)
-            self.values[layer] = value.new_empty(shape[:3] + (value.shape[3],))
-        keys, values = self.keys[layer], self.values[layer]
+        if self.buffer is None:
+            self.buffer = key.new_empty((self.num_layers, 2, key.shape[0], key.shape[1], self.capacity, key.shape[3]))
+        keys, values = self.buffer[layer, 0], self.buffer[layer, 1]
+        if keys.shape[:2] != key.shape[:2] or keys.shape[3] != key.shape[3] or value.shape != key.shape:
+            raise RuntimeError(
+                f"layer {layer}: keys {tuple(key.shape)} / values {tuple(value.shape)} do not fit the cache "
+                f"{tuple(keys.shape)}; layers with different head layouts are not supported"
+            )
         keys[:, :, self.length : end] = key
         values[:, :, self.length : end] = value
         self.pending = count
@@ -69,10 +83,7 @@ class KVCache:
         if any(not 0 <= n < self.pending for n in nodes):
             raise ValueError(f"commit of {nodes}: only {self.pending} entries are pending")
         if nodes != list(range(len(nodes))):  # already in place when the path is a prefix
-            index = torch.tensor(nodes, dtype=torch.long)
-            for layer in self.keys:
-                kv_compact_reference(self.keys[layer], self.length, index)
-                kv_compact_reference(self.values[layer], self.length, index)
+            kv_compact(self.buffer, self.length, torch.tensor(nodes, dtype=torch.long), self.backend)
         self.length += len(nodes)
         self.pending = 0
 

@@ -101,9 +101,13 @@ class GenerationResult:
 
 
 class Engine:
-    """Speculative (or, with no heads / kind none, autoregressive) decoding at batch size 1."""
+    """Speculative (or, with no heads / kind none, autoregressive) decoding at batch size 1.
 
-    def __init__(self, backbone: Backbone, heads: DraftHeads | None = None, tree: TreeSpec | None = None):
+    `kernels`: "auto" (Triton on CUDA, PyTorch elsewhere), "triton" or "reference"."""
+
+    def __init__(
+        self, backbone: Backbone, heads: DraftHeads | None = None, tree: TreeSpec | None = None, kernels: str = "auto"
+    ):
         tree = tree or TreeSpec()
         if tree.kind != "none" and heads is None:
             raise ValueError(f"a {tree.kind} tree needs draft heads")
@@ -125,7 +129,7 @@ class Engine:
         elif tree.kind == "dynamic":
             self.drafter = DynamicDrafter(tree.budget, tree.width, heads.config.num_heads)
         self.root_tree = Tree.chain(0)
-        self.cache = KVCache(0)
+        self.cache = KVCache(0, backbone.num_layers, kernels)
         self.device = backbone.lm_head.weight.device
 
     def default_eos(self) -> tuple[int, ...]:

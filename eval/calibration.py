@@ -118,7 +118,7 @@ def verify_costs(draft: DraftModel, sizes: list[int], prefix_length: int = 256, 
     backbone = draft.backbone
     install_tree_attention(backbone.model)
     device = backbone.lm_head.weight.device
-    cache = KVCache(prefix_length + max(sizes))
+    cache = KVCache(prefix_length + max(sizes), backbone.num_layers)
     generator = torch.Generator().manual_seed(0)
     prefix = torch.randint(0, backbone.vocab_size, (1, prefix_length), generator=generator).to(device)
     mask = torch.ones(prefix_length, prefix_length, dtype=torch.bool).tril().to(device)
