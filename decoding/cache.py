@@ -20,7 +20,8 @@ import torch
 from torch import nn
 
 from draftheads.kernels.kv_compact import kv_compact
-from draftheads.kernels.tree_attention import tree_attention_reference
+from draftheads.kernels.dispatch import resolve_backend
+from draftheads.kernels.tree_attention import tree_attention
 
 ATTENTION_NAME = "draftheads_tree"
 
@@ -36,10 +37,22 @@ class KVCache:
         self.capacity = capacity
         self.num_layers = num_layers
         self.backend = backend
-        """Kernel backend for compaction (see `draftheads.kernels.dispatch`)."""
+        """Kernel backend for tree attention and compaction (see `draftheads.kernels.dispatch`)."""
         self.length = 0
         self.pending = 0
         self.buffer: torch.Tensor | None = None
+        self._bits: tuple[torch.Tensor, torch.Tensor] | None = None
+
+    def tree_bits(self, tree_mask: torch.Tensor) -> torch.Tensor | None:
+        """The packed ancestor bits of this forward's tree mask for the Triton kernel, computed once
+        per forward (every layer gets the same mask object); None on the reference path."""
+        if resolve_backend(self.backend, tree_mask.device) == "reference":
+            return None
+        if self._bits is None or self._bits[0] is not tree_mask:
+            from draftheads.kernels.tree_attention_triton import ancestor_bits
+
+            self._bits = (tree_mask, ancestor_bits(tree_mask.reshape(tree_mask.shape[-2:])))
+        return self._bits[1]
 
     def reset(self, capacity: int | None = None) -> None:
         """Forget the sequence; keep the buffer unless a larger capacity is asked for."""
@@ -105,8 +118,11 @@ def tree_attention_forward(
         from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
         return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling, **kwargs)
+    if attention_mask is None or attention_mask.dim() != 4:
+        raise ValueError("a forward with draftheads_cache needs the tree's [1, 1, T, T] bool mask as attention_mask")
     keys, values = cache.append(module.layer_idx, key, value)
-    output = tree_attention_reference(query, keys, values, attention_mask, scaling)
+    tree_mask = attention_mask.reshape(attention_mask.shape[-2:])
+    output = tree_attention(query, keys, values, tree_mask, cache.tree_bits(attention_mask), scaling, cache.backend)
     return output.transpose(1, 2), None
 
 

@@ -10,6 +10,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from draftheads.kernels.dispatch import resolve_backend
+
 
 def tree_attention_reference(
     query: torch.Tensor,
@@ -36,3 +38,21 @@ def tree_attention_reference(
         mask = torch.cat([prefix, tree_mask.to(query.device)], dim=1)
     gqa = query.shape[1] != keys.shape[1]
     return F.scaled_dot_product_attention(query, keys, values, attn_mask=mask, scale=scale, enable_gqa=gqa)
+
+
+def tree_attention(
+    query: torch.Tensor,
+    keys: torch.Tensor,
+    values: torch.Tensor,
+    tree_mask: torch.Tensor,
+    bits: torch.Tensor | None = None,
+    scale: float | None = None,
+    backend: str = "auto",
+) -> torch.Tensor:
+    """Tree attention with the chosen backend (see `kernels.dispatch`). `tree_mask` [T, T] is the
+    ancestor mask; `bits` its packed form (`ancestor_bits`), which the Triton kernel reads."""
+    if resolve_backend(backend, query.device) == "reference":
+        return tree_attention_reference(query, keys, values, tree_mask, scale)
+    from draftheads.kernels.tree_attention_triton import ancestor_bits, tree_attention_triton
+
+    return tree_attention_triton(query, keys, values, ancestor_bits(tree_mask) if bits is None else bits, scale)

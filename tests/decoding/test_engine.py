@@ -154,7 +154,8 @@ def test_bad_requests_are_refused(backbone, medusa):
         engine.generate([1, 2], GenerationConfig(acceptance="sampling"))
 
 
-def test_triton_compaction_gives_the_same_greedy_output(backbone, medusa):
+def test_triton_kernels_give_the_same_greedy_output(backbone, medusa):
+    """Tree attention and compaction through the Triton kernels (interpreted on CPU)."""
     pytest.importorskip("triton")
     config = GenerationConfig(max_new_tokens=24, eos_token_ids=())
     prompt = prompts(1)[0]

@@ -1,0 +1,71 @@
+"""The Triton tree attention (interpreted on CPU) against its PyTorch reference and against plain
+SDPA with a dense mask: chains, stars, deep and bushy trees, odd sizes, GQA ratios, fp32/fp16."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from draftheads.decoding.tree import Tree
+from draftheads.kernels.tree_attention import tree_attention, tree_attention_reference
+
+pytest.importorskip("triton")
+
+
+def make_tree(kind: str, nodes: int) -> Tree:
+    """A tree of exactly `nodes` nodes (root included)."""
+    if nodes == 1:
+        return Tree.chain(0)
+    if kind == "chain":
+        return Tree.chain(nodes - 1)
+    if kind == "star":
+        return Tree.from_paths([[r] for r in range(nodes - 1)])
+    generator = torch.Generator().manual_seed(nodes)
+    parents = [-1]
+    for i in range(1, nodes):  # deep: mostly the previous node; bushy: any earlier node
+        parents.append(i - 1 if kind == "deep" and torch.rand(1, generator=generator) < 0.7 else int(torch.randint(0, i, (1,), generator=generator)))
+    depth = [0] * nodes
+    for i in range(1, nodes):
+        depth[i] = depth[parents[i]] + 1
+    return Tree(torch.tensor(parents), torch.tensor(depth), torch.zeros(nodes, dtype=torch.long))
+
+
+CASES = [  # (tree kind, T, prefix, GQA group)
+    ("chain", 1, 0, 1),
+    ("chain", 3, 1, 3),
+    ("star", 17, 37, 4),
+    ("deep", 17, 300, 1),
+    ("bushy", 17, 0, 3),
+    ("bushy", 3, 300, 4),
+    ("star", 40, 37, 1),
+]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16], ids=["fp32", "fp16"])
+@pytest.mark.parametrize(("kind", "nodes", "prefix", "group"), CASES)
+def test_triton_tree_attention_matches_reference_and_sdpa(dtype, kind, nodes, prefix, group):
+    tree = make_tree(kind, nodes)
+    generator = torch.Generator().manual_seed(nodes * 7 + prefix)
+    kv_heads, dim = 2, 64
+    query = torch.randn(1, kv_heads * group, nodes, dim, generator=generator).to(dtype)
+    keys = torch.randn(1, kv_heads, prefix + nodes, dim, generator=generator).to(dtype)
+    values = torch.randn(1, kv_heads, prefix + nodes, dim, generator=generator).to(dtype)
+    mask = tree.ancestor_mask()
+    out = tree_attention(query, keys, values, mask, backend="triton")
+    assert out.dtype == dtype and out.shape == query.shape
+    # references in fp32 from the same (rounded) inputs
+    reference = tree_attention_reference(query.float(), keys.float(), values.float(), mask)
+    dense = torch.cat([torch.ones(nodes, prefix, dtype=torch.bool), mask], dim=1)
+    sdpa = F.scaled_dot_product_attention(
+        query.float(), keys.float().repeat_interleave(group, 1), values.float().repeat_interleave(group, 1), attn_mask=dense
+    )
+    tolerance = {torch.float32: 1e-5, torch.float16: 2e-3}[dtype]  # fp16: the output's own rounding
+    torch.testing.assert_close(out.float(), reference, rtol=tolerance, atol=tolerance)
+    torch.testing.assert_close(out.float(), sdpa, rtol=tolerance, atol=tolerance)
+
+
+def test_reference_path_is_the_cpu_default():
+    query, keys = torch.randn(1, 2, 3, 16), torch.randn(1, 2, 5, 16)
+    mask = Tree.chain(2).ancestor_mask()
+    assert torch.equal(tree_attention(query, keys, keys, mask), tree_attention_reference(query, keys, keys, mask))
