@@ -69,3 +69,20 @@ def test_reference_path_is_the_cpu_default():
     query, keys = torch.randn(1, 2, 3, 16), torch.randn(1, 2, 5, 16)
     mask = Tree.chain(2).ancestor_mask()
     assert torch.equal(tree_attention(query, keys, keys, mask), tree_attention_reference(query, keys, keys, mask))
+
+
+@pytest.mark.parametrize("splits", [2, 3, 7])
+@pytest.mark.parametrize(("kind", "nodes", "prefix"), [("bushy", 17, 300), ("chain", 1, 100), ("deep", 5, 37)])
+def test_split_key_range_merges_to_the_same_result(splits, kind, nodes, prefix):
+    """The flash-decoding path (the key range cut into parts merged afterwards), which the GPU uses
+    for small trees over long prefixes."""
+    from draftheads.kernels.tree_attention_triton import ancestor_bits, tree_attention_triton
+
+    tree = make_tree(kind, nodes)
+    generator = torch.Generator().manual_seed(splits)
+    query = torch.randn(1, 6, nodes, 64, generator=generator)
+    keys = torch.randn(1, 2, prefix + nodes, 64, generator=generator)
+    values = torch.randn(1, 2, prefix + nodes, 64, generator=generator)
+    mask = tree.ancestor_mask()
+    out = tree_attention_triton(query, keys, values, ancestor_bits(mask), splits=splits)
+    torch.testing.assert_close(out, tree_attention_reference(query, keys, values, mask), rtol=1e-5, atol=1e-5)
