@@ -34,18 +34,26 @@ def accept_greedy(tree: Tree, tokens: torch.Tensor, target: torch.Tensor) -> Acc
     its token is what the base model predicts after the parent, so the committed tokens are
     exactly those greedy autoregressive decoding produces.
     """
+    target_l = target.tolist()
+    parents = tree.parents.tolist()
+    passes = [token == target_l[max(parent, 0)] for token, parent in zip(tokens.tolist(), parents)]
+    best = _deepest_accepted(tree, passes)
+    return Accepted(tree.path_to(best), target_l[best])
+
+
+def _deepest_accepted(tree: Tree, passes: list[bool]) -> int:
+    """The deepest node whose every ancestor (and itself) passes, the first one on ties; the root
+    always counts as accepted."""
     parents = tree.parents.tolist()
     depth = tree.depth.tolist()
-    tokens_l, target_l = tokens.tolist(), target.tolist()
     accepted = [True] + [False] * (tree.size - 1)
     best = 0
     for i in range(1, tree.size):
-        parent = parents[i]
-        if accepted[parent] and tokens_l[i] == target_l[parent]:
+        if accepted[parents[i]] and passes[i]:
             accepted[i] = True
             if depth[i] > depth[best]:
                 best = i
-    return Accepted(tree.path_to(best), target_l[best])
+    return best
 
 
 def accept_typical(
@@ -66,17 +74,9 @@ def accept_typical(
     probs = target_logprobs.exp()
     entropy = -(probs * target_logprobs.nan_to_num(neginf=0.0)).sum(-1)
     threshold = torch.clamp(delta * torch.exp(-entropy), max=epsilon)
-    parents = tree.parents.tolist()
-    depth = tree.depth.tolist()
     parent_index = tree.parents.clamp(min=0).to(probs.device)
     passes = (probs[parent_index, tokens.to(probs.device)] > threshold[parent_index]).tolist()
-    accepted = [True] + [False] * (tree.size - 1)
-    best = 0
-    for i in range(1, tree.size):
-        if accepted[parents[i]] and passes[i]:
-            accepted[i] = True
-            if depth[i] > depth[best]:
-                best = i
+    best = _deepest_accepted(tree, passes)
     return Accepted(tree.path_to(best), sample(target_logprobs[best], generator))
 
 

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import torch
 from torch import nn
+from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
 from draftheads.kernels.kv_compact import kv_compact
 from draftheads.kernels.dispatch import resolve_backend
@@ -115,8 +116,6 @@ def tree_attention_forward(
     got `draftheads_cache`, plain SDPA otherwise. Returns ([B, T, H, D], None) like SDPA."""
     cache = kwargs.pop("draftheads_cache", None)
     if cache is None:
-        from transformers.integrations.sdpa_attention import sdpa_attention_forward
-
         return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling, **kwargs)
     if attention_mask is None or attention_mask.dim() != 4:
         raise ValueError("a forward with draftheads_cache needs the tree's [1, 1, T, T] bool mask as attention_mask")

@@ -87,6 +87,8 @@ class StaticDrafter:
             )
         self.max_rank = int(template.rank.max()) + 1
         self.paths = [template.path_to(i) for i in range(template.size)]
+        self.max_nodes = template.size
+        """Most nodes (root included) a step verifies."""
 
     def draft(
         self,
@@ -131,6 +133,8 @@ class DynamicDrafter:
         if budget < 1 or width < 1:
             raise ValueError(f"dynamic tree budget and width must be at least 1, got {budget} and {width}")
         self.budget, self.width, self.max_depth = budget, width, max_depth
+        self.max_nodes = budget + 1
+        """Most nodes (root included) a step verifies."""
 
     def draft(
         self,
@@ -162,22 +166,29 @@ class DynamicDrafter:
             flat = torch.topk(slot_scores.flatten(), k).indices
             keep = flat[torch.isfinite(slot_scores.flatten()[flat])]
             counts = torch.bincount(keep // k, minlength=len(frontier)).tolist()
-            if sample_children:
-                draws = gumbel_top_k(logprobs, max(counts), generator)
+            picks = gumbel_top_k(logprobs, max(counts), generator) if sample_children else top.indices
+            rows = [row for row, n in enumerate(counts) for _ in range(n)]
+            ranks = [r for n in counts for r in range(n)]
+            row_index = torch.tensor(rows, device=picks.device)
+            chosen = picks[row_index, torch.tensor(ranks, device=picks.device)]
+            # one transfer of the children's tokens and draft log-probabilities (not one per child)
+            chosen_l = chosen.tolist()
+            chosen_logprobs = logprobs[row_index, chosen].tolist()
             new_frontier = []
-            for row, node in enumerate(frontier):
-                for r in range(counts[row]):
-                    token = int(draws[row, r]) if sample_children else int(top.indices[row, r])
-                    child = len(tokens)
-                    tokens.append(token)
-                    parents.append(node)
-                    depth.append(d)
-                    rank.append(r)
-                    scores.append(scores[node] + float(logprobs[row, token]))
-                    paths[child] = paths[node] + [token]
-                    new_frontier.append(child)
-                if sample_children and counts[row]:
-                    draft_logprobs[node] = logprobs[row]
+            for row, r, token, logprob in zip(rows, ranks, chosen_l, chosen_logprobs):
+                node = frontier[row]
+                child = len(tokens)
+                tokens.append(token)
+                parents.append(node)
+                depth.append(d)
+                rank.append(r)
+                scores.append(scores[node] + logprob)
+                paths[child] = paths[node] + [token]
+                new_frontier.append(child)
+            if sample_children:
+                for row, node in enumerate(frontier):
+                    if counts[row]:
+                        draft_logprobs[node] = logprobs[row]
             frontier = new_frontier
         tree = Tree(torch.tensor(parents), torch.tensor(depth), torch.tensor(rank))
         return Draft(tree, torch.tensor(tokens), draft_logprobs, torch.tensor(scores))

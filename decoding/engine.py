@@ -21,6 +21,7 @@ from draftheads.decoding.sampling import SamplingConfig, sample
 from draftheads.decoding.tree import Tree
 from draftheads.models.backbone import LAST, Backbone
 from draftheads.models.heads.base import DraftHeads
+from draftheads.utils.device import synchronize
 
 
 @dataclass
@@ -39,7 +40,7 @@ class TreeSpec:
     def describe(self) -> dict:
         """JSON-ready description for reports."""
         if self.kind == "static":
-            return {"kind": "static", "budget": len(Tree.from_paths(self.paths or []).parents) - 1, "paths": self.paths}
+            return {"kind": "static", "budget": Tree.from_paths(self.paths or []).size - 1, "paths": self.paths}
         if self.kind == "dynamic":
             return {"kind": "dynamic", "budget": self.budget, "width": self.width}
         return {"kind": "none", "budget": 0}
@@ -118,19 +119,19 @@ class Engine:
         self.layers = tuple(heads.config.feature_layers()) if self.heads is not None else (LAST,)
         if LAST not in self.layers:
             self.layers = self.layers + (LAST,)
-        self.drafter: StaticDrafter | DynamicDrafter | None = None
-        self.static_mask: torch.Tensor | None = None
-        if tree.kind == "static":
-            if not tree.paths:
-                raise ValueError("a static tree needs at least one path")
-            template = Tree.from_paths(tree.paths)
-            self.drafter = StaticDrafter(template, heads.config.num_heads)
-            self.static_mask = template.ancestor_mask()
-        elif tree.kind == "dynamic":
-            self.drafter = DynamicDrafter(tree.budget, tree.width, heads.config.num_heads)
-        self.root_tree = Tree.chain(0)
-        self.cache = KVCache(0, backbone.num_layers, kernels)
         self.device = backbone.lm_head.weight.device
+        self.drafter: StaticDrafter | DynamicDrafter
+        self.static_mask: torch.Tensor | None = None
+        if tree.kind == "dynamic":
+            self.drafter = DynamicDrafter(tree.budget, tree.width, heads.config.num_heads)
+        else:
+            # autoregressive decoding is the static tree made of the root alone
+            if tree.kind == "static" and not tree.paths:
+                raise ValueError("a static tree needs at least one path")
+            template = Tree.from_paths(tree.paths if tree.kind == "static" else [])
+            self.drafter = StaticDrafter(template, heads.config.num_heads if self.heads is not None else 0)
+            self.static_mask = template.ancestor_mask().to(self.device)  # once, not per step
+        self.cache = KVCache(0, backbone.num_layers, kernels)
 
     def default_eos(self) -> tuple[int, ...]:
         """EOS tokens of the tokenizer and of the model's generation config."""
@@ -154,10 +155,6 @@ class Engine:
             draftheads_cache=self.cache,
         )
 
-    def _sync(self) -> None:
-        if self.device.type == "cuda":
-            torch.cuda.synchronize(self.device)
-
     @torch.inference_mode()
     def generate(self, prompt_ids: list[int] | torch.Tensor, config: GenerationConfig | None = None) -> GenerationResult:
         """New tokens after `prompt_ids` (one sequence)."""
@@ -175,10 +172,7 @@ class Engine:
             generator.manual_seed(config.seed)
         else:
             generator.seed()  # a fresh nondeterministic seed, leaving torch's global RNG alone
-        tree_room = self.tree_spec.budget + 1 if self.tree_spec.kind == "dynamic" else (
-            self.static_mask.shape[0] if self.static_mask is not None else 1
-        )
-        self.cache.reset(prompt.numel() + config.max_new_tokens + tree_room)
+        self.cache.reset(prompt.numel() + config.max_new_tokens + self.drafter.max_nodes)
         times = dict.fromkeys(("prefill", "draft", "verify", "accept", "other"), 0.0)
         result = GenerationResult(tokens=[], finish_reason="length", times=times)
         stopper = _Stopper(self.backbone.tokenizer, eos, config.stop_strings, config.max_new_tokens, result)
@@ -190,31 +184,25 @@ class Engine:
         last = self.backbone.lm_head(out.features[LAST][0, -1:])[0]
         root = int(last.argmax()) if sampling.greedy else sample(sampling.logprobs(last), generator)
         state = self.heads.begin_draft(out.features, prompt[None]) if self.heads is not None else None
-        self._sync()
+        synchronize(self.device)
         times["prefill"] = time.perf_counter() - start
         loop_start = time.perf_counter()
         done = stopper.emit(root)
         while not done:
             t0 = time.perf_counter()
-            if self.drafter is not None:
-                draft = self.drafter.draft(
-                    self.heads, state, root, self.backbone.lm_head, sampling, generator, rule == "sampling"
-                )
-                mask = self.static_mask if self.static_mask is not None else draft.tree.ancestor_mask()
-                if draft.scores is not None:
-                    result.predicted.append(1 + float(draft.scores[1:].exp().sum()))
-            else:
-                draft = Draft(self.root_tree, torch.tensor([root]))
-                mask = torch.ones(1, 1, dtype=torch.bool)
-            self._sync()
+            draft = self.drafter.draft(self.heads, state, root, self.backbone.lm_head, sampling, generator, rule == "sampling")
+            mask = self.static_mask if self.static_mask is not None else draft.tree.ancestor_mask()
+            if draft.scores is not None:
+                result.predicted.append(1 + float(draft.scores[1:].exp().sum()))
+            synchronize(self.device)
             t1 = time.perf_counter()
             out = self._forward(draft.tokens, draft.tree.depth, mask, logits=True)
             logits = out.logits[0]
-            self._sync()
+            synchronize(self.device)
             t2 = time.perf_counter()
             accepted = self._accept(rule, draft, logits, config, generator)
             self.cache.commit(accepted.nodes)
-            self._sync()
+            synchronize(self.device)
             t3 = time.perf_counter()
             result.accepted.append(len(accepted.nodes) - 1)
             result.tree_sizes.append(draft.tree.size - 1)
@@ -230,7 +218,7 @@ class Engine:
                 index = torch.tensor(accepted.nodes, device=self.device)
                 features = {layer: value[:, index] for layer, value in out.features.items()}
                 state = self.heads.begin_draft(features, draft.tokens[accepted.nodes][None].to(self.device))
-            self._sync()
+            synchronize(self.device)
             t5 = time.perf_counter()
             times["draft"] += (t1 - t0) + (t5 - t4)
             times["verify"] += t2 - t1

@@ -22,6 +22,7 @@ import torch
 from draftheads.decoding.cache import KVCache, install_tree_attention
 from draftheads.decoding.tree import Tree
 from draftheads.models.draft_model import DraftModel
+from draftheads.utils.device import synchronize
 
 
 @dataclass
@@ -105,8 +106,7 @@ def median_seconds(fn, device: torch.device, repeats: int) -> float:
     for _ in range(repeats + 1):
         start = time.perf_counter()
         fn()
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
+        synchronize(device)
         times.append(time.perf_counter() - start)
     return statistics.median(times[1:])
 

@@ -73,7 +73,8 @@ def build_report(options, draft: DraftModel, tree: TreeSpec, records: list[dict]
     loop = sum(times[k] for k in ("draft", "verify", "accept", "other"))
     greedy = options.temperature == 0
 
-    def same(method: str) -> int:
+    def mismatching_prompts(method: str) -> int:
+        """Prompts where `method`'s tokens differ from our autoregressive baseline's in some turn."""
         return sum(
             any(a["tokens"] != b["tokens"] for a, b in zip(r["methods"][method], r["methods"]["baseline"])) for r in records
         )
@@ -131,8 +132,8 @@ def build_report(options, draft: DraftModel, tree: TreeSpec, records: list[dict]
         "speedup_vs_prompt_lookup": ratio(ours_tps, totals["prompt_lookup"]["tokens_per_s"]),
         "baseline_vs_hf_generate": ratio(base_tps, totals["hf_generate"]["tokens_per_s"]),
         "methods": totals,
-        "greedy_mismatches": same("ours") if greedy else None,
-        "hf_generate_mismatches": same("hf_generate") if greedy else None,
+        "greedy_mismatches": mismatching_prompts("ours") if greedy else None,
+        "hf_generate_mismatches": mismatching_prompts("hf_generate") if greedy else None,
         "time_breakdown": {
             "seconds": times,
             "fraction_of_decode_loop": {k: times[k] / loop if loop else None for k in ("draft", "verify", "accept", "other")},

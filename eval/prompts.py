@@ -22,6 +22,14 @@ class EvalPrompt:
     turns: list[str]
     system: str | None = None
 
+    def messages(self, answers: list[str]) -> list[dict[str, str]]:
+        """The conversation up to the next turn to answer: the system prompt, then each user turn
+        followed by the model's own answer to it, then the first unanswered user turn."""
+        messages = [{"role": "system", "content": self.system}] if self.system else []
+        for turn, answer in zip(self.turns, answers):
+            messages += [{"role": "user", "content": turn}, {"role": "assistant", "content": answer}]
+        return messages + [{"role": "user", "content": self.turns[len(answers)]}]
+
 
 def load_prompts(spec: str, limit: int | None = None) -> list[EvalPrompt]:
     """Read `spec` (a file, a datasets folder, `mt-bench` or `sharegpt`) into prompts."""

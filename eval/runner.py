@@ -27,6 +27,7 @@ from draftheads.eval.calibration import rank_stats
 from draftheads.eval.prompts import EvalPrompt, load_prompts
 from draftheads.models.draft_model import DraftModel
 from draftheads.utils.atomic import atomic_write_text
+from draftheads.utils.device import synchronize
 from draftheads.utils.errors import ConfigError
 
 METHODS = ("baseline", "ours", "hf_generate", "prompt_lookup")
@@ -84,11 +85,6 @@ def default_static_paths(depth: int, budget: int) -> list[list[int]]:
     return [list(p) for _, p in scored[:budget]]
 
 
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
 class _Runner:
     def __init__(self, draft: DraftModel, options: EvalOptions, tree: TreeSpec):
         self.draft, self.options = draft, options
@@ -107,7 +103,7 @@ class _Runner:
 
     def generate(self, method: str, prompt_ids: list[int], max_new: int, seed: int) -> tuple[list[int], float, GenerationResult | None]:
         config = dataclasses.replace(self.config, max_new_tokens=max_new, seed=seed)
-        _sync(self.device)
+        synchronize(self.device)
         start = time.perf_counter()
         result = None
         if method in ("baseline", "ours"):
@@ -115,7 +111,7 @@ class _Runner:
             tokens = result.tokens
         else:
             tokens = self._hf(prompt_ids, config, method == "prompt_lookup")
-        _sync(self.device)
+        synchronize(self.device)
         return tokens, time.perf_counter() - start, result
 
     @torch.inference_mode()
@@ -141,23 +137,22 @@ class _Runner:
         """All methods on one prompt (all turns); JSON-ready."""
         record = {"id": prompt.id, "category": prompt.category, "methods": {}}
         for method in METHODS:
-            messages = [{"role": "system", "content": prompt.system}] if prompt.system else []
+            answers: list[str] = []
             turns = []
-            for turn_index, turn in enumerate(prompt.turns):
-                messages.append({"role": "user", "content": turn})
-                prompt_ids = self.formatter.prompt_ids(messages, origin=f"prompt {prompt.id}")
+            for turn_index in range(len(prompt.turns)):
+                prompt_ids = self.formatter.prompt_ids(prompt.messages(answers), origin=f"prompt {prompt.id}")
                 seed = self.options.seed * 1_000_003 + index * 101 + turn_index
                 tokens, seconds, result = self.generate(method, prompt_ids, self.options.max_new_tokens, seed)
                 entry = {"prompt_ids": prompt_ids, "tokens": tokens, "seconds": seconds}
                 if result is not None:
                     entry.update(accepted=result.accepted, tree_sizes=result.tree_sizes, predicted=result.predicted, times=result.times)
                 turns.append(entry)
-                messages.append({"role": "assistant", "content": self.backbone.tokenizer.decode(tokens, skip_special_tokens=True)})
+                answers.append(self.backbone.tokenizer.decode(tokens, skip_special_tokens=True))
             record["methods"][method] = turns
         return record
 
     def warm_up(self, prompt: EvalPrompt) -> None:
-        ids = self.formatter.prompt_ids([{"role": "user", "content": prompt.turns[0]}])
+        ids = self.formatter.prompt_ids(prompt.messages([]))
         for method in METHODS:
             self.generate(method, ids, min(8, self.options.max_new_tokens), 0)
 

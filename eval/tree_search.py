@@ -45,12 +45,11 @@ def choose_tree(
     engine = Engine(draft.backbone)
     sequences = []
     for prompt in tqdm(load_prompts(prompts, limit), desc="calibration answers", disable=not progress):
-        messages = ([{"role": "system", "content": prompt.system}] if prompt.system else []) + [{"role": "user", "content": prompt.turns[0]}]
-        ids = formatter.prompt_ids(messages, origin=f"prompt {prompt.id}")
+        ids = formatter.prompt_ids(prompt.messages([]), origin=f"prompt {prompt.id}")
         tokens = engine.generate(ids, GenerationConfig(max_new_tokens=max_new_tokens)).tokens
         sequences.append((ids + tokens, len(ids)))
     stats = rank_stats(draft, sequences)
-    sizes = sorted({1, 2, 4, 8, 16, 32, 64, budget + 1} & set(range(1, budget + 2)) | {budget + 1})
+    sizes = sorted({s for s in (1, 2, 4, 8, 16, 32, 64) if s <= budget} | {budget + 1})
     verify = verify_costs(draft, sizes)
     drafting = draft_costs(draft)
     candidates = search_static_tree(stats, verify, drafting, budget)

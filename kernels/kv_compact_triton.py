@@ -22,13 +22,11 @@ def _kv_compact_kernel(cache_ptr, nodes_ptr, count, start, row_stride, pos_strid
 
 
 def kv_compact_triton(cache: torch.Tensor, start: int, nodes: torch.Tensor) -> None:
-    """Same contract as `kv_compact_reference`; `cache` must have a contiguous last dimension and
-    rows laid out evenly (a view of one buffer, as the engine's cache is)."""
-    if cache.stride(-1) != 1:
-        raise ValueError("kv_compact_triton needs the head dimension contiguous")
-    rows = cache.reshape(-1, cache.shape[-2], cache.shape[-1]) if cache.is_contiguous() else None
-    if rows is None:
+    """Same contract as `kv_compact_reference`; `cache` must be contiguous (the engine's one
+    all-layer buffer is)."""
+    if not cache.is_contiguous():
         raise ValueError("kv_compact_triton needs a contiguous cache buffer")
+    rows = cache.view(-1, cache.shape[-2], cache.shape[-1])
     nodes = nodes.to(device=cache.device, dtype=torch.int32).contiguous()
     dim = rows.shape[-1]
     block = triton.next_power_of_2(min(dim, 128))
