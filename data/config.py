@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Literal
 
 
 @dataclass
@@ -49,5 +50,85 @@ class DataConfig:
             raise ValueError(f"max_length must be at least 2, got {self.max_length}")
         if not 0.0 <= self.eval_fraction < 1.0:
             raise ValueError(f"eval_fraction must be in [0, 1), got {self.eval_fraction}")
+        if not self.sources:
+            raise ValueError("sources must name at least one input")
+
+
+@dataclass
+class OpenAIBackendConfig:
+    """An OpenAI-compatible chat-completions server (vLLM, SGLang, TGI, llama.cpp, `transformers serve`)."""
+
+    base_url: str = "http://127.0.0.1:8000/v1"
+    """Server root up to and including `/v1`; requests go to `{base_url}/chat/completions`."""
+    model: str | None = None
+    """Model name the server knows; null = `model.base`."""
+    api_key_env: str = "OPENAI_API_KEY"
+    """Environment variable holding the API key (sent as a Bearer token when set; never logged)."""
+    concurrency: int = 8
+    """Requests in flight at once."""
+    timeout: float = 600.0
+    """Seconds before one request is abandoned (and retried)."""
+    max_retries: int = 5
+    """Retries of a request after a timeout, a dropped connection, HTTP 408/409/429 or 5xx."""
+    backoff: float = 1.0
+    """First retry waits this many seconds; each later one twice as long (capped at 60 s)."""
+
+    def __post_init__(self) -> None:
+        if self.concurrency < 1:
+            raise ValueError(f"concurrency must be at least 1, got {self.concurrency}")
+        if self.timeout <= 0:
+            raise ValueError(f"timeout must be positive, got {self.timeout}")
+        if self.max_retries < 0:
+            raise ValueError(f"max_retries must be at least 0, got {self.max_retries}")
+
+
+@dataclass
+class DistillConfig:
+    """Self-distillation: the base model answers the prompts of `sources` itself (`draftheads gen-data`)."""
+
+    sources: list[SourceConfig] = field(default_factory=lambda: [SourceConfig(path="demo:sharegpt")])
+    """Prompts: every user turn is answered by the base model, with its own earlier answers (not the
+    original ones) in the context. Original assistant turns are dropped."""
+    output_dir: str = "outputs/distill"
+    """Folder for `data.jsonl` (ShareGPT-style, what training recipes read), `metadata.json`, and the
+    per-process `shards/` that make the run resumable."""
+    backend: Literal["hf", "openai"] = "hf"
+    """hf: batched generation with the transformers model in this process (or each accelerate
+    process); openai: requests to an OpenAI-compatible server."""
+    max_new_tokens: int = 512
+    """Most tokens per answer."""
+    temperature: float = 0.0
+    """0 = greedy; > 0 samples (per-record seeds: an answer never depends on its batch-mates)."""
+    top_p: float = 1.0
+    """Nucleus sampling threshold (1 = off)."""
+    top_k: int = 0
+    """Keep only the k most likely tokens (0 = off; hf backend only)."""
+    seed: int = 0
+    """Run seed; each record's seed is derived from it and the record's id."""
+    max_prompt_tokens: int | None = None
+    """Skip (and count) a turn whose prompt is longer; null = the model's context minus one token.
+    Answers are also capped to what still fits in the context."""
+    batch_size: int = 16
+    """hf: prompts per generate call (bucketed by length, left-padded)."""
+    chunk_size: int = 64
+    """Conversations in flight at once; multi-turn conversations advance turn by turn within a chunk.
+    A kill loses at most the unfinished conversations of one chunk per process."""
+    skip_invalid: bool = True
+    """Skip (and count) records that cannot be read, instead of stopping at the first."""
+    export_dataset: bool = False
+    """Also save the merged output as a `datasets` dataset in `output_dir/dataset`."""
+    openai: OpenAIBackendConfig = field(default_factory=OpenAIBackendConfig)
+    """Settings of the `openai` backend."""
+
+    def __post_init__(self) -> None:
+        for name in ("max_new_tokens", "batch_size", "chunk_size"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
+        if self.temperature < 0:
+            raise ValueError(f"temperature must be >= 0, got {self.temperature}")
+        if not 0 < self.top_p <= 1:
+            raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
+        if self.max_prompt_tokens is not None and self.max_prompt_tokens < 1:
+            raise ValueError(f"max_prompt_tokens must be at least 1, got {self.max_prompt_tokens}")
         if not self.sources:
             raise ValueError("sources must name at least one input")

@@ -24,6 +24,18 @@ from draftheads.models.heads.base import DraftHeads
 from draftheads.utils.device import synchronize
 
 
+def default_eos(backbone: Backbone) -> tuple[int, ...]:
+    """EOS tokens of the tokenizer and of the model's generation config."""
+    ids = set()
+    tokenizer = backbone.tokenizer
+    if tokenizer is not None and tokenizer.eos_token_id is not None:
+        ids.add(int(tokenizer.eos_token_id))
+    generation = getattr(backbone.model, "generation_config", None)
+    extra = getattr(generation, "eos_token_id", None) if generation is not None else None
+    ids.update([extra] if isinstance(extra, int) else (extra or []))
+    return tuple(sorted(ids))
+
+
 @dataclass
 class TreeSpec:
     """Which tree the engine drafts each step."""
@@ -135,14 +147,7 @@ class Engine:
 
     def default_eos(self) -> tuple[int, ...]:
         """EOS tokens of the tokenizer and of the model's generation config."""
-        ids = set()
-        tokenizer = self.backbone.tokenizer
-        if tokenizer is not None and tokenizer.eos_token_id is not None:
-            ids.add(int(tokenizer.eos_token_id))
-        generation = getattr(self.backbone.model, "generation_config", None)
-        extra = getattr(generation, "eos_token_id", None) if generation is not None else None
-        ids.update([extra] if isinstance(extra, int) else (extra or []))
-        return tuple(sorted(ids))
+        return default_eos(self.backbone)
 
     def _forward(self, tokens: torch.Tensor, depth: torch.Tensor, mask: torch.Tensor, logits: bool):
         positions = (depth + self.cache.length).to(self.device)

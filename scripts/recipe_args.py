@@ -11,8 +11,10 @@ if TYPE_CHECKING:
     from draftheads.train.config import Recipe
 
 
-def add_recipe_arguments(parser: argparse.ArgumentParser) -> None:
-    """`[RECIPE] [key.sub=value ...]` plus quick flags for the base model and data."""
+def add_recipe_arguments(parser: argparse.ArgumentParser, sources_key: str = "data.sources") -> None:
+    """`[RECIPE] [key.sub=value ...]` plus quick flags for the base model and data (`--data` sets
+    `sources_key`: the training data, or the prompts of gen-data)."""
+    parser.set_defaults(sources_key=sources_key)
     parser.add_argument(
         "items",
         nargs="*",
@@ -22,7 +24,7 @@ def add_recipe_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--base", help="base model: Hub id, folder, .gguf file or demo:smollm2-135m (sets model.base)")
     parser.add_argument(
-        "--data", action="append", metavar="PATH", help="data source, repeatable (replaces data.sources); demo:sharegpt, demo:mt-bench"
+        "--data", action="append", metavar="PATH", help=f"data source, repeatable (replaces {sources_key}); demo:sharegpt, demo:mt-bench"
     )
     parser.add_argument("--limit", type=int, help="keep at most this many conversations per source")
 
@@ -39,12 +41,14 @@ def recipe_and_overrides(args: argparse.Namespace) -> tuple[str | None, list[str
     recipe = recipes[0] if recipes else None
     if args.base:
         overrides.append(f"model.base={json.dumps(args.base)}")
+    key = getattr(args, "sources_key", "data.sources")
     if args.data:
-        overrides.append("data.sources=" + json.dumps([{"path": p} for p in args.data]))
+        overrides.append(f"{key}=" + json.dumps([{"path": p} for p in args.data]))
     if args.limit is not None:
         # One override per source, so the sources (from the recipe or --data) must be known first.
-        count = len(load_recipe(recipe, overrides).data.sources)
-        overrides += [f"data.sources.{i}.limit={args.limit}" for i in range(count)]
+        section, _ = key.split(".")
+        count = len(getattr(load_recipe(recipe, overrides), section).sources)
+        overrides += [f"{key}.{i}.limit={args.limit}" for i in range(count)]
     return recipe, overrides
 
 

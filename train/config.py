@@ -13,7 +13,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Literal
 
-from draftheads.data.config import DataConfig
+from draftheads.data.config import DataConfig, DistillConfig
 from draftheads.models.backbone import BackboneConfig
 from draftheads.models.heads.base import HeadConfig
 from draftheads.models.heads.medusa import MedusaConfig
@@ -107,6 +107,8 @@ class Recipe:
     """The head family (`head_type`) and its settings."""
     train: TrainConfig = field(default_factory=TrainConfig)
     """The optimisation loop."""
+    distill: DistillConfig = field(default_factory=DistillConfig)
+    """Self-distillation data generation (`draftheads gen-data`); training does not read it."""
 
 
 def find_recipe(name_or_path: str) -> Path:

@@ -80,14 +80,15 @@ def test_config_prints_and_saves_the_resolved_recipe(tmp_path):
 
 
 def test_quick_flags_become_the_overrides_a_relaunch_forwards(tmp_path):
-    from draftheads.scripts.train_cmd import launch_command
+    from draftheads.scripts.launch import launch_command
 
     a, b = write_jsonl(tmp_path / "a.jsonl", [SAMPLE]), write_jsonl(tmp_path / "b.jsonl", [SAMPLE])
     args = build_parser().parse_args(
         ["train", "smollm2-135m/medusa1", "train.max_steps=3", "--data", str(a), "--data", str(b), "--limit", "5", "--base", "demo:smollm2-135m", "--accelerate-config", "cpu-2proc"]
     )
-    command, env = launch_command(args)
-    forwarded = command[command.index("draftheads.train") + 1 :]
+    command, env = launch_command(args, "train")
+    assert command[command.index("draftheads.scripts.cli") + 1 : command.index("--in-process")] == ["train"]
+    forwarded = command[command.index("--in-process") + 1 :]
     assert forwarded[:2] == ["smollm2-135m/medusa1", "train.max_steps=3"]
     assert "data.sources.0.limit=5" in forwarded and "data.sources.1.limit=5" in forwarded
     assert env["ACCELERATE_USE_CPU"] == "true" and command[command.index("--config_file") + 1].endswith("accelerate/cpu-2proc.yaml")

@@ -1,0 +1,58 @@
+"""Relaunch a verb through `accelerate launch` (several processes, DeepSpeed, GPUs)."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+from importlib import resources
+from pathlib import Path
+
+from draftheads.scripts.recipe_args import recipe_and_overrides
+
+
+def add_launch_arguments(parser: argparse.ArgumentParser, what: str) -> None:
+    """`--accelerate-config NAME` (and the hidden flag the relaunched processes get)."""
+    parser.add_argument(
+        "--accelerate-config",
+        metavar="NAME",
+        help=f"{what} under `accelerate launch` with this config: a shipped name (cpu, cpu-2proc, single-gpu, "
+        "multi-gpu, deepspeed-zero2, deepspeed-zero3, fsdp) or a YAML path; without it, run in this process",
+    )
+    parser.add_argument("--in-process", action="store_true", help=argparse.SUPPRESS)
+
+
+def accelerate_config_path(name: str) -> Path:
+    """A shipped accelerate config by name, or a path as given."""
+    from draftheads.utils.errors import ConfigError
+
+    path = Path(name)
+    if path.is_file():
+        return path
+    shipped = resources.files("draftheads.recipes") / "accelerate" / f"{name}.yaml"
+    if not shipped.is_file():
+        known = sorted(p.name[:-5] for p in (resources.files("draftheads.recipes") / "accelerate").iterdir() if p.name.endswith(".yaml"))
+        raise ConfigError(f"--accelerate-config {name}: not a file and not a shipped config ({', '.join(known)})")
+    return Path(str(shipped))
+
+
+def launch_command(args: argparse.Namespace, verb: str) -> tuple[list[str], dict[str, str]]:
+    """The `accelerate launch` command line and environment that run this same job, every process
+    running `draftheads VERB --in-process RECIPE OVERRIDES`."""
+    import torch
+
+    recipe, overrides = recipe_and_overrides(args)
+    forwarded = ([recipe] if recipe else []) + overrides
+    command = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(accelerate_config_path(args.accelerate_config))]
+    env = dict(os.environ)
+    if not torch.cuda.is_available():
+        # Without CUDA, accelerate runs several processes only as "multi-GPU" with use_cpu set.
+        env["ACCELERATE_USE_CPU"] = "true"
+    return command + ["-m", "draftheads.scripts.cli", verb, "--in-process", *forwarded], env
+
+
+def relaunch(args: argparse.Namespace, verb: str) -> int:
+    """Run the job under accelerate and return its exit status."""
+    command, env = launch_command(args, verb)
+    return subprocess.run(command, env=env).returncode

@@ -1,0 +1,194 @@
+"""Self-distillation data generation (`draftheads gen-data`) on a tiny base with the demo tokenizer."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from helpers import tiny_llama_config, write_jsonl
+from draftheads.data.chat import ChatFormatter
+from draftheads.data.distill import answer_groups, record_seed, run_distill
+from draftheads.data.generate_hf import GenRequest, HFGenerator
+from draftheads.decoding.engine import default_eos
+from draftheads.decoding.sampling import SamplingConfig
+from draftheads.models.backbone import BackboneConfig, load_backbone
+from draftheads.train.config import load_recipe
+from draftheads.utils.errors import ConfigError
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(scope="module")
+def varied_base(tmp_path_factory, demo_tokenizer):
+    """A tiny Llama whose sampled and greedy answers vary from prompt to prompt."""
+    from transformers import LlamaForCausalLM
+
+    folder = tmp_path_factory.mktemp("varied-base")
+    torch.manual_seed(0)
+    LlamaForCausalLM(tiny_llama_config(vocab_size=len(demo_tokenizer), init_std=0.3)).save_pretrained(folder)
+    demo_tokenizer.save_pretrained(folder)
+    return folder
+
+
+def conversation(i: int, turns: int = 1) -> dict:
+    messages = []
+    for t in range(turns):
+        messages += [{"from": "human", "value": f"Question {i}.{t}: tell me about the number {i * 7 + t}."},
+                     {"from": "gpt", "value": "An original answer that must be replaced."}]
+    return {"id": f"c{i}", "conversations": messages}
+
+
+def recipe_for(base: Path, data: Path, out: Path, *overrides: str):
+    return load_recipe(None, [f"model.base={base}", f"distill.sources=[{{\"path\": \"{data}\"}}]", f"distill.output_dir={out}", *overrides])
+
+
+def test_answer_groups_drop_original_answers_and_answer_every_user_turn():
+    sys_, u1, a1, u2, u3, a2 = ({"role": r, "content": r + str(i)} for i, r in enumerate(["system", "user", "assistant", "user", "user", "assistant"]))
+    assert answer_groups([sys_, u1, a1, u2, u3, a2]) == [[sys_, u1], [u2], [u3]]
+    assert answer_groups([u1, u2]) == [[u1], [u2]]  # MT-bench: user turns only, each answered in turn
+    assert answer_groups([u1, a1, a2]) == [[u1]]
+    assert answer_groups([sys_]) == []
+
+
+def test_batched_answers_equal_one_at_a_time_and_greedy_equals_hf_generate(varied_base):
+    backbone = load_backbone(BackboneConfig(base=str(varied_base)))
+    formatter = ChatFormatter(backbone.tokenizer)
+    prompts = [[{"role": "user", "content": "hi " * n}] for n in (1, 5, 2, 9, 3)]  # different lengths: padding
+    requests = [GenRequest(m, formatter.prompt_ids(m), 12, seed=100 + i) for i, m in enumerate(prompts)]
+    eos = default_eos(backbone)
+    sampled = SamplingConfig(temperature=0.9, top_p=0.95)
+    batched = HFGenerator(backbone, sampled, batch_size=5, eos_token_ids=eos).generate(requests)
+    alone = [HFGenerator(backbone, sampled, batch_size=1, eos_token_ids=eos).generate([r])[0] for r in requests]
+    assert [a.text for a in batched] == [a.text for a in alone]
+    assert len({a.text for a in batched}) == 5  # the seeds make different answers
+    other_seeds = HFGenerator(backbone, sampled, 5, eos).generate([GenRequest(r.messages, r.prompt_ids, 12, r.seed + 1) for r in requests])
+    assert [a.text for a in other_seeds] != [a.text for a in batched]
+
+    greedy = HFGenerator(backbone, SamplingConfig(), batch_size=5, eos_token_ids=eos).generate(requests)
+    for request, answer in zip(requests, greedy):
+        out = backbone.model.generate(torch.tensor([request.prompt_ids]), max_new_tokens=12, do_sample=False, eos_token_id=list(eos))
+        tokens = out[0, len(request.prompt_ids):].tolist()
+        assert answer.text == backbone.tokenizer.decode([t for t in tokens if t not in eos], skip_special_tokens=True)
+        assert answer.tokens == len(tokens)
+
+
+def test_every_turn_is_answered_with_the_models_own_earlier_answers(varied_base, tmp_path):
+    data = write_jsonl(tmp_path / "p.jsonl", [conversation(0, turns=2), conversation(1, turns=1)])
+    recipe = recipe_for(varied_base, data, tmp_path / "out", "distill.max_new_tokens=10", "distill.temperature=0.7")
+    result = run_distill(recipe, progress=False)
+    assert result.complete and result.counts["conversations"] == 2 and result.counts["answers"] == 3
+    records = [json.loads(line) for line in (tmp_path / "out" / "data.jsonl").read_text().splitlines()]
+    assert [r["id"] for r in records] == ["c0", "c1"]
+    first = records[0]["conversations"]
+    assert [m["from"] for m in first] == ["human", "gpt", "human", "gpt"]
+    assert "original answer" not in json.dumps(records)
+    # Turn 2 was generated after the model's own turn-1 answer, with the record's turn-2 seed.
+    backbone = load_backbone(BackboneConfig(base=str(varied_base)))
+    messages = [{"role": "user", "content": first[0]["value"]}, {"role": "assistant", "content": first[1]["value"]},
+                {"role": "user", "content": first[2]["value"]}]
+    ids = ChatFormatter(backbone.tokenizer).prompt_ids(messages)
+    again = HFGenerator(backbone, SamplingConfig(0.7), 1, default_eos(backbone)).generate(
+        [GenRequest(messages, ids, 10, record_seed(0, records[0]["source"], 1))]
+    )[0]
+    assert again.text == first[3]["value"]
+    metadata = json.loads((tmp_path / "out" / "metadata.json").read_text())
+    assert metadata["settings"]["sampling"]["temperature"] == 0.7 and metadata["counts"]["answer_tokens"] == sum(
+        sum(r["answer_tokens"]) for r in records
+    )
+    # The output is training data as it is.
+    from draftheads.data.config import SourceConfig
+    from draftheads.data.sources import read_source
+
+    convs, _ = read_source(SourceConfig(path=str(tmp_path / "out" / "data.jsonl")), require_assistant=True, skip_invalid=False)
+    assert len(convs) == 2 and convs[0].messages[1]["content"] == first[1]["value"]
+
+
+def test_prompts_longer_than_the_limit_are_skipped_and_counted(varied_base, tmp_path):
+    long = {"id": "long", "conversations": [{"from": "human", "value": "word " * 400}]}
+    later = conversation(2, turns=2)
+    later["conversations"][2]["value"] = "more " * 400  # the second turn no longer fits
+    data = write_jsonl(tmp_path / "p.jsonl", [conversation(0), long, later])
+    result = run_distill(recipe_for(varied_base, data, tmp_path / "out", "distill.max_prompt_tokens=100", "distill.max_new_tokens=4"), progress=False)
+    assert result.complete
+    assert result.counts["skipped"] == {"prompt longer than 100 tokens": 1}
+    assert result.counts["conversations"] == 2 and result.counts["cut_short"] == 1
+    records = [json.loads(line) for line in (tmp_path / "out" / "data.jsonl").read_text().splitlines()]
+    assert [r["id"] for r in records] == ["c0", "c2"] and len(records[1]["conversations"]) == 2
+
+
+def test_a_rerun_with_other_settings_is_refused_and_a_finished_run_is_not_redone(varied_base, tmp_path):
+    data = write_jsonl(tmp_path / "p.jsonl", [conversation(0)])
+    run_distill(recipe_for(varied_base, data, tmp_path / "out", "distill.max_new_tokens=4"), progress=False)
+    before = (tmp_path / "out" / "data.jsonl").read_text()
+    again = run_distill(recipe_for(varied_base, data, tmp_path / "out", "distill.max_new_tokens=4"), progress=False)
+    assert again.generated_records == 0 and again.complete and (tmp_path / "out" / "data.jsonl").read_text() == before
+    with pytest.raises(ConfigError, match=r"made with other settings \(max_new_tokens: 4 -> 5\)"):
+        run_distill(recipe_for(varied_base, data, tmp_path / "out", "distill.max_new_tokens=5"), progress=False)
+
+
+def _gen_data(base: Path, data: Path, out: Path, *extra: str) -> list[str]:
+    return ["draftheads", "gen-data", "--base", str(base), "--data", str(data), "--out", str(out),
+            "distill.max_new_tokens=24", "distill.temperature=0.8", "distill.batch_size=4", "distill.chunk_size=4", *extra]
+
+
+def _records(out: Path) -> list[dict]:
+    return [json.loads(line) for line in (out / "data.jsonl").read_text().splitlines()]
+
+
+def test_kill_9_then_resume_loses_nothing_and_duplicates_nothing(varied_base, tmp_path):
+    data = write_jsonl(tmp_path / "p.jsonl", [conversation(i, turns=1 + i % 3) for i in range(120)])
+    reference = subprocess.run(_gen_data(varied_base, data, tmp_path / "ref"), capture_output=True, text=True)
+    assert reference.returncode == 0, reference.stderr[-2000:]
+
+    out = tmp_path / "out"
+    shard = out / "shards" / "rank-00000.jsonl"
+    process = subprocess.Popen(_gen_data(varied_base, data, out), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while time.time() < deadline and (not shard.exists() or shard.read_text().count("\n") < 12):
+        time.sleep(0.05)
+    os.kill(process.pid, signal.SIGKILL)
+    process.wait()
+    finished = shard.read_text().count("\n")
+    assert 12 <= finished < 120, "the kill must land mid-run"
+    assert not (out / "data.jsonl").exists()
+    with shard.open("a") as f:
+        f.write('{"key": "torn by a kill", "conversa')  # what a kill inside a write would leave
+    resumed = subprocess.run(_gen_data(varied_base, data, out), capture_output=True, text=True)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert f"this run: {120 - finished} conversations" in resumed.stdout
+    records = _records(out)
+    assert [r["id"] for r in records] == [f"c{i}" for i in range(120)]  # every input once, in input order
+    assert records == _records(tmp_path / "ref")  # per-record seeds: identical to the uninterrupted run
+    keys = [json.loads(line)["key"] for line in shard.read_text().splitlines()]  # every line is whole JSON
+    assert "torn by a kill" not in keys and len(keys) == len(set(keys)) == 120
+
+
+def test_two_processes_split_the_inputs_and_merge_them_exactly_once(varied_base, tmp_path):
+    data = write_jsonl(tmp_path / "p.jsonl", [conversation(i, turns=1 + i % 2) for i in range(9)])
+    single = subprocess.run(_gen_data(varied_base, data, tmp_path / "one"), capture_output=True, text=True)
+    assert single.returncode == 0, single.stderr[-2000:]
+    env = {**os.environ, "ACCELERATE_USE_CPU": "true", "OMP_NUM_THREADS": "1"}
+    double = subprocess.run(_gen_data(varied_base, data, tmp_path / "two", "--accelerate-config", "cpu-2proc"), capture_output=True, text=True, env=env, timeout=600)
+    assert double.returncode == 0, double.stderr[-3000:]
+    shards = sorted((tmp_path / "two" / "shards").glob("*.jsonl"))
+    assert [len(s.read_text().splitlines()) for s in shards] == [5, 4]
+    assert _records(tmp_path / "two") == _records(tmp_path / "one")
+
+
+def test_cli_errors_name_the_file_and_record(varied_base, tmp_path, capsys):
+    from draftheads.scripts.cli import main
+
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text(json.dumps(conversation(0)) + "\n" + '{"conversations": [{"from": "narrator", "value": "x"}]}\n')
+    code = main(["gen-data", "--base", str(varied_base), "--data", str(bad), "--out", str(tmp_path / "o"), "distill.skip_invalid=false"])
+    assert code == 2
+    assert f"{bad}: line 2: field 'conversations[0].from': unknown role 'narrator'" in capsys.readouterr().err
+    assert not (tmp_path / "o" / "data.jsonl").exists()
