@@ -23,7 +23,7 @@ class Collator:
     pad_to_multiple_of: int | None = None
     """Round the batch length up (e.g. to 8 for tensor cores)."""
 
-    def __call__(self, rows: list[Row]) -> dict[str, torch.Tensor]:
+    def __call__(self, rows: list[Row]) -> dict:
         length = max(len(r.input_ids) for r in rows)
         if self.pad_to_multiple_of:
             length = -(-length // self.pad_to_multiple_of) * self.pad_to_multiple_of
@@ -39,8 +39,24 @@ class Collator:
         else:
             attention = torch.zeros((len(rows), length), dtype=torch.long)
             batch["attention_mask"] = attention
+        cached = getattr(rows[0], "features", None)
+        if cached is not None:
+            # Rows from the hidden-state cache: pad their features (and teacher top-k) alike.
+            batch["features"] = {
+                layer: torch.zeros((len(rows), length, value.shape[-1]), dtype=value.dtype) for layer, value in cached.items()
+            }
+            if rows[0].teacher_ids is not None:
+                k = rows[0].teacher_ids.shape[-1]
+                batch["teacher_ids"] = torch.zeros((len(rows), length, k), dtype=torch.long)
+                batch["teacher_logprobs"] = torch.zeros((len(rows), length, k), dtype=torch.float32)
         for i, row in enumerate(rows):
             n = len(row.input_ids)
+            if cached is not None:
+                for layer, value in row.features.items():
+                    batch["features"][layer][i, :n] = value
+                if "teacher_ids" in batch:
+                    batch["teacher_ids"][i, :n] = row.teacher_ids
+                    batch["teacher_logprobs"][i, :n] = row.teacher_logprobs
             ids[i, :n] = torch.tensor(row.input_ids)
             loss_mask[i, :n] = torch.tensor(row.loss_mask)
             if packed:

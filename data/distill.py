@@ -21,7 +21,6 @@ conversations in flight are generated again, and none twice.
 from __future__ import annotations
 
 import datetime
-import fcntl
 import hashlib
 import json
 import os
@@ -38,7 +37,7 @@ from draftheads.data.generate_hf import GenAnswer, GenRequest
 from draftheads.data.sources import Conversation, read_sources
 from draftheads.decoding.sampling import SamplingConfig
 from draftheads.models.backbone import load_backbone, load_tokenizer, resolve_location, tokenizer_fingerprint
-from draftheads.utils.append_log import AppendLog, read_records
+from draftheads.utils.append_log import AppendLog, LogBusy, read_records
 from draftheads.utils.atomic import atomic_directory, atomic_write_text
 from draftheads.utils.errors import ConfigError, DataError
 
@@ -51,7 +50,7 @@ SHAREGPT_ROLE = {"system": "system", "user": "human", "assistant": "gpt"}
 class Generator(Protocol):
     """A backend: answers a list of requests, in order."""
 
-    def generate(self, requests: list[GenRequest]) -> list[GenAnswer]: ...
+    def generate(self, requests: list[GenRequest], on_tokens: Callable[[int], None] | None = None) -> list[GenAnswer]: ...
 
 
 def record_seed(run_seed: int, key: str, turn: int) -> int:
@@ -182,24 +181,6 @@ def done_keys(out: Path) -> dict[str, dict]:
     return found
 
 
-class _ShardWriter:
-    """This process's shard, locked so that two runs never write the same rank at once."""
-
-    def __init__(self, path: Path):
-        self.log = AppendLog(path)
-        try:
-            fcntl.flock(self.log._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            self.log.close()
-            raise ConfigError(f"{path}: another gen-data process is writing this output; wait for it or stop it") from None
-
-    def write(self, record: dict) -> None:
-        self.log.append(record)
-
-    def close(self) -> None:
-        self.log.close()
-
-
 def _make_generator(recipe, sampling: SamplingConfig, device):
     """The backend, its tokenizer and the model's context length."""
     cfg: DistillConfig = recipe.distill
@@ -210,7 +191,7 @@ def _make_generator(recipe, sampling: SamplingConfig, device):
         backbone = load_backbone(recipe.model, device=device)
         eos = default_eos(backbone)
         context = int(getattr(backbone.config, "max_position_embeddings", 0) or 1 << 30)
-        return HFGenerator(backbone, sampling, cfg.batch_size, eos), backbone.tokenizer, context
+        return HFGenerator(backbone, sampling, cfg.batch_size, eos, cfg.max_batch_tokens), backbone.tokenizer, context
     from draftheads.data.generate_openai import OpenAIGenerator
     from transformers import AutoConfig
 
@@ -224,7 +205,7 @@ def _make_generator(recipe, sampling: SamplingConfig, device):
     return OpenAIGenerator(cfg.openai, recipe.model.base, sampling, tokenizer), tokenizer, context
 
 
-def run_distill(recipe, progress: bool = True, on_chunk: Callable[[int], None] | None = None) -> DistillResult:
+def run_distill(recipe, progress: bool = True) -> DistillResult:
     """Generate (or resume generating) the self-distillation data the recipe describes."""
     from accelerate import PartialState
 
@@ -257,18 +238,27 @@ def run_distill(recipe, progress: bool = True, on_chunk: Callable[[int], None] |
     done = done_keys(out)
     mine = [c for i, c in enumerate(conversations) if i % world == rank and c.origin not in done]
     result = DistillResult(output_dir=out, main_process=state.is_main_process)
-    writer = _ShardWriter(out / SHARDS / f"rank-{rank:05d}.jsonl")
+    try:
+        writer = AppendLog(out / SHARDS / f"rank-{rank:05d}.jsonl")
+    except LogBusy:
+        raise ConfigError(f"{out}: another gen-data process is writing this output; wait for it or stop it") from None
     share = sum(1 for i in range(len(conversations)) if i % world == rank)
     bar = tqdm(total=share, initial=share - len(mine), desc=f"gen-data{f' [{rank}/{world}]' if world > 1 else ''}",
                unit="conv", disable=not progress, mininterval=1.0)
     started = time.perf_counter()
+    shown = [0]
+
+    def show_tokens(count: int) -> None:
+        shown[0] += count
+        bar.set_postfix_str(f"{shown[0] / max(time.perf_counter() - started, 1e-9):.1f} tok/s")
+
     try:
         for start in range(0, len(mine), cfg.chunk_size):
             active = [_Conversation(c, answer_groups(c.messages)) for c in mine[start : start + cfg.chunk_size]]
             while True:
                 for conv in active:
                     if conv.done and conv.conv.origin not in done:
-                        writer.write(conv.record())
+                        writer.append(conv.record())
                         done[conv.conv.origin] = {}
                         result.generated_records += 1
                         bar.update(1)
@@ -281,7 +271,7 @@ def run_distill(recipe, progress: bool = True, on_chunk: Callable[[int], None] |
                     if request is not None:
                         requests.append(request)
                         asked.append(conv)
-                for conv, answer in zip(asked, generator.generate(requests) if requests else []):
+                for conv, answer in zip(asked, generator.generate(requests, show_tokens) if requests else []):
                     if answer.finish_reason.startswith("rejected"):
                         conv.stopped = answer.finish_reason
                         continue
@@ -289,10 +279,6 @@ def run_distill(recipe, progress: bool = True, on_chunk: Callable[[int], None] |
                     conv.finish_reasons.append(answer.finish_reason)
                     conv.tokens.append(answer.tokens)
                     result.generated_tokens += answer.tokens
-                elapsed = time.perf_counter() - started
-                bar.set_postfix_str(f"{result.generated_tokens / max(elapsed, 1e-9):.1f} tok/s", refresh=False)
-            if on_chunk is not None:
-                on_chunk(result.generated_records)
     finally:
         writer.close()
         bar.close()

@@ -13,6 +13,7 @@ from __future__ import annotations
 import os
 import time
 from concurrent.futures import ThreadPoolExecutor
+from typing import Callable
 
 import httpx
 
@@ -51,10 +52,18 @@ class OpenAIGenerator:
         """Close the connection pool."""
         self.client.close()
 
-    def generate(self, requests: list[GenRequest]) -> list[GenAnswer]:
-        """Answers in the order of `requests` (None-free: rejected requests get finish_reason 'rejected')."""
+    def generate(self, requests: list[GenRequest], on_tokens: Callable[[int], None] | None = None) -> list[GenAnswer]:
+        """Answers in the order of `requests` (a request the server refuses gets finish_reason
+        'rejected: ...'); `on_tokens(n)` after each answer (for progress)."""
+
+        def one(request: GenRequest) -> GenAnswer:
+            answer = self._one(request)
+            if on_tokens is not None:
+                on_tokens(answer.tokens)
+            return answer
+
         with ThreadPoolExecutor(max_workers=self.cfg.concurrency) as pool:
-            return list(pool.map(self._one, requests))
+            return list(pool.map(one, requests))
 
     def body(self, request: GenRequest) -> dict:
         """The JSON body of one request."""

@@ -27,6 +27,7 @@ class Verb:
 VERBS = (
     Verb(("data", "inspect"), "draftheads.scripts.data_inspect", "print a tokenised row with its loss mask, and dataset statistics"),
     Verb(("gen-data",), "draftheads.scripts.gen_data_cmd", "make self-distillation data: the base model answers the prompts itself (resumable)"),
+    Verb(("cache-features",), "draftheads.scripts.cache_features_cmd", "run the frozen backbone once over a recipe's data and store the features its heads train on"),
     Verb(("train",), "draftheads.scripts.train_cmd", "train draft heads from a recipe (in this process, or through accelerate launch)"),
     Verb(("push",), "draftheads.scripts.push_cmd", "upload exported heads and their model card to the Hugging Face Hub"),
     Verb(("eval",), "draftheads.scripts.eval_cmd", "measure acceptance length and speedup of heads against autoregressive decoding and HF generate"),

@@ -1,6 +1,7 @@
 """The training loop: one plain accelerate loop for every head family.
 
-The backbone is frozen, in eval mode, run under no_grad: no activations are kept for it. accelerate
+The backbone is frozen, in eval mode, run under no_grad: no activations are kept for it; with a
+hidden-state cache (`data.feature_cache.path`) it does not run at all and features come from disk. accelerate
 prepares only what trains (the heads, inside `HeadLossModule`), so DDP/DeepSpeed synchronise and
 checkpoint only head parameters. Each depth's loss is divided by the number of its trained tokens
 in the whole optimizer step (all micro-batches, all processes), so a run on 2 processes computes
@@ -23,6 +24,7 @@ from tqdm.auto import tqdm
 
 from draftheads.data.collate import Collator
 from draftheads.data.dataset import build_datasets
+from draftheads.data.features import open_feature_cache, training_layers
 from draftheads.models.backbone import LAST, Backbone, load_backbone
 from draftheads.models.card import model_card
 from draftheads.models.draft_model import DraftModel, save_heads
@@ -104,14 +106,14 @@ def _batches(loader, state: TrainerState, accelerator) -> Iterator[dict]:
 def evaluate(heads: DraftHeads, backbone: Backbone, loader, accelerator, max_batches: int | None, chunk_size: int) -> dict:
     """Held-out per-depth top-1/top-5 accuracy and cross-entropy, summed over all processes."""
     heads.eval()
-    layers = heads.config.feature_layers()
+    layers = training_layers(heads.config)
     counts = torch.zeros(heads.config.num_heads, 4, dtype=torch.float64)
     with torch.no_grad():
         for i, batch in enumerate(loader):
             if max_batches is not None and i >= max_batches:
                 break
-            features = backbone.features(batch["input_ids"], batch.get("attention_mask"), batch.get("position_ids"), layers)
-            counts += depth_accuracy_counts(heads, heads(features.features, batch["input_ids"]), batch, backbone.lm_head, chunk_size)
+            features = batch_features(backbone, batch, layers)
+            counts += depth_accuracy_counts(heads, heads(features, batch["input_ids"]), batch, backbone.lm_head, chunk_size)
     counts = accelerator.reduce(counts.to(accelerator.device), "sum").cpu()
     heads.train()
     targets = counts[:, 0].clamp(min=1)
@@ -121,6 +123,16 @@ def evaluate(heads: DraftHeads, backbone: Backbone, loader, accelerator, max_bat
         "loss": (counts[:, 3] / targets).tolist(),
         "targets": counts[:, 0].tolist(),
     }
+
+
+def batch_features(backbone: Backbone, batch: dict, layers: list[int]) -> dict[int, torch.Tensor]:
+    """The backbone features a batch trains on: read from the hidden-state cache when the batch
+    carries them, else computed now (frozen backbone: no graph is kept)."""
+    if "features" in batch:
+        dtype = backbone.lm_head.weight.dtype
+        return {layer: batch["features"][layer].to(dtype) for layer in layers}
+    with torch.no_grad():
+        return backbone.features(batch["input_ids"], batch.get("attention_mask"), batch.get("position_ids"), layers).features
 
 
 def _flat(prefix: str, value, out: dict) -> dict:
@@ -147,10 +159,14 @@ def train(recipe: Recipe, on_step: Callable[[int], None] | None = None, progress
         backbone = load_backbone(recipe.model, device=accelerator.device)
     backbone.model.requires_grad_(False)
     with accelerator.main_process_first():
-        train_set, held_set, stats, _ = build_datasets(recipe.data, backbone.tokenizer, recipe.model.base, progress and accelerator.is_main_process)
+        if recipe.data.feature_cache.path:
+            train_set, held_set, stat_lines = open_feature_cache(recipe, backbone)
+        else:
+            train_set, held_set, stats, _ = build_datasets(recipe.data, backbone.tokenizer, recipe.model.base, progress and accelerator.is_main_process)
+            stat_lines = stats.lines()
     if accelerator.is_main_process:
         save_resolved(recipe, output_dir)
-        for line in stats.lines():
+        for line in stat_lines:
             accelerator.print(f"data: {line}")
 
     draft = DraftModel.new(backbone, recipe.heads)
@@ -207,7 +223,7 @@ def train(recipe: Recipe, on_step: Callable[[int], None] | None = None, progress
         run_eval(0)
     data = _batches(train_loader, state, accelerator)
     bar = tqdm(total=cfg.max_steps, initial=state.step, desc="training", unit="step", disable=not (progress and accelerator.is_main_process))
-    layers = recipe.heads.feature_layers()
+    layers = training_layers(recipe.heads)
     tokens_seen, started = 0, time.perf_counter()
     while state.step < cfg.max_steps:
         micro = [next(data) for _ in range(cfg.grad_accum)]
@@ -215,9 +231,8 @@ def train(recipe: Recipe, on_step: Callable[[int], None] | None = None, progress
         step_loss = torch.zeros((), device=accelerator.device)
         for batch in micro:
             with accelerator.accumulate(module):
-                with torch.no_grad():
-                    features = backbone.features(batch["input_ids"], batch.get("attention_mask"), batch.get("position_ids"), layers)
-                sums = module(features.features, batch, backbone.lm_head, cfg.loss.soft_label_weight, cfg.loss.chunk_size)
+                features = batch_features(backbone, batch, layers)
+                sums = module(features, batch, backbone.lm_head, cfg.loss.soft_label_weight, cfg.loss.chunk_size)
                 loss = sum(w * s / counts[k].clamp(min=1) for k, (w, s) in enumerate(zip(weights, sums)))
                 if len(sums) > depths:
                     loss = loss + sums[-1] / cfg.grad_accum / world  # auxiliary terms are per-micro-batch means

@@ -3,7 +3,8 @@
 Depth k (1-based) at position t predicts token t+1+k. It is trained there when token t+1+k is
 assistant text (loss mask) and belongs to the same document as t (packed rows: position ids run on
 without restarting in between). Soft labels are the backbone's own distribution for that same
-token, read at position t+k of the same forward: self-distillation at no extra forward.
+token, read at position t+k of the same forward: self-distillation at no extra forward (or, from
+the hidden-state cache, the backbone's top-k log-probabilities stored for position t+k).
 
 Vocabulary logits are formed only at trained positions, `chunk_size` at a time, under activation
 checkpointing: memory holds one chunk of [chunk, vocab] logits instead of K x batch x seq x vocab.
@@ -53,12 +54,20 @@ def target_counts(batch: dict[str, torch.Tensor], depths: int) -> torch.Tensor:
     return torch.tensor([len(depth_targets(batch, k)) for k in range(1, depths + 1)], dtype=torch.float32)
 
 
-def _chunk_loss(states, tokens, base_states, heads: DraftHeads, depth: int, lm_head: nn.Module, soft_weight: float):
+def _chunk_loss(
+    states, tokens, base_states, heads: DraftHeads, depth: int, lm_head: nn.Module, soft_weight: float,
+    top_ids=None, top_logprobs=None,
+):
     log_probs = F.log_softmax(heads.project(depth, states, lm_head).float(), dim=-1)
     loss = log_probs.new_zeros(())
     if soft_weight < 1.0:
         loss = loss + (1.0 - soft_weight) * F.nll_loss(log_probs, tokens, reduction="sum")
-    if soft_weight > 0.0:
+    if soft_weight > 0.0 and top_ids is not None:
+        # Cached teacher top-k: KL from the teacher renormalised on its k tokens (no lm_head pass).
+        teacher = top_logprobs.float() - torch.logsumexp(top_logprobs.float(), dim=-1, keepdim=True)
+        student = log_probs.gather(-1, top_ids)
+        loss = loss + soft_weight * (teacher.exp() * (teacher - student)).sum()
+    elif soft_weight > 0.0:
         with torch.no_grad():
             teacher = F.log_softmax(lm_head(base_states).float(), dim=-1)
         loss = loss + soft_weight * F.kl_div(log_probs, teacher, log_target=True, reduction="sum")
@@ -88,6 +97,8 @@ def depth_loss_sums(
             # The teacher's distribution for token t+1+k is the backbone's prediction at t+k.
             args = (states[rows, cols], targets.tokens[start : start + chunk_size], base_hidden[rows, cols + depth])
             args += (heads, depth, lm_head, soft_weight)
+            if soft_weight > 0 and "teacher_ids" in batch:  # from the hidden-state cache
+                args += (batch["teacher_ids"][rows, cols + depth], batch["teacher_logprobs"][rows, cols + depth])
             total = total + (checkpoint(_chunk_loss, *args, use_reentrant=False) if several else _chunk_loss(*args))
         sums.append(total)
     return sums

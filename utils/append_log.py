@@ -8,10 +8,15 @@ glues onto a fragment, and readers never see a torn record.
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 from pathlib import Path
 from typing import Iterator
+
+
+class LogBusy(RuntimeError):
+    """Another process has the log open for appending."""
 
 
 def repair_tail(path: Path) -> int:
@@ -61,10 +66,17 @@ class AppendLog:
     """A JSON-lines file opened for appending whole records (see the module docstring)."""
 
     def __init__(self, path: str | os.PathLike, fsync_every: int = 1):
+        """Open `path` for appending, after cutting a torn last line. Raises `LogBusy` when another
+        process holds the log open (two writers would duplicate records)."""
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self.repaired = repair_tail(self.path)
         self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # released by the kernel if we die
+        except BlockingIOError:
+            os.close(self._fd)
+            raise LogBusy(f"{self.path}: another process is writing this file") from None
+        self.repaired = repair_tail(self.path)
         self._fsync_every = fsync_every
         self._unsynced = 0
 

@@ -82,7 +82,7 @@ def test_batched_answers_equal_one_at_a_time_and_greedy_equals_hf_generate(varie
 
 def test_every_turn_is_answered_with_the_models_own_earlier_answers(varied_base, tmp_path):
     data = write_jsonl(tmp_path / "p.jsonl", [conversation(0, turns=2), conversation(1, turns=1)])
-    recipe = recipe_for(varied_base, data, tmp_path / "out", "distill.max_new_tokens=10", "distill.temperature=0.7")
+    recipe = recipe_for(varied_base, data, tmp_path / "out", "distill.max_new_tokens=10", "distill.temperature=0.7", "distill.export_dataset=true")
     result = run_distill(recipe, progress=False)
     assert result.complete and result.counts["conversations"] == 2 and result.counts["answers"] == 3
     records = [json.loads(line) for line in (tmp_path / "out" / "data.jsonl").read_text().splitlines()]
@@ -107,8 +107,9 @@ def test_every_turn_is_answered_with_the_models_own_earlier_answers(varied_base,
     from draftheads.data.config import SourceConfig
     from draftheads.data.sources import read_source
 
-    convs, _ = read_source(SourceConfig(path=str(tmp_path / "out" / "data.jsonl")), require_assistant=True, skip_invalid=False)
-    assert len(convs) == 2 and convs[0].messages[1]["content"] == first[1]["value"]
+    for output in ("data.jsonl", "dataset"):  # the JSONL file, and the same as a `datasets` dataset
+        convs, _ = read_source(SourceConfig(path=str(tmp_path / "out" / output)), require_assistant=True, skip_invalid=False)
+        assert len(convs) == 2 and convs[0].messages[1]["content"] == first[1]["value"] and convs[0].id == "c0"
 
 
 def test_prompts_longer_than_the_limit_are_skipped_and_counted(varied_base, tmp_path):
