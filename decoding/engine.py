@@ -3,7 +3,7 @@ over the engine's KV cache, accept, commit (compact the cache to the accepted pa
 
 Plain autoregressive decoding is the same loop with a root-only tree, so speedups compare like
 with like. The engine never asks which head family it drives: it calls `begin_draft` with the
-features of the tokens just committed and `draft_step` through a drafter.
+features of the tokens just committed (and the previous drafting state) and `draft_step` through a drafter.
 """
 
 from __future__ import annotations
@@ -222,7 +222,7 @@ class Engine:
             if not done and self.heads is not None:
                 index = torch.tensor(accepted.nodes, device=self.device)
                 features = {layer: value[:, index] for layer, value in out.features.items()}
-                state = self.heads.begin_draft(features, draft.tokens[accepted.nodes][None].to(self.device))
+                state = self.heads.begin_draft(features, draft.tokens[accepted.nodes][None].to(self.device), state)
             synchronize(self.device)
             t5 = time.perf_counter()
             times["draft"] += (t1 - t0) + (t5 - t4)

@@ -44,3 +44,18 @@ def tiny_base(tmp_path_factory, demo_tokenizer):
     LlamaForCausalLM(tiny_llama_config(vocab_size=len(demo_tokenizer))).save_pretrained(folder)
     demo_tokenizer.save_pretrained(folder)
     return folder
+
+
+@pytest.fixture(scope="session")
+def varied_base(tmp_path_factory, demo_tokenizer):
+    """Like `tiny_base`, with larger initial weights: greedy and sampled continuations vary from
+    prompt to prompt, and its lm_head is sharp enough for heads sharing it to learn quickly."""
+    from transformers import LlamaForCausalLM
+
+    from helpers import tiny_llama_config
+
+    folder = tmp_path_factory.mktemp("varied-base")
+    torch.manual_seed(0)
+    LlamaForCausalLM(tiny_llama_config(vocab_size=len(demo_tokenizer), init_std=0.3)).save_pretrained(folder)
+    demo_tokenizer.save_pretrained(folder)
+    return folder

@@ -23,7 +23,7 @@ class OracleHeads(DraftHeads):
         self.correct_depth = correct_depth
         self.context: list[int] = []
 
-    def begin_draft(self, features, input_ids):
+    def begin_draft(self, features, input_ids, previous=None):
         self.context.extend(input_ids[0].tolist())
         return None
 

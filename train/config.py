@@ -31,6 +31,10 @@ class LossConfig:
     soft_label_weight: float = 0.0
     """Mix of soft labels: 0 = cross-entropy on the data's tokens, 1 = KL to the backbone's own
     distribution for the same token (self-distillation from the same forward, no extra cost)."""
+    feature_weight: float = 0.0
+    """Weight of feature regression for families that predict features (Clover-2, EAGLE): smooth L1
+    between depth k's predicted feature at t and the backbone's hidden state at t+k, averaged over
+    the hidden size and added to that depth's loss. Other families ignore it."""
     chunk_size: int = 2048
     """Positions projected to the vocabulary at once; bounds memory (with several chunks per depth,
     logits are recomputed in backward instead of kept)."""
@@ -38,6 +42,8 @@ class LossConfig:
     def __post_init__(self) -> None:
         if not 0.0 <= self.soft_label_weight <= 1.0:
             raise ValueError(f"soft_label_weight must be in [0, 1], got {self.soft_label_weight}")
+        if self.feature_weight < 0:
+            raise ValueError(f"feature_weight must be >= 0, got {self.feature_weight}")
         if self.decay <= 0:
             raise ValueError(f"decay must be positive, got {self.decay}")
 
@@ -128,9 +134,20 @@ def load_recipe(source: str | Path | None, overrides: list[str] | None = None) -
     Errors name the file and the key path: `recipes/x.yaml: data.sorces: unknown key (did you mean 'sources'?)`.
     """
     label = "defaults" if source is None else str(source)
-    data = {} if source is None else read_yaml(find_recipe(str(source)))
+    given = {} if source is None else read_yaml(find_recipe(str(source)))
     # Start from the defaults so that overrides can reach into default lists (data.sources.0.limit=5).
-    data = apply_overrides(merge(to_dict(Recipe()), copy.deepcopy(data)), list(overrides or []))
+    defaults = to_dict(Recipe())
+    data = apply_overrides(merge(copy.deepcopy(defaults), copy.deepcopy(given)), list(overrides or []))
+    head_type = data.get("heads", {}).get("head_type") if isinstance(data.get("heads"), dict) else None
+    if isinstance(head_type, str) and head_type != defaults["heads"]["head_type"]:
+        # Another family (in the file or an override): its own defaults, not Medusa's, fill the gaps.
+        from draftheads.models.registry import HEADS
+
+        try:
+            defaults["heads"] = to_dict(HEADS.config_class(head_type, "heads.head_type")())
+        except ConfigError as exc:
+            raise ConfigError(f"{label}: {exc}") from None
+        data = apply_overrides(merge(defaults, copy.deepcopy(given)), list(overrides or []))
     try:
         return from_dict(Recipe, data)
     except ConfigError as exc:

@@ -30,7 +30,7 @@ from draftheads.models.card import model_card
 from draftheads.models.draft_model import DraftModel, save_heads
 from draftheads.models.heads.base import DraftHeads
 from draftheads.train.checkpoint import TrainerState, list_checkpoints, resolve_resume, save_checkpoint
-from draftheads.train.config import Recipe, save_resolved
+from draftheads.train.config import LossConfig, Recipe, save_resolved
 from draftheads.train.losses import depth_accuracy_counts, depth_loss_sums, depth_weights, target_counts
 from draftheads.train.schedules import make_scheduler
 from draftheads.utils.errors import ConfigError, DraftheadsError
@@ -45,9 +45,9 @@ class HeadLossModule(nn.Module):
         super().__init__()
         self.heads = heads
 
-    def forward(self, features, batch, lm_head, soft_weight: float, chunk_size: int) -> list[torch.Tensor]:
-        output = self.heads(features, batch["input_ids"])
-        sums = depth_loss_sums(self.heads, output, batch, features[LAST], lm_head, soft_weight, chunk_size)
+    def forward(self, features, batch, lm_head, loss: LossConfig) -> list[torch.Tensor]:
+        output = self.heads(features, batch["input_ids"], batch.get("position_ids"))
+        sums = depth_loss_sums(self.heads, output, batch, features[LAST], lm_head, loss.soft_label_weight, loss.chunk_size, loss.feature_weight)
         aux = sum(output.aux_losses.values()) if output.aux_losses else None
         return sums if aux is None else sums + [aux]
 
@@ -113,7 +113,8 @@ def evaluate(heads: DraftHeads, backbone: Backbone, loader, accelerator, max_bat
             if max_batches is not None and i >= max_batches:
                 break
             features = batch_features(backbone, batch, layers)
-            counts += depth_accuracy_counts(heads, heads(features, batch["input_ids"]), batch, backbone.lm_head, chunk_size)
+            output = heads(features, batch["input_ids"], batch.get("position_ids"))
+            counts += depth_accuracy_counts(heads, output, batch, backbone.lm_head, chunk_size)
     counts = accelerator.reduce(counts.to(accelerator.device), "sum").cpu()
     heads.train()
     targets = counts[:, 0].clamp(min=1)
@@ -232,7 +233,7 @@ def train(recipe: Recipe, on_step: Callable[[int], None] | None = None, progress
         for batch in micro:
             with accelerator.accumulate(module):
                 features = batch_features(backbone, batch, layers)
-                sums = module(features, batch, backbone.lm_head, cfg.loss.soft_label_weight, cfg.loss.chunk_size)
+                sums = module(features, batch, backbone.lm_head, cfg.loss)
                 loss = sum(w * s / counts[k].clamp(min=1) for k, (w, s) in enumerate(zip(weights, sums)))
                 if len(sums) > depths:
                     loss = loss + sums[-1] / cfg.grad_accum / world  # auxiliary terms are per-micro-batch means

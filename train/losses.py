@@ -82,12 +82,18 @@ def depth_loss_sums(
     lm_head: nn.Module,
     soft_weight: float,
     chunk_size: int,
+    feature_weight: float = 0.0,
 ) -> list[torch.Tensor]:
     """Summed (not averaged) loss per depth; the caller divides by the global target counts."""
     sums = []
     for depth, states in enumerate(output.states, start=1):
         targets = depth_targets(batch, depth)
         total = states.new_zeros((), dtype=torch.float32)
+        if feature_weight > 0 and output.predicted_features is not None:
+            # The feature that predicts token t+1+k is the backbone's hidden state at t+k.
+            predicted = output.predicted_features[depth - 1][targets.rows, targets.positions].float()
+            target = base_hidden[targets.rows, targets.positions + depth].float()
+            total = total + feature_weight * F.smooth_l1_loss(predicted, target, reduction="none").mean(-1).sum()
         # Recomputing logits in backward costs one more projection; it only pays when several
         # chunks' logits would otherwise be alive at once.
         several = len(targets) > chunk_size

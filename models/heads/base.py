@@ -1,14 +1,19 @@
 """What every head family is: a config dataclass and an `nn.Module` with two duties.
 
-Training: `forward(features, input_ids)` returns one hidden state per draft depth at every
-position t; depth k (1-based) predicts the token k steps after the next one, i.e. token t+1+k.
-Sequential families (Hydra, Clover, EAGLE) read the true tokens t+1..t+k from `input_ids` (teacher
-forcing with exactly the tokens a drafted path would hold); parallel ones (Medusa) ignore them.
+Training: `forward(features, input_ids, position_ids)` returns one hidden state per draft depth at
+every position t; depth k (1-based) predicts the token k steps after the next one, i.e. token
+t+1+k. Sequential families (Hydra, Clover, EAGLE) read the true tokens t+1..t+k from `input_ids`
+(teacher forcing with exactly the tokens a drafted path would hold); parallel ones (Medusa) ignore
+them. `position_ids` (packed rows: restarting at 0 per document; None: 0..T-1) keep families that
+attend over the sequence within one document. A family that predicts features (Clover-2, EAGLE)
+returns them as `predicted_features`, and the trainer regresses them onto the backbone's.
 `project(depth, states, lm_head)` maps states to vocabulary logits; it is separate so that losses
 project only the positions they train on, in chunks (a 49k-word projection dominates the cost).
 
-Drafting: `begin_draft(features, input_ids)` takes the features of the tokens just accepted (the
-last is position t) and returns the family's drafting state; `draft_step(state, paths, lm_head)`
+Drafting: `begin_draft(features, input_ids, previous)` takes the features of the tokens just
+accepted (the last is position t) and the state it returned the step before (None after the
+prompt), and returns the family's drafting state (families with their own KV cache extend it);
+`draft_step(state, paths, lm_head)`
 takes N partial tree paths of length d, shape [N, d] (column 0 is the tree root, token t+1, the
 base model's own next token; column j the token drafted at depth j), and returns log-probabilities
 of depth d, i.e. of token t+1+d, shape [N, vocab]. Training feeds sequential heads the same tokens
@@ -107,7 +112,10 @@ class HeadOutput:
     states: list[torch.Tensor]
     """One [batch, seq, hidden] tensor per depth 1..K."""
     aux_losses: dict[str, torch.Tensor] = dataclasses.field(default_factory=dict)
-    """Extra loss terms a family adds (e.g. feature regression), already weighted."""
+    """Extra loss terms a family adds, already weighted (per-micro-batch means)."""
+    predicted_features: list[torch.Tensor] | None = None
+    """Per depth k, [batch, seq, hidden]: the family's estimate of the backbone's hidden state at
+    t+k (what predicts token t+1+k); regressed when `train.loss.feature_weight` > 0."""
 
 
 class DraftHeads(nn.Module):
@@ -120,7 +128,7 @@ class DraftHeads(nn.Module):
         super().__init__()
         self.config = config
 
-    def forward(self, features: dict[int, torch.Tensor], input_ids: torch.Tensor) -> HeadOutput:
+    def forward(self, features: dict[int, torch.Tensor], input_ids: torch.Tensor, position_ids: torch.Tensor | None = None) -> HeadOutput:
         """Per-depth states at every position (training)."""
         raise NotImplementedError
 
@@ -128,8 +136,9 @@ class DraftHeads(nn.Module):
         """Vocabulary logits of depth `depth` (1-based) for `states` [..., hidden]."""
         raise NotImplementedError
 
-    def begin_draft(self, features: dict[int, torch.Tensor], input_ids: torch.Tensor) -> Any:
-        """Drafting state from the features [1, n, hidden] of the n tokens just accepted."""
+    def begin_draft(self, features: dict[int, torch.Tensor], input_ids: torch.Tensor, previous: Any = None) -> Any:
+        """Drafting state from the features [1, n, hidden] of the n tokens just accepted and the
+        previous step's state (None right after the prompt)."""
         raise NotImplementedError
 
     def draft_step(self, state: Any, paths: torch.Tensor, lm_head: nn.Module) -> torch.Tensor:

@@ -79,7 +79,7 @@ class MedusaHeads(DraftHeads):
                     projection.weight.copy_(backbone.lm_head.weight)
         return heads.to(device=backbone.lm_head.weight.device)
 
-    def forward(self, features: dict[int, torch.Tensor], input_ids: torch.Tensor) -> HeadOutput:
+    def forward(self, features: dict[int, torch.Tensor], input_ids: torch.Tensor, position_ids: torch.Tensor | None = None) -> HeadOutput:
         """States of every head at every position."""
         hidden = features[LAST]
         return HeadOutput(states=[block(hidden) for block in self.blocks])
@@ -90,7 +90,7 @@ class MedusaHeads(DraftHeads):
             return lm_head(states)
         return self.projections[depth - 1](states)
 
-    def begin_draft(self, features: dict[int, torch.Tensor], input_ids: torch.Tensor) -> torch.Tensor:
+    def begin_draft(self, features: dict[int, torch.Tensor], input_ids: torch.Tensor, previous=None) -> torch.Tensor:
         """The state is the hidden state of the last accepted token, [hidden]."""
         return features[LAST][0, -1]
 

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from helpers import tiny_llama_config, write_jsonl
+from helpers import write_jsonl
 from draftheads.data.chat import ChatFormatter
 from draftheads.data.distill import answer_groups, record_seed, run_distill
 from draftheads.data.generate_hf import GenRequest, HFGenerator
@@ -24,18 +24,6 @@ from draftheads.train.config import load_recipe
 from draftheads.utils.errors import ConfigError
 
 ROOT = Path(__file__).resolve().parents[2]
-
-
-@pytest.fixture(scope="module")
-def varied_base(tmp_path_factory, demo_tokenizer):
-    """A tiny Llama whose sampled and greedy answers vary from prompt to prompt."""
-    from transformers import LlamaForCausalLM
-
-    folder = tmp_path_factory.mktemp("varied-base")
-    torch.manual_seed(0)
-    LlamaForCausalLM(tiny_llama_config(vocab_size=len(demo_tokenizer), init_std=0.3)).save_pretrained(folder)
-    demo_tokenizer.save_pretrained(folder)
-    return folder
 
 
 def conversation(i: int, turns: int = 1) -> dict:

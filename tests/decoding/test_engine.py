@@ -1,5 +1,5 @@
 """The engine's greedy decoding is token-for-token greedy autoregressive decoding, at every
-acceptance edge, for static and dynamic trees, with real (random) Medusa heads and oracle heads."""
+acceptance edge, for static and dynamic trees, with real (random) heads of every family and oracle heads."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from transformers import LlamaForCausalLM
 
 from draftheads.decoding.engine import Engine, GenerationConfig, TreeSpec
 from draftheads.models.backbone import Backbone, ModelLocation
-from draftheads.models.heads.medusa import MedusaConfig, MedusaHeads
+from draftheads.models.registry import HEADS
 from helpers import tiny_llama_config
 from oracle_heads import OracleHeads
 
@@ -24,13 +24,17 @@ def backbone():
     return Backbone(model, None, ModelLocation("tiny", "tiny", None, "in-process"))
 
 
-@pytest.fixture(scope="module")
-def medusa(backbone):
+def random_heads(backbone, family: str):
     torch.manual_seed(1)
-    heads = MedusaHeads.build(MedusaConfig(num_heads=4), backbone)
+    heads = HEADS.get(family).build(HEADS.config_class(family)(num_heads=4), backbone)
     for parameter in heads.parameters():
         torch.nn.init.normal_(parameter, std=0.2)
     return heads.eval()
+
+
+@pytest.fixture(scope="module")
+def medusa(backbone):
+    return random_heads(backbone, "medusa")
 
 
 def hf_greedy(backbone, prompt, n):
@@ -61,9 +65,10 @@ def test_autoregressive_engine_equals_hf_generate(backbone):
 
 
 @pytest.mark.parametrize("tree", [STATIC, DYNAMIC], ids=["static", "dynamic"])
-def test_tree_decoding_with_medusa_heads_is_greedy_decoding(backbone, medusa, tree):
+@pytest.mark.parametrize("family", HEADS.names())
+def test_tree_decoding_with_random_heads_of_every_family_is_greedy_decoding(backbone, family, tree):
     config = GenerationConfig(max_new_tokens=48, eos_token_ids=())
-    engine = Engine(backbone, medusa, tree)
+    engine = Engine(backbone, random_heads(backbone, family), tree)
     for prompt in prompts():
         result = engine.generate(prompt, config)
         assert result.tokens == hf_greedy(backbone, prompt, 48)
@@ -146,7 +151,7 @@ def test_bad_requests_are_refused(backbone, medusa):
     with pytest.raises(ValueError, match="needs draft heads"):
         Engine(backbone, None, STATIC)
     with pytest.raises(ValueError, match="heads draft only 2"):
-        Engine(backbone, MedusaHeads.build(MedusaConfig(num_heads=2), backbone), STATIC)
+        Engine(backbone, HEADS.get("medusa").build(HEADS.config_class("medusa")(num_heads=2), backbone), STATIC)
     engine = Engine(backbone, medusa, STATIC)
     with pytest.raises(ValueError, match="empty"):
         engine.generate([], GenerationConfig())

@@ -66,3 +66,12 @@ def test_overrides_apply_and_resolved_recipe_round_trips(tmp_path):
 def test_find_recipe_errors_for_unknown_names():
     with pytest.raises(ConfigError, match="no-such/recipe: no such recipe file"):
         find_recipe("no-such/recipe")
+
+
+def test_a_recipe_for_another_family_gets_that_familys_defaults(tmp_path):
+    path = tmp_path / "r.yaml"
+    path.write_text("heads:\n  head_type: clover\n  num_heads: 2\n")
+    assert load_recipe(path).heads.head_type == "clover" and load_recipe(path).heads.head_layers == 1
+    assert load_recipe(None, ["heads.head_type=clover"]).heads.augmenting_block is True
+    with pytest.raises(ConfigError, match="defaults: heads.head_type: unknown head type 'nope'"):
+        load_recipe(None, ["heads.head_type=nope"])

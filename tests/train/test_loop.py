@@ -156,3 +156,14 @@ def test_a_fresh_run_into_a_used_output_dir_is_refused(tiny_base, tmp_path):
         train(load_recipe(None, overrides(tiny_base, out, **{"train.max_steps": 4})), progress=False)
     result = train(load_recipe(None, overrides(tiny_base, out, **{"train.max_steps": 2, "train.resume_from": "latest"})), progress=False)
     assert result.evals and result.evals[-1]["step"] == 2  # already done: still reports where the heads stand
+
+
+def test_clover_trains_through_the_same_loop_with_feature_regression_and_reloads(varied_base, tmp_path):
+    out = tmp_path / "clover"
+    extra = {"heads.head_type": "clover", "train.max_steps": 30, "train.loss.feature_weight": 0.5, "train.lr": 0.01, "data.packing": "true"}
+    result = train(load_recipe(None, overrides(varied_base, out, **extra)), progress=False)
+    assert sum(result.losses[-4:]) < 0.9 * sum(result.losses[:4]), result.losses
+    draft = DraftModel.from_pretrained(out / "heads")
+    assert draft.heads.config.head_type == "clover" and draft.heads.config.num_heads == 2
+    exported = heads_of(out)
+    assert any(name.startswith("block.") for name in exported) and not any("embed" in name for name in exported)

@@ -1,0 +1,318 @@
+"""Clover heads (Xiao et al., 2024; Clover-2, 2024): sequential draft heads with a regressive
+connection, an attention decoder and an augmenting block. Our own formulation of the papers' design:
+
+- Augmenting block: one pre-norm transformer decoder layer (causal self-attention with RoPE and
+  GQA, SwiGLU MLP) over the backbone's final hidden states h, giving a, a view of the sequence
+  tuned for drafting. Its weights are copied from the backbone's last decoder layer where the
+  names and shapes match (Llama-style layers), and its two residual branches are scaled by
+  learnable gates that start at 0, so the untrained block is the identity.
+- Regressive connection + attention decoder: the drafting state starts at s_0 = a_t (position t,
+  the last accepted token). Depth k takes the token of depth k-1 (the root token t+1 at depth 1,
+  then the drafted ones), mixes its embedding with s_{k-1} into x_k, and lets x_k query the
+  augmented sequence a_0..a_t (cross-attention, RoPE at position t+k, keys at their own
+  positions). The answer updates the state through a gate: s_k = s_{k-1} + σ(G x_k) ⊙ O(attn).
+  O starts at zero, so at initialisation every depth repeats the base model's next-token guess.
+- Each depth then has its own residual block (as Medusa's), projected with the base lm_head.
+
+Training teacher-forces exactly the tokens a drafted path holds (token t+k at depth k) and keeps
+packed documents apart (attention stays within a document); drafting memoises s_k per path
+prefix, and the augmenting block keeps its KV cache across decoding steps, so a step costs the
+accepted tokens' block forward plus one small cross-attention per drafted node. `predicted_features`
+(s_k, the state that stands for the sequence through token t+k) lets the trainer add Clover-2's
+feature regression towards the backbone's hidden state at t+k (`train.loss.feature_weight`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from draftheads.models.backbone import LAST, Backbone
+from draftheads.models.heads.base import DraftHeads, HeadConfig, HeadOutput
+from draftheads.models.heads.medusa import ResBlock
+from draftheads.models.registry import register_head
+
+
+@dataclass
+class CloverConfig(HeadConfig):
+    """Clover heads."""
+
+    head_type: Literal["clover"] = "clover"
+    """Family tag."""
+    augmenting_block: bool = True
+    """Run one transformer layer over the backbone's hidden states before the heads."""
+    init_from_last_layer: bool = True
+    """Copy the augmenting block's weights from the backbone's last decoder layer (Llama-style names)."""
+    head_layers: int = 1
+    """Residual blocks per depth after the regressive update."""
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.head_layers < 0:
+            raise ValueError(f"head_layers must be at least 0, got {self.head_layers}")
+
+
+@dataclass(frozen=True)
+class _Shape:
+    """The backbone's attention layout, which the augmenting block and the decoder copy."""
+
+    hidden: int
+    heads: int
+    kv_heads: int
+    head_dim: int
+    intermediate: int
+    eps: float
+    rope_theta: float
+
+    @classmethod
+    def of(cls, backbone: Backbone) -> "_Shape":
+        config = backbone.config
+        heads = config.num_attention_heads
+        rope = getattr(config, "rope_parameters", None) or {}
+        return cls(
+            hidden=config.hidden_size,
+            heads=heads,
+            kv_heads=getattr(config, "num_key_value_heads", None) or heads,
+            head_dim=getattr(config, "head_dim", None) or config.hidden_size // heads,
+            intermediate=getattr(config, "intermediate_size", None) or 4 * config.hidden_size,
+            eps=getattr(config, "rms_norm_eps", None) or 1e-6,
+            rope_theta=float(rope.get("rope_theta") or getattr(config, "rope_theta", None) or 10000.0),
+        )
+
+
+def _rope(x: torch.Tensor, positions: torch.Tensor, theta: float) -> torch.Tensor:
+    """Rotary position embedding (half-split layout, as Llama) of x [B, heads, T, D] at positions [B, T]."""
+    half = x.shape[-1] // 2
+    inv = 1.0 / theta ** (torch.arange(half, device=x.device, dtype=torch.float32) / half)
+    angles = positions[:, None, :, None].float() * inv  # [B, 1, T, half]
+    cos, sin = angles.cos().to(x.dtype), angles.sin().to(x.dtype)
+    first, second = x[..., :half], x[..., half:]
+    return torch.cat([first * cos - second * sin, second * cos + first * sin], dim=-1)
+
+
+def _doc_mask(positions: torch.Tensor) -> torch.Tensor:
+    """[B, 1, T, T] bool: query i may see key j when j <= i within the same document (packed rows
+    restart their position ids at 0 where a document begins)."""
+    doc = (positions == 0).cumsum(-1)
+    length = positions.shape[-1]
+    causal = torch.ones(length, length, dtype=torch.bool, device=positions.device).tril()
+    return (causal & (doc[:, :, None] == doc[:, None, :]))[:, None]
+
+
+class AugmentingBlock(nn.Module):
+    """One pre-norm decoder layer whose residual branches start gated at zero (identity)."""
+
+    def __init__(self, shape: _Shape):
+        super().__init__()
+        self.shape = shape
+        inner, kv = shape.heads * shape.head_dim, shape.kv_heads * shape.head_dim
+        self.input_norm = nn.RMSNorm(shape.hidden, eps=shape.eps)
+        self.q = nn.Linear(shape.hidden, inner, bias=False)
+        self.k = nn.Linear(shape.hidden, kv, bias=False)
+        self.v = nn.Linear(shape.hidden, kv, bias=False)
+        self.o = nn.Linear(inner, shape.hidden, bias=False)
+        self.post_norm = nn.RMSNorm(shape.hidden, eps=shape.eps)
+        self.gate_proj = nn.Linear(shape.hidden, shape.intermediate, bias=False)
+        self.up_proj = nn.Linear(shape.hidden, shape.intermediate, bias=False)
+        self.down_proj = nn.Linear(shape.intermediate, shape.hidden, bias=False)
+        self.attn_gate = nn.Parameter(torch.zeros(()))
+        self.mlp_gate = nn.Parameter(torch.zeros(()))
+
+    def forward(
+        self, x: torch.Tensor, positions: torch.Tensor, mask: torch.Tensor, past: tuple[torch.Tensor, torch.Tensor] | None = None
+    ) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
+        """x [B, T, H] at positions [B, T]; `mask` [B, 1, T, past+T]; returns y and the keys/values
+        of past + these positions (the block's KV cache)."""
+        s = self.shape
+        batch, length, _ = x.shape
+        h = self.input_norm(x)
+        q = _rope(self.q(h).view(batch, length, s.heads, s.head_dim).transpose(1, 2), positions, s.rope_theta)
+        k = _rope(self.k(h).view(batch, length, s.kv_heads, s.head_dim).transpose(1, 2), positions, s.rope_theta)
+        v = self.v(h).view(batch, length, s.kv_heads, s.head_dim).transpose(1, 2)
+        if past is not None:
+            k, v = torch.cat([past[0], k], dim=2), torch.cat([past[1], v], dim=2)
+        groups = s.heads // s.kv_heads
+        attn = F.scaled_dot_product_attention(q, k.repeat_interleave(groups, 1), v.repeat_interleave(groups, 1), attn_mask=mask)
+        x = x + self.attn_gate * self.o(attn.transpose(1, 2).reshape(batch, length, -1))
+        h = self.post_norm(x)
+        x = x + self.mlp_gate * self.down_proj(F.silu(self.gate_proj(h)) * self.up_proj(h))
+        return x, (k, v)
+
+    def copy_from(self, layer: nn.Module) -> bool:
+        """Take the weights of a Llama-style decoder layer when every name and shape matches."""
+        names = {
+            "input_norm.weight": "input_layernorm.weight", "q.weight": "self_attn.q_proj.weight",
+            "k.weight": "self_attn.k_proj.weight", "v.weight": "self_attn.v_proj.weight",
+            "o.weight": "self_attn.o_proj.weight", "post_norm.weight": "post_attention_layernorm.weight",
+            "gate_proj.weight": "mlp.gate_proj.weight", "up_proj.weight": "mlp.up_proj.weight",
+            "down_proj.weight": "mlp.down_proj.weight",
+        }
+        source = dict(layer.named_parameters())
+        ours = dict(self.named_parameters())
+        if any(theirs not in source or source[theirs].shape != ours[mine].shape for mine, theirs in names.items()):
+            return False
+        with torch.no_grad():
+            for mine, theirs in names.items():
+                ours[mine].copy_(source[theirs])
+        return True
+
+
+class RegressiveDecoder(nn.Module):
+    """One regressive step: token embedding + previous state -> cross-attention over the augmented
+    sequence -> gated residual update of the state."""
+
+    def __init__(self, shape: _Shape):
+        super().__init__()
+        self.shape = shape
+        inner = shape.heads * shape.head_dim
+        self.token_norm = nn.RMSNorm(shape.hidden, eps=shape.eps)
+        self.state_norm = nn.RMSNorm(shape.hidden, eps=shape.eps)
+        self.mix = nn.Linear(2 * shape.hidden, shape.hidden, bias=False)
+        self.q = nn.Linear(shape.hidden, inner, bias=False)
+        self.k = nn.Linear(shape.hidden, inner, bias=False)
+        self.v = nn.Linear(shape.hidden, inner, bias=False)
+        self.o = nn.Linear(inner, shape.hidden, bias=False)
+        self.gate = nn.Linear(shape.hidden, shape.hidden)
+        nn.init.zeros_(self.o.weight)  # untrained: s_k = s_{k-1}, the base model's own guess
+
+    def keys(self, augmented: torch.Tensor, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Keys (with RoPE) and values of the augmented states [B, T, H]: [B, heads, T, D] each."""
+        s = self.shape
+        batch, length, _ = augmented.shape
+        k = self.k(augmented).view(batch, length, s.heads, s.head_dim).transpose(1, 2)
+        v = self.v(augmented).view(batch, length, s.heads, s.head_dim).transpose(1, 2)
+        return _rope(k, positions, s.rope_theta), v
+
+    def step(
+        self, state: torch.Tensor, token_embedding: torch.Tensor, positions: torch.Tensor,
+        keys: torch.Tensor, values: torch.Tensor, mask: torch.Tensor | None,
+    ) -> torch.Tensor:
+        """New state [B, T, H] from `state` and the embedding of the token just drafted, querying at
+        `positions` [B, T] the keys/values [B, heads, S, D] allowed by `mask` [B, 1, T, S]."""
+        s = self.shape
+        batch, length, _ = state.shape
+        x = self.mix(torch.cat([self.token_norm(token_embedding), self.state_norm(state)], dim=-1))
+        q = _rope(self.q(x).view(batch, length, s.heads, s.head_dim).transpose(1, 2), positions, s.rope_theta)
+        attn = F.scaled_dot_product_attention(q, keys, values, attn_mask=mask)
+        update = self.o(attn.transpose(1, 2).reshape(batch, length, -1))
+        return state + torch.sigmoid(self.gate(x)) * update
+
+
+@dataclass
+class CloverDraftState:
+    """Drafting state: the block's KV cache and the decoder's keys over everything accepted so far,
+    the anchor state s_0 = a_t, and s_k memoised per drafted path prefix."""
+
+    length: int
+    """Tokens the state has seen (the next accepted token gets this position)."""
+    block_cache: tuple[torch.Tensor, torch.Tensor] | None
+    keys: torch.Tensor
+    values: torch.Tensor
+    anchor: torch.Tensor
+    """[H]: a_t, the augmented state of the last accepted token."""
+    memo: dict[tuple[int, ...], torch.Tensor] = field(default_factory=dict)
+
+
+class _Shared:
+    """The backbone's token embedding, held without registering it: heads never own (or save)
+    backbone parameters, and it stays frozen."""
+
+    def __init__(self, embed: nn.Module):
+        self.embed = embed
+
+
+@register_head("clover")
+class CloverHeads(DraftHeads):
+    """Augmenting block + regressive attention decoder + per-depth residual heads."""
+
+    config_class = CloverConfig
+
+    def __init__(self, config: CloverConfig, shape: _Shape, embed: nn.Module):
+        super().__init__(config)
+        self.shape = shape
+        self.shared = _Shared(embed)
+        self.block = AugmentingBlock(shape) if config.augmenting_block else None
+        self.decoder = RegressiveDecoder(shape)
+        self.heads = nn.ModuleList(
+            nn.Sequential(*[ResBlock(shape.hidden) for _ in range(config.head_layers)]) for _ in range(config.num_heads)
+        )
+
+    @classmethod
+    def build(cls, config: CloverConfig, backbone: Backbone) -> "CloverHeads":
+        """Heads for `backbone`; the augmenting block starts from its last layer's weights."""
+        heads = cls(config, _Shape.of(backbone), backbone.embed_tokens)
+        if heads.block is not None and config.init_from_last_layer:
+            heads.block.copy_from(backbone.layers[-1])
+        return heads.to(device=backbone.lm_head.weight.device, dtype=backbone.lm_head.weight.dtype)
+
+    def _augment(self, hidden: torch.Tensor, positions: torch.Tensor, mask: torch.Tensor, past=None):
+        if self.block is None:
+            return hidden, None
+        return self.block(hidden, positions, mask, past)
+
+    def forward(self, features: dict[int, torch.Tensor], input_ids: torch.Tensor, position_ids: torch.Tensor | None = None) -> HeadOutput:
+        """Depth k at every position t, teacher-forced on tokens t+1..t+k (what a drafted path holds)."""
+        hidden = features[LAST]
+        batch, length, _ = hidden.shape
+        if position_ids is None:
+            position_ids = torch.arange(length, device=hidden.device).expand(batch, -1)
+        mask = _doc_mask(position_ids)
+        augmented, _ = self._augment(hidden, position_ids, mask)
+        keys, values = self.decoder.keys(augmented, position_ids)
+        embeddings = self.shared.embed(input_ids).to(hidden.dtype)
+        state = augmented
+        states, predicted = [], []
+        for depth in range(1, self.config.num_heads + 1):
+            # Token t+depth (the path's token at depth-1) feeds depth `depth`; past the row's end
+            # there is none (those positions have no target either).
+            token = F.pad(embeddings[:, depth:], (0, 0, 0, depth))
+            state = self.decoder.step(state, token, position_ids + depth, keys, values, mask)
+            predicted.append(state)
+            states.append(self.heads[depth - 1](state))
+        return HeadOutput(states=states, predicted_features=predicted)
+
+    def project(self, depth: int, states: torch.Tensor, lm_head: nn.Module) -> torch.Tensor:
+        """Logits of depth `depth` through the base lm_head."""
+        return lm_head(states)
+
+    def begin_draft(self, features: dict[int, torch.Tensor], input_ids: torch.Tensor, previous: CloverDraftState | None = None) -> CloverDraftState:
+        """Extend the block cache and the decoder keys with the tokens just accepted."""
+        hidden = features[LAST]
+        count = hidden.shape[1]
+        start = previous.length if previous is not None else 0
+        positions = torch.arange(start, start + count, device=hidden.device)[None]
+        # New queries see every earlier token and the new ones causally.
+        mask = torch.ones(count, start + count, dtype=torch.bool, device=hidden.device).tril(start)[None, None]
+        augmented, cache = self._augment(hidden, positions, mask, previous.block_cache if previous is not None else None)
+        keys, values = self.decoder.keys(augmented, positions)
+        if previous is not None:
+            keys, values = torch.cat([previous.keys, keys], dim=2), torch.cat([previous.values, values], dim=2)
+        return CloverDraftState(start + count, cache, keys, values, augmented[0, -1])
+
+    def draft_step(self, state: CloverDraftState, paths: torch.Tensor, lm_head: nn.Module) -> torch.Tensor:
+        """Depth d log-probabilities for N paths [N, d]: s_d from s_{d-1} of each path's prefix."""
+        depth = paths.shape[1]
+        states = self._states(state, paths)
+        logits = lm_head(self.heads[depth - 1](states)).float()
+        return torch.log_softmax(logits, dim=-1)
+
+    def _states(self, state: CloverDraftState, paths: torch.Tensor) -> torch.Tensor:
+        """s_d [N, H] for paths [N, d], memoised per path (the drafter extends paths depth by depth)."""
+        depth = paths.shape[1]
+        keys = [tuple(p) for p in paths.tolist()]
+        if all(k in state.memo for k in keys):
+            return torch.stack([state.memo[k] for k in keys])
+        previous = self._states(state, paths[:, :-1]) if depth > 1 else state.anchor.expand(paths.shape[0], -1)
+        token = self.shared.embed(paths[:, -1:].to(state.anchor.device)).to(state.anchor.dtype)  # [N, 1, H]
+        position = torch.full((paths.shape[0], 1), state.length - 1 + depth, device=state.anchor.device)
+        count = paths.shape[0]
+        new = self.decoder.step(
+            previous[:, None], token, position, state.keys.expand(count, -1, -1, -1), state.values.expand(count, -1, -1, -1), None
+        )[:, 0]
+        for k, value in zip(keys, new):
+            state.memo[k] = value
+        return new
