@@ -139,8 +139,8 @@ class DistillConfig:
     max_batch_tokens: int | None = 8192
     """hf: most padded prompt tokens per generate call; long prompts get smaller batches (null = no cap)."""
     chunk_size: int = 128
-    """Conversations in flight at once; multi-turn conversations advance turn by turn within a chunk.
-    A kill loses at most the unfinished conversations of one chunk per process."""
+    """Conversations in flight at once: each round answers the next turn of each, and finished ones
+    are written and replaced by new ones. A kill loses at most these per process."""
     skip_invalid: bool = True
     """Skip (and count) records that cannot be read, instead of stopping at the first."""
     export_dataset: bool = False

@@ -252,33 +252,38 @@ def run_distill(recipe, progress: bool = True) -> DistillResult:
         shown[0] += count
         bar.set_postfix_str(f"{shown[0] / max(time.perf_counter() - started, 1e-9):.1f} tok/s")
 
+    queue = iter(mine)
+    active: list[_Conversation] = []
     try:
-        for start in range(0, len(mine), cfg.chunk_size):
-            active = [_Conversation(c, answer_groups(c.messages)) for c in mine[start : start + cfg.chunk_size]]
-            while True:
-                for conv in active:
-                    if conv.done and conv.conv.origin not in done:
-                        writer.append(conv.record())
-                        done[conv.conv.origin] = {}
-                        result.generated_records += 1
-                        bar.update(1)
-                waiting = [c for c in active if not c.done]
-                if not waiting:
-                    break
-                requests, asked = [], []
-                for conv in waiting:
-                    request = _next_request(conv, formatter, cfg, limit, context)
-                    if request is not None:
-                        requests.append(request)
-                        asked.append(conv)
-                for conv, answer in zip(asked, generator.generate(requests, show_tokens) if requests else []):
-                    if answer.finish_reason.startswith("rejected"):
-                        conv.stopped = answer.finish_reason
-                        continue
-                    conv.messages.append({"role": "assistant", "content": answer.text})
-                    conv.finish_reasons.append(answer.finish_reason)
-                    conv.tokens.append(answer.tokens)
-                    result.generated_tokens += answer.tokens
+        while True:
+            # A rolling pool: finished conversations are written at once and replaced, so every
+            # round answers about `chunk_size` turns (first turns of new conversations beside later
+            # turns of older ones) and batches stay full.
+            for conv in [c for c in active if c.done]:
+                writer.append(conv.record())
+                result.generated_records += 1
+                bar.update(1)
+            active = [c for c in active if not c.done]
+            while len(active) < cfg.chunk_size and (conv := next(queue, None)) is not None:
+                active.append(_Conversation(conv, answer_groups(conv.messages)))
+            if not active:
+                break
+            requests, asked = [], []
+            for conv in active:
+                if conv.done:  # nothing to answer (no user turn): written next round
+                    continue
+                request = _next_request(conv, formatter, cfg, limit, context)
+                if request is not None:
+                    requests.append(request)
+                    asked.append(conv)
+            for conv, answer in zip(asked, generator.generate(requests, show_tokens) if requests else []):
+                if answer.finish_reason.startswith("rejected"):
+                    conv.stopped = answer.finish_reason
+                    continue
+                conv.messages.append({"role": "assistant", "content": answer.text})
+                conv.finish_reasons.append(answer.finish_reason)
+                conv.tokens.append(answer.tokens)
+                result.generated_tokens += answer.tokens
     finally:
         writer.close()
         bar.close()
