@@ -35,3 +35,17 @@ def test_readme_main_job_trains_heads_that_beat_untrained_ones_and_decode_lossle
     report = json.loads(report_path.read_text())
     assert report["greedy_mismatches"] == 0 and report["n_turns"] == 2
     assert report["tau"] >= 1 and report["steps"] > 0
+
+
+@pytest.mark.slow
+def test_gen_data_on_the_demo_model_answers_mt_bench_turn_by_turn(tmp_path):
+    out = tmp_path / "distill"
+    command = ["draftheads", "gen-data", "recipes/smollm2-135m/distill.yaml", "--data", "demo:mt-bench", "--limit", "3",
+               "--out", str(out), "distill.max_new_tokens=24"]
+    done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stderr[-3000:]
+    records = [json.loads(line) for line in (out / "data.jsonl").read_text().splitlines()]
+    assert len(records) == 3 and all([m["from"] for m in r["conversations"]] == ["human", "gpt", "human", "gpt"] for r in records)
+    assert all(r["conversations"][1]["value"].strip() for r in records)  # the model really answered
+    metadata = json.loads((out / "metadata.json").read_text())
+    assert metadata["settings"]["hub_id"] == "HuggingFaceTB/SmolLM2-135M-Instruct" and metadata["counts"]["answers"] == 6
