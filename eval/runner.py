@@ -168,6 +168,7 @@ def run_eval(options: EvalOptions, out: Path, progress: bool = True) -> dict:
     draft = DraftModel.from_pretrained(options.heads, options.base, device=device, dtype=options.dtype)
     tree = resolve_tree(options, draft)
     runner = _Runner(draft, options, tree)
+    out.parent.mkdir(parents=True, exist_ok=True)
     partial = out.with_name(out.name + ".partial.jsonl")
     records = _read_partial(partial, options)
     done = {r["id"] for r in records}

@@ -38,7 +38,7 @@ def prompts(tmp_path):
 
 
 def test_eval_writes_a_complete_report_and_is_lossless(heads_dir, prompts, tmp_path, capsys):
-    out = tmp_path / "report.json"
+    out = tmp_path / "reports" / "demo" / "report.json"  # eval makes the folders it writes into
     code = main(["eval", "--heads", str(heads_dir), "--prompts", str(prompts), "--max-new-tokens", "12", "--tree", "dynamic", "--tree-budget", "6", "--out", str(out)])
     assert code == 0
     report = json.loads(out.read_text())
