@@ -3,7 +3,8 @@ over the engine's KV cache, accept, commit (compact the cache to the accepted pa
 
 Plain autoregressive decoding is the same loop with a root-only tree, so speedups compare like
 with like. The engine never asks which head family it drives: it calls `begin_draft` with the
-features of the tokens just committed (and the previous drafting state) and `draft_step` through a drafter.
+features of the tokens just committed (and the previous drafting state) and `draft_step` through
+a drafter.
 """
 
 from __future__ import annotations

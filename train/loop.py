@@ -1,8 +1,8 @@
 """The training loop: one plain accelerate loop for every head family.
 
 The backbone is frozen, in eval mode, run under no_grad: no activations are kept for it; with a
-hidden-state cache (`data.feature_cache.path`) it does not run at all and features come from disk. accelerate
-prepares only what trains (the heads, inside `HeadLossModule`), so DDP/DeepSpeed synchronise and
+hidden-state cache (`data.feature_cache.path`) it does not run at all and features come from disk.
+accelerate prepares only what trains (the heads, inside `HeadLossModule`), so DDP/DeepSpeed synchronise and
 checkpoint only head parameters. Each depth's loss is divided by the number of its trained tokens
 in the whole optimizer step (all micro-batches, all processes), so a run on 2 processes computes
 the same update as a run on 1 process with twice the gradient accumulation.

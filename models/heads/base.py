@@ -13,8 +13,7 @@ project only the positions they train on, in chunks (a 49k-word projection domin
 Drafting: `begin_draft(features, input_ids, previous)` takes the features of the tokens just
 accepted (the last is position t) and the state it returned the step before (None after the
 prompt), and returns the family's drafting state (families with their own KV cache extend it);
-`draft_step(state, paths, lm_head)`
-takes N partial tree paths of length d, shape [N, d] (column 0 is the tree root, token t+1, the
+`draft_step(state, paths, lm_head)` takes N partial tree paths of length d, shape [N, d] (column 0 is the tree root, token t+1, the
 base model's own next token; column j the token drafted at depth j), and returns log-probabilities
 of depth d, i.e. of token t+1+d, shape [N, vocab]. Training feeds sequential heads the same tokens
 (t+1..t+d from the data), so drafting and training agree on the same path. This pair is all the
