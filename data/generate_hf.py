@@ -70,6 +70,8 @@ class HFGenerator:
         # The prefill needs only the last position's logits ([batch, prompt, vocab] would be GBs).
         forward = inspect.signature(backbone.model.forward).parameters
         self._last_only = {"logits_to_keep": 1} if "logits_to_keep" in forward else {}
+        # transformers >= 5.24 names the KV cache `cache` (argument and output); before, `past_key_values`.
+        self._cache_name = "cache" if "cache" in forward else "past_key_values"
 
     def generate(self, requests: list[GenRequest], on_tokens: Callable[[int], None] | None = None) -> list[GenAnswer]:
         """Answers in the order of `requests`; `on_tokens(n)` after each batch (for progress)."""
@@ -108,7 +110,7 @@ class HFGenerator:
         generated: list[list[int]] = [[] for _ in rows]
         limit = rows[0].max_new_tokens
         out = self.backbone.model(input_ids=ids, attention_mask=attention, position_ids=positions, use_cache=True, **self._last_only)
-        cache = out.past_key_values
+        cache = getattr(out, self._cache_name)
         next_position = positions[:, -1] + 1
         while True:
             tokens = self._pick(out.logits[:, -1], [generators[j] for j in alive] if generators else None)
@@ -127,7 +129,7 @@ class HFGenerator:
             attention = torch.cat([attention, attention.new_ones(len(alive), 1)], dim=1)
             out = self.backbone.model(
                 input_ids=tokens[:, None], attention_mask=attention, position_ids=next_position[:, None],
-                past_key_values=cache, use_cache=True,
+                use_cache=True, **{self._cache_name: cache},
             )
             next_position = next_position + 1
         for row, i in enumerate(batch):
