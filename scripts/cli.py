@@ -57,7 +57,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the `draftheads` console script."""
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    # argparse fills a `*` positional before the options that follow it, so `RECIPE --out DIR
+    # key=value` leaves the override over: take such words as overrides, refuse anything else.
+    overrides = [word for word in extra if "=" in word and not word.startswith("-")]
+    if len(overrides) < len(extra) or (overrides and not hasattr(args, "items")):
+        parser.error("unrecognized arguments: " + " ".join(extra))
+    if overrides:
+        args.items = list(args.items) + overrides
     try:
         return importlib.import_module(args.verb_module).run(args) or 0
     except DraftheadsError as exc:

@@ -96,3 +96,14 @@ def test_quick_flags_become_the_overrides_a_relaunch_forwards(tmp_path):
 
     recipe = load_recipe(forwarded[0], forwarded[1:])  # what the relaunched process will train
     assert [s.path for s in recipe.data.sources] == [str(a), str(b)] and recipe.train.max_steps == 3
+
+
+def test_overrides_may_follow_options_and_unknown_flags_are_refused(tmp_path, capsys):
+    args = build_parser().parse_known_args(["train", "smollm2-135m/medusa1", "--accelerate-config", "cpu-2proc", "train.max_steps=3"])
+    assert args[1] == ["train.max_steps=3"]  # what main() folds into the overrides
+    path = write_jsonl(tmp_path / "d.jsonl", [SAMPLE, SAMPLE])
+    assert main(["data", "inspect", "--data", str(path), "--color", "never", "data.max_length=256", "--show", "1", "data.eval_fraction=0"]) == 0
+    assert "training row 1 of 2" in capsys.readouterr().out
+    with pytest.raises(SystemExit):
+        main(["data", "inspect", "--data", str(path), "--no-such-flag"])
+    assert "unrecognized arguments: --no-such-flag" in capsys.readouterr().err
