@@ -30,13 +30,12 @@ from tqdm.auto import tqdm
 
 from draftheads.data.collate import Collator
 from draftheads.data.dataset import Row, build_datasets
-from draftheads.models.backbone import LAST, Backbone, load_backbone
+from draftheads.models.backbone import DTYPES, LAST, Backbone, load_backbone
 from draftheads.utils.atomic import atomic_write_text
 from draftheads.utils.errors import ConfigError
 
 INDEX = "index.json"
 VERSION = 1
-_DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
 SPLITS = ("train", "held_out")
 
 
@@ -89,7 +88,7 @@ def identity_for(recipe, backbone: Backbone) -> CacheIdentity:
 
 def bytes_per_token(identity: CacheIdentity) -> int:
     """Disk bytes per cached token: features, ids, mask, positions, teacher top-k."""
-    feature = len(identity.layers) * identity.hidden_size * torch.finfo(_DTYPES[identity.dtype]).bits // 8
+    feature = len(identity.layers) * identity.hidden_size * torch.finfo(DTYPES[identity.dtype]).bits // 8
     return feature + 4 + 1 + 4 + identity.teacher_topk * (4 + 4)
 
 
@@ -162,7 +161,7 @@ def build_feature_cache(
 
 @torch.no_grad()
 def _shard_tensors(backbone: Backbone, rows: list[Row], identity: CacheIdentity, collate: Collator, batch_rows: int, bar) -> dict:
-    dtype = _DTYPES[identity.dtype]
+    dtype = DTYPES[identity.dtype]
     features: dict[int, list[torch.Tensor]] = {layer: [] for layer in identity.layers}
     top_ids, top_logprobs = [], []
     for start in range(0, len(rows), batch_rows):

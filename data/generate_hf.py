@@ -17,7 +17,7 @@ from typing import Callable
 
 import torch
 
-from draftheads.decoding.sampling import SamplingConfig
+from draftheads.decoding.sampling import SamplingConfig, gumbel_noise
 from draftheads.models.backbone import Backbone
 
 
@@ -46,13 +46,8 @@ class GenAnswer:
     """stop (the model ended its turn) or length (max_new_tokens reached)."""
 
 
-def _gumbel(vocab: int, generator: torch.Generator, device: torch.device) -> torch.Tensor:
-    uniform = torch.rand(vocab, generator=generator, device=device).clamp_(min=1e-20)
-    return -torch.log(-torch.log(uniform))
-
-
 class HFGenerator:
-    """Answers requests with `backbone.model.generate`, `batch_size` prompts at a time."""
+    """Answers requests with the model's forward and KV cache, `batch_size` prompts at a time."""
 
     def __init__(
         self, backbone: Backbone, sampling: SamplingConfig, batch_size: int, eos_token_ids: tuple[int, ...],
@@ -62,9 +57,9 @@ class HFGenerator:
         self.sampling = sampling
         self.batch_size = batch_size
         self.max_batch_tokens = max_batch_tokens
-        self.eos = list(eos_token_ids)
+        self.eos = frozenset(eos_token_ids)  # checked for every generated token
         tokenizer = backbone.tokenizer
-        pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (self.eos[0] if self.eos else 0)
+        pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else min(self.eos, default=0)
         self.pad = int(pad)
         self.device = backbone.lm_head.weight.device
         # The prefill needs only the last position's logits ([batch, prompt, vocab] would be GBs).
@@ -146,5 +141,5 @@ class HFGenerator:
         if generators is None:
             return logits.argmax(-1)
         logprobs = self.sampling.logprobs(logits)
-        noise = torch.stack([_gumbel(logits.shape[-1], g, logits.device) for g in generators])
+        noise = torch.stack([gumbel_noise(logits.shape[-1], g, logits.device) for g in generators])
         return (logprobs + noise).argmax(-1)

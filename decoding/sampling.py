@@ -64,6 +64,10 @@ def gumbel_top_k(logprobs: torch.Tensor, k: int, generator: torch.Generator | No
     draws without replacement (the Gumbel-top-k trick), in one vectorised call. Rows must have at
     least k tokens of nonzero probability.
     """
-    uniform = torch.rand(logprobs.shape, generator=generator, device=logprobs.device).clamp_(min=1e-20)
-    gumbel = -torch.log(-torch.log(uniform))
-    return torch.topk(logprobs + gumbel, k, dim=-1).indices
+    return torch.topk(logprobs + gumbel_noise(logprobs.shape, generator, logprobs.device), k, dim=-1).indices
+
+
+def gumbel_noise(shape, generator: torch.Generator | None, device) -> torch.Tensor:
+    """I.i.d. standard Gumbel noise: argmax(log-probabilities + noise) is a draw from them."""
+    uniform = torch.rand(shape, generator=generator, device=device).clamp_(min=1e-20)
+    return -torch.log(-torch.log(uniform))

@@ -171,7 +171,8 @@ def load_tokenizer(spec: str, revision: str | None = None, location: ModelLocati
         raise ModelLoadError(f"{spec}: cannot load its tokenizer: {exc}") from None
 
 
-_DTYPES = MappingProxyType({"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16})
+DTYPES = MappingProxyType({"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16})
+"""Dtype names as recipes spell them."""
 
 
 def load_backbone(cfg: BackboneConfig, device: str | torch.device = "cpu") -> "Backbone":
@@ -179,7 +180,7 @@ def load_backbone(cfg: BackboneConfig, device: str | torch.device = "cpu") -> "B
     from transformers import AutoModelForCausalLM
 
     location = resolve_location(cfg.base, cfg.revision)
-    dtype = "auto" if cfg.dtype == "auto" else _DTYPES[cfg.dtype]
+    dtype = "auto" if cfg.dtype == "auto" else DTYPES[cfg.dtype]
     try:
         model = AutoModelForCausalLM.from_pretrained(
             location.path, revision=location.revision, dtype=dtype, trust_remote_code=cfg.trust_remote_code

@@ -94,6 +94,11 @@ def _rope(x: torch.Tensor, positions: torch.Tensor, theta: float) -> torch.Tenso
     return torch.cat([first * cos - second * sin, second * cos + first * sin], dim=-1)
 
 
+def _split_heads(x: torch.Tensor, heads: int, head_dim: int) -> torch.Tensor:
+    """[B, T, heads * D] -> [B, heads, T, D]."""
+    return x.view(x.shape[0], x.shape[1], heads, head_dim).transpose(1, 2)
+
+
 def _doc_mask(positions: torch.Tensor) -> torch.Tensor:
     """[B, 1, T, T] bool: query i may see key j when j <= i within the same document (packed rows
     restart their position ids at 0 where a document begins)."""
@@ -130,9 +135,9 @@ class AugmentingBlock(nn.Module):
         s = self.shape
         batch, length, _ = x.shape
         h = self.input_norm(x)
-        q = _rope(self.q(h).view(batch, length, s.heads, s.head_dim).transpose(1, 2), positions, s.rope_theta)
-        k = _rope(self.k(h).view(batch, length, s.kv_heads, s.head_dim).transpose(1, 2), positions, s.rope_theta)
-        v = self.v(h).view(batch, length, s.kv_heads, s.head_dim).transpose(1, 2)
+        q = _rope(_split_heads(self.q(h), s.heads, s.head_dim), positions, s.rope_theta)
+        k = _rope(_split_heads(self.k(h), s.kv_heads, s.head_dim), positions, s.rope_theta)
+        v = _split_heads(self.v(h), s.kv_heads, s.head_dim)
         if past is not None:
             k, v = torch.cat([past[0], k], dim=2), torch.cat([past[1], v], dim=2)
         groups = s.heads // s.kv_heads
@@ -182,10 +187,8 @@ class RegressiveDecoder(nn.Module):
     def keys(self, augmented: torch.Tensor, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Keys (with RoPE) and values of the augmented states [B, T, H]: [B, heads, T, D] each."""
         s = self.shape
-        batch, length, _ = augmented.shape
-        k = self.k(augmented).view(batch, length, s.heads, s.head_dim).transpose(1, 2)
-        v = self.v(augmented).view(batch, length, s.heads, s.head_dim).transpose(1, 2)
-        return _rope(k, positions, s.rope_theta), v
+        k = _split_heads(self.k(augmented), s.heads, s.head_dim)
+        return _rope(k, positions, s.rope_theta), _split_heads(self.v(augmented), s.heads, s.head_dim)
 
     def step(
         self, state: torch.Tensor, token_embedding: torch.Tensor, positions: torch.Tensor,
@@ -196,7 +199,7 @@ class RegressiveDecoder(nn.Module):
         s = self.shape
         batch, length, _ = state.shape
         x = self.mix(torch.cat([self.token_norm(token_embedding), self.state_norm(state)], dim=-1))
-        q = _rope(self.q(x).view(batch, length, s.heads, s.head_dim).transpose(1, 2), positions, s.rope_theta)
+        q = _rope(_split_heads(self.q(x), s.heads, s.head_dim), positions, s.rope_theta)
         attn = F.scaled_dot_product_attention(q, keys, values, attn_mask=mask)
         update = self.o(attn.transpose(1, 2).reshape(batch, length, -1))
         return state + torch.sigmoid(self.gate(x)) * update
