@@ -264,9 +264,14 @@ def open_feature_cache(recipe, backbone: Backbone) -> tuple[CachedDataset, Cache
     for name in ("hidden_size", "vocab_size", "tokenizer_fingerprint", "data_fingerprint"):
         if getattr(saved, name) != getattr(wanted, name):
             problems.append(f"{name} {getattr(saved, name)} (cache) vs {getattr(wanted, name)} (recipe)")
+    # A backbone that trains makes cached features stale: joint training reads only the rows and,
+    # for train.backbone.teacher=cache, the original model's top-k log-probs.
+    joint = recipe.train.backbone.trains
     missing = sorted(set(wanted.layers) - set(saved.layers))
-    if missing:
+    if missing and not joint:
         problems.append(f"layers {missing} are not cached (cache has {saved.layers})")
+    if joint and recipe.train.backbone.teacher == "cache" and not saved.teacher_topk:
+        problems.append("train.backbone.teacher=cache needs the teacher top-k, and the cache has none (build it with teacher_topk > 0)")
     if recipe.train.loss.soft_label_weight > 0 and LAST not in saved.layers and not saved.teacher_topk:
         problems.append("soft labels need the final hidden state or teacher top-k, and the cache has neither")
     if problems:
@@ -274,6 +279,8 @@ def open_feature_cache(recipe, backbone: Backbone) -> tuple[CachedDataset, Cache
             f"data.feature_cache.path: {folder} was made for base '{saved.base_model}' with other settings: "
             + "; ".join(problems) + ". Rebuild it with `draftheads cache-features` for this recipe"
         )
-    train, held = (CachedDataset(folder, index["splits"][s], wanted.layers) for s in SPLITS)
-    lines = index.get("stats", []) + [f"features from the cache in {folder} ({', '.join(map(str, saved.layers))}; {saved.dtype})"]
+    layers = [] if joint else wanted.layers
+    train, held = (CachedDataset(folder, index["splits"][s], layers) for s in SPLITS)
+    read = "rows and teacher top-k (the backbone trains: features are recomputed)" if joint else f"features ({', '.join(map(str, saved.layers))}; {saved.dtype})"
+    lines = index.get("stats", []) + [f"{read} from the cache in {folder}"]
     return train, held, lines

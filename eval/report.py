@@ -50,6 +50,18 @@ def markdown(report: dict) -> str:
     for phase in ("draft", "verify", "accept", "other"):
         lines.append(f"| {phase} | {_fmt(breakdown['ms_per_step'][phase], 2)} | {_fmt(breakdown['fraction_of_decode_loop'][phase])} |")
     lines += ["", f"Engine overhead (accept + other) = {_fmt(breakdown['engine_overhead_fraction'])} of the decode loop.", ""]
+    drift = report.get("backbone_drift")
+    if drift:
+        lines += [f"The backbone was trained with the heads ({report.get('backbone_mode')}): it is not the original model.", ""]
+        if "error" in drift:
+            lines += [f"Its drift from the original was not measured: {drift['error']}", ""]
+        else:
+            lines += [
+                f"| held-out tokens | agreement with the original | perplexity original | perplexity trained |",
+                "|---:|---:|---:|---:|",
+                f"| {drift['positions']} | {drift['agreement']:.2%} | {_fmt(drift['perplexity_original'])} | {_fmt(drift['perplexity_trained'])} |",
+                "",
+            ]
     if report["tau_by_category"]:
         lines += ["| category | τ |", "|---|---:|"] + [f"| {c} | {_fmt(t)} |" for c, t in report["tau_by_category"].items()] + [""]
     return "\n".join(lines)

@@ -24,6 +24,7 @@ from draftheads.data.chat import ChatFormatter
 from draftheads.decoding.engine import Engine, GenerationConfig, GenerationResult, TreeSpec
 from draftheads.decoding.sampling import SamplingConfig
 from draftheads.eval.calibration import rank_stats
+from draftheads.eval.drift import report_drift
 from draftheads.eval.prompts import EvalPrompt, load_prompts
 from draftheads.models.draft_model import DraftModel
 from draftheads.utils.atomic import atomic_write_text
@@ -52,6 +53,8 @@ class EvalOptions:
     device: str = "auto"
     dtype: str = "float32"
     prompt_lookup_tokens: int = 10
+    drift_batches: int | None = 8
+    """Held-out batches (of 4 rows) for a jointly trained backbone's drift; None for all."""
 
     def fingerprint(self) -> str:
         """Hash of the settings that change results (a partial file from other settings is refused)."""
@@ -191,6 +194,8 @@ def run_eval(options: EvalOptions, out: Path, progress: bool = True) -> dict:
         for turn in record["methods"]["baseline"]
     ]
     report = build_report(options, draft, tree, records, rank_stats(draft, sequences))
+    report["backbone_mode"] = draft.backbone_mode
+    report["backbone_drift"] = report_drift(draft, options.drift_batches, device, options.dtype)
     return report
 
 

@@ -175,22 +175,26 @@ DTYPES = MappingProxyType({"float32": torch.float32, "bfloat16": torch.bfloat16,
 """Dtype names as recipes spell them."""
 
 
-def load_backbone(cfg: BackboneConfig, device: str | torch.device = "cpu") -> "Backbone":
-    """Load base model and tokenizer, in eval mode, on `device`."""
+def load_backbone(cfg: BackboneConfig, device: str | torch.device = "cpu", quantization_config=None) -> "Backbone":
+    """Load base model and tokenizer, in eval mode, on `device` (a bitsandbytes
+    `quantization_config` loads a 4-/8-bit base for LoRA training, GPU only)."""
     from transformers import AutoModelForCausalLM
 
     location = resolve_location(cfg.base, cfg.revision)
     dtype = "auto" if cfg.dtype == "auto" else DTYPES[cfg.dtype]
+    extra = {} if quantization_config is None else {"quantization_config": quantization_config, "device_map": {"": device}}
     try:
         model = AutoModelForCausalLM.from_pretrained(
-            location.path, revision=location.revision, dtype=dtype, trust_remote_code=cfg.trust_remote_code
+            location.path, revision=location.revision, dtype=dtype, trust_remote_code=cfg.trust_remote_code, **extra
         )
     except (OSError, ValueError) as exc:
         raise ModelLoadError(
             f"{cfg.base}: cannot load the model: {exc}. Without Hub access, pass a local folder, a .gguf "
             "file or a demo name."
         ) from None
-    model.to(device).eval()
+    if quantization_config is None:  # a quantised model is placed by device_map and cannot move
+        model.to(device)
+    model.eval()
     tokenizer = load_tokenizer(cfg.base, cfg.revision, location)
     return Backbone(model, tokenizer, location)
 

@@ -48,6 +48,39 @@ def model_card(config: HeadConfig, training: dict | None = None, evaluation: dic
             for k, (t1, t5) in enumerate(zip(final["top1"], final["top5"])):
                 before = f"{first['top1'][k]:.3f}" if first else "n/a"
                 lines.append(f"| {k + 1} | {t1:.3f} | {t5:.3f} | {before} |")
+    joint = (training or {}).get("backbone")
+    if joint:
+        lines += _backbone_section(joint)
     if evaluation:
         lines += ["", "## Decoding", "", f"- acceptance length τ: {evaluation.get('tau')}", f"- speedup: {evaluation.get('speedup')}"]
+        drift = evaluation.get("backbone_drift")
+        if drift and "agreement" in drift:
+            lines.append(f"- backbone agreement with the original on held-out data: {drift['agreement']:.2%}")
     return "\n".join(lines) + "\n"
+
+
+def _backbone_section(joint: dict) -> list[str]:
+    """The card's statement that the backbone was trained too, and how far it moved."""
+    stored = "a LoRA adapter (`adapter/`, peft format)" if joint["mode"] == "lora" and not joint.get("merged") else "a full model folder (`backbone/`)"
+    lines = [
+        "",
+        "## Backbone: changed by training",
+        "",
+        f"The base model was trained together with the heads (Medusa-2, mode `{joint['mode']}`, objective "
+        f"`{joint['objective']}`): {joint['trainable_parameters']:,} of {joint['total_parameters']:,} parameters trained. "
+        f"The trained backbone ships here as {stored}; `DraftModel.from_pretrained` loads it, and what it serves "
+        "is no longer the original model.",
+    ]
+    drift = joint.get("drift")
+    if drift:
+        lines += [
+            "",
+            f"On {drift['positions']} held-out tokens:",
+            "",
+            "| measure | value |",
+            "| --- | --- |",
+            f"| greedy agreement with the original (same argmax) | {drift['agreement']:.2%} |",
+            f"| perplexity, original backbone | {drift['perplexity_original']:.3f} |",
+            f"| perplexity, trained backbone | {drift['perplexity_trained']:.3f} |",
+        ]
+    return lines

@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import json
 from pathlib import Path
+from typing import Callable
 
 import torch
 from safetensors.torch import load_file, save_file
@@ -24,6 +25,10 @@ from draftheads.utils.errors import ConfigError, ModelLoadError
 
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
+ADAPTER_DIR = "adapter"
+"""Subfolder of a heads folder holding the peft LoRA adapter of a jointly trained backbone."""
+BACKBONE_DIR = "backbone"
+"""Subfolder of a heads folder holding a full trained (or merged) backbone with its tokenizer."""
 
 
 def base_info(backbone: Backbone) -> BaseModelInfo:
@@ -56,9 +61,13 @@ def check_compatible(info: BaseModelInfo, backbone: Backbone, heads_source: str)
 class DraftModel:
     """Backbone + heads, as used by evaluation and users. Training wraps the same pieces."""
 
-    def __init__(self, backbone: Backbone, heads: DraftHeads):
+    def __init__(self, backbone: Backbone, heads: DraftHeads, backbone_mode: str = "frozen", folder: Path | None = None):
         self.backbone = backbone
         self.heads = heads
+        self.backbone_mode = backbone_mode
+        """`frozen`: the base model as published; `lora` / `full`: trained with the heads (Medusa-2)."""
+        self.folder = folder
+        """The heads folder this was loaded from, if any."""
 
     @classmethod
     def new(cls, backbone: Backbone, config: HeadConfig) -> "DraftModel":
@@ -75,26 +84,47 @@ class DraftModel:
     def from_pretrained(
         cls, heads: str | Path, base: str | None = None, device: str | torch.device = "cpu", dtype: str = "float32"
     ) -> "DraftModel":
-        """Load heads (a folder or a Hub id) and their base model (`base`, else the one in the config)."""
+        """Load heads (a folder or a Hub id) and their base model (`base`, else the one in the config).
+
+        Heads trained jointly with their backbone (Medusa-2) carry it: an `adapter/` (peft LoRA,
+        applied to the base and merged) or a full `backbone/` folder (loaded instead of the base)."""
         folder = _heads_folder(str(heads))
         config = read_head_config(folder)
-        backbone = load_backbone(BackboneConfig(base=base or config.base.model, revision=None if base else config.base.revision, dtype=dtype), device)
+        mode = "full" if (folder / BACKBONE_DIR).is_dir() else "lora" if (folder / ADAPTER_DIR).is_dir() else "frozen"
+        if mode == "full" and base:
+            raise ModelLoadError(f"{heads}: these heads carry their own trained backbone ({BACKBONE_DIR}/); do not pass a base model")
+        spec = str(folder / BACKBONE_DIR) if mode == "full" else base or config.base.model
+        revision = config.base.revision if mode != "full" and not base else None
+        backbone = load_backbone(BackboneConfig(base=spec, revision=revision, dtype=dtype), device)
         check_compatible(config.base, backbone, str(heads))
+        if mode == "lora":
+            backbone = Backbone(_merged_adapter(backbone.model, folder / ADAPTER_DIR).eval(), backbone.tokenizer, backbone.location)
         module = HEADS.get(config.head_type).build(config, backbone)
         load_head_weights(module, folder)
-        return cls(backbone, module.eval())
+        return cls(backbone, module.eval(), mode, folder)
 
 
-def save_heads(heads: DraftHeads, directory: str | Path, extra_files: dict[str, str] | None = None) -> Path:
+def save_heads(
+    heads: DraftHeads,
+    directory: str | Path,
+    extra_files: dict[str, str] | None = None,
+    state: dict[str, torch.Tensor] | None = None,
+    write_more: Callable[[Path], object] | None = None,
+) -> Path:
     """Write config.json, model.safetensors (heads only) and any extra text files, atomically:
-    a reader (or a crash) never sees a mix of an old and a new export."""
+    a reader (or a crash) never sees a mix of an old and a new export.
+
+    `state` replaces `heads.state_dict()` (a gathered one, under ZeRO-3); `write_more(folder)` adds
+    files inside the same atomic write (a trained backbone's adapter or weights)."""
     directory = Path(directory)
-    state = {k: v.detach().contiguous().cpu() for k, v in heads.state_dict().items()}
+    state = {k: v.detach().contiguous().cpu() for k, v in (heads.state_dict() if state is None else state).items()}
     with atomic_directory(directory, replace=True) as tmp:
         (tmp / CONFIG_NAME).write_text(json.dumps(heads.config.to_json_dict(), indent=2) + "\n")
         save_file(state, str(tmp / WEIGHTS_NAME), metadata={"format": "pt", "head_type": heads.config.head_type})
         for name, text in (extra_files or {}).items():
             (tmp / name).write_text(text)
+        if write_more is not None:
+            write_more(tmp)
     return directory
 
 
@@ -124,6 +154,16 @@ def load_head_weights(module: DraftHeads, folder: Path) -> None:
     result = module.load_state_dict(load_file(str(path), device=str(device)), strict=False)
     if result.missing_keys or result.unexpected_keys:
         raise ModelLoadError(f"{path}: weights do not match the config: missing {result.missing_keys}, unexpected {result.unexpected_keys}")
+
+
+def _merged_adapter(model: torch.nn.Module, adapter_dir: Path) -> torch.nn.Module:
+    """A base model with a saved LoRA adapter merged into its weights (plain weights decode fastest)."""
+    from peft import PeftModel
+
+    try:
+        return PeftModel.from_pretrained(model, str(adapter_dir)).merge_and_unload()
+    except (OSError, ValueError, KeyError) as exc:
+        raise ModelLoadError(f"{adapter_dir}: cannot apply this LoRA adapter to the base model: {exc}") from None
 
 
 def _heads_folder(spec: str) -> Path:

@@ -11,12 +11,13 @@ import json
 from pathlib import Path
 
 from draftheads.models.card import model_card
-from draftheads.models.draft_model import CONFIG_NAME, WEIGHTS_NAME, read_head_config
+from draftheads.models.draft_model import ADAPTER_DIR, BACKBONE_DIR, CONFIG_NAME, WEIGHTS_NAME, read_head_config
 from draftheads.utils.atomic import atomic_write_text
 from draftheads.utils.errors import HubError
 
-UPLOADED = (CONFIG_NAME, WEIGHTS_NAME, "README.md", "training.json", "eval_report.json")
-"""Files of a heads folder that are published (checkpoints and logs never are)."""
+UPLOADED = (CONFIG_NAME, WEIGHTS_NAME, "README.md", "training.json", "eval_report.json", "recipe.yaml", f"{ADAPTER_DIR}/*", f"{BACKBONE_DIR}/*")
+"""Files of a heads folder that are published (checkpoints and logs never are), with the trained
+backbone of joint training (an adapter or a full model folder)."""
 
 
 def _optional_json(path: Path) -> dict | None:

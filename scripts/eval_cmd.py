@@ -22,6 +22,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--device", default="auto", help="auto (cuda when available), cpu, cuda, cuda:1, ...")
     parser.add_argument("--dtype", default="float32", choices=("float32", "bfloat16", "float16"))
+    parser.add_argument("--drift-batches", type=int, default=8, help="jointly trained backbones: held-out batches for agreement and perplexity")
     parser.add_argument("--out", default="report.json", help="report.json path; report.md and report.png are written beside it")
 
 
@@ -34,7 +35,7 @@ def run(args: argparse.Namespace) -> int:
         heads=args.heads, prompts=args.prompts, base=args.base, max_new_tokens=args.max_new_tokens,
         temperature=args.temperature, top_p=args.top_p, top_k=args.top_k, tree=args.tree,
         tree_budget=args.tree_budget, tree_width=args.tree_width, limit=args.limit, seed=args.seed,
-        device=args.device, dtype=args.dtype,
+        device=args.device, dtype=args.dtype, drift_batches=args.drift_batches,
     )
     out = Path(args.out)
     report = run_eval(options, out)
@@ -46,5 +47,13 @@ def run(args: argparse.Namespace) -> int:
         f"{report['speedup_vs_hf_generate']:.2f}x HF generate, {report['speedup_vs_prompt_lookup']:.2f}x prompt lookup; "
         f"greedy mismatches: {report['greedy_mismatches']}"
     )
+    drift = report.get("backbone_drift")
+    if drift and "error" in drift:
+        print(f"warning: the backbone was trained ({report['backbone_mode']}) but its drift was not measured: {drift['error']}")
+    elif drift:
+        print(
+            f"backbone ({report['backbone_mode']}): agrees with the original on {drift['agreement']:.2%} of {drift['positions']} held-out tokens; "
+            f"perplexity {drift['perplexity_original']:.3f} (original) -> {drift['perplexity_trained']:.3f} (trained)"
+        )
     print("wrote " + ", ".join(str(p) for p in paths))
     return 0

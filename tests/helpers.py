@@ -31,3 +31,37 @@ def write_jsonl(path: Path, records: list) -> Path:
     lines = [r if isinstance(r, str) else json.dumps(r) for r in records]
     path.write_text("\n".join(lines) + "\n", encoding="utf-8")
     return path
+
+
+def overrides(base, out, **extra) -> list[str]:
+    """`key=value` overrides of a small training run on a tiny base (demo ShareGPT, 8 steps)."""
+    values = {
+        "model.base": str(base),
+        "data.sources": "[{path: demo:sharegpt, limit: 60}]",
+        "data.max_length": 64,
+        "data.skip_invalid": "true",
+        "data.eval_fraction": 0.1,
+        "heads.num_heads": 2,
+        "train.output_dir": str(out),
+        "train.max_steps": 8,
+        "train.batch_size": 2,
+        "train.lr": 0.01,
+        "train.warmup_steps": 2,
+        "train.eval_every": 100,
+        "train.save_every": 100,
+        "train.trackers": "[]",
+    }
+    values.update(extra)
+    return [f"{k}={v}" for k, v in values.items()]
+
+
+def launch(config: str, base, out, **extra) -> None:
+    """`draftheads train` with `overrides` under an accelerate config (a subprocess); asserts success."""
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    command = [sys.executable, "-m", "draftheads.scripts.cli", "train", "--accelerate-config", config, *overrides(base, out, **extra)]
+    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-4000:]

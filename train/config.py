@@ -49,6 +49,78 @@ class LossConfig:
 
 
 @dataclass
+class LoraSettings:
+    """The LoRA adapter of `backbone.mode: lora` (peft)."""
+
+    rank: int = 16
+    """Adapter rank r."""
+    alpha: float = 32.0
+    """Scale numerator: the adapter's output is multiplied by alpha / rank."""
+    dropout: float = 0.05
+    """Dropout on the adapter's input while training."""
+    target_modules: list[str] = field(default_factory=lambda: ["all-linear"])
+    """Module names (or name suffixes) that get adapters; `[all-linear]` is every linear layer but the lm_head."""
+    load_in_bits: Literal[4, 8] | None = None
+    """Load the frozen base in 4- or 8-bit (QLoRA); needs a CUDA GPU and bitsandbytes."""
+
+    def __post_init__(self) -> None:
+        if self.rank < 1:
+            raise ValueError(f"rank must be at least 1, got {self.rank}")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
+        if not self.target_modules:
+            raise ValueError("target_modules must name at least one module")
+
+
+@dataclass
+class BackboneTraining:
+    """Whether and how the backbone trains with the heads (Medusa-2). `frozen` is Medusa-1.
+
+    The loss is L = L_backbone + λ0(step) · Σ_k decay^(k-1) · L_head_k.
+    """
+
+    mode: Literal["frozen", "lora", "full"] = "frozen"
+    """frozen: heads only; lora: a peft LoRA adapter on the backbone trains too; full: every backbone weight trains."""
+    objective: Literal["kl", "lm"] = "kl"
+    """L_backbone. kl: KL from the original model's next-token distribution to the trained one's (for
+    self-distilled data; keeps the served model close to the original); lm: cross-entropy on the data's tokens."""
+    teacher: Literal["model", "cache"] = "model"
+    """Where the original distribution comes from (objective kl). model: lora runs the same model with the
+    adapter disabled (no second copy), full keeps a frozen reference copy; cache: the teacher top-k log-probs
+    of the hidden-state cache (`data.feature_cache`, built with teacher_topk > 0)."""
+    head_loss_weight: float = 0.2
+    """λ0: weight of the summed head losses against L_backbone."""
+    head_weight_warmup: Literal["constant", "linear", "sine"] = "sine"
+    """How λ0 ramps up from 0 once joint training starts (untrained heads' gradients would otherwise pull the backbone)."""
+    head_weight_warmup_steps: int = 0
+    """Steps of that ramp (0: λ0 from the first joint step)."""
+    heads_only_steps: int = 0
+    """Two-stage recipe: train the heads alone (backbone frozen) for this many steps, then jointly."""
+    heads_lr_multiplier: float = 1.0
+    """The heads' learning rate is train.lr times this; the backbone's is train.lr."""
+    gradient_checkpointing: bool = False
+    """Recompute the backbone's activations in backward (less memory, about a third more compute)."""
+    merge_adapter: bool = False
+    """lora: export the merged full backbone (`backbone/`) instead of the adapter (`adapter/`)."""
+    lora: LoraSettings = field(default_factory=LoraSettings)
+    """Adapter settings (mode lora)."""
+
+    def __post_init__(self) -> None:
+        if self.head_loss_weight <= 0:
+            raise ValueError(f"head_loss_weight must be positive, got {self.head_loss_weight}")
+        if self.heads_lr_multiplier <= 0:
+            raise ValueError(f"heads_lr_multiplier must be positive, got {self.heads_lr_multiplier}")
+        for name in ("head_weight_warmup_steps", "heads_only_steps"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
+
+    @property
+    def trains(self) -> bool:
+        """Whether backbone weights change in this run."""
+        return self.mode != "frozen"
+
+
+@dataclass
 class TrainConfig:
     """The optimisation loop."""
 
@@ -61,7 +133,7 @@ class TrainConfig:
     grad_accum: int = 1
     """Micro-batches per optimizer step."""
     lr: float = 1e-3
-    """Peak learning rate (AdamW)."""
+    """Peak learning rate (AdamW) of the backbone; the heads' is this times backbone.heads_lr_multiplier."""
     weight_decay: float = 0.0
     """AdamW weight decay."""
     betas: tuple[float, float] = (0.9, 0.999)
@@ -94,8 +166,14 @@ class TrainConfig:
     """accelerate trackers: tensorboard, wandb (WANDB_MODE=offline works), ... Empty for none."""
     loss: LossConfig = field(default_factory=LossConfig)
     """Loss terms and weights."""
+    backbone: BackboneTraining = field(default_factory=BackboneTraining)
+    """Frozen backbone (Medusa-1) or joint training with a LoRA or full backbone (Medusa-2)."""
 
     def __post_init__(self) -> None:
+        if self.backbone.heads_only_steps >= self.max_steps and self.backbone.trains:
+            raise ValueError(
+                f"backbone.heads_only_steps ({self.backbone.heads_only_steps}) leaves no joint steps of max_steps {self.max_steps}"
+            )
         for name in ("max_steps", "batch_size", "grad_accum", "eval_every", "save_every", "log_every", "keep_checkpoints"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")

@@ -1,9 +1,11 @@
-"""The training loop: one plain accelerate loop for every head family.
+"""The training loop: one plain accelerate loop for every head family and backbone mode.
 
-The backbone is frozen, in eval mode, run under no_grad: no activations are kept for it; with a
-hidden-state cache (`data.feature_cache.path`) it does not run at all and features come from disk.
-accelerate prepares only what trains (the heads, inside `HeadLossModule`), so DDP/DeepSpeed synchronise and
-checkpoint only head parameters. Each depth's loss is divided by the number of its trained tokens
+With a frozen backbone (Medusa-1) it runs in eval mode under no_grad: no activations are kept for
+it; with a hidden-state cache (`data.feature_cache.path`) it does not run at all and features come
+from disk. accelerate prepares only what trains (`TrainModule`: the heads, plus the backbone or its
+LoRA adapter in joint training), so DDP/DeepSpeed synchronise and checkpoint only that. Joint
+training (Medusa-2) adds L_backbone (KL to the original model, or LM loss) and weighs the heads'
+losses by λ0, optionally after a heads-only stage. Each depth's loss is divided by the number of its trained tokens
 in the whole optimizer step (all micro-batches, all processes), so a run on 2 processes computes
 the same update as a run on 1 process with twice the gradient accumulation.
 """
@@ -29,27 +31,63 @@ from draftheads.models.backbone import LAST, Backbone, load_backbone
 from draftheads.models.card import model_card
 from draftheads.models.draft_model import DraftModel, save_heads
 from draftheads.models.heads.base import DraftHeads
-from draftheads.train.checkpoint import TrainerState, list_checkpoints, resolve_resume, save_checkpoint
-from draftheads.train.config import LossConfig, Recipe, save_resolved
-from draftheads.train.losses import depth_accuracy_counts, depth_loss_sums, depth_weights, target_counts
-from draftheads.train.schedules import make_scheduler
+from draftheads.train.checkpoint import (
+    TrainerState,
+    checkpoint_trained_only,
+    list_checkpoints,
+    load_checkpoint,
+    resolve_resume,
+    save_checkpoint,
+)
+from draftheads.eval.drift import drift_counts, drift_summary
+from draftheads.train.config import LossConfig, Recipe, recipe_yaml, save_resolved
+from draftheads.train.joint import TrainableBackbone, quantization_config
+from draftheads.train.losses import backbone_loss_sum, depth_accuracy_counts, depth_loss_sums, depth_weights, target_counts
+from draftheads.train.schedules import make_scheduler, ramp
 from draftheads.utils.errors import ConfigError, DraftheadsError
 from draftheads.utils.typed_config import to_dict
 
 
-class HeadLossModule(nn.Module):
-    """What accelerate prepares: the heads, with the per-depth loss computed inside forward so that
-    DDP and DeepSpeed see every trainable parameter used in the wrapped call."""
+@dataclass
+class StepSpec:
+    """What one training forward computes, beyond the batch (passed explicitly, not stored on modules)."""
 
-    def __init__(self, heads: DraftHeads):
+    backbone: Backbone
+    layers: list[int]
+    loss: LossConfig
+    trainable: TrainableBackbone | None = None
+    """Set when the backbone trains (Medusa-2)."""
+    joint: bool = False
+    """Joint stage: the backbone's graph is kept and L_backbone is added (false in the heads-only stage)."""
+
+
+class TrainModule(nn.Module):
+    """What accelerate prepares: the heads, and the backbone when it trains. Every loss term is
+    computed inside forward so that DDP and DeepSpeed see each trainable parameter used in the
+    wrapped call. Returns {"heads": per-depth sums, "aux": mean or None, "backbone": sum or None}."""
+
+    def __init__(self, heads: DraftHeads, backbone: nn.Module | None = None):
         super().__init__()
         self.heads = heads
+        self.backbone = backbone
 
-    def forward(self, features, batch, lm_head, loss: LossConfig) -> list[torch.Tensor]:
-        output = self.heads(features, batch["input_ids"], batch.get("position_ids"))
+    def forward(self, batch: dict, features: dict | None, spec: StepSpec) -> dict:
+        ids, positions = batch["input_ids"], batch.get("position_ids")
+        if features is None:  # the backbone trains: its features are computed here, with the graph in the joint stage
+            with torch.set_grad_enabled(spec.joint):
+                features = spec.backbone.features(ids, batch.get("attention_mask"), positions, spec.layers).features
+        lm_head = spec.backbone.lm_head
+        output = self.heads(features, ids, positions)
+        loss = spec.loss
         sums = depth_loss_sums(self.heads, output, batch, features[LAST], lm_head, loss.soft_label_weight, loss.chunk_size, loss.feature_weight)
-        aux = sum(output.aux_losses.values()) if output.aux_losses else None
-        return sums if aux is None else sums + [aux]
+        terms = {"heads": sums, "aux": sum(output.aux_losses.values()) if output.aux_losses else None, "backbone": None}
+        if spec.joint:
+            cfg = spec.trainable.cfg
+            teacher = spec.trainable.original_hidden(batch) if cfg.objective == "kl" and cfg.teacher == "model" else None
+            terms["backbone"] = backbone_loss_sum(
+                features[LAST], batch, lm_head, cfg.objective, teacher, spec.trainable.original_lm_head(), loss.chunk_size
+            )
+        return terms
 
 
 @dataclass
@@ -71,7 +109,7 @@ class TrainResult:
 def make_accelerator(recipe: Recipe):
     """An Accelerator for this recipe: gloo on CPU (DDP and DeepSpeed), bf16 where it is native."""
     from accelerate import Accelerator
-    from accelerate.utils import DataLoaderConfiguration, InitProcessGroupKwargs, ProjectConfiguration
+    from accelerate.utils import DataLoaderConfiguration, DistributedDataParallelKwargs, InitProcessGroupKwargs, ProjectConfiguration
 
     cfg = recipe.train
     precision = cfg.mixed_precision
@@ -81,6 +119,9 @@ def make_accelerator(recipe: Recipe):
     # look for a process group that does not exist, so only when launched with several.
     several = int(os.environ.get("WORLD_SIZE", "1")) > 1
     handlers = [InitProcessGroupKwargs(backend="gloo")] if several and not torch.cuda.is_available() else []
+    if cfg.backbone.trains and cfg.backbone.heads_only_steps:
+        # In the heads-only stage the backbone's parameters get no gradient; DDP must expect that.
+        handlers.append(DistributedDataParallelKwargs(find_unused_parameters=True))
     return Accelerator(
         mixed_precision=precision,
         gradient_accumulation_steps=cfg.grad_accum,
@@ -103,11 +144,19 @@ def _batches(loader, state: TrainerState, accelerator) -> Iterator[dict]:
         state.batch_in_epoch = 0
 
 
-def evaluate(heads: DraftHeads, backbone: Backbone, loader, accelerator, max_batches: int | None, chunk_size: int) -> dict:
-    """Held-out per-depth top-1/top-5 accuracy and cross-entropy, summed over all processes."""
+def evaluate(
+    heads: DraftHeads, backbone: Backbone, loader, accelerator, max_batches: int | None, chunk_size: int,
+    trainable: TrainableBackbone | None = None,
+) -> dict:
+    """Held-out per-depth top-1/top-5 accuracy and cross-entropy, summed over all processes; with a
+    trained backbone whose original can run, also its drift (agreement, both perplexities)."""
     heads.eval()
+    if trainable is not None:
+        trainable.module.eval()
     layers = training_layers(heads.config)
     counts = torch.zeros(heads.config.num_heads, 4, dtype=torch.float64)
+    drift = torch.zeros(4, dtype=torch.float64)
+    measure_drift = trainable is not None and trainable.has_original
     with torch.no_grad():
         for i, batch in enumerate(loader):
             if max_batches is not None and i >= max_batches:
@@ -115,21 +164,27 @@ def evaluate(heads: DraftHeads, backbone: Backbone, loader, accelerator, max_bat
             features = batch_features(backbone, batch, layers)
             output = heads(features, batch["input_ids"], batch.get("position_ids"))
             counts += depth_accuracy_counts(heads, output, batch, backbone.lm_head, chunk_size)
+            if measure_drift:
+                original = trainable.original_hidden(batch)
+                drift += drift_counts(features[LAST], original, batch, backbone.lm_head, trainable.original_lm_head(), chunk_size)
     counts = accelerator.reduce(counts.to(accelerator.device), "sum").cpu()
     heads.train()
     targets = counts[:, 0].clamp(min=1)
-    return {
+    metrics = {
         "top1": (counts[:, 1] / targets).tolist(),
         "top5": (counts[:, 2] / targets).tolist(),
         "loss": (counts[:, 3] / targets).tolist(),
         "targets": counts[:, 0].tolist(),
     }
+    if measure_drift:
+        metrics["drift"] = drift_summary(accelerator.reduce(drift.to(accelerator.device), "sum").cpu())
+    return metrics
 
 
 def batch_features(backbone: Backbone, batch: dict, layers: list[int]) -> dict[int, torch.Tensor]:
     """The backbone features a batch trains on: read from the hidden-state cache when the batch
-    carries them, else computed now (frozen backbone: no graph is kept)."""
-    if "features" in batch:
+    carries them, else computed now (no graph is kept)."""
+    if batch.get("features"):
         dtype = backbone.lm_head.weight.dtype
         return {layer: batch["features"][layer].to(dtype) for layer in layers}
     with torch.no_grad():
@@ -156,8 +211,11 @@ def train(recipe: Recipe, on_step: Callable[[int], None] | None = None, progress
     accelerator = make_accelerator(recipe)
     set_seed(cfg.seed)
     output_dir = Path(cfg.output_dir)
+    joint_cfg = cfg.backbone
+    if joint_cfg.trains and joint_cfg.objective == "kl" and joint_cfg.teacher == "cache" and not recipe.data.feature_cache.path:
+        raise ConfigError("train.backbone.teacher: cache needs data.feature_cache.path (a cache built with teacher_topk > 0)")
     with accelerator.main_process_first():  # the first process converts/caches the base model
-        backbone = load_backbone(recipe.model, device=accelerator.device)
+        backbone = load_backbone(recipe.model, device=accelerator.device, quantization_config=quantization_config(joint_cfg))
     backbone.model.requires_grad_(False)
     with accelerator.main_process_first():
         if recipe.data.feature_cache.path:
@@ -173,18 +231,23 @@ def train(recipe: Recipe, on_step: Callable[[int], None] | None = None, progress
     draft = DraftModel.new(backbone, recipe.heads)
     heads = draft.heads.train()
     depths = recipe.heads.num_heads
-    optimizer = torch.optim.AdamW(heads.parameters(), lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay)
+    trainable = TrainableBackbone(backbone, joint_cfg) if joint_cfg.trains else None
+    groups = [{"params": list(heads.parameters()), "lr": cfg.lr * joint_cfg.heads_lr_multiplier}]
+    if trainable is not None:
+        groups.append({"params": trainable.trainable_parameters(), "lr": cfg.lr})
+    optimizer = torch.optim.AdamW(groups, lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay)
     # Not prepared: accelerate would step a prepared scheduler once per process.
-    scheduler = make_scheduler(optimizer, cfg.warmup_steps, cfg.max_steps, cfg.schedule, cfg.min_lr_ratio)
+    scheduler = make_scheduler(optimizer, cfg.warmup_steps, cfg.max_steps, cfg.schedule, cfg.min_lr_ratio, joint_cfg.heads_only_steps)
     collate = Collator(pad_token_id=backbone.tokenizer.pad_token_id or 0)
     generator = torch.Generator().manual_seed(cfg.seed)
     train_loader = torch.utils.data.DataLoader(train_set, batch_size=cfg.batch_size, shuffle=True, collate_fn=collate, generator=generator)
     eval_loader = torch.utils.data.DataLoader(held_set, batch_size=cfg.batch_size, collate_fn=collate) if len(held_set) else None
-    module, optimizer, train_loader = accelerator.prepare(HeadLossModule(heads), optimizer, train_loader)
+    module, optimizer, train_loader = accelerator.prepare(TrainModule(heads, trainable.module if trainable else None), optimizer, train_loader)
     if eval_loader is not None:
         eval_loader = accelerator.prepare(eval_loader)
     state = TrainerState()
     accelerator.register_for_checkpointing(scheduler, state)
+    frozen = checkpoint_trained_only(accelerator, module)
 
     resume = resolve_resume(output_dir, cfg.resume_from)
     if resume is None and list_checkpoints(output_dir):
@@ -193,7 +256,7 @@ def train(recipe: Recipe, on_step: Callable[[int], None] | None = None, progress
             "to continue it, or choose a new output_dir"
         )
     if resume is not None:
-        accelerator.load_state(str(resume))
+        load_checkpoint(accelerator, module, resume, frozen)
         accelerator.print(f"resumed from {resume} at step {state.step}")
     if accelerator.is_main_process and cfg.trackers:
         accelerator.init_trackers("draftheads", config=_flat("", to_dict(recipe), {}))
@@ -206,7 +269,7 @@ def train(recipe: Recipe, on_step: Callable[[int], None] | None = None, progress
     def run_eval(step: int) -> None:
         if eval_loader is None:
             return
-        metrics = evaluate(unwrapped, backbone, eval_loader, accelerator, cfg.eval_batches, cfg.loss.chunk_size)
+        metrics = evaluate(unwrapped, backbone, eval_loader, accelerator, cfg.eval_batches, cfg.loss.chunk_size, trainable)
         metrics["step"] = step
         result.evals.append(metrics)
         accelerator.log({f"eval/top1_head{k + 1}": v for k, v in enumerate(metrics["top1"])}, step=step)
@@ -214,6 +277,13 @@ def train(recipe: Recipe, on_step: Callable[[int], None] | None = None, progress
         top1 = " ".join(f"{v:.3f}" for v in metrics["top1"])
         top5 = " ".join(f"{v:.3f}" for v in metrics["top5"])
         accelerator.print(f"\nstep {step}: held-out top-1 by head [{top1}]  top-5 [{top5}]")
+        if "drift" in metrics:
+            drift = metrics["drift"]
+            accelerator.log({f"eval/{k}": drift[k] for k in ("agreement", "perplexity_trained", "perplexity_original")}, step=step)
+            accelerator.print(
+                f"step {step}: backbone agrees with the original on {drift['agreement']:.2%} of held-out tokens; "
+                f"perplexity {drift['perplexity_original']:.3f} (original) -> {drift['perplexity_trained']:.3f} (trained)"
+            )
         if accelerator.is_main_process:
             with open(output_dir / "metrics.jsonl", "a") as f:
                 f.write(json.dumps(metrics) + "\n")
@@ -227,16 +297,30 @@ def train(recipe: Recipe, on_step: Callable[[int], None] | None = None, progress
     layers = training_layers(recipe.heads)
     tokens_seen, started = 0, time.perf_counter()
     while state.step < cfg.max_steps:
+        joint = trainable is not None and state.step >= joint_cfg.heads_only_steps
+        if trainable is not None:
+            trainable.module.train(joint)
+        spec = StepSpec(backbone, layers, cfg.loss, trainable, joint)
+        # λ0: 1 with a frozen backbone (Medusa-1); else ramped from the first joint step.
+        head_weight = 1.0
+        if trainable is not None:
+            head_weight = joint_cfg.head_loss_weight
+            if joint:
+                head_weight *= ramp(state.step - joint_cfg.heads_only_steps, joint_cfg.head_weight_warmup_steps, joint_cfg.head_weight_warmup)
         micro = [next(data) for _ in range(cfg.grad_accum)]
-        counts = accelerator.reduce(sum(target_counts(b, depths) for b in micro).to(accelerator.device), "sum")
+        counts = accelerator.reduce(sum(target_counts(b, depths, with_next_token=True) for b in micro).to(accelerator.device), "sum")
         step_loss = torch.zeros((), device=accelerator.device)
+        step_backbone = torch.zeros((), device=accelerator.device)
         for batch in micro:
             with accelerator.accumulate(module):
-                features = batch_features(backbone, batch, layers)
-                sums = module(features, batch, backbone.lm_head, cfg.loss)
-                loss = sum(w * s / counts[k].clamp(min=1) for k, (w, s) in enumerate(zip(weights, sums)))
-                if len(sums) > depths:
-                    loss = loss + sums[-1] / cfg.grad_accum / world  # auxiliary terms are per-micro-batch means
+                terms = module(batch, None if trainable is not None else batch_features(backbone, batch, layers), spec)
+                loss = head_weight * sum(w * s / counts[k + 1].clamp(min=1) for k, (w, s) in enumerate(zip(weights, terms["heads"])))
+                if terms["aux"] is not None:
+                    loss = loss + head_weight * terms["aux"] / cfg.grad_accum / world  # auxiliary terms are per-micro-batch means
+                if terms["backbone"] is not None:
+                    backbone_loss = terms["backbone"] / counts[0].clamp(min=1)
+                    step_backbone += backbone_loss.detach()
+                    loss = loss + backbone_loss
                 step_loss += loss.detach()
                 # accelerate divides by grad_accum and DDP/DeepSpeed average over processes; the loss
                 # is already normalised by the step's global token counts, so undo both.
@@ -259,16 +343,20 @@ def train(recipe: Recipe, on_step: Callable[[int], None] | None = None, progress
         bar.set_postfix(loss=f"{step_loss:.3f}", lr=f"{scheduler.get_last_lr()[0]:.2e}")
         if state.step % cfg.log_every == 0 or state.step == cfg.max_steps:
             elapsed = max(time.perf_counter() - started, 1e-9)
-            accelerator.log({"train/loss": step_loss, "train/lr": scheduler.get_last_lr()[0], "train/tokens_per_s": tokens_seen * world / elapsed}, step=state.step)
+            logged = {"train/loss": step_loss, "train/lr": scheduler.get_last_lr()[0], "train/tokens_per_s": tokens_seen * world / elapsed}
+            if trainable is not None:
+                logged.update({"train/loss_backbone": accelerator.reduce(step_backbone, "sum").item(), "train/head_weight": head_weight, "train/lr_backbone": scheduler.get_last_lr()[1]})
+            accelerator.log(logged, step=state.step)
         if state.step % cfg.eval_every == 0 or state.step == cfg.max_steps:
             run_eval(state.step)
         if state.step % cfg.save_every == 0 or state.step == cfg.max_steps:
-            save_checkpoint(accelerator, output_dir, state.step, cfg.keep_checkpoints)
+            save_checkpoint(accelerator, output_dir, state.step, cfg.keep_checkpoints, frozen)
         if on_step is not None:
             on_step(state.step)
     bar.close()
     if not result.evals:
         run_eval(state.step)  # resumed at the end already: still report where the heads stand
+    state_dict = accelerator.get_state_dict(module)  # on every process: gathers sharded (ZeRO-3) weights
     if accelerator.is_main_process:
         # The whole run's evaluations, including those before a resume (step 0 = untrained heads).
         history = [json.loads(line) for line in (output_dir / "metrics.jsonl").read_text().splitlines()] if eval_loader else []
@@ -281,12 +369,23 @@ def train(recipe: Recipe, on_step: Callable[[int], None] | None = None, progress
             "final_eval": history[-1] if history else None,
             "first_eval": history[0] if history else None,
         }
+        write_backbone = None
+        if trainable is not None:
+            summary["backbone"] = {**trainable.describe(), "drift": history[-1].get("drift") if history else None}
+            backbone_state = {k[len("backbone.") :]: v for k, v in state_dict.items() if k.startswith("backbone.")}
+            write_backbone = lambda folder: trainable.export(backbone_state, folder)  # noqa: E731
         save_heads(
             unwrapped,
             result.heads_dir,
-            {"README.md": model_card(unwrapped.config, summary), "training.json": json.dumps(summary, indent=2) + "\n"},
+            {
+                "README.md": model_card(unwrapped.config, summary),
+                "training.json": json.dumps(summary, indent=2) + "\n",
+                "recipe.yaml": recipe_yaml(recipe),
+            },
+            state={k[len("heads.") :]: v for k, v in state_dict.items() if k.startswith("heads.")},
+            write_more=write_backbone,
         )
-        accelerator.print(f"heads saved to {result.heads_dir}")
+        accelerator.print(f"heads saved to {result.heads_dir}" + (" with the trained backbone" if trainable else ""))
     accelerator.wait_for_everyone()
     accelerator.end_training()
     return result

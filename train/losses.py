@@ -13,6 +13,7 @@ checkpointing: memory holds one chunk of [chunk, vocab] logits instead of K x ba
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Callable
 
 import torch
 import torch.nn.functional as F
@@ -35,7 +36,7 @@ class Targets:
 
 
 def depth_targets(batch: dict[str, torch.Tensor], depth: int) -> Targets:
-    """Trained positions of depth `depth` (1-based) in a collated batch."""
+    """Trained positions of depth `depth` (1-based; 0 is the backbone's own next token) in a collated batch."""
     ids, mask = batch["input_ids"], batch["loss_mask"]
     offset = depth + 1
     if offset >= ids.shape[1]:
@@ -49,16 +50,18 @@ def depth_targets(batch: dict[str, torch.Tensor], depth: int) -> Targets:
     return Targets(rows, cols, ids[rows, cols + offset])
 
 
-def target_counts(batch: dict[str, torch.Tensor], depths: int) -> torch.Tensor:
-    """Trained positions per depth, [depths] (float, for all-reduce)."""
-    return torch.tensor([len(depth_targets(batch, k)) for k in range(1, depths + 1)], dtype=torch.float32)
+def target_counts(batch: dict[str, torch.Tensor], depths: int, with_next_token: bool = False) -> torch.Tensor:
+    """Trained positions per depth, [depths] (float, for all-reduce); with `with_next_token`,
+    [1 + depths] starting with the backbone's own next-token positions (depth 0)."""
+    first = 0 if with_next_token else 1
+    return torch.tensor([len(depth_targets(batch, k)) for k in range(first, depths + 1)], dtype=torch.float32)
 
 
 def _chunk_loss(
-    states, tokens, base_states, heads: DraftHeads, depth: int, lm_head: nn.Module, soft_weight: float,
+    states, tokens, teacher_states, project: Callable, teacher_head: nn.Module, soft_weight: float,
     top_ids=None, top_logprobs=None,
 ):
-    log_probs = F.log_softmax(heads.project(depth, states, lm_head).float(), dim=-1)
+    log_probs = F.log_softmax(project(states).float(), dim=-1)
     loss = log_probs.new_zeros(())
     if soft_weight < 1.0:
         loss = loss + (1.0 - soft_weight) * F.nll_loss(log_probs, tokens, reduction="sum")
@@ -69,9 +72,31 @@ def _chunk_loss(
         loss = loss + soft_weight * (teacher.exp() * (teacher - student)).sum()
     elif soft_weight > 0.0:
         with torch.no_grad():
-            teacher = F.log_softmax(lm_head(base_states).float(), dim=-1)
+            teacher = F.log_softmax(teacher_head(teacher_states).float(), dim=-1)
         loss = loss + soft_weight * F.kl_div(log_probs, teacher, log_target=True, reduction="sum")
     return loss
+
+
+def _targets_loss_sum(
+    targets: Targets, states, project: Callable, teacher_hidden, teacher_head: nn.Module, shift: int,
+    soft_weight: float, chunk_size: int, batch: dict,
+) -> torch.Tensor:
+    """Summed loss of `project(states)` at `targets`; the teacher's distribution for token t+1+shift
+    is read at position t+shift (from `teacher_hidden`, or the cache's top-k when the batch has them)."""
+    total = states.new_zeros((), dtype=torch.float32)
+    # Recomputing logits in backward costs one more projection; it only pays when several
+    # chunks' logits would otherwise be alive at once.
+    several = len(targets) > chunk_size
+    cached = soft_weight > 0 and "teacher_ids" in batch
+    for start in range(0, len(targets), chunk_size):
+        rows = targets.rows[start : start + chunk_size]
+        cols = targets.positions[start : start + chunk_size]
+        teacher_states = None if cached or teacher_hidden is None else teacher_hidden[rows, cols + shift]
+        args = (states[rows, cols], targets.tokens[start : start + chunk_size], teacher_states, project, teacher_head, soft_weight)
+        if cached:
+            args += (batch["teacher_ids"][rows, cols + shift], batch["teacher_logprobs"][rows, cols + shift])
+        total = total + (checkpoint(_chunk_loss, *args, use_reentrant=False) if several else _chunk_loss(*args))
+    return total
 
 
 def depth_loss_sums(
@@ -92,22 +117,39 @@ def depth_loss_sums(
         if feature_weight > 0 and output.predicted_features is not None:
             # The feature that predicts token t+1+k is the backbone's hidden state at t+k.
             predicted = output.predicted_features[depth - 1][targets.rows, targets.positions].float()
-            target = base_hidden[targets.rows, targets.positions + depth].float()
+            # detached: in joint training the backbone must not be pulled towards the heads' guesses
+            target = base_hidden[targets.rows, targets.positions + depth].detach().float()
             total = total + feature_weight * F.smooth_l1_loss(predicted, target, reduction="none").mean(-1).sum()
-        # Recomputing logits in backward costs one more projection; it only pays when several
-        # chunks' logits would otherwise be alive at once.
-        several = len(targets) > chunk_size
-        for start in range(0, len(targets), chunk_size):
-            rows = targets.rows[start : start + chunk_size]
-            cols = targets.positions[start : start + chunk_size]
-            # The teacher's distribution for token t+1+k is the backbone's prediction at t+k.
-            args = (states[rows, cols], targets.tokens[start : start + chunk_size], base_hidden[rows, cols + depth])
-            args += (heads, depth, lm_head, soft_weight)
-            if soft_weight > 0 and "teacher_ids" in batch:  # from the hidden-state cache
-                args += (batch["teacher_ids"][rows, cols + depth], batch["teacher_logprobs"][rows, cols + depth])
-            total = total + (checkpoint(_chunk_loss, *args, use_reentrant=False) if several else _chunk_loss(*args))
+
+        def project(chunk, depth=depth):
+            return heads.project(depth, chunk, lm_head)
+
+        # Soft labels: the backbone's own prediction at t+k for the same token t+1+k.
+        total = total + _targets_loss_sum(targets, states, project, base_hidden, lm_head, depth, soft_weight, chunk_size, batch)
         sums.append(total)
     return sums
+
+
+def backbone_loss_sum(
+    hidden: torch.Tensor,
+    batch: dict[str, torch.Tensor],
+    lm_head: nn.Module,
+    objective: str,
+    teacher_hidden: torch.Tensor | None,
+    teacher_head: nn.Module,
+    chunk_size: int,
+) -> torch.Tensor:
+    """Summed L_backbone of joint training over the batch's next-token positions (those depth 0
+    trains): `lm` is cross-entropy on the data's tokens; `kl` is KL(original || trained), the
+    original's distribution taken from `teacher_head(teacher_hidden)` or, when `teacher_hidden` is
+    None, from the cache's teacher top-k in the batch."""
+    if objective == "kl" and teacher_hidden is None and "teacher_ids" not in batch:
+        raise ValueError("objective kl needs the original model's hidden states or cached teacher top-k")
+    targets = depth_targets(batch, 0)
+    soft = 1.0 if objective == "kl" else 0.0
+    if teacher_hidden is not None:
+        batch = {k: v for k, v in batch.items() if k not in ("teacher_ids", "teacher_logprobs")}
+    return _targets_loss_sum(targets, hidden, lm_head, teacher_hidden, teacher_head, 0, soft, chunk_size, batch)
 
 
 @torch.no_grad()

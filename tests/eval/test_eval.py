@@ -96,3 +96,31 @@ def test_bad_eval_inputs_are_named(heads_dir, tmp_path, capsys):
     assert "bad.jsonl" in err and "line 2" in err
     assert main(["eval", "--heads", str(tmp_path / "missing"), "--prompts", str(bad)]) == 2
     assert not (tmp_path / "r.json").exists()
+
+
+def test_eval_of_jointly_trained_heads_reports_the_backbone_drift_and_stays_lossless(varied_base, prompts, tmp_path, capsys):
+    from draftheads.train.config import load_recipe
+    from draftheads.train.loop import train
+    from helpers import overrides
+
+    run = tmp_path / "lora"
+    settings = {"train.backbone.mode": "lora", "train.backbone.lora.rank": 4, "train.lr": 0.003, "train.max_steps": 6}
+    train(load_recipe(None, overrides(varied_base, run, **settings)), progress=False)
+    out = tmp_path / "report.json"
+    assert main(["eval", "--heads", str(run / "heads"), "--prompts", str(prompts), "--max-new-tokens", "12", "--tree-budget", "6", "--out", str(out)]) == 0
+    report = json.loads(out.read_text())
+    # The autoregressive baseline and HF generate run the trained (merged) backbone: still lossless.
+    assert report["backbone_mode"] == "lora" and report["greedy_mismatches"] == 0 and report["hf_generate_mismatches"] == 0
+    drift = report["backbone_drift"]
+    trained = json.loads((run / "heads" / "training.json").read_text())["backbone"]["drift"]
+    # The same held-out rows as training's last evaluation, through the merged adapter instead of peft's.
+    assert drift["positions"] == trained["positions"]
+    assert abs(drift["agreement"] - trained["agreement"]) <= 2 / drift["positions"] and drift["agreement"] < 1.0
+    assert drift["perplexity_trained"] == pytest.approx(trained["perplexity_trained"], rel=1e-3)
+    assert drift["perplexity_original"] == pytest.approx(trained["perplexity_original"], rel=1e-6)
+    assert "backbone (lora): agrees with the original on" in capsys.readouterr().out
+    assert "it is not the original model" in out.with_suffix(".md").read_text()
+
+    (run / "heads" / "recipe.yaml").unlink()
+    assert main(["eval", "--heads", str(run / "heads"), "--prompts", str(prompts), "--max-new-tokens", "4", "--out", str(tmp_path / "again.json")]) == 0
+    assert "drift was not measured" in capsys.readouterr().out

@@ -15,26 +15,7 @@ from draftheads.train.config import load_recipe
 from draftheads.train.loop import train
 from draftheads.utils.errors import ModelLoadError
 
-
-def overrides(base, out, **extra) -> list[str]:
-    values = {
-        "model.base": str(base),
-        "data.sources": "[{path: demo:sharegpt, limit: 60}]",
-        "data.max_length": 64,
-        "data.skip_invalid": "true",
-        "data.eval_fraction": 0.1,
-        "heads.num_heads": 2,
-        "train.output_dir": str(out),
-        "train.max_steps": 8,
-        "train.batch_size": 2,
-        "train.lr": 0.01,
-        "train.warmup_steps": 2,
-        "train.eval_every": 100,
-        "train.save_every": 100,
-        "train.trackers": "[]",
-    }
-    values.update(extra)
-    return [f"{k}={v}" for k, v in values.items()]
+from helpers import launch, overrides
 
 
 def heads_of(out) -> dict[str, torch.Tensor]:
@@ -52,7 +33,7 @@ def test_loss_goes_down_and_heads_beat_their_untrained_selves(tiny_base, tmp_pat
     assert last < 0.9 * first, result.losses
     assert result.evals[-1]["loss"][0] < result.evals[0]["loss"][0]
     assert [e["step"] for e in result.evals] == [0, 15, 30]
-    assert sorted(p.name for p in (out / "heads").iterdir()) == ["README.md", "config.json", "model.safetensors", "training.json"]
+    assert sorted(p.name for p in (out / "heads").iterdir()) == ["README.md", "config.json", "model.safetensors", "recipe.yaml", "training.json"]
     assert "Held-out accuracy per head" in (out / "heads" / "README.md").read_text()
     assert list((out / "logs").rglob("events.out.tfevents*")), "tensorboard wrote nothing"
     assert list(tmp_path.rglob("offline-run-*")), "wandb (offline) wrote nothing"
@@ -100,13 +81,6 @@ def test_loading_on_a_different_base_is_refused(tiny_base, tmp_path, demo_tokeni
     (other_template / "chat_template.jinja").write_text("{{ messages[0]['content'] }}")
     with pytest.raises(ModelLoadError, match="tokenizer_fingerprint"):
         DraftModel.from_pretrained(out / "heads", base=str(other_template))
-
-
-def launch(config: str, base, out, **extra) -> None:
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    command = [sys.executable, "-m", "draftheads.scripts.cli", "train", "--accelerate-config", config, *overrides(base, out, **extra)]
-    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
-    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-4000:]
 
 
 @pytest.mark.parametrize("config", ["cpu-2proc", "deepspeed-zero2"])
