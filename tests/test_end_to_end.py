@@ -49,3 +49,32 @@ def test_gen_data_on_the_demo_model_answers_mt_bench_turn_by_turn(tmp_path):
     assert all(r["conversations"][1]["value"].strip() for r in records)  # the model really answered
     metadata = json.loads((out / "metadata.json").read_text())
     assert metadata["settings"]["hub_id"] == "HuggingFaceTB/SmolLM2-135M-Instruct" and metadata["counts"]["answers"] == 6
+
+
+@pytest.mark.slow
+def test_medusa2_lora_recipe_on_the_demo_model_reports_how_far_the_backbone_moved(tmp_path):
+    # The shipped recipe, shortened, on ShareGPT (its self-distilled data takes half an hour to make).
+    run = tmp_path / "m2"
+    command = ["draftheads", "train", "recipes/smollm2-135m/medusa2-lora.yaml", f"train.output_dir={run}",
+               "data.sources=[{path: demo:sharegpt, limit: 150}]", "train.max_steps=8", "train.backbone.heads_only_steps=3",
+               "train.backbone.head_weight_warmup_steps=2", "train.eval_every=8", "train.eval_batches=2", "train.save_every=8"]
+    done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=1500)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "step 8: backbone agrees with the original on" in done.stdout
+    heads = run / "heads"
+    assert (heads / "adapter" / "adapter_model.safetensors").is_file()
+    checkpoint = next((run / "checkpoints").iterdir())
+    assert sum(p.stat().st_size for p in checkpoint.rglob("*")) < 150e6  # adapter + heads + their Adam state (~70 MB), not the 540 MB base
+    report_path = tmp_path / "report.json"
+    evaluated = subprocess.run(
+        ["draftheads", "eval", "--heads", str(heads), "--prompts", "mt-bench", "--limit", "1", "--max-new-tokens", "16",
+         "--tree-budget", "4", "--drift-batches", "2", "--out", str(report_path)],
+        cwd=ROOT, capture_output=True, text=True, timeout=900,
+    )
+    assert evaluated.returncode == 0, evaluated.stderr[-3000:]
+    report = json.loads(report_path.read_text())
+    assert report["backbone_mode"] == "lora" and report["greedy_mismatches"] == 0
+    drift = report["backbone_drift"]
+    assert drift["positions"] > 100 and 0.9 < drift["agreement"] <= 1.0
+    trained = json.loads((heads / "training.json").read_text())["backbone"]["drift"]
+    assert abs(drift["agreement"] - trained["agreement"]) < 0.01  # the same held-out rows, merged adapter vs peft

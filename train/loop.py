@@ -27,6 +27,7 @@ from tqdm.auto import tqdm
 from draftheads.data.collate import Collator
 from draftheads.data.dataset import build_datasets
 from draftheads.data.features import open_feature_cache, training_layers
+from draftheads.eval.drift import drift_counts, drift_summary
 from draftheads.models.backbone import LAST, Backbone, load_backbone
 from draftheads.models.card import model_card
 from draftheads.models.draft_model import DraftModel, save_heads
@@ -39,7 +40,6 @@ from draftheads.train.checkpoint import (
     resolve_resume,
     save_checkpoint,
 )
-from draftheads.eval.drift import drift_counts, drift_summary
 from draftheads.train.config import LossConfig, Recipe, recipe_yaml, save_resolved
 from draftheads.train.joint import TrainableBackbone, quantization_config
 from draftheads.train.losses import backbone_loss_sum, depth_accuracy_counts, depth_loss_sums, depth_weights, target_counts
@@ -340,12 +340,16 @@ def train(recipe: Recipe, on_step: Callable[[int], None] | None = None, progress
             )
         result.losses.append(step_loss)
         bar.update(1)
-        bar.set_postfix(loss=f"{step_loss:.3f}", lr=f"{scheduler.get_last_lr()[0]:.2e}")
+        shown = {"loss": f"{step_loss:.3f}", "lr": f"{scheduler.get_last_lr()[0]:.2e}"}
+        if trainable is not None:
+            step_backbone = accelerator.reduce(step_backbone, "sum").item()
+            shown.update(backbone_loss=f"{step_backbone:.4f}", head_weight=f"{head_weight:.3f}")
+        bar.set_postfix(shown)
         if state.step % cfg.log_every == 0 or state.step == cfg.max_steps:
             elapsed = max(time.perf_counter() - started, 1e-9)
             logged = {"train/loss": step_loss, "train/lr": scheduler.get_last_lr()[0], "train/tokens_per_s": tokens_seen * world / elapsed}
             if trainable is not None:
-                logged.update({"train/loss_backbone": accelerator.reduce(step_backbone, "sum").item(), "train/head_weight": head_weight, "train/lr_backbone": scheduler.get_last_lr()[1]})
+                logged.update({"train/loss_backbone": step_backbone, "train/head_weight": head_weight, "train/lr_backbone": scheduler.get_last_lr()[1]})
             accelerator.log(logged, step=state.step)
         if state.step % cfg.eval_every == 0 or state.step == cfg.max_steps:
             run_eval(state.step)

@@ -125,3 +125,23 @@ def test_a_cache_without_the_layers_a_family_reads_is_refused(tiny_base, tmp_pat
     monkeypatch.setattr(type(recipe.heads), "feature_layers", lambda self: (0, 1))  # as an EAGLE-3 family declares
     with pytest.raises(ConfigError, match=r"layers \[0, 1\] are not cached \(cache has \[-1\]\)"):
         open_feature_cache(recipe, load_backbone(BackboneConfig(base=str(tiny_base))))
+
+
+def test_joint_training_with_the_cached_teacher_equals_the_adapter_disabled_teacher(tiny_base, tmp_path):
+    """Medusa-2 with train.backbone.teacher=cache: the original's distribution comes from the cache
+    (whole vocabulary here, so it is exact) and the backbone's stale cached features are not used."""
+    vocab = load_backbone(BackboneConfig(base=str(tiny_base))).vocab_size
+    extra = {
+        "data.feature_cache.dtype": "float32", "data.feature_cache.teacher_topk": vocab,
+        "train.backbone.mode": "lora", "train.backbone.lora.dropout": 0.0, "train.lr": 0.003,
+    }
+    build(tiny_base, tmp_path / "cache", **extra)
+    online = train(load_recipe(None, overrides(tiny_base, tmp_path / "online", **extra)), progress=False)
+    cached = train(load_recipe(None, overrides(tiny_base, tmp_path / "cached", tmp_path / "cache", **{**extra, "train.backbone.teacher": "cache"})), progress=False)
+    torch.testing.assert_close(torch.tensor(cached.losses), torch.tensor(online.losses), rtol=1e-4, atol=0)
+    # With LoRA the original stays at hand (adapter disabled), so the drift is measured either way.
+    assert cached.evals[-1]["drift"]["agreement"] == online.evals[-1]["drift"]["agreement"]
+    build_feature_cache(load_recipe(None, overrides(tiny_base, "x", tmp_path / "cache0", **{**extra, "data.feature_cache.teacher_topk": 0})), progress=False, log=lambda _: None)
+    no_teacher = load_recipe(None, overrides(tiny_base, tmp_path / "bad", tmp_path / "cache0", **{**extra, "train.backbone.teacher": "cache", "data.feature_cache.teacher_topk": 0}))
+    with pytest.raises(ConfigError, match="teacher=cache needs the teacher top-k"):
+        train(no_teacher, progress=False)

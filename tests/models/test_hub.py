@@ -59,3 +59,24 @@ def test_push_reports_a_refusal(heads_folder, tmp_path):
         done = subprocess.run([sys.executable, "-m", "draftheads.scripts.cli", "push", str(heads_folder), "me/x"], capture_output=True, text=True, env=env, timeout=120)
     assert done.returncode == 2 and "error: the Hub refused the upload to me/x (HTTP 404)" in done.stderr
     assert "Traceback" not in done.stderr and TOKEN not in done.stderr
+
+
+def test_push_of_jointly_trained_heads_uploads_the_adapter_and_says_the_backbone_changed(heads_folder, tiny_llama, tmp_path):
+    from peft import LoraConfig, get_peft_model
+
+    get_peft_model(tiny_llama, LoraConfig(r=2, target_modules=["q_proj"])).save_pretrained(str(heads_folder / "adapter"))
+    training = json.loads((heads_folder / "training.json").read_text())
+    training["backbone"] = {
+        "mode": "lora", "objective": "kl", "trainable_parameters": 512, "total_parameters": 100000, "rank": 2, "merged": False,
+        "drift": {"positions": 900, "agreement": 0.9912, "perplexity_original": 3.5, "perplexity_trained": 3.6},
+    }
+    (heads_folder / "training.json").write_text(json.dumps(training))
+    with RecordingHub() as hub:
+        env = {**os.environ, "HF_ENDPOINT": hub.url, "HF_TOKEN": TOKEN, "HOME": str(tmp_path)}
+        done = subprocess.run([sys.executable, "-m", "draftheads.scripts.cli", "push", str(heads_folder), "me/m2"], capture_output=True, text=True, env=env, timeout=120)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert {"adapter/adapter_config.json", "adapter/adapter_model.safetensors"} <= set(hub.files)
+    assert hub.files["adapter/adapter_model.safetensors"] == (heads_folder / "adapter" / "adapter_model.safetensors").read_bytes()
+    card = hub.files["README.md"].decode()
+    assert "## Backbone: changed by training" in card and "512 of 100,000 parameters trained" in card
+    assert "| greedy agreement with the original (same argmax) | 99.12% |" in card

@@ -143,6 +143,17 @@ def test_full_joint_training_exports_a_backbone_folder(varied_base, tmp_path):
         DraftModel.from_pretrained(heads_dir, base=str(varied_base))
 
 
+def test_a_merged_adapter_exports_the_same_model_as_the_adapter(varied_base, tmp_path):
+    adapter, merged = tmp_path / "adapter", tmp_path / "merged"
+    train(load_recipe(None, joint(varied_base, adapter)), progress=False)
+    train(load_recipe(None, joint(varied_base, merged, **{"train.backbone.merge_adapter": "true"})), progress=False)
+    assert (merged / "heads" / "backbone" / "model.safetensors").is_file() and not (merged / "heads" / "adapter").exists()
+    a, b = DraftModel.from_pretrained(adapter / "heads"), DraftModel.from_pretrained(merged / "heads")
+    batch = a_batch(varied_base, a.backbone.tokenizer)
+    torch.testing.assert_close(logits_of(b.backbone, batch), logits_of(a.backbone, batch), rtol=0, atol=1e-5)
+    assert json.loads((merged / "heads" / "training.json").read_text())["backbone"]["merged"] is True
+
+
 def test_two_stage_training_keeps_the_backbone_still_until_the_joint_stage(varied_base, tmp_path):
     out = tmp_path / "two-stage"
     extra = {"train.backbone.heads_only_steps": 3, "train.save_every": 3, "train.keep_checkpoints": 5, "train.backbone.head_weight_warmup_steps": 2}
