@@ -166,6 +166,8 @@ def run_eval(options: EvalOptions, out: Path, progress: bool = True) -> dict:
         raise ConfigError(f"--max-new-tokens must be at least 1, got {options.max_new_tokens}")
     if options.tree_budget < 1:
         raise ConfigError(f"--tree-budget must be at least 1, got {options.tree_budget}")
+    if options.drift_batches is not None and options.drift_batches < 1:
+        raise ConfigError(f"--drift-batches must be at least 1, got {options.drift_batches}")
     device = options.device if options.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
     prompts = load_prompts(options.prompts, options.limit)
     draft = DraftModel.from_pretrained(options.heads, options.base, device=device, dtype=options.dtype)

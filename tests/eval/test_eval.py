@@ -121,6 +121,8 @@ def test_eval_of_jointly_trained_heads_reports_the_backbone_drift_and_stays_loss
     assert "backbone (lora): agrees with the original on" in capsys.readouterr().out
     assert "it is not the original model" in out.with_suffix(".md").read_text()
 
+    assert main(["eval", "--heads", str(run / "heads"), "--prompts", str(prompts), "--drift-batches", "0"]) == 2
+    assert "--drift-batches must be at least 1" in capsys.readouterr().err
     (run / "heads" / "recipe.yaml").unlink()
     assert main(["eval", "--heads", str(run / "heads"), "--prompts", str(prompts), "--max-new-tokens", "4", "--out", str(tmp_path / "again.json")]) == 0
     assert "drift was not measured" in capsys.readouterr().out
