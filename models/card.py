@@ -38,7 +38,10 @@ def model_card(config: HeadConfig, training: dict | None = None, evaluation: dic
         ]
     lines += ["", "## Heads", "", "| setting | value |", "| --- | --- |", f"| head type | `{config.head_type}` |"]
     lines += [f"| {k} | `{v}` |" for k, v in settings.items()]
-    if training:
+    imported = (training or {}).get("imported_from")
+    if imported:
+        lines += ["", "## Provenance", "", f"Converted by `draftheads import {imported['format']}` from `{imported['source']}`, not trained here."]
+    elif training:
         lines += ["", "## Training", "", f"- steps: {training.get('steps')}", f"- data: {', '.join(training.get('data', []))}"]
         lines += [f"- rows: {training.get('train_rows')} training, {training.get('held_out_rows')} held out"]
         final, first = training.get("final_eval"), training.get("first_eval")

@@ -88,7 +88,7 @@ class DraftModel:
 
         Heads trained jointly with their backbone (Medusa-2) carry it: an `adapter/` (peft LoRA,
         applied to the base and merged) or a full `backbone/` folder (loaded instead of the base)."""
-        folder = _heads_folder(str(heads))
+        folder = resolve_folder(str(heads), "heads")
         config = read_head_config(folder)
         mode = "full" if (folder / BACKBONE_DIR).is_dir() else "lora" if (folder / ADAPTER_DIR).is_dir() else "frozen"
         if mode == "full" and base:
@@ -166,16 +166,17 @@ def _merged_adapter(model: torch.nn.Module, adapter_dir: Path) -> torch.nn.Modul
         raise ModelLoadError(f"{adapter_dir}: cannot apply this LoRA adapter to the base model: {exc}") from None
 
 
-def _heads_folder(spec: str) -> Path:
+def resolve_folder(spec: str, what: str = "heads") -> Path:
+    """A local folder, or a Hub repository id downloaded to the Hub cache; `what` names the
+    expected content in errors."""
     path = Path(spec).expanduser()
     if path.is_dir():
         return path
     if path.exists() or spec.startswith((".", "/", "~")) or spec.count("/") != 1:
-        raise ModelLoadError(f"{spec}: not a heads folder or a Hub repository id")
+        raise ModelLoadError(f"{spec}: not a {what} folder or a Hub repository id")
     from huggingface_hub import snapshot_download
 
     try:
         return Path(snapshot_download(spec))
-    except Exception as exc:  # network, auth or missing repo: all mean "cannot get these heads"
-        raise ModelLoadError(f"{spec}: cannot download heads from the Hub: {exc}") from None
-
+    except Exception as exc:  # network, auth or missing repo: all mean "cannot get these files"
+        raise ModelLoadError(f"{spec}: cannot download {what} from the Hub: {exc}") from None

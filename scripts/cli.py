@@ -29,6 +29,7 @@ VERBS = (
     Verb(("gen-data",), "draftheads.scripts.gen_data_cmd", "make self-distillation data: the base model answers the prompts itself (resumable)"),
     Verb(("cache-features",), "draftheads.scripts.cache_features_cmd", "run the frozen backbone once over a recipe's data and store the features its heads train on"),
     Verb(("train",), "draftheads.scripts.train_cmd", "train draft heads from a recipe (in this process, or through accelerate launch)"),
+    Verb(("import",), "draftheads.scripts.import_cmd", "convert FasterDecoding Medusa or SafeAILab EAGLE checkpoints into a heads folder"),
     Verb(("push",), "draftheads.scripts.push_cmd", "upload exported heads and their model card to the Hugging Face Hub"),
     Verb(("eval",), "draftheads.scripts.eval_cmd", "measure acceptance length and speedup of heads against autoregressive decoding and HF generate"),
     Verb(("tree",), "draftheads.scripts.tree_cmd", "choose the static draft tree with the best expected speedup on this machine"),

@@ -26,6 +26,26 @@ def tiny_llama_config(vocab_size: int = 128, layers: int = 2, hidden: int = 64, 
     )
 
 
+# Head-family options that change the architecture or the training forward, each a row of the
+# shared tests beside every registered family's defaults (fuse_layers fit the 2-layer tiny Llama).
+HEAD_VARIANTS = {
+    "eagle": {"eagle3": {"fuse_layers": [0, 1], "training_time_test": True}},
+    "hydra": {"hydra++": {"prefix_attention": True, "head_layers": 2}},
+    "clover": {"no-block": {"augmenting_block": False}},
+}
+
+
+def head_cases():
+    """pytest parameters (family, options): every registered family, then each variant above."""
+    import pytest
+
+    from draftheads.models.registry import HEADS
+
+    return [pytest.param(name, {}, id=name) for name in HEADS.names()] + [
+        pytest.param(name, options, id=f"{name}-{label}") for name, rows in HEAD_VARIANTS.items() for label, options in rows.items()
+    ]
+
+
 def write_jsonl(path: Path, records: list) -> Path:
     """Write records as JSON lines (strings are written verbatim, to make malformed lines)."""
     lines = [r if isinstance(r, str) else json.dumps(r) for r in records]

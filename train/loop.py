@@ -154,7 +154,7 @@ def evaluate(
     if trainable is not None:
         trainable.module.eval()
     layers = training_layers(heads.config)
-    counts = torch.zeros(heads.config.num_heads, 4, dtype=torch.float64)
+    counts = torch.zeros(heads.config.trained_depths(), 4, dtype=torch.float64)
     drift = torch.zeros(4, dtype=torch.float64)
     measure_drift = trainable is not None and trainable.has_original
     with torch.no_grad():
@@ -208,6 +208,9 @@ def train(recipe: Recipe, on_step: Callable[[int], None] | None = None, progress
     from accelerate.utils import set_seed
 
     cfg = recipe.train
+    problems = recipe.heads.training_problems()
+    if problems:
+        raise ConfigError("; ".join(f"heads.{problem}" for problem in problems))
     accelerator = make_accelerator(recipe)
     set_seed(cfg.seed)
     output_dir = Path(cfg.output_dir)
@@ -230,7 +233,7 @@ def train(recipe: Recipe, on_step: Callable[[int], None] | None = None, progress
 
     draft = DraftModel.new(backbone, recipe.heads)
     heads = draft.heads.train()
-    depths = recipe.heads.num_heads
+    depths = recipe.heads.trained_depths()
     trainable = TrainableBackbone(backbone, joint_cfg) if joint_cfg.trains else None
     groups = [{"params": list(heads.parameters()), "lr": cfg.lr * joint_cfg.heads_lr_multiplier}]
     if trainable is not None:

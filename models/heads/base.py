@@ -84,6 +84,17 @@ class HeadConfig:
         if self.num_heads < 1:
             raise ValueError(f"num_heads must be at least 1, got {self.num_heads}")
 
+    def trained_depths(self) -> int:
+        """Depths the training forward returns states for (1..this); drafting always goes
+        `num_heads` deep. A family that trains fewer depths than it drafts (EAGLE-1: one step on
+        the backbone's own features) says so here."""
+        return self.num_heads
+
+    def training_problems(self) -> list[str]:
+        """Settings these heads can be loaded with but not trained with, each "field: why" (the
+        trainer refuses to start on any)."""
+        return []
+
     def feature_layers(self) -> tuple[int, ...]:
         """Backbone layers the heads read (`LAST` = the final normed hidden state)."""
         return (LAST,)
@@ -109,7 +120,7 @@ class HeadOutput:
     """What a training forward returns."""
 
     states: list[torch.Tensor]
-    """One [batch, seq, hidden] tensor per depth 1..K."""
+    """One [batch, seq, hidden] tensor per trained depth 1..`config.trained_depths()`."""
     aux_losses: dict[str, torch.Tensor] = dataclasses.field(default_factory=dict)
     """Extra loss terms a family adds, already weighted (per-micro-batch means)."""
     predicted_features: list[torch.Tensor] | None = None

@@ -33,6 +33,7 @@ from torch import nn
 
 from draftheads.models.backbone import LAST, Backbone
 from draftheads.models.heads.base import DraftHeads, HeadConfig, HeadOutput
+from draftheads.models.heads.layers import AugmentingBlock, Shape, SharedEmbedding, appended, doc_mask, rope, shifted, split_heads
 from draftheads.models.heads.medusa import ResBlock
 from draftheads.models.registry import register_head
 
@@ -56,121 +57,11 @@ class CloverConfig(HeadConfig):
             raise ValueError(f"head_layers must be at least 0, got {self.head_layers}")
 
 
-@dataclass(frozen=True)
-class _Shape:
-    """The backbone's attention layout, which the augmenting block and the decoder copy."""
-
-    hidden: int
-    heads: int
-    kv_heads: int
-    head_dim: int
-    intermediate: int
-    eps: float
-    rope_theta: float
-
-    @classmethod
-    def of(cls, backbone: Backbone) -> "_Shape":
-        config = backbone.config
-        heads = config.num_attention_heads
-        rope = getattr(config, "rope_parameters", None) or {}
-        return cls(
-            hidden=config.hidden_size,
-            heads=heads,
-            kv_heads=getattr(config, "num_key_value_heads", None) or heads,
-            head_dim=getattr(config, "head_dim", None) or config.hidden_size // heads,
-            intermediate=getattr(config, "intermediate_size", None) or 4 * config.hidden_size,
-            eps=getattr(config, "rms_norm_eps", None) or 1e-6,
-            rope_theta=float(rope.get("rope_theta") or getattr(config, "rope_theta", None) or 10000.0),
-        )
-
-
-def _rope(x: torch.Tensor, positions: torch.Tensor, theta: float) -> torch.Tensor:
-    """Rotary position embedding (half-split layout, as Llama) of x [B, heads, T, D] at positions [B, T]."""
-    half = x.shape[-1] // 2
-    inv = 1.0 / theta ** (torch.arange(half, device=x.device, dtype=torch.float32) / half)
-    angles = positions[:, None, :, None].float() * inv  # [B, 1, T, half]
-    cos, sin = angles.cos().to(x.dtype), angles.sin().to(x.dtype)
-    first, second = x[..., :half], x[..., half:]
-    return torch.cat([first * cos - second * sin, second * cos + first * sin], dim=-1)
-
-
-def _split_heads(x: torch.Tensor, heads: int, head_dim: int) -> torch.Tensor:
-    """[B, T, heads * D] -> [B, heads, T, D]."""
-    return x.view(x.shape[0], x.shape[1], heads, head_dim).transpose(1, 2)
-
-
-def _doc_mask(positions: torch.Tensor) -> torch.Tensor:
-    """[B, 1, T, T] bool: query i may see key j when j <= i within the same document (packed rows
-    restart their position ids at 0 where a document begins)."""
-    doc = (positions == 0).cumsum(-1)
-    length = positions.shape[-1]
-    causal = torch.ones(length, length, dtype=torch.bool, device=positions.device).tril()
-    return (causal & (doc[:, :, None] == doc[:, None, :]))[:, None]
-
-
-class AugmentingBlock(nn.Module):
-    """One pre-norm decoder layer whose residual branches start gated at zero (identity)."""
-
-    def __init__(self, shape: _Shape):
-        super().__init__()
-        self.shape = shape
-        inner, kv = shape.heads * shape.head_dim, shape.kv_heads * shape.head_dim
-        self.input_norm = nn.RMSNorm(shape.hidden, eps=shape.eps)
-        self.q = nn.Linear(shape.hidden, inner, bias=False)
-        self.k = nn.Linear(shape.hidden, kv, bias=False)
-        self.v = nn.Linear(shape.hidden, kv, bias=False)
-        self.o = nn.Linear(inner, shape.hidden, bias=False)
-        self.post_norm = nn.RMSNorm(shape.hidden, eps=shape.eps)
-        self.gate_proj = nn.Linear(shape.hidden, shape.intermediate, bias=False)
-        self.up_proj = nn.Linear(shape.hidden, shape.intermediate, bias=False)
-        self.down_proj = nn.Linear(shape.intermediate, shape.hidden, bias=False)
-        self.attn_gate = nn.Parameter(torch.zeros(()))
-        self.mlp_gate = nn.Parameter(torch.zeros(()))
-
-    def forward(
-        self, x: torch.Tensor, positions: torch.Tensor, mask: torch.Tensor, past: tuple[torch.Tensor, torch.Tensor] | None = None
-    ) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
-        """x [B, T, H] at positions [B, T]; `mask` [B, 1, T, past+T]; returns y and the keys/values
-        of past + these positions (the block's KV cache)."""
-        s = self.shape
-        batch, length, _ = x.shape
-        h = self.input_norm(x)
-        q = _rope(_split_heads(self.q(h), s.heads, s.head_dim), positions, s.rope_theta)
-        k = _rope(_split_heads(self.k(h), s.kv_heads, s.head_dim), positions, s.rope_theta)
-        v = _split_heads(self.v(h), s.kv_heads, s.head_dim)
-        if past is not None:
-            k, v = torch.cat([past[0], k], dim=2), torch.cat([past[1], v], dim=2)
-        groups = s.heads // s.kv_heads
-        attn = F.scaled_dot_product_attention(q, k.repeat_interleave(groups, 1), v.repeat_interleave(groups, 1), attn_mask=mask)
-        x = x + self.attn_gate * self.o(attn.transpose(1, 2).reshape(batch, length, -1))
-        h = self.post_norm(x)
-        x = x + self.mlp_gate * self.down_proj(F.silu(self.gate_proj(h)) * self.up_proj(h))
-        return x, (k, v)
-
-    def copy_from(self, layer: nn.Module) -> bool:
-        """Take the weights of a Llama-style decoder layer when every name and shape matches."""
-        names = {
-            "input_norm.weight": "input_layernorm.weight", "q.weight": "self_attn.q_proj.weight",
-            "k.weight": "self_attn.k_proj.weight", "v.weight": "self_attn.v_proj.weight",
-            "o.weight": "self_attn.o_proj.weight", "post_norm.weight": "post_attention_layernorm.weight",
-            "gate_proj.weight": "mlp.gate_proj.weight", "up_proj.weight": "mlp.up_proj.weight",
-            "down_proj.weight": "mlp.down_proj.weight",
-        }
-        source = dict(layer.named_parameters())
-        ours = dict(self.named_parameters())
-        if any(theirs not in source or source[theirs].shape != ours[mine].shape for mine, theirs in names.items()):
-            return False
-        with torch.no_grad():
-            for mine, theirs in names.items():
-                ours[mine].copy_(source[theirs])
-        return True
-
-
 class RegressiveDecoder(nn.Module):
     """One regressive step: token embedding + previous state -> cross-attention over the augmented
     sequence -> gated residual update of the state."""
 
-    def __init__(self, shape: _Shape):
+    def __init__(self, shape: Shape):
         super().__init__()
         self.shape = shape
         inner = shape.heads * shape.head_dim
@@ -187,8 +78,8 @@ class RegressiveDecoder(nn.Module):
     def keys(self, augmented: torch.Tensor, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Keys (with RoPE) and values of the augmented states [B, T, H]: [B, heads, T, D] each."""
         s = self.shape
-        k = _split_heads(self.k(augmented), s.heads, s.head_dim)
-        return _rope(k, positions, s.rope_theta), _split_heads(self.v(augmented), s.heads, s.head_dim)
+        k = split_heads(self.k(augmented), s.heads, s.head_dim)
+        return rope(k, positions, s.rope_theta), split_heads(self.v(augmented), s.heads, s.head_dim)
 
     def step(
         self, state: torch.Tensor, token_embedding: torch.Tensor, positions: torch.Tensor,
@@ -199,7 +90,7 @@ class RegressiveDecoder(nn.Module):
         s = self.shape
         batch, length, _ = state.shape
         x = self.mix(torch.cat([self.token_norm(token_embedding), self.state_norm(state)], dim=-1))
-        q = _rope(_split_heads(self.q(x), s.heads, s.head_dim), positions, s.rope_theta)
+        q = rope(split_heads(self.q(x), s.heads, s.head_dim), positions, s.rope_theta)
         attn = F.scaled_dot_product_attention(q, keys, values, attn_mask=mask)
         update = self.o(attn.transpose(1, 2).reshape(batch, length, -1))
         return state + torch.sigmoid(self.gate(x)) * update
@@ -220,24 +111,16 @@ class CloverDraftState:
     memo: dict[tuple[int, ...], torch.Tensor] = field(default_factory=dict)
 
 
-class _Shared:
-    """The backbone's token embedding, held without registering it: heads never own (or save)
-    backbone parameters, and it stays frozen."""
-
-    def __init__(self, embed: nn.Module):
-        self.embed = embed
-
-
 @register_head("clover")
 class CloverHeads(DraftHeads):
     """Augmenting block + regressive attention decoder + per-depth residual heads."""
 
     config_class = CloverConfig
 
-    def __init__(self, config: CloverConfig, shape: _Shape, embed: nn.Module):
+    def __init__(self, config: CloverConfig, shape: Shape, embed: nn.Module):
         super().__init__(config)
         self.shape = shape
-        self.shared = _Shared(embed)
+        self.shared = SharedEmbedding(embed)
         self.block = AugmentingBlock(shape) if config.augmenting_block else None
         self.decoder = RegressiveDecoder(shape)
         self.heads = nn.ModuleList(
@@ -247,7 +130,7 @@ class CloverHeads(DraftHeads):
     @classmethod
     def build(cls, config: CloverConfig, backbone: Backbone) -> "CloverHeads":
         """Heads for `backbone`; the augmenting block starts from its last layer's weights."""
-        heads = cls(config, _Shape.of(backbone), backbone.embed_tokens)
+        heads = cls(config, Shape.of(backbone), backbone.embed_tokens)
         if heads.block is not None and config.init_from_last_layer:
             heads.block.copy_from(backbone.layers[-1])
         return heads.to(device=backbone.lm_head.weight.device, dtype=backbone.lm_head.weight.dtype)
@@ -263,16 +146,15 @@ class CloverHeads(DraftHeads):
         batch, length, _ = hidden.shape
         if position_ids is None:
             position_ids = torch.arange(length, device=hidden.device).expand(batch, -1)
-        mask = _doc_mask(position_ids)
+        mask = doc_mask(position_ids)
         augmented, _ = self._augment(hidden, position_ids, mask)
         keys, values = self.decoder.keys(augmented, position_ids)
         embeddings = self.shared.embed(input_ids).to(hidden.dtype)
         state = augmented
         states, predicted = [], []
         for depth in range(1, self.config.num_heads + 1):
-            # Token t+depth (the path's token at depth-1) feeds depth `depth`; past the row's end
-            # there is none (those positions have no target either).
-            token = F.pad(embeddings[:, depth:], (0, 0, 0, depth))
+            # Token t+depth (the path's token at depth-1) feeds depth `depth`.
+            token = shifted(embeddings, depth)
             state = self.decoder.step(state, token, position_ids + depth, keys, values, mask)
             predicted.append(state)
             states.append(self.heads[depth - 1](state))
@@ -287,9 +169,7 @@ class CloverHeads(DraftHeads):
         hidden = features[LAST]
         count = hidden.shape[1]
         start = previous.length if previous is not None else 0
-        positions = torch.arange(start, start + count, device=hidden.device)[None]
-        # New queries see every earlier token and the new ones causally.
-        mask = torch.ones(count, start + count, dtype=torch.bool, device=hidden.device).tril(start)[None, None]
+        positions, mask = appended(start, count, hidden.device)
         augmented, cache = self._augment(hidden, positions, mask, previous.block_cache if previous is not None else None)
         keys, values = self.decoder.keys(augmented, positions)
         if previous is not None:

@@ -10,7 +10,7 @@ from transformers import LlamaForCausalLM
 from draftheads.decoding.engine import Engine, GenerationConfig, TreeSpec
 from draftheads.models.backbone import Backbone, ModelLocation
 from draftheads.models.registry import HEADS
-from helpers import tiny_llama_config
+from helpers import head_cases, tiny_llama_config
 from oracle_heads import OracleHeads
 
 STATIC = TreeSpec("static", paths=[[0], [1], [2], [0, 0], [0, 1], [1, 0], [0, 0, 0], [0, 0, 0, 0]])
@@ -24,9 +24,9 @@ def backbone():
     return Backbone(model, None, ModelLocation("tiny", "tiny", None, "in-process"))
 
 
-def random_heads(backbone, family: str):
+def random_heads(backbone, family: str, **options):
     torch.manual_seed(1)
-    heads = HEADS.get(family).build(HEADS.config_class(family)(num_heads=4), backbone)
+    heads = HEADS.get(family).build(HEADS.config_class(family)(num_heads=4, **options), backbone)
     for parameter in heads.parameters():
         torch.nn.init.normal_(parameter, std=0.2)
     return heads.eval()
@@ -65,10 +65,10 @@ def test_autoregressive_engine_equals_hf_generate(backbone):
 
 
 @pytest.mark.parametrize("tree", [STATIC, DYNAMIC], ids=["static", "dynamic"])
-@pytest.mark.parametrize("family", HEADS.names())
-def test_tree_decoding_with_random_heads_of_every_family_is_greedy_decoding(backbone, family, tree):
+@pytest.mark.parametrize("family,options", head_cases())
+def test_tree_decoding_with_random_heads_of_every_family_is_greedy_decoding(backbone, family, options, tree):
     config = GenerationConfig(max_new_tokens=48, eos_token_ids=())
-    engine = Engine(backbone, random_heads(backbone, family), tree)
+    engine = Engine(backbone, random_heads(backbone, family, **options), tree)
     for prompt in prompts():
         result = engine.generate(prompt, config)
         assert result.tokens == hf_greedy(backbone, prompt, 48)

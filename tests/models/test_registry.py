@@ -29,7 +29,7 @@ def test_a_config_tag_that_differs_from_the_registered_name_is_refused():
 def test_unknown_head_type_lists_the_known_ones():
     from draftheads.models.registry import HEADS
 
-    with pytest.raises(ConfigError, match="heads.head_type: unknown head type 'nope'; known: clover, medusa"):
+    with pytest.raises(ConfigError, match="heads.head_type: unknown head type 'nope'; known: clover, eagle, hydra, medusa"):
         HEADS.get("nope", "heads.head_type")
 
 

@@ -13,7 +13,7 @@ from safetensors.torch import load_file
 from draftheads.models.draft_model import DraftModel
 from draftheads.train.config import load_recipe
 from draftheads.train.loop import train
-from draftheads.utils.errors import ModelLoadError
+from draftheads.utils.errors import ConfigError, ModelLoadError
 
 from helpers import launch, overrides
 
@@ -141,3 +141,33 @@ def test_clover_trains_through_the_same_loop_with_feature_regression_and_reloads
     assert draft.heads.config.head_type == "clover" and draft.heads.config.num_heads == 2
     exported = heads_of(out)
     assert any(name.startswith("block.") for name in exported) and not any("embed" in name for name in exported)
+
+
+@pytest.mark.parametrize(
+    "heads,extra",
+    [
+        ({"heads.head_type": "hydra"}, {}),
+        ({"heads.head_type": "hydra", "heads.prefix_attention": "true", "heads.head_layers": 2}, {"train.loss.soft_label_weight": 1.0}),
+        ({"heads.head_type": "eagle", "heads.feature_noise": 0.05}, {"train.loss.feature_weight": 1.0}),
+        ({"heads.head_type": "eagle", "heads.fuse_layers": "[0, 1]", "heads.training_time_test": "true"}, {"train.loss.soft_label_weight": 1.0}),
+    ],
+    ids=["hydra", "hydra++", "eagle1", "eagle3"],
+)
+def test_sequential_families_learn_through_the_same_loop_and_reload(heads, extra, varied_base, tmp_path):
+    out = tmp_path / "run"
+    values = {**heads, **extra, "train.max_steps": 30, "train.lr": 0.01, "data.packing": "true"}
+    result = train(load_recipe(None, overrides(varied_base, out, **values)), progress=False)
+    assert sum(result.losses[-4:]) < 0.9 * sum(result.losses[:4]), result.losses
+    trained = result.history[-1]["top1"]
+    assert len(trained) == (1 if heads == {"heads.head_type": "eagle", "heads.feature_noise": 0.05} else 2)  # EAGLE-1 trains depth 1
+    assert result.history[-1]["loss"][0] < result.history[0]["loss"][0] - 0.3, (result.history[0], result.history[-1])  # held-out CE
+    draft = DraftModel.from_pretrained(out / "heads")
+    assert draft.heads.config.head_type == heads["heads.head_type"] and draft.heads.config.num_heads == 2
+    assert not any("embed_tokens" in name or name.startswith("lm_head") for name in heads_of(out))  # backbone weights stay out
+
+
+def test_settings_the_trainer_cannot_train_are_refused_before_loading(tiny_base, tmp_path):
+    extra = {"heads.head_type": "eagle", "heads.draft_vocab_size": 16}
+    with pytest.raises(ConfigError, match="heads.draft_vocab_size: training a reduced draft vocabulary is not implemented"):
+        train(load_recipe(None, overrides(tiny_base, tmp_path / "run", **extra)), progress=False)
+    assert not (tmp_path / "run").exists()

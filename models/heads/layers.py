@@ -1,0 +1,153 @@
+"""Transformer pieces several head families share: the backbone's attention layout, rotary
+embeddings, document masks for packed rows, a gated decoder layer, and a holder for the backbone's
+token embedding (used, never owned).
+
+The gated layer is one pre-norm decoder layer (causal self-attention with RoPE and GQA, SwiGLU MLP)
+whose residual branches are scaled by learnable gates that start at 0, so an untrained layer is the
+identity; its weights can be copied from a Llama-style decoder layer of the backbone.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from draftheads.models.backbone import Backbone
+
+
+@dataclass(frozen=True)
+class Shape:
+    """The backbone's attention layout, which the heads' own layers copy."""
+
+    hidden: int
+    heads: int
+    kv_heads: int
+    head_dim: int
+    intermediate: int
+    eps: float
+    rope_theta: float
+
+    @classmethod
+    def of(cls, backbone: Backbone) -> "Shape":
+        """The layout of `backbone`'s decoder layers (Llama-style config names, with defaults)."""
+        config = backbone.config
+        heads = config.num_attention_heads
+        rope_params = getattr(config, "rope_parameters", None) or {}
+        return cls(
+            hidden=config.hidden_size,
+            heads=heads,
+            kv_heads=getattr(config, "num_key_value_heads", None) or heads,
+            head_dim=getattr(config, "head_dim", None) or config.hidden_size // heads,
+            intermediate=getattr(config, "intermediate_size", None) or 4 * config.hidden_size,
+            eps=getattr(config, "rms_norm_eps", None) or 1e-6,
+            rope_theta=float(rope_params.get("rope_theta") or getattr(config, "rope_theta", None) or 10000.0),
+        )
+
+
+def rope(x: torch.Tensor, positions: torch.Tensor, theta: float) -> torch.Tensor:
+    """Rotary position embedding (half-split layout, as Llama) of x [B, heads, T, D] at positions [B, T]."""
+    half = x.shape[-1] // 2
+    inv = 1.0 / theta ** (torch.arange(half, device=x.device, dtype=torch.float32) / half)
+    angles = positions[:, None, :, None].float() * inv  # [B, 1, T, half]
+    cos, sin = angles.cos().to(x.dtype), angles.sin().to(x.dtype)
+    first, second = x[..., :half], x[..., half:]
+    return torch.cat([first * cos - second * sin, second * cos + first * sin], dim=-1)
+
+
+def split_heads(x: torch.Tensor, heads: int, head_dim: int) -> torch.Tensor:
+    """[B, T, heads * D] -> [B, heads, T, D]."""
+    return x.view(x.shape[0], x.shape[1], heads, head_dim).transpose(1, 2)
+
+
+def doc_mask(positions: torch.Tensor) -> torch.Tensor:
+    """[B, 1, T, T] bool: query i may see key j when j <= i within the same document (packed rows
+    restart their position ids at 0 where a document begins)."""
+    doc = (positions == 0).cumsum(-1)
+    length = positions.shape[-1]
+    causal = torch.ones(length, length, dtype=torch.bool, device=positions.device).tril()
+    return (causal & (doc[:, :, None] == doc[:, None, :]))[:, None]
+
+
+def appended(start: int, count: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """Positions [1, count] of `count` tokens appended after `start` cached ones, and the mask
+    [1, 1, count, start + count] that lets each see every cached token and the new ones causally
+    (incremental drafting state, one document)."""
+    positions = torch.arange(start, start + count, device=device)[None]
+    mask = torch.ones(count, start + count, dtype=torch.bool, device=device).tril(start)[None, None]
+    return positions, mask
+
+
+def shifted(x: torch.Tensor, offset: int) -> torch.Tensor:
+    """x [B, T, H] moved `offset` positions left (position t holds x[t + offset]), zero past the end:
+    what a teacher-forced depth reads of the tokens after t (none past the row's end, where no
+    target is trained either)."""
+    return F.pad(x[:, offset:], (0, 0, 0, offset))
+
+
+class AugmentingBlock(nn.Module):
+    """One pre-norm decoder layer whose residual branches start gated at zero (identity)."""
+
+    def __init__(self, shape: Shape):
+        super().__init__()
+        self.shape = shape
+        inner, kv = shape.heads * shape.head_dim, shape.kv_heads * shape.head_dim
+        self.input_norm = nn.RMSNorm(shape.hidden, eps=shape.eps)
+        self.q = nn.Linear(shape.hidden, inner, bias=False)
+        self.k = nn.Linear(shape.hidden, kv, bias=False)
+        self.v = nn.Linear(shape.hidden, kv, bias=False)
+        self.o = nn.Linear(inner, shape.hidden, bias=False)
+        self.post_norm = nn.RMSNorm(shape.hidden, eps=shape.eps)
+        self.gate_proj = nn.Linear(shape.hidden, shape.intermediate, bias=False)
+        self.up_proj = nn.Linear(shape.hidden, shape.intermediate, bias=False)
+        self.down_proj = nn.Linear(shape.intermediate, shape.hidden, bias=False)
+        self.attn_gate = nn.Parameter(torch.zeros(()))
+        self.mlp_gate = nn.Parameter(torch.zeros(()))
+
+    def forward(
+        self, x: torch.Tensor, positions: torch.Tensor, mask: torch.Tensor, past: tuple[torch.Tensor, torch.Tensor] | None = None
+    ) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
+        """x [B, T, H] at positions [B, T]; `mask` [B, 1, T, past+T]; returns y and the keys/values
+        of past + these positions (the block's KV cache)."""
+        s = self.shape
+        batch, length, _ = x.shape
+        h = self.input_norm(x)
+        q = rope(split_heads(self.q(h), s.heads, s.head_dim), positions, s.rope_theta)
+        k = rope(split_heads(self.k(h), s.kv_heads, s.head_dim), positions, s.rope_theta)
+        v = split_heads(self.v(h), s.kv_heads, s.head_dim)
+        if past is not None:
+            k, v = torch.cat([past[0], k], dim=2), torch.cat([past[1], v], dim=2)
+        groups = s.heads // s.kv_heads
+        attn = F.scaled_dot_product_attention(q, k.repeat_interleave(groups, 1), v.repeat_interleave(groups, 1), attn_mask=mask)
+        x = x + self.attn_gate * self.o(attn.transpose(1, 2).reshape(batch, length, -1))
+        h = self.post_norm(x)
+        x = x + self.mlp_gate * self.down_proj(F.silu(self.gate_proj(h)) * self.up_proj(h))
+        return x, (k, v)
+
+    def copy_from(self, layer: nn.Module) -> bool:
+        """Take the weights of a Llama-style decoder layer when every name and shape matches."""
+        names = {
+            "input_norm.weight": "input_layernorm.weight", "q.weight": "self_attn.q_proj.weight",
+            "k.weight": "self_attn.k_proj.weight", "v.weight": "self_attn.v_proj.weight",
+            "o.weight": "self_attn.o_proj.weight", "post_norm.weight": "post_attention_layernorm.weight",
+            "gate_proj.weight": "mlp.gate_proj.weight", "up_proj.weight": "mlp.up_proj.weight",
+            "down_proj.weight": "mlp.down_proj.weight",
+        }
+        source = dict(layer.named_parameters())
+        ours = dict(self.named_parameters())
+        if any(theirs not in source or source[theirs].shape != ours[mine].shape for mine, theirs in names.items()):
+            return False
+        with torch.no_grad():
+            for mine, theirs in names.items():
+                ours[mine].copy_(source[theirs])
+        return True
+
+
+class SharedEmbedding:
+    """The backbone's token embedding, held without registering it: heads never own (or save)
+    backbone parameters, and it stays frozen."""
+
+    def __init__(self, embed: nn.Module):
+        self.embed = embed
