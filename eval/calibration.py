@@ -79,7 +79,7 @@ def rank_stats(draft: DraftModel, sequences: list[tuple[list[int], int]], max_ra
         if last < first:
             continue
         out = backbone.features(ids_t, layers=heads.config.feature_layers())
-        states = heads(out.features, ids_t).states
+        states = heads(out.features, ids_t, depths=depths).states
         index = torch.arange(first, last + 1, device=device)
         ranks = []
         for k in range(1, depths + 1):

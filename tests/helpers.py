@@ -46,6 +46,17 @@ def head_cases():
     ]
 
 
+def trained_looking(heads):
+    """`heads` in eval mode with random weights (norms at 1), not the identity they start as."""
+    import torch
+
+    torch.manual_seed(3)
+    with torch.no_grad():
+        for name, p in heads.named_parameters():
+            p.normal_(std=0.1) if "norm" not in name else p.fill_(1.0)
+    return heads.eval()
+
+
 def write_jsonl(path: Path, records: list) -> Path:
     """Write records as JSON lines (strings are written verbatim, to make malformed lines)."""
     lines = [r if isinstance(r, str) else json.dumps(r) for r in records]

@@ -138,8 +138,11 @@ class DraftHeads(nn.Module):
         super().__init__()
         self.config = config
 
-    def forward(self, features: dict[int, torch.Tensor], input_ids: torch.Tensor, position_ids: torch.Tensor | None = None) -> HeadOutput:
-        """Per-depth states at every position (training)."""
+    def forward(
+        self, features: dict[int, torch.Tensor], input_ids: torch.Tensor, position_ids: torch.Tensor | None = None, depths: int | None = None
+    ) -> HeadOutput:
+        """Per-depth states at every position: depths 1..`depths` (default: the trained ones,
+        `config.trained_depths()`; at most `num_heads`, computed as drafting computes them)."""
         raise NotImplementedError
 
     def project(self, depth: int, states: torch.Tensor, lm_head: nn.Module) -> torch.Tensor:

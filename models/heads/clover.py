@@ -140,7 +140,9 @@ class CloverHeads(DraftHeads):
             return hidden, None
         return self.block(hidden, positions, mask, past)
 
-    def forward(self, features: dict[int, torch.Tensor], input_ids: torch.Tensor, position_ids: torch.Tensor | None = None) -> HeadOutput:
+    def forward(
+        self, features: dict[int, torch.Tensor], input_ids: torch.Tensor, position_ids: torch.Tensor | None = None, depths: int | None = None
+    ) -> HeadOutput:
         """Depth k at every position t, teacher-forced on tokens t+1..t+k (what a drafted path holds)."""
         hidden = features[LAST]
         batch, length, _ = hidden.shape
@@ -152,7 +154,7 @@ class CloverHeads(DraftHeads):
         embeddings = self.shared.embed(input_ids).to(hidden.dtype)
         state = augmented
         states, predicted = [], []
-        for depth in range(1, self.config.num_heads + 1):
+        for depth in range(1, (depths or self.config.num_heads) + 1):
             # Token t+depth (the path's token at depth-1) feeds depth `depth`.
             token = shifted(embeddings, depth)
             state = self.decoder.step(state, token, position_ids + depth, keys, values, mask)

@@ -258,9 +258,12 @@ class EagleHeads(DraftHeads):
             return features[LAST]
         return self.fuse(torch.cat([features[i] for i in self.config.fuse_layers], dim=-1))
 
-    def forward(self, features: dict[int, torch.Tensor], input_ids: torch.Tensor, position_ids: torch.Tensor | None = None) -> HeadOutput:
+    def forward(
+        self, features: dict[int, torch.Tensor], input_ids: torch.Tensor, position_ids: torch.Tensor | None = None, depths: int | None = None
+    ) -> HeadOutput:
         """Depth k at every position t: the layer unrolled k times from the pair (f_t, token t+1),
-        each later depth on its own previous output and token t+k (what a drafted path holds)."""
+        each later depth on its own previous output and token t+k (what a drafted path holds).
+        EAGLE-1 trains depth 1 only, but any depth can be asked for (eval's accuracy by depth)."""
         feature = self._feature(features)
         if self.training and self.config.feature_noise > 0:
             feature = feature + (torch.rand_like(feature) * 2 - 1) * self.config.feature_noise
@@ -273,7 +276,7 @@ class EagleHeads(DraftHeads):
         scale = 1.0 / math.sqrt(self.shape.head_dim)
         states, predicted, diagonal = [], [], []
         sequence = None
-        for depth in range(1, self.config.trained_depths() + 1):
+        for depth in range(1, (depths or self.config.trained_depths()) + 1):
             x, residual = self.layer.pair(feature, shifted(embeddings, depth))
             q, k, v = self.layer.qkv(x, position_ids + depth - 1)
             if sequence is None:

@@ -94,7 +94,9 @@ class HydraHeads(DraftHeads):
         """State of head `depth` from a_t [..., H] and the path's embeddings [..., depth * H]."""
         return self.heads[depth - 1](anchor + self.inputs[depth - 1](path_embeddings))
 
-    def forward(self, features: dict[int, torch.Tensor], input_ids: torch.Tensor, position_ids: torch.Tensor | None = None) -> HeadOutput:
+    def forward(
+        self, features: dict[int, torch.Tensor], input_ids: torch.Tensor, position_ids: torch.Tensor | None = None, depths: int | None = None
+    ) -> HeadOutput:
         """Depth k at every position t, teacher-forced on tokens t+1..t+k (what a drafted path holds)."""
         hidden = features[LAST]
         batch, length, _ = hidden.shape
@@ -104,8 +106,9 @@ class HydraHeads(DraftHeads):
                 position_ids = torch.arange(length, device=hidden.device).expand(batch, -1)
             anchor, _ = self.block(hidden, position_ids, doc_mask(position_ids))
         embeddings = self.shared.embed(input_ids).to(hidden.dtype)
-        path = [shifted(embeddings, offset) for offset in range(1, self.config.num_heads + 1)]
-        states = [self._head(depth, anchor, torch.cat(path[:depth], dim=-1)) for depth in range(1, self.config.num_heads + 1)]
+        count = depths or self.config.num_heads
+        path = [shifted(embeddings, offset) for offset in range(1, count + 1)]
+        states = [self._head(depth, anchor, torch.cat(path[:depth], dim=-1)) for depth in range(1, count + 1)]
         return HeadOutput(states=states)
 
     def project(self, depth: int, states: torch.Tensor, lm_head: nn.Module) -> torch.Tensor:

@@ -79,10 +79,12 @@ class MedusaHeads(DraftHeads):
                     projection.weight.copy_(backbone.lm_head.weight)
         return heads.to(device=backbone.lm_head.weight.device)
 
-    def forward(self, features: dict[int, torch.Tensor], input_ids: torch.Tensor, position_ids: torch.Tensor | None = None) -> HeadOutput:
+    def forward(
+        self, features: dict[int, torch.Tensor], input_ids: torch.Tensor, position_ids: torch.Tensor | None = None, depths: int | None = None
+    ) -> HeadOutput:
         """States of every head at every position."""
         hidden = features[LAST]
-        return HeadOutput(states=[block(hidden) for block in self.blocks])
+        return HeadOutput(states=[block(hidden) for block in self.blocks[: depths or self.config.num_heads]])
 
     def project(self, depth: int, states: torch.Tensor, lm_head: nn.Module) -> torch.Tensor:
         """Logits of head `depth` (1-based)."""

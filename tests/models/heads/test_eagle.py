@@ -7,21 +7,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from draftheads.models.backbone import LAST, Backbone, ModelLocation
+from draftheads.models.backbone import LAST
 from draftheads.models.heads.eagle import EagleConfig, EagleHeads
-
-
-@pytest.fixture
-def backbone(tiny_llama):
-    return Backbone(tiny_llama, None, ModelLocation("tiny", "tiny", None, "in-process"))
-
-
-def trained_looking(heads):
-    torch.manual_seed(3)
-    with torch.no_grad():
-        for name, p in heads.named_parameters():
-            p.normal_(std=0.1) if "norm" not in name else p.fill_(1.0)
-    return heads.eval()
+from helpers import trained_looking
 
 
 EAGLE3 = {"fuse_layers": [0, 1], "training_time_test": True}
@@ -109,3 +97,13 @@ def test_bad_eagle_settings_are_refused(backbone):
     with pytest.raises(ValueError, match=r"fuse_layers: layer 5 is out of range \(2 decoder layers: 0..1\)"):
         EagleHeads.build(EagleConfig(fuse_layers=[0, 5]), backbone)
     assert EagleConfig(draft_vocab_size=10).training_problems()
+
+
+def test_eval_statistics_cover_every_drafted_depth_of_eagle1(backbone):
+    from draftheads.eval.calibration import rank_stats
+    from draftheads.models.draft_model import DraftModel
+
+    heads = trained_looking(EagleHeads.build(EagleConfig(num_heads=3), backbone))
+    assert heads.config.trained_depths() == 1
+    stats = rank_stats(DraftModel(backbone, heads), [(torch.randint(0, 128, (20,)).tolist(), 5)])
+    assert len(stats.depth_topk) == 3 and stats.positions > 0

@@ -6,21 +6,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from draftheads.models.backbone import LAST, Backbone, ModelLocation
+from draftheads.models.backbone import LAST
 from draftheads.models.heads.hydra import HydraConfig, HydraHeads
-
-
-@pytest.fixture
-def backbone(tiny_llama):
-    return Backbone(tiny_llama, None, ModelLocation("tiny", "tiny", None, "in-process"))
-
-
-def trained_looking(heads):
-    torch.manual_seed(3)
-    with torch.no_grad():
-        for name, p in heads.named_parameters():
-            p.normal_(std=0.1) if "norm" not in name else p.fill_(1.0)
-    return heads.eval()
+from helpers import trained_looking
 
 
 @pytest.mark.parametrize("prefix_attention", [False, True])
