@@ -120,7 +120,8 @@ class HeadOutput:
     """What a training forward returns."""
 
     states: list[torch.Tensor]
-    """One [batch, seq, hidden] tensor per trained depth 1..`config.trained_depths()`."""
+    """One [batch, seq, hidden] tensor per depth 1..d (d: what `forward` was asked for, by default
+    `config.trained_depths()`)."""
     aux_losses: dict[str, torch.Tensor] = dataclasses.field(default_factory=dict)
     """Extra loss terms a family adds, already weighted (per-micro-batch means)."""
     predicted_features: list[torch.Tensor] | None = None
