@@ -23,16 +23,13 @@ import torch
 from draftheads.models.backbone import Backbone, BackboneConfig, load_backbone
 from draftheads.models.draft_model import DraftModel
 from draftheads.models.heads.eagle import EagleConfig
-from draftheads.models.heads.layers import Shape
+from draftheads.models.heads.layers import LLAMA_LAYER_NAMES, Shape
 from draftheads.models.import_common import read_source_config, read_source_weights, source_folder, write_imported
 from draftheads.utils.errors import ModelLoadError
 
 WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin", "pytorch_model.pt")
-LAYER_NAMES = {
-    "self_attn.q_proj.weight": "q.weight", "self_attn.k_proj.weight": "k.weight", "self_attn.v_proj.weight": "v.weight",
-    "self_attn.o_proj.weight": "o.weight", "post_attention_layernorm.weight": "post_norm.weight",
-    "mlp.gate_proj.weight": "gate_proj.weight", "mlp.up_proj.weight": "up_proj.weight", "mlp.down_proj.weight": "down_proj.weight",
-}
+LAYER_NAMES = {f"{theirs}.weight": f"{mine}.weight" for mine, theirs in LLAMA_LAYER_NAMES.items()}
+"""The reference layer's weight names -> our EagleLayer's."""
 IGNORED = ("embed_tokens.weight", "t2d")
 """The base model's embedding (EAGLE-1 saves a copy) and EAGLE-3's token->draft mask (d2t's inverse)."""
 
@@ -104,6 +101,8 @@ def import_eagle(
 ) -> DraftModel:
     """Convert the SafeAILab EAGLE checkpoint `spec` (folder or Hub id) into a heads folder at `out`
     for `base`, drafting `num_heads` tokens deep (EAGLE-3: fusing `fuse_layers`, default as the reference)."""
+    if num_heads < 1:
+        raise ModelLoadError(f"{spec}: the draft depth (--num-heads) must be at least 1, got {num_heads}")
     folder = source_folder(spec)
     config = read_source_config(folder)
     config_path = folder / "config.json"

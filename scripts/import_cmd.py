@@ -11,7 +11,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("source", metavar="SRC", help="the checkpoint: a local folder or a Hub repository id")
     parser.add_argument("--out", required=True, help="heads folder to write (replaced atomically)")
     parser.add_argument("--base", help="base model (default: the checkpoint's base_model_name_or_path)")
-    parser.add_argument("--num-heads", type=int, default=5, help="eagle: draft depth (default 5)")
+    parser.add_argument("--num-heads", type=int, help="eagle: draft depth (default 5)")
     parser.add_argument("--fuse-layers", type=int, nargs=3, metavar="LAYER", help="eagle-3: fused layers (default: as the reference reads them)")
 
 
@@ -19,12 +19,16 @@ def run(args: argparse.Namespace) -> int:
     """Convert the checkpoint and print where the heads went."""
     if args.format == "medusa":
         from draftheads.models.import_medusa import import_medusa
+        from draftheads.utils.errors import ConfigError
+
+        if args.num_heads is not None or args.fuse_layers:
+            raise ConfigError("--num-heads and --fuse-layers apply to eagle checkpoints; a Medusa checkpoint has its own heads")
 
         draft = import_medusa(args.source, args.out, args.base)
     else:
         from draftheads.models.import_eagle import import_eagle
 
-        draft = import_eagle(args.source, args.out, args.base, args.num_heads, args.fuse_layers)
+        draft = import_eagle(args.source, args.out, args.base, 5 if args.num_heads is None else args.num_heads, args.fuse_layers)
     config = draft.heads.config
     print(f"imported {config.head_type} heads ({config.num_heads} deep) for {config.base.model} into {args.out}")
     return 0

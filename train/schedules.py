@@ -21,11 +21,10 @@ def lr_lambda(step: int, warmup: int, total: int, kind: str, min_ratio: float) -
 
 
 def make_scheduler(optimizer: torch.optim.Optimizer, warmup: int, total: int, kind: str, min_ratio: float, heads_only_steps: int = 0):
-    """A LambdaLR stepping once per optimizer step; with two parameter groups (heads, backbone)
-    the backbone's follows `joint_lr_lambdas`."""
-    if len(optimizer.param_groups) == 2:
-        return torch.optim.lr_scheduler.LambdaLR(optimizer, joint_lr_lambdas(warmup, total, kind, min_ratio, heads_only_steps))
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_lambda(step, warmup, total, kind, min_ratio))
+    """A LambdaLR stepping once per optimizer step, one multiplier per parameter group: the heads
+    (always the first group) and, in joint training, the backbone (see `joint_lr_lambdas`)."""
+    lambdas = joint_lr_lambdas(warmup, total, kind, min_ratio, heads_only_steps)
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambdas[: len(optimizer.param_groups)])
 
 
 def ramp(step: int, steps: int, kind: str) -> float:

@@ -28,7 +28,6 @@ training starts from a sensible draft. Converted checkpoints set the gates to 1.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -38,7 +37,7 @@ from torch import nn
 
 from draftheads.models.backbone import LAST, Backbone
 from draftheads.models.heads.base import DraftHeads, HeadConfig, HeadOutput
-from draftheads.models.heads.layers import Shape, SharedEmbedding, appended, doc_mask, rope, shifted, split_heads
+from draftheads.models.heads.layers import LLAMA_LAYER_NAMES, Shape, SharedEmbedding, appended, doc_mask, rope, shifted, split_heads
 from draftheads.models.registry import register_head
 
 
@@ -150,55 +149,57 @@ class EagleLayer(nn.Module):
         return x + self.mlp_gate * self.down_proj(F.silu(self.gate_proj(h)) * self.up_proj(h))
 
     def copy_from(self, layer: nn.Module) -> bool:
-        """Take a Llama-style decoder layer's weights where names and shapes match; with the EAGLE-3
-        layout its attention weights fill the feature half of the 2H-wide input (the embedding half
-        starts at zero)."""
+        """Take a Llama-style decoder layer's weights when every name and shape fits (nothing is
+        copied otherwise); with the EAGLE-3 layout its attention weights fill the feature half of
+        the 2H-wide input (the embedding half starts at zero)."""
         source = dict(layer.named_parameters())
-        names = {
-            "q": "self_attn.q_proj.weight", "k": "self_attn.k_proj.weight", "v": "self_attn.v_proj.weight",
-            "o": "self_attn.o_proj.weight", "post_norm": "post_attention_layernorm.weight",
-            "gate_proj": "mlp.gate_proj.weight", "up_proj": "mlp.up_proj.weight", "down_proj": "mlp.down_proj.weight",
-        }
-        if any(theirs not in source for theirs in names.values()):
-            return False
         hidden = self.shape.hidden
+        pairs = []
+        for mine, theirs in LLAMA_LAYER_NAMES.items():
+            target, weight = getattr(self, mine).weight, source.get(f"{theirs}.weight")
+            widened = self.fused and mine in ("q", "k", "v")
+            if weight is None or weight.shape != ((target.shape[0], hidden) if widened else target.shape):
+                return False
+            pairs.append((target, weight, widened))
         with torch.no_grad():
-            for mine, theirs in names.items():
-                target, weight = getattr(self, mine).weight, source[theirs]
-                if self.fused and mine in ("q", "k", "v"):
-                    if weight.shape != (target.shape[0], hidden):
-                        return False
+            for target, weight, widened in pairs:
+                if widened:
                     target.zero_()
                     target[:, hidden:].copy_(weight)
-                elif weight.shape == target.shape:
-                    target.copy_(weight)
                 else:
-                    return False
+                    target.copy_(weight)
         return True
 
 
-def _grouped(x: torch.Tensor, groups: int) -> torch.Tensor:
-    """Key/value heads repeated for grouped-query attention."""
-    return x.repeat_interleave(groups, dim=1) if groups > 1 else x
-
-
-def _mix(scores: list[torch.Tensor], values: list[torch.Tensor]) -> torch.Tensor:
-    """Softmax over the concatenated score blocks (each [..., S_i]) and the matching weighted sums
-    of value blocks (each [..., S_i, D]); fp32 softmax."""
-    weights = torch.softmax(torch.cat(scores, dim=-1).float(), dim=-1).to(values[0].dtype)
+def _attend(q: torch.Tensor, shared: list[tuple], diagonal: list[tuple] = ()) -> torch.Tensor:
+    """Softmax attention of queries q [B, heads, T, D] over blocks of keys and values kept per
+    key/value head (grouped-query attention without repeating the keys: the drafting cache is
+    read in place). `shared` blocks (keys, values, mask or None), keys [B or 1, kv, S, D], are seen
+    by every query (a mask [B, 1, T, S] hides some); in `diagonal` blocks (keys, values), keys
+    [B, kv, T, D], query t sees only key t. One fp32 softmax over all of them."""
+    batch, heads, length, dim = q.shape
+    kv = shared[0][0].shape[1]
+    grouped = q.view(batch, kv, heads // kv, length, dim) * dim**-0.5
+    scores = []
+    for keys, _, mask in shared:
+        block = grouped @ keys.unsqueeze(2).transpose(-1, -2)
+        scores.append(block if mask is None else block.masked_fill(~mask.unsqueeze(2), float("-inf")))
+    scores += [(grouped * keys.unsqueeze(2)).sum(-1, keepdim=True) for keys, _ in diagonal]
+    weights = torch.softmax(torch.cat(scores, dim=-1).float(), dim=-1).to(q.dtype)
     out, start = 0, 0
-    for block_scores, block_values in zip(scores, values):
-        width = block_scores.shape[-1]
-        out = out + weights[..., start : start + width] @ block_values
-        start += width
-    return out
+    for keys, values, _ in shared:
+        out = out + weights[..., start : start + keys.shape[-2]] @ values.unsqueeze(2)
+        start += keys.shape[-2]
+    for offset, (_, values) in enumerate(diagonal):
+        out = out + weights[..., start + offset : start + offset + 1] * values.unsqueeze(2)
+    return out.reshape(batch, heads, length, dim)
 
 
 @dataclass
 class EagleDraftState:
     """Drafting state: keys/values of the accepted sequence's pairs, the feature of the last
-    accepted token (its pair waits for the next token), and per drafted path prefix its node's
-    key, value and output."""
+    accepted token (its pair waits for the next token), and per drafted path its nodes' keys and
+    values and its last node's output."""
 
     length: int
     """Pairs cached (positions 0..length-1); the root's pair gets position `length`."""
@@ -208,6 +209,7 @@ class EagleDraftState:
     pending: torch.Tensor
     """[H]: the last accepted token's feature."""
     memo: dict[tuple[int, ...], tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = field(default_factory=dict)
+    """path -> keys and values [kv_heads, depth, D] of its nodes (root first), and its last node's output [H]."""
 
 
 @register_head("eagle")
@@ -272,26 +274,20 @@ class EagleHeads(DraftHeads):
             position_ids = torch.arange(length, device=feature.device).expand(batch, -1)
         mask = doc_mask(position_ids)
         embeddings = self.shared.embed(input_ids).to(feature.dtype)
-        groups = self.shape.heads // self.shape.kv_heads
-        scale = 1.0 / math.sqrt(self.shape.head_dim)
-        states, predicted, diagonal = [], [], []
+        states, diagonal = [], []
         sequence = None
         for depth in range(1, (depths or self.config.trained_depths()) + 1):
             x, residual = self.layer.pair(feature, shifted(embeddings, depth))
             q, k, v = self.layer.qkv(x, position_ids + depth - 1)
             if sequence is None:
-                sequence = (_grouped(k, groups), _grouped(v, groups))
+                sequence = (k, v, mask)
             else:
-                diagonal.append((_grouped(k, groups), _grouped(v, groups)))
+                diagonal.append((k, v))
             # The pairs of the sequence up to t (same document), then depths 2..k of position t itself.
-            scores = [(q @ sequence[0].transpose(-1, -2) * scale).masked_fill(~mask, float("-inf"))]
-            scores += [(q * dk).sum(-1, keepdim=True) * scale for dk, _ in diagonal]
-            values = [sequence[1]] + [dv.unsqueeze(-2) for _, dv in diagonal]
-            feature = self.layer.finish(residual, _mix_diagonal(scores, values))
-            predicted.append(feature)
+            feature = self.layer.finish(residual, _attend(q, [sequence], diagonal))
             states.append(feature)
         # EAGLE-3's output lives in the fused space, not the backbone's final one: nothing to regress onto.
-        return HeadOutput(states=states, predicted_features=None if self.config.fused else predicted)
+        return HeadOutput(states=states, predicted_features=None if self.config.fused else list(states))
 
     def _logits(self, states: torch.Tensor, lm_head: nn.Module) -> torch.Tensor:
         """Logits over the draft vocabulary (the full one unless reduced)."""
@@ -334,7 +330,7 @@ class EagleHeads(DraftHeads):
         return full.index_copy(-1, self.draft_to_token, logprobs)
 
     def _nodes(self, state: EagleDraftState, paths: torch.Tensor) -> torch.Tensor:
-        """Outputs [N, H] of the paths' last nodes, memoising key, value and output per path."""
+        """Outputs [N, H] of the paths' last nodes, memoising each path's keys, values and output."""
         depth = paths.shape[1]
         names = [tuple(p) for p in paths.tolist()]
         if all(n in state.memo for n in names):
@@ -343,30 +339,12 @@ class EagleHeads(DraftHeads):
         feature = self._nodes(state, paths[:, :-1]) if depth > 1 else state.pending.expand(count, -1)
         x, residual = self.layer.pair(feature[:, None], self.shared.embed(paths[:, -1:].to(device)).to(feature.dtype))
         q, k, v = self.layer.qkv(x, torch.full((count, 1), state.length + depth - 1, device=device))
-        groups = self.shape.heads // self.shape.kv_heads
-        scale = 1.0 / math.sqrt(self.shape.head_dim)
-        if depth > 1:  # the path's earlier nodes, root first, then this node
-            ancestors = [[state.memo[name[:j]] for j in range(1, depth)] for name in names]
-            path_k = torch.stack([torch.stack([a[0] for a in row], dim=1) for row in ancestors])  # [N, kv, d-1, D]
-            path_v = torch.stack([torch.stack([a[1] for a in row], dim=1) for row in ancestors])
-            path_k, path_v = torch.cat([path_k, k], dim=2), torch.cat([path_v, v], dim=2)
-        else:
-            path_k, path_v = k, v
-        cached_k, cached_v = _grouped(state.keys, groups), _grouped(state.values, groups)
-        path_k, path_v = _grouped(path_k, groups), _grouped(path_v, groups)
-        scores = [q @ cached_k.transpose(-1, -2) * scale, q @ path_k.transpose(-1, -2) * scale]
-        out = self.layer.finish(residual, _mix(scores, [cached_v.expand(count, -1, -1, -1), path_v]))[:, 0]
+        if depth > 1:  # the keys/values of the path's earlier nodes (root first), then this node's
+            parents = [state.memo[name[:-1]] for name in names]
+            k = torch.cat([torch.stack([p[0] for p in parents]), k], dim=2)
+            v = torch.cat([torch.stack([p[1] for p in parents]), v], dim=2)
+        out = self.layer.finish(residual, _attend(q, [(state.keys, state.values, None), (k, v, None)]))[:, 0]
         for i, name in enumerate(names):
-            state.memo[name] = (k[i, :, 0], v[i, :, 0], out[i])
+            state.memo[name] = (k[i], v[i], out[i])
         return out
 
-
-def _mix_diagonal(scores: list[torch.Tensor], values: list[torch.Tensor]) -> torch.Tensor:
-    """Training attention: the first block is [B, h, T, T] scores over the sequence's values
-    [B, h, T, D]; each later block is one key per query ([B, h, T, 1] scores, [B, h, T, 1, D] values)."""
-    weights = torch.softmax(torch.cat(scores, dim=-1).float(), dim=-1).to(values[0].dtype)
-    length = scores[0].shape[-1]
-    out = weights[..., :length] @ values[0]
-    for j, block in enumerate(values[1:]):
-        out = out + weights[..., length + j : length + j + 1] * block[..., 0, :]
-    return out

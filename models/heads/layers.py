@@ -10,12 +10,24 @@ identity; its weights can be copied from a Llama-style decoder layer of the back
 from __future__ import annotations
 
 from dataclasses import dataclass
+from types import MappingProxyType
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from draftheads.models.backbone import Backbone
+
+
+LLAMA_LAYER_NAMES = MappingProxyType(
+    {
+        "q": "self_attn.q_proj", "k": "self_attn.k_proj", "v": "self_attn.v_proj", "o": "self_attn.o_proj",
+        "post_norm": "post_attention_layernorm",
+        "gate_proj": "mlp.gate_proj", "up_proj": "mlp.up_proj", "down_proj": "mlp.down_proj",
+    }
+)
+"""Submodules of our decoder layers -> those of a Llama-style decoder layer (HF transformers and the
+reference draft models); the input norm differs per layer and is mapped where it exists."""
 
 
 @dataclass(frozen=True)
@@ -128,13 +140,8 @@ class AugmentingBlock(nn.Module):
 
     def copy_from(self, layer: nn.Module) -> bool:
         """Take the weights of a Llama-style decoder layer when every name and shape matches."""
-        names = {
-            "input_norm.weight": "input_layernorm.weight", "q.weight": "self_attn.q_proj.weight",
-            "k.weight": "self_attn.k_proj.weight", "v.weight": "self_attn.v_proj.weight",
-            "o.weight": "self_attn.o_proj.weight", "post_norm.weight": "post_attention_layernorm.weight",
-            "gate_proj.weight": "mlp.gate_proj.weight", "up_proj.weight": "mlp.up_proj.weight",
-            "down_proj.weight": "mlp.down_proj.weight",
-        }
+        names = {f"{mine}.weight": f"{theirs}.weight" for mine, theirs in LLAMA_LAYER_NAMES.items()}
+        names["input_norm.weight"] = "input_layernorm.weight"
         source = dict(layer.named_parameters())
         ours = dict(self.named_parameters())
         if any(theirs not in source or source[theirs].shape != ours[mine].shape for mine, theirs in names.items()):

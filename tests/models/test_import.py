@@ -91,6 +91,15 @@ def test_medusa_import_errors_name_the_file_and_the_field(tiny_base, tmp_path):
     assert not (tmp_path / "out").exists()  # nothing half-written
 
 
+def test_eagle_only_import_options_are_refused_for_medusa(tiny_base, tmp_path, capsys):
+    medusa_checkpoint(tmp_path / "m", tiny_base)
+    assert main(["import", "medusa", str(tmp_path / "m"), "--out", str(tmp_path / "out"), "--fuse-layers", "0", "1", "2"]) == 2
+    assert "--num-heads and --fuse-layers apply to eagle checkpoints" in capsys.readouterr().err
+    assert main(["import", "eagle", str(tmp_path / "m"), "--out", str(tmp_path / "out"), "--base", str(tiny_base), "--num-heads", "0"]) == 2
+    assert "the draft depth (--num-heads) must be at least 1, got 0" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+
+
 def rotary(config, positions):
     return LlamaRotaryEmbedding(config)(torch.zeros(1, 1, 1), positions[None])
 
