@@ -15,8 +15,11 @@ from tqdm.auto import tqdm
 
 from draftheads.data.chat import ChatFormatter
 from draftheads.data.config import DataConfig
-from draftheads.data.sources import Conversation, SourceReport, read_sources
+from draftheads.data.sources import Conversation, SourceReport, dropped_by_source, read_sources
 from draftheads.utils.errors import DataError
+
+TOKENISING = "while tokenising"
+"""The pseudo-source under which `DataStats.dropped` counts conversations skipped after reading."""
 
 
 @dataclass
@@ -45,6 +48,13 @@ class DataStats:
     """Conversations held out for evaluation."""
     packed_slots: int | None = None
     """With packing: token slots in all rows (rows x max_length), to report how full rows are."""
+
+    def dropped(self) -> dict[str, dict[str, int]]:
+        """{source: {reason: records}} of every record left out, "tokenising" last (see `dropped_note`)."""
+        dropped = dropped_by_source(self.sources)
+        if self.skipped:
+            dropped[TOKENISING] = dict(self.skipped)
+        return dropped
 
     def lines(self) -> list[str]:
         """Human-readable summary lines."""
@@ -140,6 +150,10 @@ class ChatDataset(torch.utils.data.Dataset):
 
     def __getitem__(self, index: int) -> Row:
         return self.rows[index]
+
+    def token_rows(self):
+        """(input_ids, loss_mask) of every row, for one pass over the tokens."""
+        return ((row.input_ids, row.loss_mask) for row in self.rows)
 
 
 def split_held_out(rows: list[Row], fraction: float, seed: int) -> tuple[list[Row], list[Row]]:

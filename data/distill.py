@@ -34,7 +34,7 @@ from tqdm.auto import tqdm
 from draftheads.data.chat import ChatFormatter
 from draftheads.data.config import DistillConfig
 from draftheads.data.generate_hf import GenAnswer, GenRequest
-from draftheads.data.sources import Conversation, read_sources
+from draftheads.data.sources import Conversation, dropped_by_source, read_sources
 from draftheads.decoding.sampling import SamplingConfig
 from draftheads.models.backbone import load_backbone, load_tokenizer, resolve_location, tokenizer_fingerprint
 from draftheads.utils.append_log import AppendLog, LogBusy, read_records
@@ -345,6 +345,7 @@ def merge_output(out: Path, conversations: list[Conversation], reports, export_d
         "skipped": skipped,
         "missing": len(missing),
         "sources": [report.summary() for report in reports],
+        "dropped": dropped_by_source(reports),
     }
     metadata = json.loads((out / METADATA).read_text())
     metadata["counts"] = counts

@@ -30,6 +30,7 @@ from tqdm.auto import tqdm
 
 from draftheads.data.collate import Collator
 from draftheads.data.dataset import Row, build_datasets
+from draftheads.data.sources import dropped_note
 from draftheads.models.backbone import DTYPES, LAST, Backbone, load_backbone
 from draftheads.utils.atomic import atomic_write_text
 from draftheads.utils.errors import ConfigError
@@ -136,7 +137,8 @@ def build_feature_cache(
         raise ConfigError(f"{out} holds a feature cache of other settings; choose another data.feature_cache.path or delete it")
 
     collate = Collator(pad_token_id=backbone.tokenizer.pad_token_id or 0)
-    index = {"version": VERSION, "fingerprint": fingerprint, "identity": asdict(identity), "splits": {}, "stats": stats.lines()}
+    index = {"version": VERSION, "fingerprint": fingerprint, "identity": asdict(identity), "splits": {}, "stats": stats.lines(),
+             "dropped": stats.dropped()}
     bar = tqdm(total=sum(len(rows) for rows in splits.values()), desc="caching features", unit="row", disable=not progress)
     for split, rows in splits.items():
         shards = []
@@ -156,6 +158,9 @@ def build_feature_cache(
         index["splits"][split] = {"rows": len(rows), "tokens": sum(s["tokens"] for s in shards), "shards": shards}
     bar.close()
     atomic_write_text(out / INDEX, json.dumps(index, indent=2) + "\n")
+    note = dropped_note(index["dropped"])
+    if note:
+        log(f"warning: {note}")
     return out
 
 
@@ -228,6 +233,13 @@ class CachedDataset(torch.utils.data.Dataset):
             self._offsets[number] = handle.get_tensor("offsets").tolist()
         return self._open[number], self._offsets[number]
 
+    def token_rows(self):
+        """(input_ids, loss_mask) of the whole split per shard, read without any feature bytes
+        (rows of one shard are concatenated: a pass over the tokens needs no row boundaries)."""
+        for number in range(len(self.shards)):
+            handle, _ = self._shard(number)
+            yield handle.get_tensor("input_ids"), handle.get_tensor("loss_mask")
+
     def __getitem__(self, index: int) -> CachedRow:
         if not 0 <= index < self.length:
             raise IndexError(index)
@@ -245,6 +257,13 @@ class CachedDataset(torch.utils.data.Dataset):
             teacher_ids=take("teacher_ids") if "teacher_ids" in names else None,
             teacher_logprobs=take("teacher_logprobs") if "teacher_logprobs" in names else None,
         )
+
+
+def cached_dropped(recipe) -> dict[str, dict[str, int]]:
+    """What building the recipe's cache dropped ({source: {reason: records}}; see `dropped_note`), so
+    a run that trains from the cache reports it too. Caches built before it was recorded give {}."""
+    index_path = Path(recipe.data.feature_cache.path) / INDEX
+    return json.loads(index_path.read_text()).get("dropped", {}) if index_path.is_file() else {}
 
 
 def open_feature_cache(recipe, backbone: Backbone) -> tuple[CachedDataset, CachedDataset, list[str]]:

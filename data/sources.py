@@ -19,6 +19,7 @@ from typing import Any, Iterator
 
 from draftheads.data.config import SourceConfig
 from draftheads.utils.errors import DataError, record_error
+from draftheads.utils.jsonl import json_error, split_lines
 
 ROLE_ALIASES = {
     "system": "system",
@@ -77,6 +78,24 @@ class SourceReport:
         if self.leading_assistant_trimmed:
             text += f"; {self.leading_assistant_trimmed} had leading assistant turns removed"
         return text
+
+
+def dropped_by_source(reports: list[SourceReport]) -> dict[str, dict[str, int]]:
+    """{source: {reason: records dropped}} for the sources that dropped any (JSON-ready)."""
+    return {r.source: dict(r.dropped.most_common()) for r in reports if r.dropped}
+
+
+def dropped_note(dropped: dict[str, dict[str, int]]) -> str | None:
+    """One line naming what was dropped, by source and reason; None when nothing was.
+
+    Runs print it last (and metadata keeps the counts): a per-source line at the start scrolls
+    away under the progress bars, and a loss nobody sees is how valid records went missing.
+    """
+    if not dropped:
+        return None
+    total = sum(sum(reasons.values()) for reasons in dropped.values())
+    parts = "; ".join(f"{source}: " + ", ".join(f"{n} {why}" for why, n in reasons.items()) for source, reasons in dropped.items())
+    return f"{total} record{'s' if total != 1 else ''} dropped ({parts}); skip_invalid: false stops at the first invalid one"
 
 
 def resolve_source_path(path: str) -> Path:
@@ -159,14 +178,12 @@ def _records(path: Path, label: str, split: str, report: SourceReport) -> Iterat
 
 
 def _json_lines(text: str, label: str) -> Iterator[tuple[str, Any]]:
-    for number, line in enumerate(text.splitlines(), start=1):
-        if not line.strip():
-            continue
+    for number, line in split_lines(text):
         where = f"line {number}"
         try:
             yield where, json.loads(line)
         except json.JSONDecodeError as exc:
-            yield where, record_error(label, where, None, f"malformed JSON ({exc.msg} at column {exc.colno})")
+            yield where, record_error(label, where, None, f"malformed JSON ({json_error(exc)})")
 
 
 def _json_array(text: str, label: str, report: SourceReport) -> Iterator[tuple[str, Any]]:
@@ -193,7 +210,7 @@ def _json_array(text: str, label: str, report: SourceReport) -> Iterator[tuple[s
                 report.records += 1
                 report.dropped["record truncated at end of file"] += 1
                 return
-            yield where, record_error(label, where, None, f"malformed JSON ({exc.msg})")
+            yield where, record_error(label, where, None, f"malformed JSON ({json_error(exc, with_line=True)})")
             pos = end
             continue
         yield where, record

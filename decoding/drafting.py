@@ -2,7 +2,10 @@
 grown by joint draft probability under a node budget (EAGLE-2 / Clover style).
 
 Both query the heads depth by depth, batched over every node of the previous depth that gets
-children (`DraftHeads.draft_step`), so parallel and sequential families draft the same way.
+children (`DraftHeads.draft_step`), so parallel and sequential families draft the same way. Heads
+may draft over a reduced vocabulary: ranks and draws are taken there and mapped to token ids
+(`DraftHeads.to_tokens`); the full vocabulary is touched only to hand sampled acceptance the
+distribution a node's children were drawn from.
 
 Greedy drafting takes each node's children as the top-ranked tokens. Sampled drafting (for
 lossless speculative sampling) draws them without replacement from the heads' filtered
@@ -35,6 +38,15 @@ class Draft:
     """node -> [V] filtered draft log-probabilities its children were drawn from (sampling only)."""
     scores: torch.Tensor | None = None
     """[T] joint draft log-probability of each node's path (root 0)."""
+
+
+def full_vocabulary(heads: DraftHeads, logprobs: torch.Tensor) -> torch.Tensor:
+    """[V] log-probabilities over the whole vocabulary from draft-vocabulary ones (-inf elsewhere:
+    tokens outside the draft vocabulary are never drawn)."""
+    if heads.draft_to_token is None:
+        return logprobs
+    full = logprobs.new_full((heads.vocab_size,), float("-inf"))
+    return full.index_copy(0, heads.draft_to_token.to(logprobs.device), logprobs)
 
 
 @dataclass
@@ -109,7 +121,7 @@ class StaticDrafter:
             logprobs = heads.draft_step(state, paths, lm_head)
             if not sample_children:
                 top = torch.topk(logprobs, min(self.max_rank, logprobs.shape[-1]), dim=-1).indices
-                tokens[level.children] = top[level.rows, level.ranks].to(tokens.device)
+                tokens[level.children] = heads.to_tokens(top[level.rows, level.ranks]).to(tokens.device)
                 continue
             filtered = sampling.logprobs(logprobs)
             support = int(torch.isfinite(filtered).sum(-1).min())
@@ -118,9 +130,9 @@ class StaticDrafter:
                 raise ValueError(
                     f"a node has {max(level.counts)} children but top-k/top-p leave only {support} tokens to draw"
                 )
-            tokens[level.children] = draws[level.rows, level.order].to(tokens.device)
+            tokens[level.children] = heads.to_tokens(draws[level.rows, level.order]).to(tokens.device)
             for row, parent in enumerate(level.parents):
-                draft_logprobs[parent] = filtered[row]
+                draft_logprobs[parent] = full_vocabulary(heads, filtered[row])
         return Draft(self.template, tokens, draft_logprobs)
 
 
@@ -172,7 +184,7 @@ class DynamicDrafter:
             row_index = torch.tensor(rows, device=picks.device)
             chosen = picks[row_index, torch.tensor(ranks, device=picks.device)]
             # one transfer of the children's tokens and draft log-probabilities (not one per child)
-            chosen_l = chosen.tolist()
+            chosen_l = heads.to_tokens(chosen).tolist()
             chosen_logprobs = logprobs[row_index, chosen].tolist()
             new_frontier = []
             for row, r, token, logprob in zip(rows, ranks, chosen_l, chosen_logprobs):
@@ -188,7 +200,7 @@ class DynamicDrafter:
             if sample_children:
                 for row, node in enumerate(frontier):
                     if counts[row]:
-                        draft_logprobs[node] = logprobs[row]
+                        draft_logprobs[node] = full_vocabulary(heads, logprobs[row])
             frontier = new_frontier
         tree = Tree(torch.tensor(parents), torch.tensor(depth), torch.tensor(rank))
         return Draft(tree, torch.tensor(tokens), draft_logprobs, torch.tensor(scores))

@@ -19,7 +19,7 @@ from draftheads.decoding.acceptance import Accepted, accept_greedy, accept_sampl
 from draftheads.decoding.cache import KVCache, install_tree_attention
 from draftheads.decoding.drafting import Draft, DynamicDrafter, StaticDrafter
 from draftheads.decoding.sampling import SamplingConfig, sample
-from draftheads.decoding.tree import Tree
+from draftheads.decoding.tree import Tree, TreeSpec
 from draftheads.models.backbone import LAST, Backbone
 from draftheads.models.heads.base import DraftHeads
 from draftheads.utils.device import synchronize
@@ -35,28 +35,6 @@ def default_eos(backbone: Backbone) -> tuple[int, ...]:
     extra = getattr(generation, "eos_token_id", None) if generation is not None else None
     ids.update([extra] if isinstance(extra, int) else (extra or []))
     return tuple(sorted(ids))
-
-
-@dataclass
-class TreeSpec:
-    """Which tree the engine drafts each step."""
-
-    kind: Literal["none", "static", "dynamic"] = "none"
-    """none: autoregressive (root only); static: `paths`; dynamic: grown under `budget`."""
-    paths: list[list[int]] | None = None
-    """Static tree as Medusa-style rank paths, e.g. [[0], [1], [0, 0]]."""
-    budget: int = 16
-    """Dynamic trees: most drafted nodes per step (root excluded)."""
-    width: int = 8
-    """Dynamic trees: most nodes added per depth."""
-
-    def describe(self) -> dict:
-        """JSON-ready description for reports."""
-        if self.kind == "static":
-            return {"kind": "static", "budget": Tree.from_paths(self.paths or []).size - 1, "paths": self.paths}
-        if self.kind == "dynamic":
-            return {"kind": "dynamic", "budget": self.budget, "width": self.width}
-        return {"kind": "none", "budget": 0}
 
 
 @dataclass

@@ -10,6 +10,7 @@ derived here; kernels take the 1-D arrays themselves and never a dense mask.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal
 
 import torch
 
@@ -81,3 +82,41 @@ class Tree:
             path.append(node)
             node = int(self.parents[node])
         return path[::-1]
+
+
+@dataclass
+class TreeSpec:
+    """Which tree the engine drafts each step."""
+
+    kind: Literal["none", "static", "dynamic"] = "none"
+    """none: autoregressive (root only); static: `paths`; dynamic: grown under `budget`."""
+    paths: list[list[int]] | None = None
+    """Static tree as Medusa-style rank paths, e.g. [[0], [1], [0, 0]]."""
+    budget: int = 16
+    """Dynamic trees: most drafted nodes per step (root excluded)."""
+    width: int = 8
+    """Dynamic trees: most nodes added per depth."""
+
+    def describe(self) -> dict:
+        """JSON-ready description for reports."""
+        if self.kind == "static":
+            return {"kind": "static", "budget": Tree.from_paths(self.paths or []).size - 1, "paths": self.paths}
+        if self.kind == "dynamic":
+            return {"kind": "dynamic", "budget": self.budget, "width": self.width}
+        return {"kind": "none", "budget": 0}
+
+
+def default_static_paths(depth: int, budget: int) -> list[list[int]]:
+    """A budget-sized static tree without calibration: ranks ordered by a geometric guess of their
+    acceptance (rank r at depth d weighted 0.5^(r+d)), most likely first."""
+    scored = []
+    frontier = [()]
+    while frontier:
+        path = frontier.pop()
+        for r in range(4):
+            child = path + (r,)
+            if len(child) <= depth:
+                scored.append((sum(c + 1 for c in child), child))
+                frontier.append(child)
+    scored.sort()
+    return [list(p) for _, p in scored[:budget]]

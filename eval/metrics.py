@@ -3,6 +3,7 @@ speedups, mismatches, the predicted τ and where the time went."""
 
 from __future__ import annotations
 
+import dataclasses
 import datetime
 import platform
 import sys
@@ -10,9 +11,8 @@ from collections import defaultdict
 
 import torch
 
-from draftheads.decoding.engine import TreeSpec
-from draftheads.decoding.tree import Tree
-from draftheads.eval.calibration import RankStats
+from draftheads.decoding.tree import Tree, TreeSpec
+from draftheads.decoding.calibration import RankStats
 from draftheads.models.draft_model import DraftModel
 
 
@@ -54,8 +54,33 @@ def versions() -> dict:
     return {"python": sys.version.split()[0], "torch": torch.__version__, "transformers": transformers.__version__, "accelerate": accelerate.__version__, "draftheads": ours}
 
 
-def build_report(options, draft: DraftModel, tree: TreeSpec, records: list[dict], stats: RankStats) -> dict:
-    """The report dictionary (report.json)."""
+def divergences(records: list[dict], method: str) -> tuple[int, int]:
+    """(real mismatches, near-tie divergences) of `method` against its reference, in prompts."""
+    found = [r.get("divergence", {}).get(method) for r in records]
+    return sum(1 for d in found if d and not d["near_tie"]), sum(1 for d in found if d and d["near_tie"])
+
+
+def predicted_tau(tree: TreeSpec, own: RankStats, held_out, ours_turns: list[dict]) -> tuple[float | None, list[float] | None, str]:
+    """τ predicted for `tree`, its acceptance by depth (static trees), and where it comes from: the
+    held-out calibration when the heads carry one, else the eval's own answers (static) or the heads'
+    own draft probabilities (dynamic)."""
+    from draftheads.decoding.autotree import expected_tau
+
+    stats, where = (held_out[0], f"calibrated on {held_out[1]}") if held_out else (own, "calibrated on the baseline's answers to these prompts")
+    if tree.kind == "static":
+        static = Tree.from_paths(tree.paths)
+        return stats.expected_tau(static), stats.expected_acceptance_by_depth(static), f"{where}: joint rank-path frequencies summed over the tree's nodes"
+    if tree.kind == "dynamic" and held_out:
+        return expected_tau(stats, tree.budget, tree.width), None, f"{where}: the best {tree.budget} rank paths, at most {tree.width} per depth"
+    if tree.kind == "dynamic":
+        predicted = [p for t in ours_turns for p in t["predicted"]]
+        return (sum(predicted) / len(predicted) if predicted else None), None, "the heads' own joint draft probabilities of each dynamic tree's nodes, before verification (uncalibrated)"
+    return 1.0, None, "autoregressive: one token per step"
+
+
+def build_report(config, draft: DraftModel, tree: TreeSpec, records: list[dict], stats: RankStats, held_out=None, epsilon: float = 0.0) -> dict:
+    """The report dictionary (report.json); `stats` are the heads' ranks on the baseline's answers,
+    `held_out` the (stats, source) of calibration data the eval did not see, if any."""
     depth = draft.heads.config.num_heads
     totals = {}
     for method in ("baseline", "ours", "hf_generate", "prompt_lookup"):
@@ -71,25 +96,12 @@ def build_report(options, draft: DraftModel, tree: TreeSpec, records: list[dict]
             by_category[r["category"]].extend(t["accepted"])
     times = {k: sum(t["times"][k] for t in ours_turns) for k in ("prefill", "draft", "verify", "accept", "other")}
     loop = sum(times[k] for k in ("draft", "verify", "accept", "other"))
-    greedy = options.temperature == 0
-
-    def mismatching_prompts(method: str) -> int:
-        """Prompts where `method`'s tokens differ from our autoregressive baseline's in some turn."""
-        return sum(
-            any(a["tokens"] != b["tokens"] for a, b in zip(r["methods"][method], r["methods"]["baseline"])) for r in records
-        )
-
-    if tree.kind == "static":
-        static = Tree.from_paths(tree.paths)
-        tau_predicted = stats.expected_tau(static)
-        predicted_by_depth = stats.expected_acceptance_by_depth(static)
+    sampling = config.sampling
+    greedy = sampling.temperature == 0
+    tau_predicted, predicted_by_depth, source = predicted_tau(tree, stats, held_out, ours_turns)
+    if predicted_by_depth is not None:
         predicted_by_depth += [0.0] * (depth - len(predicted_by_depth))  # the tree drafts no deeper
-        source = "calibrated: joint rank-path frequencies of the heads on the baseline's answers, summed over the tree's nodes"
-    else:
-        predicted = [p for t in ours_turns for p in t["predicted"]]
-        tau_predicted = sum(predicted) / len(predicted) if predicted else None
-        predicted_by_depth = None
-        source = "the heads' own joint draft probabilities of each dynamic tree's nodes, before verification"
+    mismatches = {m: divergences(records, m) for m in ("ours", "hf_generate", "prompt_lookup")}
     ours_tps, base_tps = totals["ours"]["tokens_per_s"], totals["baseline"]["tokens_per_s"]
 
     def ratio(a, b):
@@ -102,16 +114,16 @@ def build_report(options, draft: DraftModel, tree: TreeSpec, records: list[dict]
     base = draft.heads.config.base
     return {
         "base_model": base.hub_id or draft.backbone.location.spec,
-        "heads": options.heads,
+        "heads": config.heads,
         "head_type": draft.heads.config.head_type,
-        "prompts": options.prompts,
+        "prompts": config.prompts,
         "n_prompts": len(records),
         "n_turns": len(ours_turns),
-        "max_new_tokens": options.max_new_tokens,
+        "max_new_tokens": config.max_new_tokens,
         "new_tokens": totals["ours"]["tokens"],
-        "temperature": options.temperature,
-        "top_p": options.top_p,
-        "top_k": options.top_k,
+        "temperature": sampling.temperature,
+        "top_p": sampling.top_p,
+        "top_k": sampling.top_k,
         "acceptance": "greedy" if greedy else "sampling",
         "tree": tree_info,
         "steps": len(accepted),
@@ -132,17 +144,23 @@ def build_report(options, draft: DraftModel, tree: TreeSpec, records: list[dict]
         "speedup_vs_prompt_lookup": ratio(ours_tps, totals["prompt_lookup"]["tokens_per_s"]),
         "baseline_vs_hf_generate": ratio(base_tps, totals["hf_generate"]["tokens_per_s"]),
         "methods": totals,
-        "greedy_mismatches": mismatching_prompts("ours") if greedy else None,
-        "hf_generate_mismatches": mismatching_prompts("hf_generate") if greedy else None,
+        "greedy_mismatches": mismatches["ours"][0] if greedy else None,
+        "near_tie_divergences": mismatches["ours"][1] if greedy else None,
+        "hf_generate_mismatches": mismatches["hf_generate"][0] if greedy else None,
+        "hf_generate_near_ties": mismatches["hf_generate"][1] if greedy else None,
+        "prompt_lookup_mismatches": mismatches["prompt_lookup"][0] if greedy else None,
+        "near_tie_epsilon": epsilon,
+        "divergences": {m: [{"id": r["id"], **r["divergence"][m]} for r in records if r.get("divergence", {}).get(m)] for m in mismatches} if greedy else None,
         "time_breakdown": {
             "seconds": times,
             "fraction_of_decode_loop": {k: times[k] / loop if loop else None for k in ("draft", "verify", "accept", "other")},
             "engine_overhead_fraction": (times["accept"] + times["other"]) / loop if loop else None,
             "ms_per_step": {k: 1000 * times[k] / max(len(accepted), 1) for k in ("draft", "verify", "accept", "other")},
         },
-        "seed": options.seed,
+        "seed": sampling.seed,
+        "config": dataclasses.asdict(config),
         "device": str(draft.backbone.lm_head.weight.device),
-        "dtype": options.dtype,
+        "dtype": str(draft.backbone.lm_head.weight.dtype).replace("torch.", ""),
         "hardware": hardware(),
         "versions": versions(),
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),

@@ -31,10 +31,28 @@ class EvalPrompt:
         return messages + [{"role": "user", "content": self.turns[len(answers)]}]
 
 
+def spread_over_categories(prompts: list[EvalPrompt], limit: int | None) -> list[EvalPrompt]:
+    """`limit` prompts taken round-robin over the categories in order of first appearance (the
+    first of each category, then the second of each, ...), so a short run still covers every
+    category; the first `limit` when there is one category. Kept in file order."""
+    if limit is None or limit >= len(prompts):
+        return prompts
+    by_category: dict[str, list[int]] = {}
+    for index, prompt in enumerate(prompts):
+        by_category.setdefault(prompt.category, []).append(index)
+    chosen: list[int] = []
+    for rank in range(max(len(v) for v in by_category.values())):
+        chosen += [indices[rank] for indices in by_category.values() if rank < len(indices)]
+    return [prompts[i] for i in sorted(chosen[:limit])]
+
+
 def load_prompts(spec: str, limit: int | None = None) -> list[EvalPrompt]:
-    """Read `spec` (a file, a datasets folder, `mt-bench` or `sharegpt`) into prompts."""
+    """Read `spec` (a file, a datasets folder, `mt-bench` or `sharegpt`) into prompts, `limit` of
+    them spread over the categories (`spread_over_categories`)."""
     path = SHORT_NAMES.get(spec, spec)
-    conversations, report = read_source(SourceConfig(path=path, limit=limit), require_assistant=False, skip_invalid=False)
+    # Files without categories are cut while reading (ShareGPT is large); categorised sets are small.
+    read_limit = limit if path == SHORT_NAMES["sharegpt"] else None
+    conversations, report = read_source(SourceConfig(path=path, limit=read_limit), require_assistant=False, skip_invalid=False)
     prompts = []
     for conv in conversations:
         turns = [m["content"] for m in conv.messages if m["role"] == "user"]
@@ -44,4 +62,4 @@ def load_prompts(spec: str, limit: int | None = None) -> list[EvalPrompt]:
         prompts.append(EvalPrompt(conv.id, conv.category or "all", turns, system))
     if not prompts:
         raise DataError(f"{spec}: no prompts ({report.summary()})")
-    return prompts
+    return spread_over_categories(prompts, limit)

@@ -101,3 +101,20 @@ def write_report(report: dict, out: Path) -> list[Path]:
     tmp.write_bytes(plot_png(report))
     tmp.replace(png)
     return [out, md, png]
+
+
+SUMMARY_NAME = "eval_report.json"
+"""The eval summary a heads folder carries (the model card and `draftheads push` read it)."""
+
+SUMMARY_KEYS = (
+    "prompts", "n_prompts", "n_turns", "max_new_tokens", "temperature", "dtype", "tree", "tau", "tau_predicted",
+    "acceptance_by_depth", "speedup", "speedup_vs_hf_generate", "speedup_vs_prompt_lookup", "greedy_mismatches",
+    "near_tie_divergences", "hf_generate_mismatches", "backbone_drift", "hardware", "date",
+)
+
+
+def write_summary(report: dict, heads_folder: Path) -> Path:
+    """The report's summary as `eval_report.json` in the heads folder (atomically)."""
+    path = heads_folder / SUMMARY_NAME
+    atomic_write_text(path, json.dumps({k: report.get(k) for k in SUMMARY_KEYS}, indent=2) + "\n")
+    return path

@@ -2,214 +2,260 @@
 prompt-lookup decoding on the same prompts in one run, and the report numbers.
 
 Methods run interleaved prompt by prompt (so drifting machine load hits all of them alike), each
-turn after one warm-up of every method. Every method answers multi-turn prompts with its own
-previous answers. Finished prompts are appended to `<out>.partial.jsonl`, so an interrupted eval
-resumes where it stopped; the file is removed once the report is written.
+turn after one warm-up of every method, all in the same dtype. Every method answers multi-turn
+prompts with its own previous answers. With greedy decoding every method's tokens are compared
+with our autoregressive decoding's, and a divergence is classified as a near tie or a real mismatch
+by the reference's top-2 logit gap there. Finished prompts are appended to `<out>.partial.jsonl`,
+so an interrupted eval resumes where it stopped; the file is removed once the report is written.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Callable
 
 import torch
 from tqdm.auto import tqdm
 
 from draftheads.data.chat import ChatFormatter
-from draftheads.decoding.engine import Engine, GenerationConfig, GenerationResult, TreeSpec
+from draftheads.decoding.autotree import choose_auto_tree, measure_costs
+from draftheads.decoding.calibration import RankStats, rank_stats, read_calibration
+from draftheads.decoding.divergence import first_divergence, near_tie_epsilon
+from draftheads.decoding.engine import Engine, GenerationConfig, GenerationResult
 from draftheads.decoding.sampling import SamplingConfig
-from draftheads.eval.calibration import rank_stats
+from draftheads.decoding.tree import TreeSpec, default_static_paths
+from draftheads.eval.config import EvalConfig
 from draftheads.eval.drift import report_drift
 from draftheads.eval.prompts import EvalPrompt, load_prompts
+from draftheads.models.backbone import DTYPES, Backbone
 from draftheads.models.draft_model import DraftModel
 from draftheads.utils.atomic import atomic_write_text
-from draftheads.utils.device import synchronize
+from draftheads.utils.device import resolve_dtype, synchronize
 from draftheads.utils.errors import ConfigError
+from draftheads.utils.jsonl import read_lines
 
-METHODS = ("baseline", "ours", "hf_generate", "prompt_lookup")
+FALLBACK_CALIBRATION_PROMPTS = (
+    "Explain how a refrigerator keeps food cold.",
+    "Write a short story about a lighthouse keeper.",
+    "List five tips for learning a new language, with one sentence each.",
+    "What is the difference between a list and a tuple in Python?",
+)
+"""Prompts whose greedy answers calibrate heads that carry no calibration.json (imported heads),
+never the eval's own prompts."""
 
 
 @dataclass
-class EvalOptions:
-    """Everything `draftheads eval` takes."""
+class Method:
+    """One way of answering, timed by the runner."""
 
-    heads: str
-    prompts: str = "mt-bench"
-    base: str | None = None
-    max_new_tokens: int = 128
-    temperature: float = 0.0
-    top_p: float = 1.0
-    top_k: int = 0
-    tree: Literal["auto", "static", "dynamic"] = "auto"
-    tree_budget: int = 16
-    tree_width: int = 8
-    limit: int | None = None
-    seed: int = 0
-    device: str = "auto"
-    dtype: str = "float32"
-    prompt_lookup_tokens: int = 10
-    drift_batches: int | None = 8
-    """Held-out batches (of 4 rows) for a jointly trained backbone's drift; None for all."""
-
-    def fingerprint(self) -> str:
-        """Hash of the settings that change results (a partial file from other settings is refused)."""
-        return hashlib.sha256(json.dumps(dataclasses.asdict(self), sort_keys=True).encode()).hexdigest()[:16]
+    name: str
+    run: Callable[[list[int], GenerationConfig], tuple[list[int], GenerationResult | None]]
+    backbone: Backbone
+    """The model it decodes (the reference's top-2 gap is read from it)."""
+    reference: str | None = None
+    """Greedy: the method whose tokens this one must equal (None: it is a reference)."""
 
 
-def resolve_tree(options: EvalOptions, draft: DraftModel) -> TreeSpec:
-    """auto: the static tree saved by `draftheads tree`, else a dynamic tree of the budget;
-    static: the saved tree, else a default Medusa-style tree of the budget."""
-    saved = draft.heads.config.tree
-    if options.tree == "dynamic" or (options.tree == "auto" and saved is None):
-        return TreeSpec("dynamic", budget=options.tree_budget, width=min(options.tree_width, options.tree_budget))
-    if saved is not None:
-        return TreeSpec("static", paths=saved.paths)
-    return TreeSpec("static", paths=default_static_paths(draft.heads.config.num_heads, options.tree_budget))
+def engine_method(name: str, engine: Engine, reference: str | None = None) -> Method:
+    """A method decoding with `engine`."""
+
+    def run(prompt_ids: list[int], config: GenerationConfig):
+        result = engine.generate(prompt_ids, config)
+        return result.tokens, result
+
+    return Method(name, run, engine.backbone, reference)
 
 
-def default_static_paths(depth: int, budget: int) -> list[list[int]]:
-    """A budget-sized tree without calibration: ranks ordered by a geometric guess of their
-    acceptance (rank r at depth d weighted 0.5^(r+d)), most likely first."""
-    scored = []
-    frontier = [()]
-    while frontier:
-        path = frontier.pop()
-        for r in range(4):
-            child = path + (r,)
-            if len(child) <= depth:
-                scored.append((sum(c + 1 for c in child), child))
-                frontier.append(child)
-    scored.sort()
-    return [list(p) for _, p in scored[:budget]]
-
-
-class _Runner:
-    def __init__(self, draft: DraftModel, options: EvalOptions, tree: TreeSpec):
-        self.draft, self.options = draft, options
-        self.backbone = draft.backbone
-        self.device = self.backbone.lm_head.weight.device
-        self.formatter = ChatFormatter(self.backbone.tokenizer, model_name=self.backbone.location.spec)
-        self.baseline = Engine(self.backbone)
-        self.ours = Engine(self.backbone, draft.heads, tree)
-        self.eos = self.baseline.default_eos()
-        self.config = GenerationConfig(
-            max_new_tokens=options.max_new_tokens,
-            sampling=SamplingConfig(options.temperature, options.top_p, options.top_k),
-            eos_token_ids=self.eos,
-            seed=options.seed,
-        )
-
-    def generate(self, method: str, prompt_ids: list[int], max_new: int, seed: int) -> tuple[list[int], float, GenerationResult | None]:
-        config = dataclasses.replace(self.config, max_new_tokens=max_new, seed=seed)
-        synchronize(self.device)
-        start = time.perf_counter()
-        result = None
-        if method in ("baseline", "ours"):
-            result = (self.baseline if method == "baseline" else self.ours).generate(prompt_ids, config)
-            tokens = result.tokens
-        else:
-            tokens = self._hf(prompt_ids, config, method == "prompt_lookup")
-        synchronize(self.device)
-        return tokens, time.perf_counter() - start, result
+def hf_method(name: str, backbone: Backbone, eos: tuple[int, ...], lookup_tokens: int | None, reference: str) -> Method:
+    """HF `generate` (or prompt-lookup decoding with `lookup_tokens`) on `backbone`."""
 
     @torch.inference_mode()
-    def _hf(self, prompt_ids: list[int], config: GenerationConfig, lookup: bool) -> list[int]:
-        ids = torch.tensor([prompt_ids], device=self.device)
+    def run(prompt_ids: list[int], config: GenerationConfig):
+        device = backbone.lm_head.weight.device
+        ids = torch.tensor([prompt_ids], device=device)
         sampling = config.sampling
         kwargs = dict(
-            attention_mask=torch.ones_like(ids),
-            max_new_tokens=config.max_new_tokens,
-            eos_token_id=list(self.eos),
-            pad_token_id=self.eos[0] if self.eos else 0,
-            do_sample=not sampling.greedy,
+            attention_mask=torch.ones_like(ids), max_new_tokens=config.max_new_tokens, eos_token_id=list(eos),
+            pad_token_id=eos[0] if eos else 0, do_sample=not sampling.greedy,
         )
         if not sampling.greedy:
             kwargs.update(temperature=sampling.temperature, top_p=sampling.top_p, top_k=sampling.top_k)
             torch.manual_seed(config.seed or 0)
-        if lookup:
-            kwargs["prompt_lookup_num_tokens"] = self.options.prompt_lookup_tokens
-        out = self.backbone.model.generate(ids, **kwargs)
-        return out[0, len(prompt_ids) :].tolist()
+        if lookup_tokens:
+            kwargs["prompt_lookup_num_tokens"] = lookup_tokens
+        return backbone.model.generate(ids, **kwargs)[0, len(prompt_ids) :].tolist(), None
 
-    def run_prompt(self, prompt: EvalPrompt, index: int) -> dict:
+    return Method(name, run, backbone, reference)
+
+
+class Runner:
+    """Runs methods interleaved over prompts and turns, and records what each produced."""
+
+    def __init__(self, methods: list[Method], formatter: ChatFormatter, config: GenerationConfig, epsilon: float):
+        self.methods, self.formatter, self.config, self.epsilon = methods, formatter, config, epsilon
+
+    def generate(self, method: Method, prompt_ids: list[int], max_new: int, seed: int) -> tuple[list[int], float, GenerationResult | None]:
+        config = dataclasses.replace(self.config, max_new_tokens=max_new, seed=seed)
+        device = method.backbone.lm_head.weight.device
+        synchronize(device)
+        start = time.perf_counter()
+        tokens, result = method.run(prompt_ids, config)
+        synchronize(device)
+        return tokens, time.perf_counter() - start, result
+
+    def run_prompt(self, prompt: EvalPrompt, index: int, base_seed: int) -> dict:
         """All methods on one prompt (all turns); JSON-ready."""
-        record = {"id": prompt.id, "category": prompt.category, "methods": {}}
-        for method in METHODS:
+        record = {"id": prompt.id, "category": prompt.category, "methods": {}, "divergence": {}}
+        for method in self.methods:
             answers: list[str] = []
             turns = []
             for turn_index in range(len(prompt.turns)):
                 prompt_ids = self.formatter.prompt_ids(prompt.messages(answers), origin=f"prompt {prompt.id}")
-                seed = self.options.seed * 1_000_003 + index * 101 + turn_index
-                tokens, seconds, result = self.generate(method, prompt_ids, self.options.max_new_tokens, seed)
+                seed = base_seed * 1_000_003 + index * 101 + turn_index
+                tokens, seconds, result = self.generate(method, prompt_ids, self.config.max_new_tokens, seed)
                 entry = {"prompt_ids": prompt_ids, "tokens": tokens, "seconds": seconds}
                 if result is not None:
                     entry.update(accepted=result.accepted, tree_sizes=result.tree_sizes, predicted=result.predicted, times=result.times)
                 turns.append(entry)
-                answers.append(self.backbone.tokenizer.decode(tokens, skip_special_tokens=True))
-            record["methods"][method] = turns
+                answers.append(method.backbone.tokenizer.decode(tokens, skip_special_tokens=True))
+            record["methods"][method.name] = turns
+            if method.reference is not None and self.config.sampling.greedy:
+                record["divergence"][method.name] = self._divergence(method, turns, record["methods"][method.reference])
         return record
+
+    def _divergence(self, method: Method, turns: list[dict], reference: list[dict]) -> dict | None:
+        """The first turn where `method` parts from its reference, with the gap there."""
+        for turn_index, (ours, theirs) in enumerate(zip(turns, reference)):
+            found = first_divergence(method.backbone, theirs["prompt_ids"], theirs["tokens"], ours["tokens"], self.epsilon)
+            if found is not None:
+                return {"turn": turn_index, **found.to_dict()}
+        return None
 
     def warm_up(self, prompt: EvalPrompt) -> None:
         ids = self.formatter.prompt_ids(prompt.messages([]))
-        for method in METHODS:
-            self.generate(method, ids, min(8, self.options.max_new_tokens), 0)
+        for method in self.methods:
+            self.generate(method, ids, min(8, self.config.max_new_tokens), 0)
 
 
-def run_eval(options: EvalOptions, out: Path, progress: bool = True) -> dict:
-    """Run the evaluation and return the report (also resumable through `<out>.partial.jsonl`)."""
-    if options.max_new_tokens < 1:
-        raise ConfigError(f"--max-new-tokens must be at least 1, got {options.max_new_tokens}")
-    if options.tree_budget < 1:
-        raise ConfigError(f"--tree-budget must be at least 1, got {options.tree_budget}")
-    if options.drift_batches is not None and options.drift_batches < 1:
-        raise ConfigError(f"--drift-batches must be at least 1, got {options.drift_batches}")
-    device = options.device if options.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
-    prompts = load_prompts(options.prompts, options.limit)
-    draft = DraftModel.from_pretrained(options.heads, options.base, device=device, dtype=options.dtype)
-    tree = resolve_tree(options, draft)
-    runner = _Runner(draft, options, tree)
+def load_draft(config: EvalConfig) -> tuple[DraftModel, str]:
+    """The heads and their base in the resolved dtype, and the line that says which and why."""
+    device = torch.device(config.device if config.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu"))
+    try:
+        dtype, note = resolve_dtype(config.dtype, device)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
+    return DraftModel.from_pretrained(config.heads, config.base, device=device, dtype=dtype), note
+
+
+def calibration(draft: DraftModel, progress: bool) -> tuple[RankStats, str]:
+    """The heads' rank statistics on data the eval does not see: the calibration.json written by
+    training (held-out rows), else the base model's own greedy answers to a few fixed prompts."""
+    saved = read_calibration(draft.folder) if draft.folder is not None else None
+    if saved is not None:
+        return saved
+    formatter = ChatFormatter(draft.backbone.tokenizer, model_name=draft.backbone.location.spec)
+    engine = Engine(draft.backbone)
+    sequences = []
+    for text in tqdm(FALLBACK_CALIBRATION_PROMPTS, desc="calibration answers", disable=not progress):
+        ids = formatter.prompt_ids([{"role": "user", "content": text}])
+        sequences.append((ids + engine.generate(ids, GenerationConfig(max_new_tokens=64)).tokens, len(ids)))
+    stats = rank_stats(draft, sequences)
+    return stats, f"the base model's greedy answers to {len(sequences)} fixed prompts ({stats.positions} positions; the heads carry no calibration.json)"
+
+
+def resolve_tree(config: EvalConfig, draft: DraftModel, progress: bool = True) -> tuple[TreeSpec, dict]:
+    """The tree our decoder drafts, and how it was chosen (for the report); see `TreeSettings.kind`."""
+    settings, saved = config.tree, draft.heads.config.tree
+    if settings.kind == "none":
+        return TreeSpec("none"), {"reason": "asked for (--tree none)"}
+    if settings.kind == "dynamic":
+        return TreeSpec("dynamic", budget=settings.budget, width=min(settings.width, settings.budget)), {"reason": "asked for (--tree dynamic)"}
+    if saved is not None:
+        return TreeSpec("static", paths=saved.paths), {"reason": f"saved by `draftheads tree` ({saved.measured_on})"}
+    if settings.kind == "static":
+        return TreeSpec("static", paths=default_static_paths(draft.heads.config.num_heads, settings.budget)), {"reason": "default static tree (no saved one)"}
+    stats, source = calibration(draft, progress)
+    choice = choose_auto_tree(stats, measure_costs(draft), source)
+    for line in choice.lines():
+        print(line)
+    return choice.spec, {"reason": "auto: the highest expected tokens/s from costs measured at start-up", **choice.to_json()}
+
+
+def build_runner(config: EvalConfig, draft: DraftModel, tree: TreeSpec) -> Runner:
+    """The four methods of `draftheads eval` on the draft model's backbone."""
+    backbone = draft.backbone
+    baseline = Engine(backbone)
+    eos = baseline.default_eos()
+    methods = [
+        engine_method("baseline", baseline),
+        engine_method("ours", Engine(backbone, draft.heads, tree), "baseline"),
+        hf_method("hf_generate", backbone, eos, None, "baseline"),
+        hf_method("prompt_lookup", backbone, eos, config.prompt_lookup_tokens, "baseline"),
+    ]
+    s = config.sampling
+    generation = GenerationConfig(max_new_tokens=config.max_new_tokens, sampling=SamplingConfig(s.temperature, s.top_p, s.top_k), eos_token_ids=eos, seed=s.seed)
+    epsilon = config.near_tie_epsilon if config.near_tie_epsilon is not None else near_tie_epsilon(backbone.lm_head.weight.dtype)
+    formatter = ChatFormatter(backbone.tokenizer, model_name=backbone.location.spec)
+    return Runner(methods, formatter, generation, epsilon)
+
+
+def run_prompts(runner: Runner, prompts: list[EvalPrompt], out: Path, fingerprint: str, seed: int, progress: bool) -> list[dict]:
+    """Every prompt through every method, resuming from and appending to `<out>.partial.jsonl`."""
     out.parent.mkdir(parents=True, exist_ok=True)
     partial = out.with_name(out.name + ".partial.jsonl")
-    records = _read_partial(partial, options)
+    records = _read_partial(partial, fingerprint)
     done = {r["id"] for r in records}
     todo = [(i, p) for i, p in enumerate(prompts) if p.id not in done]
     if todo:
         runner.warm_up(todo[0][1])
         if not partial.exists():
-            partial.write_text(json.dumps({"options": options.fingerprint()}) + "\n")
+            partial.write_text(json.dumps({"options": fingerprint}) + "\n")
         for index, prompt in tqdm(todo, desc="eval", unit="prompt", disable=not progress, initial=len(done), total=len(prompts)):
-            record = runner.run_prompt(prompt, index)
+            record = runner.run_prompt(prompt, index, seed)
             with partial.open("a") as handle:  # one line per finished prompt: a kill loses at most one
                 handle.write(json.dumps(record) + "\n")
             records.append(record)
+    return records
+
+
+def run_eval(config: EvalConfig, out: Path, progress: bool = True) -> dict:
+    """Run the evaluation and return the report (also resumable through `<out>.partial.jsonl`)."""
+    prompts = load_prompts(config.prompts, config.limit)
+    draft, dtype_note = load_draft(config)
+    print(f"dtype: {dtype_note}")
+    tree, tree_choice = resolve_tree(config, draft, progress)
+    runner = build_runner(config, draft, tree)
+    records = run_prompts(runner, prompts, out, config.fingerprint(), config.sampling.seed, progress)
     from draftheads.eval.metrics import build_report
 
-    # The heads' ranks on the base model's own answers (the baseline's), for tau_predicted.
-    sequences = [
-        (turn["prompt_ids"] + turn["tokens"], len(turn["prompt_ids"]))
-        for record in records
-        for turn in record["methods"]["baseline"]
-    ]
-    report = build_report(options, draft, tree, records, rank_stats(draft, sequences))
+    # The heads' ranks on the base model's own answers (the baseline's): a measurement of the heads
+    # on these prompts; the prediction comes from calibration data the eval does not see.
+    sequences = [(t["prompt_ids"] + t["tokens"], len(t["prompt_ids"])) for r in records for t in r["methods"]["baseline"]]
+    held_out = read_calibration(draft.folder) if draft.folder is not None else None
+    report = build_report(config, draft, tree, records, rank_stats(draft, sequences), held_out, runner.epsilon)
+    report["dtype_note"] = dtype_note
+    report["tree_choice"] = tree_choice
     report["backbone_mode"] = draft.backbone_mode
-    report["backbone_drift"] = report_drift(draft, options.drift_batches, device, options.dtype)
+    report["backbone_drift"] = report_drift(draft, config.drift_batches, draft.backbone.lm_head.weight.device, _dtype_name(draft))
     return report
 
 
-def _read_partial(path: Path, options: EvalOptions) -> list[dict]:
+def _dtype_name(draft: DraftModel) -> str:
+    dtype = draft.backbone.lm_head.weight.dtype
+    return next(name for name, value in DTYPES.items() if value == dtype)
+
+
+def _read_partial(path: Path, fingerprint: str) -> list[dict]:
     if not path.exists():
         return []
-    lines = path.read_text().splitlines()
+    lines = [line for _, line in read_lines(path)]
     header = json.loads(lines[0]) if lines else {}
-    if header.get("options") != options.fingerprint():
-        raise ConfigError(
-            f"{path}: left by an eval with other settings; delete it, or rerun with the same settings to resume"
-        )
+    if header.get("options") != fingerprint:
+        raise ConfigError(f"{path}: left by an eval with other settings; delete it, or rerun with the same settings to resume")
     records = []
     for line in lines[1:]:
         try:

@@ -12,7 +12,7 @@ from tqdm.auto import tqdm
 
 from draftheads.data.chat import ChatFormatter
 from draftheads.decoding.engine import Engine, GenerationConfig
-from draftheads.eval.calibration import TreeCandidate, draft_costs, rank_stats, search_static_tree, verify_costs
+from draftheads.decoding.calibration import TreeCandidate, draft_costs, rank_stats, search_static_tree, verify_costs
 from draftheads.eval.prompts import load_prompts
 from draftheads.models.draft_model import CONFIG_NAME, DraftModel
 from draftheads.models.heads.base import TreeChoice

@@ -55,7 +55,7 @@ def model_card(config: HeadConfig, training: dict | None = None, evaluation: dic
     if joint:
         lines += _backbone_section(joint)
     if evaluation:
-        lines += ["", "## Decoding", "", f"- acceptance length τ: {evaluation.get('tau')}", f"- speedup: {evaluation.get('speedup')}"]
+        lines += ["", "## Decoding", "", *_decoding_lines(evaluation)]
         drift = evaluation.get("backbone_drift")
         if drift and "agreement" in drift:
             lines.append(f"- backbone agreement with the original on held-out data: {drift['agreement']:.2%}")
@@ -86,4 +86,24 @@ def _backbone_section(joint: dict) -> list[str]:
             f"| perplexity, original backbone | {drift['perplexity_original']:.3f} |",
             f"| perplexity, trained backbone | {drift['perplexity_trained']:.3f} |",
         ]
+    return lines
+
+
+def _decoding_lines(evaluation: dict) -> list[str]:
+    """The measured decoding numbers of an eval summary (eval_report.json)."""
+
+    def fmt(value, suffix=""):
+        return f"{value:.3f}{suffix}" if isinstance(value, float) else "n/a"
+
+    tree = evaluation.get("tree") or {}
+    lines = [
+        f"Measured by `draftheads eval` on {evaluation.get('n_prompts')} prompts of `{evaluation.get('prompts')}` "
+        f"({evaluation.get('max_new_tokens')} new tokens per turn, temperature {evaluation.get('temperature')}, "
+        f"{evaluation.get('dtype')}, {tree.get('kind')} tree), {evaluation.get('date')}:",
+        "",
+        f"- acceptance length τ: {fmt(evaluation.get('tau'))} (predicted {fmt(evaluation.get('tau_predicted'))})",
+        f"- speedup over autoregressive decoding (same engine): {fmt(evaluation.get('speedup'), 'x')}",
+        f"- speedup over HF `generate`: {fmt(evaluation.get('speedup_vs_hf_generate'), 'x')}; over HF prompt lookup: {fmt(evaluation.get('speedup_vs_prompt_lookup'), 'x')}",
+        f"- greedy mismatches against autoregressive decoding: {evaluation.get('greedy_mismatches')} (near-tie divergences: {evaluation.get('near_tie_divergences')})",
+    ]
     return lines

@@ -146,14 +146,30 @@ def read_head_config(folder: Path) -> HeadConfig:
 
 
 def load_head_weights(module: DraftHeads, folder: Path) -> None:
-    """Load model.safetensors into `module`, refusing missing or unexpected tensors."""
+    """Load model.safetensors into `module`, refusing an unreadable file, missing, unexpected or
+    misshapen tensors, and a draft vocabulary map that does not fit the base vocabulary."""
+    from safetensors import SafetensorError
+
     path = folder / WEIGHTS_NAME
     if not path.is_file():
         raise ModelLoadError(f"{folder}: no {WEIGHTS_NAME}")
     device = next(iter(module.state_dict().values())).device
-    result = module.load_state_dict(load_file(str(path), device=str(device)), strict=False)
+    try:
+        weights = load_file(str(path), device=str(device))
+    except (SafetensorError, OSError) as exc:
+        raise ModelLoadError(f"{path}: not a readable safetensors file (truncated or corrupt?): {exc}") from None
+    expected = module.state_dict()
+    misshapen = [f"{k} {tuple(v.shape)} (file) vs {tuple(expected[k].shape)} (config)" for k, v in weights.items() if k in expected and v.shape != expected[k].shape]
+    if misshapen:
+        raise ModelLoadError(f"{path}: tensors do not fit {folder / CONFIG_NAME}: " + "; ".join(misshapen[:4]))
+    result = module.load_state_dict(weights, strict=False)
     if result.missing_keys or result.unexpected_keys:
         raise ModelLoadError(f"{path}: weights do not match the config: missing {result.missing_keys}, unexpected {result.unexpected_keys}")
+    vocab = module.draft_to_token
+    if vocab is not None and vocab.numel() and not (0 <= int(vocab.min()) and int(vocab.max()) < module.vocab_size):
+        raise ModelLoadError(
+            f"{path}: the draft vocabulary map holds token id {int(vocab.max())}, but the base vocabulary has {module.vocab_size} tokens"
+        )
 
 
 def _merged_adapter(model: torch.nn.Module, adapter_dir: Path) -> torch.nn.Module:

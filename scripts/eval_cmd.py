@@ -1,51 +1,85 @@
-"""`draftheads eval --heads DIR_OR_HUB_ID --prompts FILE ... --out report.json`."""
+"""`draftheads eval [CONFIG.yaml] --heads DIR_OR_HUB_ID [--prompts FILE ...] [key=value ...] --out report.json`.
+
+Every setting is a field of `EvalConfig` (eval/config.py); a YAML file gives any of them, flags
+and `key.sub=value` overrides (e.g. `tree.budget=8 sampling.temperature=0.7`) go on top.
+"""
 
 from __future__ import annotations
 
 import argparse
+import json
 from pathlib import Path
+
+# flag -> EvalConfig key path (flags default to None: only those given override the file)
+FLAGS = {
+    "heads": "heads", "base": "base", "prompts": "prompts", "max_new_tokens": "max_new_tokens", "limit": "limit",
+    "device": "device", "dtype": "dtype", "drift_batches": "drift_batches", "temperature": "sampling.temperature",
+    "top_p": "sampling.top_p", "top_k": "sampling.top_k", "seed": "sampling.seed", "tree": "tree.kind",
+    "tree_budget": "tree.budget", "tree_width": "tree.width",
+}
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Arguments of `eval`."""
-    parser.add_argument("--heads", required=True, help="heads folder or Hub id")
+    parser.add_argument("items", nargs="*", metavar="CONFIG.yaml | key=value", help="an eval config file, then overrides such as tree.budget=8")
+    parser.add_argument("--heads", help="heads folder or Hub id (required, here or in the config)")
     parser.add_argument("--base", help="base model (default: the one the heads were trained on)")
-    parser.add_argument("--prompts", default="mt-bench", help="MT-bench question.jsonl, ShareGPT file, JSONL with 'prompt', or mt-bench (packaged copy)")
-    parser.add_argument("--max-new-tokens", type=int, default=128)
-    parser.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default); > 0 = lossless speculative sampling")
-    parser.add_argument("--top-p", type=float, default=1.0)
-    parser.add_argument("--top-k", type=int, default=0)
-    parser.add_argument("--tree", choices=("auto", "static", "dynamic"), default="auto", help="auto: the tree saved by `draftheads tree`, else dynamic")
-    parser.add_argument("--tree-budget", type=int, default=16, help="drafted nodes per step (dynamic trees, and static trees without a saved one)")
-    parser.add_argument("--tree-width", type=int, default=8, help="dynamic trees: most nodes added per depth")
-    parser.add_argument("--limit", type=int, help="first N prompts only")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--device", default="auto", help="auto (cuda when available), cpu, cuda, cuda:1, ...")
-    parser.add_argument("--dtype", default="float32", choices=("float32", "bfloat16", "float16"))
-    parser.add_argument("--drift-batches", type=int, default=8, help="jointly trained backbones: held-out batches for agreement and perplexity")
+    parser.add_argument("--prompts", help="MT-bench question.jsonl, ShareGPT file, JSONL with 'prompt', or mt-bench (default)")
+    parser.add_argument("--max-new-tokens", type=int, help="new tokens per turn (default 128)")
+    parser.add_argument("--temperature", type=float, help="0 = greedy (default); > 0 = lossless speculative sampling")
+    parser.add_argument("--top-p", type=float)
+    parser.add_argument("--top-k", type=int)
+    parser.add_argument("--tree", choices=("auto", "static", "dynamic", "none"), help="auto (default): the saved tree, else the dynamic tree with the highest expected tokens/s measured at start-up")
+    parser.add_argument("--tree-budget", type=int, help="drafted nodes per step (dynamic trees, and static trees without a saved one)")
+    parser.add_argument("--tree-width", type=int, help="dynamic trees: most nodes added per depth")
+    parser.add_argument("--limit", type=int, help="N prompts, spread over the prompt set's categories")
+    parser.add_argument("--seed", type=int)
+    parser.add_argument("--device", help="auto (cuda when available), cpu, cuda, cuda:1, ...")
+    parser.add_argument("--dtype", choices=("auto", "float32", "bfloat16", "float16"), help="auto (default): bf16 where the hardware computes it natively, else fp32")
+    parser.add_argument("--drift-batches", type=int, help="jointly trained backbones: held-out batches for agreement and perplexity")
     parser.add_argument("--out", default="report.json", help="report.json path; report.md and report.png are written beside it")
+
+
+def config_from_args(args: argparse.Namespace):
+    """The EvalConfig of the command line: file, then flags, then overrides, checked as a whole."""
+    from draftheads.eval.config import EvalConfig
+    from draftheads.utils.errors import ConfigError
+    from draftheads.utils.typed_config import apply_overrides, from_dict, read_yaml
+
+    files = [item for item in args.items if "=" not in item]
+    overrides = [item for item in args.items if "=" in item]
+    if len(files) > 1:
+        raise ConfigError(f"one eval config file at most, got {', '.join(files)}")
+    data = read_yaml(files[0]) if files else {}
+    flags = [f"{key}={json.dumps(getattr(args, flag))}" for flag, key in FLAGS.items() if getattr(args, flag) is not None]
+    data = apply_overrides(data, flags + overrides)
+    label = files[0] if files else "eval options"
+    if "heads" not in data:
+        raise ConfigError(f"{label}: heads: required (--heads DIR or heads=DIR)")
+    try:
+        return from_dict(EvalConfig, data)
+    except ConfigError as exc:
+        raise ConfigError(f"{label}: {exc}") from None
 
 
 def run(args: argparse.Namespace) -> int:
     """Run the evaluation and write the report."""
-    from draftheads.eval.report import write_report
-    from draftheads.eval.runner import EvalOptions, run_eval
+    from draftheads.eval.report import write_report, write_summary
+    from draftheads.eval.runner import run_eval
 
-    options = EvalOptions(
-        heads=args.heads, prompts=args.prompts, base=args.base, max_new_tokens=args.max_new_tokens,
-        temperature=args.temperature, top_p=args.top_p, top_k=args.top_k, tree=args.tree,
-        tree_budget=args.tree_budget, tree_width=args.tree_width, limit=args.limit, seed=args.seed,
-        device=args.device, dtype=args.dtype, drift_batches=args.drift_batches,
-    )
+    config = config_from_args(args)
     out = Path(args.out)
-    report = run_eval(options, out)
+    report = run_eval(config, out)
     paths = write_report(report, out)
     out.with_name(out.name + ".partial.jsonl").unlink(missing_ok=True)
+    if config.write_summary and Path(config.heads).is_dir():
+        paths.append(write_summary(report, Path(config.heads)))
+    near = report.get("near_tie_divergences")
     print(
         f"tau {report['tau']:.3f} (predicted {report['tau_predicted'] or float('nan'):.3f}); "
         f"{report['tokens_per_s']:.2f} tok/s = {report['speedup']:.2f}x our autoregressive, "
-        f"{report['speedup_vs_hf_generate']:.2f}x HF generate, {report['speedup_vs_prompt_lookup']:.2f}x prompt lookup; "
-        f"greedy mismatches: {report['greedy_mismatches']}"
+        f"{report['speedup_vs_hf_generate']:.2f}x HF generate, {report['speedup_vs_prompt_lookup']:.2f}x prompt lookup ({report['dtype']}); "
+        f"greedy mismatches: {report['greedy_mismatches']}" + (f" (+{near} near-tie divergences)" if near else "")
     )
     drift = report.get("backbone_drift")
     if drift and "error" in drift:

@@ -37,6 +37,7 @@ def run(args: argparse.Namespace) -> int:
     if args.accelerate_config and not args.in_process:
         return relaunch(args, "gen-data")
     from draftheads.data.distill import run_distill
+    from draftheads.data.sources import dropped_note
     from draftheads.scripts.recipe_args import recipe_from_args
 
     result = run_distill(recipe_from_args(args))
@@ -45,6 +46,9 @@ def run(args: argparse.Namespace) -> int:
     print(f"this run: {result.generated_records} conversations, {result.generated_tokens} answer tokens in "
           f"{result.seconds:.1f} s ({result.tokens_per_s:.1f} tokens/s)")
     counts = result.counts
+    note = dropped_note(counts["dropped"])
+    if note:
+        print(f"warning: {note}")
     if not result.complete:
         print(f"{counts['missing']} of {counts['inputs']} inputs are not done yet: run the same command again to finish")
         return 1

@@ -96,3 +96,17 @@ def launch(config: str, base, out, **extra) -> None:
     command = [sys.executable, "-m", "draftheads.scripts.cli", "train", "--accelerate-config", config, *overrides(base, out, **extra)]
     done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-4000:]
+
+
+# Every character that some reader has treated as a line break, every control character, and
+# astral characters (no lone surrogates: UTF-8 cannot hold them). JSON escapes the ASCII controls;
+# U+0085, U+2028, U+2029 and U+007F-U+009F are written raw when ensure_ascii=False.
+LINE_BREAKS = "\n\r\r\n\x0b\x0c\x1c\x1d\x1e\x85\u2028\u2029"
+AWKWARD_TEXT = "a" + LINE_BREAKS + "".join(map(chr, range(0x20))) + "".join(map(chr, range(0x7F, 0xA0))) + "😀𝄞𠀀\U0010fffd" + "z"
+
+
+def write_awkward_jsonl(path: Path, records: list[dict]) -> Path:
+    """Records as a hand-edited file holds them: characters raw (ensure_ascii=False), "\\r\\n" line
+    endings, and no newline after the last line."""
+    path.write_bytes("\r\n".join(json.dumps(r, ensure_ascii=False) for r in records).encode("utf-8"))
+    return path

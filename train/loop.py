@@ -25,8 +25,12 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from draftheads.data.collate import Collator
+from draftheads.decoding.autotree import expected_tau
+from draftheads.decoding.calibration import CALIBRATION_NAME, RankStats, calibration_json
 from draftheads.data.dataset import build_datasets
-from draftheads.data.features import open_feature_cache, training_layers
+from draftheads.data.features import cached_dropped, open_feature_cache, training_layers
+from draftheads.data.sources import dropped_note
+from draftheads.data.vocab import choose_draft_vocabulary, count_targets
 from draftheads.eval.drift import drift_counts, drift_summary
 from draftheads.models.backbone import LAST, Backbone, load_backbone
 from draftheads.models.card import model_card
@@ -42,9 +46,10 @@ from draftheads.train.checkpoint import (
 )
 from draftheads.train.config import LossConfig, Recipe, recipe_yaml, save_resolved
 from draftheads.train.joint import TrainableBackbone, quantization_config
-from draftheads.train.losses import backbone_loss_sum, depth_accuracy_counts, depth_loss_sums, depth_weights, target_counts
+from draftheads.train.losses import backbone_loss_sum, depth_accuracy_counts, depth_loss_sums, depth_weights, joint_ranks, target_counts
 from draftheads.train.schedules import make_scheduler, ramp
 from draftheads.utils.errors import ConfigError, DraftheadsError
+from draftheads.utils.jsonl import read_lines
 from draftheads.utils.typed_config import to_dict
 
 
@@ -104,6 +109,8 @@ class TrainResult:
     """Held-out metrics of the whole run, across resumes (main process; the first is at step 0)."""
     losses: list[float] = field(default_factory=list)
     """Training loss at every step."""
+    calibration: RankStats | None = None
+    """Joint rank-path statistics of the last held-out evaluation (saved as calibration.json)."""
 
 
 def make_accelerator(recipe: Recipe):
@@ -147,15 +154,20 @@ def _batches(loader, state: TrainerState, accelerator) -> Iterator[dict]:
 def evaluate(
     heads: DraftHeads, backbone: Backbone, loader, accelerator, max_batches: int | None, chunk_size: int,
     trainable: TrainableBackbone | None = None,
-) -> dict:
-    """Held-out per-depth top-1/top-5 accuracy and cross-entropy, summed over all processes; with a
-    trained backbone whose original can run, also its drift (agreement, both perplexities)."""
+) -> tuple[dict, RankStats]:
+    """Held-out per-depth top-1/top-5 accuracy, cross-entropy and draft-vocabulary coverage, summed
+    over all processes; with a trained backbone whose original can run, also its drift (agreement,
+    both perplexities). Also the joint rank-path statistics of every drafted depth, which calibrate
+    trees (`RankStats`)."""
     heads.eval()
     if trainable is not None:
         trainable.module.eval()
+    from accelerate.utils import gather_object
+
     layers = training_layers(heads.config)
-    counts = torch.zeros(heads.config.trained_depths(), 4, dtype=torch.float64)
+    counts = torch.zeros(heads.config.trained_depths(), 5, dtype=torch.float64)
     drift = torch.zeros(4, dtype=torch.float64)
+    ranks = []
     measure_drift = trainable is not None and trainable.has_original
     with torch.no_grad():
         for i, batch in enumerate(loader):
@@ -164,21 +176,28 @@ def evaluate(
             features = batch_features(backbone, batch, layers)
             output = heads(features, batch["input_ids"], batch.get("position_ids"))
             counts += depth_accuracy_counts(heads, output, batch, backbone.lm_head, chunk_size)
+            drafted = output.states
+            if len(drafted) < heads.config.num_heads:  # ranks of every depth the heads draft, trained or not
+                drafted = heads(features, batch["input_ids"], batch.get("position_ids"), depths=heads.config.num_heads).states
+            ranks.append(joint_ranks(heads, drafted, batch, backbone.lm_head).cpu())
             if measure_drift:
                 original = trainable.original_hidden(batch)
                 drift += drift_counts(features[LAST], original, batch, backbone.lm_head, trainable.original_lm_head(), chunk_size)
     counts = accelerator.reduce(counts.to(accelerator.device), "sum").cpu()
+    local = torch.cat(ranks) if ranks else torch.zeros(0, heads.config.num_heads, dtype=torch.long)
+    all_ranks = gather_object([local]) if accelerator.num_processes > 1 else [local]
     heads.train()
     targets = counts[:, 0].clamp(min=1)
     metrics = {
         "top1": (counts[:, 1] / targets).tolist(),
         "top5": (counts[:, 2] / targets).tolist(),
-        "loss": (counts[:, 3] / targets).tolist(),
+        "loss": (counts[:, 3] / counts[:, 4].clamp(min=1)).tolist(),
         "targets": counts[:, 0].tolist(),
+        "coverage": (counts[:, 4] / targets).tolist(),
     }
     if measure_drift:
         metrics["drift"] = drift_summary(accelerator.reduce(drift.to(accelerator.device), "sum").cpu())
-    return metrics
+    return metrics, RankStats.from_ranks(torch.cat(all_ranks))
 
 
 def batch_features(backbone: Backbone, batch: dict, layers: list[int]) -> dict[int, torch.Tensor]:
@@ -220,18 +239,28 @@ def train(recipe: Recipe, on_step: Callable[[int], None] | None = None, progress
     with accelerator.main_process_first():  # the first process converts/caches the base model
         backbone = load_backbone(recipe.model, device=accelerator.device, quantization_config=quantization_config(joint_cfg))
     backbone.model.requires_grad_(False)
+    if recipe.heads.draft_vocab_size > backbone.vocab_size:
+        raise ConfigError(
+            f"heads.draft_vocab_size: {recipe.heads.draft_vocab_size} exceeds the vocabulary of {recipe.model.base} ({backbone.vocab_size} tokens)"
+        )
     with accelerator.main_process_first():
         if recipe.data.feature_cache.path:
             train_set, held_set, stat_lines = open_feature_cache(recipe, backbone)
+            dropped = cached_dropped(recipe)
         else:
             train_set, held_set, stats, _ = build_datasets(recipe.data, backbone.tokenizer, recipe.model.base, progress and accelerator.is_main_process)
             stat_lines = stats.lines()
+            dropped = stats.dropped()
     if accelerator.is_main_process:
         save_resolved(recipe, output_dir)
         for line in stat_lines:
             accelerator.print(f"data: {line}")
 
     draft = DraftModel.new(backbone, recipe.heads)
+    if recipe.heads.draft_vocab_size:
+        vocabulary = choose_draft_vocabulary(count_targets(train_set, backbone.vocab_size), recipe.heads.draft_vocab_size)
+        draft.heads.use_draft_vocab(vocabulary.tokens, backbone.lm_head)
+        accelerator.print(f"data: {vocabulary.summary()}")
     heads = draft.heads.train()
     depths = recipe.heads.trained_depths()
     trainable = TrainableBackbone(backbone, joint_cfg) if joint_cfg.trains else None
@@ -272,14 +301,25 @@ def train(recipe: Recipe, on_step: Callable[[int], None] | None = None, progress
     def run_eval(step: int) -> None:
         if eval_loader is None:
             return
-        metrics = evaluate(unwrapped, backbone, eval_loader, accelerator, cfg.eval_batches, cfg.loss.chunk_size, trainable)
+        metrics, stats = evaluate(unwrapped, backbone, eval_loader, accelerator, cfg.eval_batches, cfg.loss.chunk_size, trainable)
         metrics["step"] = step
+        result.calibration = stats
+        expected = {f"{b}x{w}": expected_tau(stats, b, w) for b, w in ((2, 1), (4, 2), (8, 4), (16, 8))}
+        metrics["expected_tau"] = expected
+        accelerator.log({f"eval/expected_tau_{k}": v for k, v in expected.items()}, step=step)
+        accelerator.print(
+            f"step {step}: expected τ from held-out rank paths ({stats.positions} positions), dynamic tree budget x width: "
+            + ", ".join(f"{k} {v:.3f}" for k, v in expected.items())
+        )
         result.evals.append(metrics)
         accelerator.log({f"eval/top1_head{k + 1}": v for k, v in enumerate(metrics["top1"])}, step=step)
         accelerator.log({f"eval/top5_head{k + 1}": v for k, v in enumerate(metrics["top5"])}, step=step)
         top1 = " ".join(f"{v:.3f}" for v in metrics["top1"])
         top5 = " ".join(f"{v:.3f}" for v in metrics["top5"])
-        accelerator.print(f"\nstep {step}: held-out top-1 by head [{top1}]  top-5 [{top5}]")
+        coverage = ""
+        if recipe.heads.draft_vocab_size:
+            coverage = "  draft-vocabulary coverage [" + " ".join(f"{v:.3f}" for v in metrics["coverage"]) + "]"
+        accelerator.print(f"\nstep {step}: held-out top-1 by head [{top1}]  top-5 [{top5}]{coverage}")
         if "drift" in metrics:
             drift = metrics["drift"]
             accelerator.log({f"eval/{k}": drift[k] for k in ("agreement", "perplexity_trained", "perplexity_original")}, step=step)
@@ -366,13 +406,14 @@ def train(recipe: Recipe, on_step: Callable[[int], None] | None = None, progress
     state_dict = accelerator.get_state_dict(module)  # on every process: gathers sharded (ZeRO-3) weights
     if accelerator.is_main_process:
         # The whole run's evaluations, including those before a resume (step 0 = untrained heads).
-        history = [json.loads(line) for line in (output_dir / "metrics.jsonl").read_text().splitlines()] if eval_loader else []
+        history = [json.loads(line) for _, line in read_lines(output_dir / "metrics.jsonl")] if eval_loader else []
         result.history = history
         summary = {
             "steps": state.step,
             "data": [s.path for s in recipe.data.sources],
             "train_rows": len(train_set),
             "held_out_rows": len(held_set),
+            "dropped": dropped,
             "final_eval": history[-1] if history else None,
             "first_eval": history[0] if history else None,
         }
@@ -388,11 +429,15 @@ def train(recipe: Recipe, on_step: Callable[[int], None] | None = None, progress
                 "README.md": model_card(unwrapped.config, summary),
                 "training.json": json.dumps(summary, indent=2) + "\n",
                 "recipe.yaml": recipe_yaml(recipe),
+                **({CALIBRATION_NAME: calibration_json(result.calibration, "held-out rows of the training data")} if result.calibration else {}),
             },
             state={k[len("heads.") :]: v for k, v in state_dict.items() if k.startswith("heads.")},
             write_more=write_backbone,
         )
         accelerator.print(f"heads saved to {result.heads_dir}" + (" with the trained backbone" if trainable else ""))
+        note = dropped_note(dropped)
+        if note:
+            accelerator.print(f"warning: {note}")
     accelerator.wait_for_everyone()
     accelerator.end_training()
     return result

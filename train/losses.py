@@ -6,6 +6,10 @@ without restarting in between). Soft labels are the backbone's own distribution 
 token, read at position t+k of the same forward: self-distillation at no extra forward (or, from
 the hidden-state cache, the backbone's top-k log-probabilities stored for position t+k).
 
+With a reduced draft vocabulary the heads' logits cover only its tokens: targets outside it cannot
+be drafted and are left out of the loss (their share is the vocabulary's coverage, reported by the
+held-out metrics), and soft labels are the teacher's distribution renormalised over it.
+
 Vocabulary logits are formed only at trained positions, `chunk_size` at a time, under activation
 checkpointing: memory holds one chunk of [chunk, vocab] logits instead of K x batch x seq x vocab.
 """
@@ -58,31 +62,38 @@ def target_counts(batch: dict[str, torch.Tensor], depths: int, with_next_token: 
 
 
 def _chunk_loss(
-    states, tokens, teacher_states, project: Callable, teacher_head: nn.Module, soft_weight: float,
+    states, tokens, teacher_states, project: Callable, teacher_project: Callable, soft_weight: float,
     top_ids=None, top_logprobs=None,
 ):
+    """Summed loss of one chunk; `tokens` are indices into `project`'s vocabulary (-100: not in it),
+    cached `top_ids` too (-100 for teacher tokens outside it)."""
     log_probs = F.log_softmax(project(states).float(), dim=-1)
     loss = log_probs.new_zeros(())
     if soft_weight < 1.0:
-        loss = loss + (1.0 - soft_weight) * F.nll_loss(log_probs, tokens, reduction="sum")
+        loss = loss + (1.0 - soft_weight) * F.nll_loss(log_probs, tokens, reduction="sum", ignore_index=-100)
     if soft_weight > 0.0 and top_ids is not None:
-        # Cached teacher top-k: KL from the teacher renormalised on its k tokens (no lm_head pass).
-        teacher = top_logprobs.float() - torch.logsumexp(top_logprobs.float(), dim=-1, keepdim=True)
-        student = log_probs.gather(-1, top_ids)
-        loss = loss + soft_weight * (teacher.exp() * (teacher - student)).sum()
+        # Cached teacher top-k: KL from the teacher renormalised on its k tokens that the vocabulary
+        # holds (no lm_head pass); a row with none of them adds nothing.
+        inside = top_ids >= 0
+        masked = top_logprobs.float().masked_fill(~inside, float("-inf"))
+        norm = torch.logsumexp(masked, dim=-1, keepdim=True)
+        teacher = torch.where(inside, masked - norm, torch.zeros_like(masked))
+        student = log_probs.gather(-1, top_ids.clamp(min=0))
+        loss = loss + soft_weight * torch.where(inside, teacher.exp() * (teacher - student), torch.zeros_like(student)).sum()
     elif soft_weight > 0.0:
         with torch.no_grad():
-            teacher = F.log_softmax(teacher_head(teacher_states).float(), dim=-1)
+            teacher = F.log_softmax(teacher_project(teacher_states).float(), dim=-1)
         loss = loss + soft_weight * F.kl_div(log_probs, teacher, log_target=True, reduction="sum")
     return loss
 
 
 def _targets_loss_sum(
-    targets: Targets, states, project: Callable, teacher_hidden, teacher_head: nn.Module, shift: int,
-    soft_weight: float, chunk_size: int, batch: dict,
+    targets: Targets, states, project: Callable, teacher_hidden, teacher_project: Callable, shift: int,
+    soft_weight: float, chunk_size: int, batch: dict, to_index: Callable = lambda tokens: tokens,
 ) -> torch.Tensor:
     """Summed loss of `project(states)` at `targets`; the teacher's distribution for token t+1+shift
-    is read at position t+shift (from `teacher_hidden`, or the cache's top-k when the batch has them)."""
+    is read at position t+shift (from `teacher_hidden`, or the cache's top-k when the batch has them).
+    `to_index` maps token ids to indices of `project`'s vocabulary."""
     total = states.new_zeros((), dtype=torch.float32)
     # Recomputing logits in backward costs one more projection; it only pays when several
     # chunks' logits would otherwise be alive at once.
@@ -92,9 +103,10 @@ def _targets_loss_sum(
         rows = targets.rows[start : start + chunk_size]
         cols = targets.positions[start : start + chunk_size]
         teacher_states = None if cached or teacher_hidden is None else teacher_hidden[rows, cols + shift]
-        args = (states[rows, cols], targets.tokens[start : start + chunk_size], teacher_states, project, teacher_head, soft_weight)
+        tokens = to_index(targets.tokens[start : start + chunk_size])
+        args = (states[rows, cols], tokens, teacher_states, project, teacher_project, soft_weight)
         if cached:
-            args += (batch["teacher_ids"][rows, cols + shift], batch["teacher_logprobs"][rows, cols + shift])
+            args += (to_index(batch["teacher_ids"][rows, cols + shift].long()), batch["teacher_logprobs"][rows, cols + shift])
         total = total + (checkpoint(_chunk_loss, *args, use_reentrant=False) if several else _chunk_loss(*args))
     return total
 
@@ -124,8 +136,13 @@ def depth_loss_sums(
         def project(chunk, depth=depth):
             return heads.project(depth, chunk, lm_head)
 
+        def teacher(chunk):  # the backbone's distribution over the draft vocabulary
+            return heads.shared_projection(chunk, lm_head)
+
         # Soft labels: the backbone's own prediction at t+k for the same token t+1+k.
-        total = total + _targets_loss_sum(targets, states, project, base_hidden, lm_head, depth, soft_weight, chunk_size, batch)
+        total = total + _targets_loss_sum(
+            targets, states, project, base_hidden, teacher, depth, soft_weight, chunk_size, batch, heads.token_index
+        )
         sums.append(total)
     return sums
 
@@ -156,20 +173,24 @@ def backbone_loss_sum(
 def depth_accuracy_counts(
     heads: DraftHeads, output: HeadOutput, batch: dict[str, torch.Tensor], lm_head: nn.Module, chunk_size: int
 ) -> torch.Tensor:
-    """[depths, 4]: targets, top-1 hits, top-5 hits, summed cross-entropy (held-out metrics)."""
+    """[depths, 5]: targets, top-1 hits, top-5 hits, summed cross-entropy over the targets the
+    draft vocabulary holds, and how many it holds (held-out metrics; a target outside the draft
+    vocabulary counts as a miss)."""
     rows_out = []
     for depth, states in enumerate(output.states, start=1):
         targets = depth_targets(batch, depth)
-        counts = torch.zeros(4, dtype=torch.float64)
+        counts = torch.zeros(5, dtype=torch.float64)
         for start in range(0, len(targets), chunk_size):
             part = slice(start, start + chunk_size)
             logits = heads.project(depth, states[targets.rows[part], targets.positions[part]], lm_head).float()
-            tokens = targets.tokens[part]
+            tokens = heads.token_index(targets.tokens[part])
             top5 = logits.topk(min(5, logits.shape[-1]), dim=-1).indices
+            inside = tokens >= 0
             counts[0] += tokens.numel()
             counts[1] += (top5[:, 0] == tokens).sum().item()
             counts[2] += (top5 == tokens[:, None]).any(-1).sum().item()
-            counts[3] += F.cross_entropy(logits, tokens, reduction="sum").item()
+            counts[3] += F.cross_entropy(logits[inside], tokens[inside], reduction="sum").item()
+            counts[4] += inside.sum().item()
         rows_out.append(counts)
     return torch.stack(rows_out)
 
@@ -177,3 +198,20 @@ def depth_accuracy_counts(
 def depth_weights(depths: int, decay: float) -> list[float]:
     """λ_k = decay^(k-1) for k = 1..depths."""
     return [decay ** (k - 1) for k in range(1, depths + 1)]
+
+
+@torch.no_grad()
+def joint_ranks(heads: DraftHeads, states: list[torch.Tensor], batch: dict[str, torch.Tensor], lm_head: nn.Module, max_rank: int = 10) -> torch.Tensor:
+    """[positions, depths] ranks of the true tokens at the positions every depth trains on (the
+    joint rank paths `RankStats` calibrates trees with); max_rank where a token is not in the top."""
+    from draftheads.decoding.calibration import true_ranks
+
+    targets = [depth_targets(batch, depth) for depth in range(1, len(states) + 1)]
+    length = batch["input_ids"].shape[1]
+    common = targets[0].rows * length + targets[0].positions
+    for t in targets[1:]:
+        common = common[torch.isin(common, t.rows * length + t.positions)]
+    rows, cols = common // length, common % length
+    ids = batch["input_ids"]
+    columns = [true_ranks(heads, k, states[k - 1][rows, cols], ids[rows, cols + 1 + k], lm_head, max_rank) for k in range(1, len(states) + 1)]
+    return torch.stack(columns, 1) if columns else torch.zeros(0, 0, dtype=torch.long)

@@ -14,6 +14,8 @@ import os
 from pathlib import Path
 from typing import Iterator
 
+from draftheads.utils.jsonl import json_error, read_lines
+
 
 class LogBusy(RuntimeError):
     """Another process has the log open for appending."""
@@ -52,14 +54,12 @@ def read_records(path: Path) -> Iterator[dict]:
     """The complete records of a log (a torn last line, if any, is not yielded)."""
     if not path.exists():
         return
-    with path.open("rb") as f:
-        for number, line in enumerate(f, start=1):
-            if not line.endswith(b"\n"):
-                return  # torn tail: repaired on the next open for appending
-            try:
-                yield json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise ValueError(f"{path}: line {number}: not a JSON record ({exc.msg}); the file was edited by hand?") from None
+    # A torn tail is skipped here and repaired on the next open for appending.
+    for number, line in read_lines(path, whole_only=True):
+        try:
+            yield json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"{path}: line {number}: not a JSON record ({json_error(exc)}); the file was edited by hand?") from None
 
 
 class AppendLog:

@@ -7,15 +7,22 @@ t+1+k. Sequential families (Hydra, Clover, EAGLE) read the true tokens t+1..t+k 
 them. `position_ids` (packed rows: restarting at 0 per document; None: 0..T-1) keep families that
 attend over the sequence within one document. A family that predicts features (Clover-2, EAGLE)
 returns them as `predicted_features`, and the trainer regresses them onto the backbone's.
-`project(depth, states, lm_head)` maps states to vocabulary logits; it is separate so that losses
-project only the positions they train on, in chunks (a 49k-word projection dominates the cost).
+`project(depth, states, lm_head)` maps states to logits over the heads' draft vocabulary; it is
+separate so that losses project only the positions they train on, in chunks (a 49k-word projection
+dominates the cost).
+
+Draft vocabulary: with `draft_vocab_size: N` the heads project onto N tokens only (the most frequent
+trained-on targets of the training data, as EAGLE-3 does), listed in the `draft_to_token` buffer
+(saved with the weights, so a reload never recomputes it). Logits and log-probabilities of
+`project` and `draft_step` are then over those N tokens, index i standing for token
+`draft_to_token[i]`; without it (0) they are over the whole vocabulary and index i is token i.
 
 Drafting: `begin_draft(features, input_ids, previous)` takes the features of the tokens just
 accepted (the last is position t) and the state it returned the step before (None after the
 prompt), and returns the family's drafting state (families with their own KV cache extend it);
-`draft_step(state, paths, lm_head)` takes N partial tree paths of length d, shape [N, d] (column 0 is the tree root, token t+1, the
-base model's own next token; column j the token drafted at depth j), and returns log-probabilities
-of depth d, i.e. of token t+1+d, shape [N, vocab]. Training feeds sequential heads the same tokens
+`draft_step(state, paths, lm_head)` takes N partial tree paths of length d, shape [N, d] (column 0
+is the tree root, token t+1, the base model's own next token; column j the token drafted at depth
+j), and returns log-probabilities of depth d, i.e. of token t+1+d, shape [N, draft vocabulary]. Training feeds sequential heads the same tokens
 (t+1..t+d from the data), so drafting and training agree on the same path. This pair is all the
 decoding engine needs; it never asks which family it has.
 """
@@ -27,6 +34,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from draftheads.models.backbone import LAST, Backbone
@@ -77,12 +85,18 @@ class HeadConfig:
     """Filled in from the backbone when training starts; checked when heads are loaded."""
     tree: TreeChoice | None = None
     """Default static draft tree, written by `draftheads tree`."""
+    draft_vocab_size: int = 0
+    """Project drafts onto this many tokens only: the most frequent trained-on target tokens of the
+    training data, counted when training starts (the map is saved with the weights). Targets outside
+    it cannot be drafted; the trainer reports their share. 0: the whole vocabulary."""
 
     head_type = "?"  # set by @register_head; also written as the dataclass field of each family
 
     def __post_init__(self) -> None:
         if self.num_heads < 1:
             raise ValueError(f"num_heads must be at least 1, got {self.num_heads}")
+        if self.draft_vocab_size < 0:
+            raise ValueError(f"draft_vocab_size must be at least 0, got {self.draft_vocab_size}")
 
     def trained_depths(self) -> int:
         """Depths the training forward returns states for (1..this); drafting always goes
@@ -135,9 +149,71 @@ class DraftHeads(nn.Module):
     config_class: type[HeadConfig] = HeadConfig
     head_type: str = "?"
 
-    def __init__(self, config: HeadConfig):
+    def __init__(self, config: HeadConfig, vocab_size: int):
         super().__init__()
         self.config = config
+        self.vocab_size = vocab_size
+        """Rows of the base lm_head (the full vocabulary)."""
+        if config.draft_vocab_size > vocab_size:
+            raise ValueError(f"draft_vocab_size {config.draft_vocab_size} exceeds the base vocabulary ({vocab_size})")
+        # draft index -> token id; a placeholder until `use_draft_vocab` or a load fills it
+        reduced = bool(config.draft_vocab_size)
+        self.register_buffer("draft_to_token", torch.arange(config.draft_vocab_size) if reduced else None, persistent=reduced)
+        self._projection_cache: tuple | None = None
+
+    @property
+    def draft_vocab(self) -> int:
+        """Size of the vocabulary the heads project onto."""
+        return self.config.draft_vocab_size or self.vocab_size
+
+    def use_draft_vocab(self, tokens: torch.Tensor, lm_head: nn.Module) -> None:
+        """Set the draft vocabulary to `tokens` (distinct ids, [draft_vocab_size]); projections the
+        family owns (`own_projections`) restart as the lm_head's rows of those tokens."""
+        if self.draft_to_token is None or tokens.shape != self.draft_to_token.shape:
+            raise ValueError(f"a draft vocabulary of {tokens.numel()} tokens does not fit draft_vocab_size {self.config.draft_vocab_size}")
+        if int(tokens.min()) < 0 or int(tokens.max()) >= self.vocab_size or tokens.unique().numel() != tokens.numel():
+            raise ValueError(f"draft vocabulary tokens must be distinct ids below {self.vocab_size}")
+        with torch.no_grad():
+            self.draft_to_token.copy_(tokens)
+            for projection in self.own_projections():
+                projection.weight.copy_(lm_head.weight[tokens.to(lm_head.weight.device)])
+
+    def own_projections(self) -> list[nn.Linear]:
+        """Vocabulary matrices the family trains itself (rows = draft vocabulary), if any."""
+        return []
+
+    def token_index(self, tokens: torch.Tensor) -> torch.Tensor:
+        """Draft-vocabulary index of each token id, -100 (cross-entropy's ignore index) for tokens
+        outside it."""
+        if self.draft_to_token is None:
+            return tokens
+        lookup = torch.full((self.vocab_size,), -100, dtype=torch.long, device=self.draft_to_token.device)
+        lookup[self.draft_to_token] = torch.arange(self.draft_to_token.numel(), device=lookup.device)
+        return lookup[tokens.to(lookup.device)].to(tokens.device)
+
+    def to_tokens(self, index: torch.Tensor) -> torch.Tensor:
+        """Token ids of draft-vocabulary indices."""
+        return index if self.draft_to_token is None else self.draft_to_token.to(index.device)[index]
+
+    def shared_projection(self, states: torch.Tensor, lm_head: nn.Module) -> torch.Tensor:
+        """Logits of the base lm_head restricted to the draft vocabulary's rows."""
+        if self.draft_to_token is None:
+            return lm_head(states)
+        weight, bias = self._draft_rows(lm_head)
+        return F.linear(states, weight, bias)
+
+    def _draft_rows(self, lm_head: nn.Module) -> tuple[torch.Tensor, torch.Tensor | None]:
+        # Without a graph (drafting, frozen lm_head) the rows are gathered once and kept until the
+        # lm_head or the map changes: the gather copies as many bytes as the projection reads.
+        weight, bias = lm_head.weight, getattr(lm_head, "bias", None)
+        index = self.draft_to_token.to(weight.device)
+        if torch.is_grad_enabled() and weight.requires_grad:
+            return weight[index], None if bias is None else bias[index]
+        key = (weight.data_ptr(), weight._version, weight.dtype, self.draft_to_token.data_ptr(), self.draft_to_token._version)
+        if self._projection_cache is None or self._projection_cache[0] != key:
+            rows = (weight[index].detach(), None if bias is None else bias[index].detach())
+            self._projection_cache = (key, rows)
+        return self._projection_cache[1]
 
     def forward(
         self, features: dict[int, torch.Tensor], input_ids: torch.Tensor, position_ids: torch.Tensor | None = None, depths: int | None = None
@@ -147,7 +223,7 @@ class DraftHeads(nn.Module):
         raise NotImplementedError
 
     def project(self, depth: int, states: torch.Tensor, lm_head: nn.Module) -> torch.Tensor:
-        """Vocabulary logits of depth `depth` (1-based) for `states` [..., hidden]."""
+        """Logits over the draft vocabulary of depth `depth` (1-based) for `states` [..., hidden]."""
         raise NotImplementedError
 
     def begin_draft(self, features: dict[int, torch.Tensor], input_ids: torch.Tensor, previous: Any = None) -> Any:
@@ -156,10 +232,11 @@ class DraftHeads(nn.Module):
         raise NotImplementedError
 
     def draft_step(self, state: Any, paths: torch.Tensor, lm_head: nn.Module) -> torch.Tensor:
-        """Log-probabilities [N, vocab] of depth d for N paths [N, d] (root token first)."""
+        """Log-probabilities [N, draft vocabulary] of depth d for N paths [N, d] (root token first)."""
         raise NotImplementedError
 
     @classmethod
     def build(cls, config: HeadConfig, backbone: Backbone) -> "DraftHeads":
-        """New heads for `backbone`, initialised as the family prescribes."""
+        """New heads for `backbone`, initialised as the family prescribes, in its dtype and on its
+        device (a reduced draft vocabulary starts as a placeholder: see `use_draft_vocab`)."""
         raise NotImplementedError

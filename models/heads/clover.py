@@ -117,8 +117,8 @@ class CloverHeads(DraftHeads):
 
     config_class = CloverConfig
 
-    def __init__(self, config: CloverConfig, shape: Shape, embed: nn.Module):
-        super().__init__(config)
+    def __init__(self, config: CloverConfig, shape: Shape, embed: nn.Module, vocab_size: int):
+        super().__init__(config, vocab_size)
         self.shape = shape
         self.shared = SharedEmbedding(embed)
         self.block = AugmentingBlock(shape) if config.augmenting_block else None
@@ -130,7 +130,7 @@ class CloverHeads(DraftHeads):
     @classmethod
     def build(cls, config: CloverConfig, backbone: Backbone) -> "CloverHeads":
         """Heads for `backbone`; the augmenting block starts from its last layer's weights."""
-        heads = cls(config, Shape.of(backbone), backbone.embed_tokens)
+        heads = cls(config, Shape.of(backbone), backbone.embed_tokens, backbone.vocab_size)
         if heads.block is not None and config.init_from_last_layer:
             heads.block.copy_from(backbone.layers[-1])
         return heads.to(device=backbone.lm_head.weight.device, dtype=backbone.lm_head.weight.dtype)
@@ -163,8 +163,8 @@ class CloverHeads(DraftHeads):
         return HeadOutput(states=states, predicted_features=predicted)
 
     def project(self, depth: int, states: torch.Tensor, lm_head: nn.Module) -> torch.Tensor:
-        """Logits of depth `depth` through the base lm_head."""
-        return lm_head(states)
+        """Logits of depth `depth` through the base lm_head (its draft vocabulary's rows)."""
+        return self.shared_projection(states, lm_head)
 
     def begin_draft(self, features: dict[int, torch.Tensor], input_ids: torch.Tensor, previous: CloverDraftState | None = None) -> CloverDraftState:
         """Extend the block cache and the decoder keys with the tokens just accepted."""
@@ -182,7 +182,7 @@ class CloverHeads(DraftHeads):
         """Depth d log-probabilities for N paths [N, d]: s_d from s_{d-1} of each path's prefix."""
         depth = paths.shape[1]
         states = self._states(state, paths)
-        logits = lm_head(self.heads[depth - 1](states)).float()
+        logits = self.shared_projection(self.heads[depth - 1](states), lm_head).float()
         return torch.log_softmax(logits, dim=-1)
 
     def _states(self, state: CloverDraftState, paths: torch.Tensor) -> torch.Tensor:

@@ -17,8 +17,9 @@ Two layouts, chosen by `fuse_layers`:
   through a final norm before the projection. `training_time_test` unrolls the layer over its own
   predictions for all `num_heads` depths in training, with the same attention pattern drafting
   uses (the sequence's pairs causally, then each earlier depth of the same position), and the
-  trainer's per-depth decay weighs the steps. `draft_vocab_size` projects onto a reduced vocabulary
-  with a map to the full one (as EAGLE-3 checkpoints ship it).
+  trainer's per-depth decay weighs the steps. With a reduced draft vocabulary (`draft_vocab_size`)
+  EAGLE-3 trains its own projection onto it (as EAGLE-3 checkpoints ship it, with `d2t`); EAGLE-1
+  projects with the base lm_head's rows of those tokens.
 
 Initialisation (ours): the fusion and `fc` start as selections of f (the high layer, the feature),
 and the layer's residual branches are gated by learnable scalars that start at 0 (weights copied
@@ -56,10 +57,6 @@ class EagleConfig(HeadConfig):
     feature_noise: float = 0.0
     """Half-width of the uniform noise added to the input features in training (EAGLE-1: the
     draft must cope with its own imperfect features at depth > 1)."""
-    draft_vocab_size: int = 0
-    """EAGLE-3: project onto this many tokens (a trained matrix and a map to the full vocabulary).
-    0: the base lm_head over the whole vocabulary. Set by the EAGLE-3 converter; training a reduced
-    vocabulary is not implemented (the trainer refuses it)."""
     fc_bias: bool = True
     """EAGLE-1: bias in the pair-reducing linear layer (SafeAILab's checkpoints have one)."""
     init_from_last_layer: bool = True
@@ -69,8 +66,6 @@ class EagleConfig(HeadConfig):
         super().__post_init__()
         if self.feature_noise < 0:
             raise ValueError(f"feature_noise must be at least 0, got {self.feature_noise}")
-        if self.draft_vocab_size < 0:
-            raise ValueError(f"draft_vocab_size must be at least 0, got {self.draft_vocab_size}")
         if self.fuse_layers and len(set(self.fuse_layers)) != len(self.fuse_layers):
             raise ValueError(f"fuse_layers must be distinct, got {self.fuse_layers}")
         if LAST in self.fuse_layers:
@@ -88,12 +83,6 @@ class EagleConfig(HeadConfig):
     def feature_layers(self) -> tuple[int, ...]:
         """The fused layers (EAGLE-3), else the final normed hidden state."""
         return tuple(self.fuse_layers) if self.fused else (LAST,)
-
-    def training_problems(self) -> list[str]:
-        """A reduced draft vocabulary is not trained here (no token-frequency selection yet)."""
-        if self.draft_vocab_size:
-            return ["draft_vocab_size: training a reduced draft vocabulary is not implemented (use 0; converted checkpoints keep theirs)"]
-        return []
 
 
 class EagleLayer(nn.Module):
@@ -219,7 +208,7 @@ class EagleHeads(DraftHeads):
     config_class = EagleConfig
 
     def __init__(self, config: EagleConfig, shape: Shape, embed: nn.Module, vocab_size: int):
-        super().__init__(config)
+        super().__init__(config, vocab_size)
         self.shape = shape
         self.shared = SharedEmbedding(embed)
         hidden = shape.hidden
@@ -231,10 +220,8 @@ class EagleHeads(DraftHeads):
                 self.fuse.weight[:, -hidden:].copy_(torch.eye(hidden))
         self.layer = EagleLayer(shape, config.fused, config.fc_bias)
         self.norm = nn.RMSNorm(hidden, eps=shape.eps) if config.fused else None
-        self.vocab_size = vocab_size
-        self.lm_head = nn.Linear(hidden, config.draft_vocab_size, bias=False) if config.draft_vocab_size else None
-        # draft index -> token id of the full vocabulary (saved with the heads)
-        self.register_buffer("draft_to_token", torch.arange(config.draft_vocab_size), persistent=bool(config.draft_vocab_size))
+        own = config.fused and config.draft_vocab_size
+        self.lm_head = nn.Linear(hidden, config.draft_vocab_size, bias=False) if own else None
 
     @classmethod
     def build(cls, config: EagleConfig, backbone: Backbone) -> "EagleHeads":
@@ -242,18 +229,20 @@ class EagleHeads(DraftHeads):
         for layer in config.fuse_layers:
             if not 0 <= layer < backbone.num_layers:
                 raise ValueError(f"fuse_layers: layer {layer} is out of range ({backbone.num_layers} decoder layers: 0..{backbone.num_layers - 1})")
-        if config.draft_vocab_size > backbone.vocab_size:
-            raise ValueError(f"draft_vocab_size {config.draft_vocab_size} exceeds the base vocabulary ({backbone.vocab_size})")
         heads = cls(config, Shape.of(backbone), backbone.embed_tokens, backbone.vocab_size)
         if config.init_from_last_layer:
             heads.layer.copy_from(backbone.layers[-1])
         if heads.norm is not None and isinstance(getattr(backbone.final_norm, "weight", None), torch.Tensor):
             with torch.no_grad():
                 heads.norm.weight.copy_(backbone.final_norm.weight)
-        if heads.lm_head is not None:
-            with torch.no_grad():
-                heads.lm_head.weight.copy_(backbone.lm_head.weight[heads.draft_to_token])
+        with torch.no_grad():
+            for projection in heads.own_projections():
+                projection.weight.copy_(backbone.lm_head.weight[heads.draft_to_token])
         return heads.to(device=backbone.lm_head.weight.device, dtype=backbone.lm_head.weight.dtype)
+
+    def own_projections(self) -> list[nn.Linear]:
+        """EAGLE-3's projection onto a reduced draft vocabulary."""
+        return [self.lm_head] if self.lm_head is not None else []
 
     def _feature(self, features: dict[int, torch.Tensor]) -> torch.Tensor:
         if self.fuse is None:
@@ -289,19 +278,11 @@ class EagleHeads(DraftHeads):
         # EAGLE-3's output lives in the fused space, not the backbone's final one: nothing to regress onto.
         return HeadOutput(states=states, predicted_features=None if self.config.fused else list(states))
 
-    def _logits(self, states: torch.Tensor, lm_head: nn.Module) -> torch.Tensor:
-        """Logits over the draft vocabulary (the full one unless reduced)."""
+    def project(self, depth: int, states: torch.Tensor, lm_head: nn.Module) -> torch.Tensor:
+        """Logits over the draft vocabulary (EAGLE-3 after its final norm)."""
         if self.norm is not None:
             states = self.norm(states)
-        return (self.lm_head or lm_head)(states)
-
-    def project(self, depth: int, states: torch.Tensor, lm_head: nn.Module) -> torch.Tensor:
-        """Vocabulary logits; with a reduced draft vocabulary the other tokens get the lowest finite value."""
-        logits = self._logits(states, lm_head)
-        if self.lm_head is None:
-            return logits
-        full = logits.new_full((*logits.shape[:-1], self.vocab_size), torch.finfo(logits.dtype).min)
-        return full.index_copy(-1, self.draft_to_token, logits)
+        return self.lm_head(states) if self.lm_head is not None else self.shared_projection(states, lm_head)
 
     def begin_draft(self, features: dict[int, torch.Tensor], input_ids: torch.Tensor, previous: EagleDraftState | None = None) -> EagleDraftState:
         """Cache the keys/values of the pairs the accepted tokens complete: (previous pending feature,
@@ -323,11 +304,7 @@ class EagleHeads(DraftHeads):
     def draft_step(self, state: EagleDraftState, paths: torch.Tensor, lm_head: nn.Module) -> torch.Tensor:
         """Depth d log-probabilities for N paths [N, d] (root token first)."""
         outputs = self._nodes(state, paths)
-        logprobs = torch.log_softmax(self._logits(outputs, lm_head).float(), dim=-1)
-        if self.lm_head is None:
-            return logprobs
-        full = logprobs.new_full((logprobs.shape[0], self.vocab_size), float("-inf"))
-        return full.index_copy(-1, self.draft_to_token, logprobs)
+        return torch.log_softmax(self.project(paths.shape[1], outputs, lm_head).float(), dim=-1)
 
     def _nodes(self, state: EagleDraftState, paths: torch.Tensor) -> torch.Tensor:
         """Outputs [N, H] of the paths' last nodes, memoising each path's keys, values and output."""

@@ -69,8 +69,8 @@ class HydraHeads(DraftHeads):
 
     config_class = HydraConfig
 
-    def __init__(self, config: HydraConfig, shape: Shape, embed: nn.Module):
-        super().__init__(config)
+    def __init__(self, config: HydraConfig, shape: Shape, embed: nn.Module, vocab_size: int):
+        super().__init__(config, vocab_size)
         self.shape = shape
         self.shared = SharedEmbedding(embed)
         self.block = AugmentingBlock(shape) if config.prefix_attention else None
@@ -85,7 +85,7 @@ class HydraHeads(DraftHeads):
     @classmethod
     def build(cls, config: HydraConfig, backbone: Backbone) -> "HydraHeads":
         """Heads for `backbone`; the prefix layer starts from its last decoder layer."""
-        heads = cls(config, Shape.of(backbone), backbone.embed_tokens)
+        heads = cls(config, Shape.of(backbone), backbone.embed_tokens, backbone.vocab_size)
         if heads.block is not None and config.init_from_last_layer:
             heads.block.copy_from(backbone.layers[-1])
         return heads.to(device=backbone.lm_head.weight.device, dtype=backbone.lm_head.weight.dtype)
@@ -112,8 +112,8 @@ class HydraHeads(DraftHeads):
         return HeadOutput(states=states)
 
     def project(self, depth: int, states: torch.Tensor, lm_head: nn.Module) -> torch.Tensor:
-        """Logits of depth `depth` through the base lm_head."""
-        return lm_head(states)
+        """Logits of depth `depth` through the base lm_head (its draft vocabulary's rows)."""
+        return self.shared_projection(states, lm_head)
 
     def begin_draft(self, features: dict[int, torch.Tensor], input_ids: torch.Tensor, previous: HydraDraftState | None = None) -> HydraDraftState:
         """Extend the prefix layer's cache with the tokens just accepted; a_t is the last one's."""
@@ -130,4 +130,4 @@ class HydraHeads(DraftHeads):
         depth = paths.shape[1]
         embeddings = self.shared.embed(paths.to(state.anchor.device)).to(state.anchor.dtype)  # [N, d, H]
         head = self._head(depth, state.anchor, embeddings.flatten(1))
-        return torch.log_softmax(lm_head(head).float(), dim=-1)
+        return torch.log_softmax(self.shared_projection(head, lm_head).float(), dim=-1)

@@ -58,7 +58,7 @@ class MedusaHeads(DraftHeads):
     config_class = MedusaConfig
 
     def __init__(self, config: MedusaConfig, hidden_size: int, vocab_size: int):
-        super().__init__(config)
+        super().__init__(config, vocab_size)
         # One ResBlock object per (head, layer): a list comprehension, never `[block] * L`.
         self.blocks = nn.ModuleList(
             nn.Sequential(*[ResBlock(hidden_size) for _ in range(config.num_layers)]) for _ in range(config.num_heads)
@@ -66,18 +66,22 @@ class MedusaHeads(DraftHeads):
         self.projections = (
             None
             if config.share_lm_head
-            else nn.ModuleList(nn.Linear(hidden_size, vocab_size, bias=False) for _ in range(config.num_heads))
+            else nn.ModuleList(nn.Linear(hidden_size, self.draft_vocab, bias=False) for _ in range(config.num_heads))
         )
 
     @classmethod
     def build(cls, config: MedusaConfig, backbone: Backbone) -> "MedusaHeads":
-        """Heads for `backbone`; unshared projections start as copies of its lm_head."""
+        """Heads for `backbone`; unshared projections start as copies of its lm_head (its draft
+        vocabulary's rows)."""
         heads = cls(config, backbone.hidden_size, backbone.vocab_size)
-        if heads.projections is not None:
-            with torch.no_grad():
-                for projection in heads.projections:
-                    projection.weight.copy_(backbone.lm_head.weight)
-        return heads.to(device=backbone.lm_head.weight.device)
+        with torch.no_grad():
+            for projection in heads.own_projections():
+                projection.weight.copy_(backbone.lm_head.weight[heads.to_tokens(torch.arange(heads.draft_vocab))])
+        return heads.to(device=backbone.lm_head.weight.device, dtype=backbone.lm_head.weight.dtype)
+
+    def own_projections(self) -> list[nn.Linear]:
+        """The per-head vocabulary matrices (unshared projections)."""
+        return list(self.projections) if self.projections is not None else []
 
     def forward(
         self, features: dict[int, torch.Tensor], input_ids: torch.Tensor, position_ids: torch.Tensor | None = None, depths: int | None = None
@@ -87,9 +91,9 @@ class MedusaHeads(DraftHeads):
         return HeadOutput(states=[block(hidden) for block in self.blocks[: depths or self.config.num_heads]])
 
     def project(self, depth: int, states: torch.Tensor, lm_head: nn.Module) -> torch.Tensor:
-        """Logits of head `depth` (1-based)."""
+        """Logits of head `depth` (1-based) over the draft vocabulary."""
         if self.projections is None:
-            return lm_head(states)
+            return self.shared_projection(states, lm_head)
         return self.projections[depth - 1](states)
 
     def begin_draft(self, features: dict[int, torch.Tensor], input_ids: torch.Tensor, previous=None) -> torch.Tensor:

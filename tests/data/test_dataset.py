@@ -6,7 +6,7 @@ import torch
 from helpers import write_jsonl
 from draftheads.data.collate import Collator
 from draftheads.data.config import DataConfig, SourceConfig
-from draftheads.data.dataset import Row, build_datasets, pack_rows, split_held_out
+from draftheads.data.dataset import TOKENISING, Row, build_datasets, pack_rows, split_held_out
 from draftheads.models.backbone import LAST, Backbone, ModelLocation
 from draftheads.utils.errors import DataError
 
@@ -31,6 +31,17 @@ def test_conversation_whose_replies_are_all_past_max_length_is_skipped(demo_toke
     path = write_jsonl(tmp_path / "d.jsonl", [long_prompt, conversation(1, 3)])
     dataset, _, stats, _ = build_datasets(DataConfig(sources=[SourceConfig(path=str(path))], max_length=48, eval_fraction=0), demo_tokenizer, progress=False)
     assert len(dataset) == 1 and stats.skipped == {"no assistant token within max_length": 1}
+
+
+def test_dropped_counts_every_record_left_out_by_source_and_reason(demo_tokenizer, tmp_path):
+    long_prompt = {"conversations": [{"from": "human", "value": "x " * 300}, {"from": "gpt", "value": "ok"}]}
+    path = write_jsonl(tmp_path / "d.jsonl", [long_prompt, "{", conversation(1, 3), {"conversations": []}])
+    cfg = DataConfig(sources=[SourceConfig(path=str(path))], max_length=48, skip_invalid=True, eval_fraction=0)
+    _, _, stats, _ = build_datasets(cfg, demo_tokenizer, progress=False)
+    assert stats.dropped() == {
+        str(path): {"malformed JSON": 1, "conversation has no assistant turn to train on": 1},
+        TOKENISING: {"no assistant token within max_length": 1},
+    }
 
 
 def test_no_usable_conversation_is_an_error(demo_tokenizer, tmp_path):

@@ -4,9 +4,9 @@ import json
 
 import pytest
 
-from helpers import write_jsonl
+from helpers import AWKWARD_TEXT, write_awkward_jsonl, write_jsonl
 from draftheads.data.config import SourceConfig
-from draftheads.data.sources import read_source
+from draftheads.data.sources import dropped_by_source, dropped_note, read_source
 from draftheads.utils.errors import DataError
 
 SHAREGPT = {"id": "a1", "conversations": [{"from": "human", "value": "Hi"}, {"from": "gpt", "value": "Hello!"}]}
@@ -107,6 +107,46 @@ def test_skipped_records_are_counted_by_reason(tmp_path):
     _, report = read(path, skip_invalid=True)
     assert report.dropped == {"unknown role …": 2, "malformed JSON": 1}
     assert "4 records read, 1 kept, 3 dropped (2 unknown role …, 1 malformed JSON)" in report.summary()
+
+
+def test_records_holding_unicode_line_separators_are_read_whole(tmp_path):
+    # The issue's repro: U+2028 is legal raw in a JSON string, and splitlines() broke records on it.
+    records = [{"id": f"u{i}", "conversations": [{"from": "human", "value": f"one\u2028two {i}"},
+                                                 {"from": "gpt", "value": f"para\u2029graph {i}"}]} for i in range(2)]
+    path = tmp_path / "u2028.jsonl"
+    path.write_text("\n".join(json.dumps(r, ensure_ascii=False) for r in records) + "\n", encoding="utf-8")
+    convs, report = read(path, skip_invalid=True)
+    assert report.records == report.kept == 2 and not report.dropped
+    assert [c.messages[0]["content"] for c in convs] == ["one\u2028two 0", "one\u2028two 1"]
+
+
+def test_every_awkward_character_crlf_and_a_last_line_without_newline_read_whole(tmp_path):
+    records = [{"id": f"r{i}\u2028", "conversations": [{"from": "human", "value": AWKWARD_TEXT + str(i)},
+                                                       {"from": "gpt", "value": str(i) + AWKWARD_TEXT}]} for i in range(3)]
+    convs, report = read(write_awkward_jsonl(tmp_path / "a.jsonl", records))
+    assert report.records == report.kept == 3
+    assert [c.id for c in convs] == ["r0\u2028", "r1\u2028", "r2\u2028"]
+    assert [[m["content"] for m in c.messages] for c in convs] == [[AWKWARD_TEXT + str(i), str(i) + AWKWARD_TEXT] for i in range(3)]
+    assert convs[2].origin.endswith(": line 3")
+
+
+def test_malformed_json_names_the_files_own_line_and_says_where_once(tmp_path):
+    good = json.dumps({**SHAREGPT, "note": "x\u2028y\u2029z\x85"}, ensure_ascii=False)
+    (tmp_path / "m.jsonl").write_text(f'{good}\n{good}\n{{"id": "cut", "conversations": "oops}}\n', encoding="utf-8")
+    with pytest.raises(DataError) as err:
+        read(tmp_path / "m.jsonl")
+    assert str(err.value) == f"{tmp_path / 'm.jsonl'}: line 3: malformed JSON (Unterminated string starting at column 32)"
+
+
+def test_the_dropped_note_names_each_source_and_reason(tmp_path):
+    a = write_jsonl(tmp_path / "a.jsonl", [SHAREGPT, "{", "{", {"conversations": [{"from": "robot", "value": "x"}]}])
+    b = write_jsonl(tmp_path / "b.jsonl", [SHAREGPT])
+    reports = [read(a, skip_invalid=True)[1], read(b, skip_invalid=True)[1]]
+    assert dropped_by_source(reports) == {str(a): {"malformed JSON": 2, "unknown role …": 1}}
+    assert dropped_note(dropped_by_source(reports)) == (
+        f"3 records dropped ({a}: 2 malformed JSON, 1 unknown role …); skip_invalid: false stops at the first invalid one"
+    )
+    assert dropped_note(dropped_by_source(reports[1:])) is None
 
 
 def test_empty_and_missing_files(tmp_path):

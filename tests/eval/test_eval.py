@@ -7,7 +7,8 @@ import json
 import pytest
 import torch
 
-from draftheads.eval.runner import EvalOptions, run_eval
+from draftheads.eval.config import EvalConfig, TreeSettings
+from draftheads.eval.runner import run_eval
 from draftheads.models.backbone import BackboneConfig, load_backbone
 from draftheads.models.draft_model import DraftModel, read_head_config
 from draftheads.models.heads.medusa import MedusaConfig
@@ -39,7 +40,7 @@ def prompts(tmp_path):
 
 def test_eval_writes_a_complete_report_and_is_lossless(heads_dir, prompts, tmp_path, capsys):
     out = tmp_path / "reports" / "demo" / "report.json"  # eval makes the folders it writes into
-    code = main(["eval", "--heads", str(heads_dir), "--prompts", str(prompts), "--max-new-tokens", "12", "--tree", "dynamic", "--tree-budget", "6", "--out", str(out)])
+    code = main(["eval", "--dtype", "float32", "--heads", str(heads_dir), "--prompts", str(prompts), "--max-new-tokens", "12", "--tree", "dynamic", "--tree-budget", "6", "--out", str(out)])
     assert code == 0
     report = json.loads(out.read_text())
     for key in (
@@ -61,7 +62,7 @@ def test_eval_writes_a_complete_report_and_is_lossless(heads_dir, prompts, tmp_p
 
 def test_eval_resumes_from_its_partial_file_and_refuses_other_settings(heads_dir, prompts, tmp_path):
     out = tmp_path / "report.json"
-    options = EvalOptions(heads=str(heads_dir), prompts=str(prompts), max_new_tokens=6, tree="static", tree_budget=4)
+    options = EvalConfig(heads=str(heads_dir), prompts=str(prompts), max_new_tokens=6, tree=TreeSettings("static", budget=4), dtype="float32")
     first = run_eval(options, out, progress=False)
     partial = out.with_name("report.json.partial.jsonl")
     lines = partial.read_text().splitlines()
@@ -72,7 +73,7 @@ def test_eval_resumes_from_its_partial_file_and_refuses_other_settings(heads_dir
     kept = json.loads(partial.read_text().splitlines()[1])
     assert kept["methods"]["ours"][0]["seconds"] == json.loads(lines[1])["methods"]["ours"][0]["seconds"]
     with pytest.raises(ConfigError, match="other settings"):
-        run_eval(EvalOptions(heads=str(heads_dir), prompts=str(prompts), max_new_tokens=7), out, progress=False)
+        run_eval(EvalConfig(heads=str(heads_dir), prompts=str(prompts), max_new_tokens=7), out, progress=False)
 
 
 def test_tree_search_saves_a_tree_that_eval_uses_by_default(heads_dir, prompts, tmp_path, capsys):
@@ -82,7 +83,7 @@ def test_tree_search_saves_a_tree_that_eval_uses_by_default(heads_dir, prompts, 
     choice = read_head_config(heads_dir).tree
     assert choice is not None and 1 <= len(choice.paths) <= 4
     out = tmp_path / "report.json"
-    assert main(["eval", "--heads", str(heads_dir), "--prompts", str(prompts), "--max-new-tokens", "8", "--out", str(out)]) == 0
+    assert main(["eval", "--dtype", "float32", "--heads", str(heads_dir), "--prompts", str(prompts), "--max-new-tokens", "8", "--out", str(out)]) == 0
     report = json.loads(out.read_text())
     assert report["tree"]["kind"] == "static"
     assert report["tree"]["paths"] == choice.paths
@@ -91,10 +92,10 @@ def test_tree_search_saves_a_tree_that_eval_uses_by_default(heads_dir, prompts, 
 
 def test_bad_eval_inputs_are_named(heads_dir, tmp_path, capsys):
     bad = write_jsonl(tmp_path / "bad.jsonl", [{"turns": ["ok"]}, {"question": "no turns"}])
-    assert main(["eval", "--heads", str(heads_dir), "--prompts", str(bad), "--out", str(tmp_path / "r.json")]) == 2
+    assert main(["eval", "--dtype", "float32", "--heads", str(heads_dir), "--prompts", str(bad), "--out", str(tmp_path / "r.json")]) == 2
     err = capsys.readouterr().err
     assert "bad.jsonl" in err and "line 2" in err
-    assert main(["eval", "--heads", str(tmp_path / "missing"), "--prompts", str(bad)]) == 2
+    assert main(["eval", "--dtype", "float32", "--heads", str(tmp_path / "missing"), "--prompts", str(bad)]) == 2
     assert not (tmp_path / "r.json").exists()
 
 
@@ -107,7 +108,7 @@ def test_eval_of_jointly_trained_heads_reports_the_backbone_drift_and_stays_loss
     settings = {"train.backbone.mode": "lora", "train.backbone.lora.rank": 4, "train.lr": 0.003, "train.max_steps": 6}
     train(load_recipe(None, overrides(varied_base, run, **settings)), progress=False)
     out = tmp_path / "report.json"
-    assert main(["eval", "--heads", str(run / "heads"), "--prompts", str(prompts), "--max-new-tokens", "12", "--tree-budget", "6", "--out", str(out)]) == 0
+    assert main(["eval", "--dtype", "float32", "--heads", str(run / "heads"), "--prompts", str(prompts), "--max-new-tokens", "12", "--tree-budget", "6", "--out", str(out)]) == 0
     report = json.loads(out.read_text())
     # The autoregressive baseline and HF generate run the trained (merged) backbone: still lossless.
     assert report["backbone_mode"] == "lora" and report["greedy_mismatches"] == 0 and report["hf_generate_mismatches"] == 0
@@ -121,8 +122,8 @@ def test_eval_of_jointly_trained_heads_reports_the_backbone_drift_and_stays_loss
     assert "backbone (lora): agrees with the original on" in capsys.readouterr().out
     assert "it is not the original model" in out.with_suffix(".md").read_text()
 
-    assert main(["eval", "--heads", str(run / "heads"), "--prompts", str(prompts), "--drift-batches", "0"]) == 2
-    assert "--drift-batches must be at least 1" in capsys.readouterr().err
+    assert main(["eval", "--dtype", "float32", "--heads", str(run / "heads"), "--prompts", str(prompts), "--drift-batches", "0"]) == 2
+    assert "drift_batches must be at least 1" in capsys.readouterr().err
     (run / "heads" / "recipe.yaml").unlink()
-    assert main(["eval", "--heads", str(run / "heads"), "--prompts", str(prompts), "--max-new-tokens", "4", "--out", str(tmp_path / "again.json")]) == 0
+    assert main(["eval", "--dtype", "float32", "--heads", str(run / "heads"), "--prompts", str(prompts), "--max-new-tokens", "4", "--out", str(tmp_path / "again.json")]) == 0
     assert "drift was not measured" in capsys.readouterr().out

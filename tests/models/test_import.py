@@ -226,7 +226,9 @@ def test_eagle3_import_drafts_what_the_reference_computes_over_its_reduced_vocab
             out = reference.layer(embed(tokens), hidden)
             theirs = torch.full((len(demo_tokenizer),), float("-inf"))
             theirs[draft_ids] = torch.log_softmax(reference.lm_head(reference.norm(out[-1])), -1)
-            ours = draft.heads.draft_step(state, ids[None, t + 1 : t + 1 + depth], draft.backbone.lm_head)[0]
+            reduced = draft.heads.draft_step(state, ids[None, t + 1 : t + 1 + depth], draft.backbone.lm_head)[0]
+            assert reduced.shape == (len(draft_ids),)  # drafting never touches the full vocabulary
+            ours = torch.full_like(theirs, float("-inf")).index_copy(0, draft.heads.draft_to_token, reduced)
             assert torch.equal(torch.isfinite(ours), torch.isfinite(theirs))
             torch.testing.assert_close(ours[draft_ids], theirs[draft_ids], rtol=1e-4, atol=1e-4)
             hidden, tokens = torch.cat([hidden, out[-1:]]), ids[1 : t + 2 + depth]

@@ -33,7 +33,7 @@ def test_loss_goes_down_and_heads_beat_their_untrained_selves(tiny_base, tmp_pat
     assert last < 0.9 * first, result.losses
     assert result.evals[-1]["loss"][0] < result.evals[0]["loss"][0]
     assert [e["step"] for e in result.evals] == [0, 15, 30]
-    assert sorted(p.name for p in (out / "heads").iterdir()) == ["README.md", "config.json", "model.safetensors", "recipe.yaml", "training.json"]
+    assert sorted(p.name for p in (out / "heads").iterdir()) == ["README.md", "calibration.json", "config.json", "model.safetensors", "recipe.yaml", "training.json"]
     assert "Held-out accuracy per head" in (out / "heads" / "README.md").read_text()
     assert list((out / "logs").rglob("events.out.tfevents*")), "tensorboard wrote nothing"
     assert list(tmp_path.rglob("offline-run-*")), "wandb (offline) wrote nothing"
@@ -166,8 +166,8 @@ def test_sequential_families_learn_through_the_same_loop_and_reload(heads, extra
     assert not any("embed_tokens" in name or name.startswith("lm_head") for name in heads_of(out))  # backbone weights stay out
 
 
-def test_settings_the_trainer_cannot_train_are_refused_before_loading(tiny_base, tmp_path):
-    extra = {"heads.head_type": "eagle", "heads.draft_vocab_size": 16}
-    with pytest.raises(ConfigError, match="heads.draft_vocab_size: training a reduced draft vocabulary is not implemented"):
+def test_a_draft_vocabulary_beyond_the_base_is_refused_before_anything_is_written(tiny_base, tmp_path):
+    extra = {"heads.head_type": "eagle", "heads.draft_vocab_size": 60000}
+    with pytest.raises(ConfigError, match=r"heads.draft_vocab_size: 60000 exceeds the vocabulary of .* \(49152 tokens\)"):
         train(load_recipe(None, overrides(tiny_base, tmp_path / "run", **extra)), progress=False)
     assert not (tmp_path / "run").exists()

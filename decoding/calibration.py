@@ -12,17 +12,25 @@ assumption), and the expected τ of a tree is 1 + the sum of its nodes' probabil
 
 from __future__ import annotations
 
+import json
 import statistics
 import time
 from collections import Counter
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 
 from draftheads.decoding.cache import KVCache, install_tree_attention
 from draftheads.decoding.tree import Tree
 from draftheads.models.draft_model import DraftModel
+from draftheads.models.heads.base import DraftHeads
 from draftheads.utils.device import synchronize
+from draftheads.utils.errors import ModelLoadError
+
+
+CALIBRATION_NAME = "calibration.json"
+"""File of a heads folder holding the heads' rank statistics on data the eval does not see."""
 
 
 @dataclass
@@ -53,11 +61,64 @@ class RankStats:
             out[depth[i] - 1] += self.probability(tuple(ranks[n] for n in tree.path_to(i)[1:]))
         return out
 
-    def best_paths(self, count: int) -> list[list[int]]:
-        """The `count` most probable rank paths; prefix-closed (a prefix is at least as likely,
-        and ties put shorter paths first)."""
+    def best_paths(self, count: int, width: int | None = None) -> list[list[int]]:
+        """The `count` most probable rank paths, at most `width` of them per depth; prefix-closed
+        (a prefix is at least as likely, ties put shorter paths first, and a path whose prefix was
+        left out is left out too)."""
         ordered = sorted(self.path_counts.items(), key=lambda kv: (-kv[1], len(kv[0]), kv[0]))
-        return [list(path) for path, _ in ordered[:count]]
+        chosen: set[tuple[int, ...]] = set()
+        per_depth: Counter = Counter()
+        out = []
+        for path, _ in ordered:
+            if len(out) == count:
+                break
+            if (width is not None and per_depth[len(path)] >= width) or (len(path) > 1 and path[:-1] not in chosen):
+                continue
+            chosen.add(path)
+            per_depth[len(path)] += 1
+            out.append(list(path))
+        return out
+
+    @classmethod
+    def from_ranks(cls, ranks: torch.Tensor, max_rank: int = 10) -> "RankStats":
+        """Statistics of ranks [positions, depths] of the true tokens (>= max_rank: not in the top)."""
+        counts: Counter = Counter()
+        for row in ranks.tolist():
+            path: tuple[int, ...] = ()
+            for r in row:
+                if r >= max_rank:
+                    break
+                path += (r,)
+                counts[path] += 1
+        positions = ranks.shape[0]
+        topk = (ranks[:, :, None] <= torch.arange(max_rank)).sum(0).float() / max(positions, 1)
+        return cls(positions, counts, topk.tolist())
+
+    def to_json(self) -> dict:
+        """JSON-ready (paths as lists)."""
+        return {"positions": self.positions, "depth_topk": self.depth_topk, "path_counts": [[list(p), c] for p, c in sorted(self.path_counts.items())]}
+
+    @classmethod
+    def from_json(cls, data: dict) -> "RankStats":
+        """Inverse of `to_json`."""
+        return cls(int(data["positions"]), Counter({tuple(p): int(c) for p, c in data["path_counts"]}), data["depth_topk"])
+
+
+def calibration_json(stats: RankStats, source: str) -> str:
+    """The text of a heads folder's calibration file."""
+    return json.dumps({"source": source, **stats.to_json()}) + "\n"
+
+
+def read_calibration(folder) -> tuple[RankStats, str] | None:
+    """The rank statistics saved in a heads folder and where they were measured, if any."""
+    path = Path(folder) / CALIBRATION_NAME
+    if not path.is_file():
+        return None
+    try:
+        data = json.loads(path.read_text())
+        return RankStats.from_json(data), f"{data.get('source', 'unknown data')} ({data['positions']} positions, {path})"
+    except (json.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
+        raise ModelLoadError(f"{path}: not a calibration file ({exc})") from None
 
 
 @torch.inference_mode()
@@ -69,10 +130,8 @@ def rank_stats(draft: DraftModel, sequences: list[tuple[list[int], int]], max_ra
     """
     backbone, heads = draft.backbone, draft.heads
     depths = heads.config.num_heads
-    counts: Counter = Counter()
-    topk = torch.zeros(depths, max_rank)
-    positions = 0
     device = backbone.lm_head.weight.device
+    parts = [torch.zeros(0, depths, dtype=torch.long)]
     for ids, start in sequences:
         ids_t = torch.tensor(ids, device=device)[None]
         first, last = max(start - 1, 0), len(ids) - 2 - depths  # position t predicts t+1+k at depth k
@@ -81,23 +140,17 @@ def rank_stats(draft: DraftModel, sequences: list[tuple[list[int], int]], max_ra
         out = backbone.features(ids_t, layers=heads.config.feature_layers())
         states = heads(out.features, ids_t, depths=depths).states
         index = torch.arange(first, last + 1, device=device)
-        ranks = []
-        for k in range(1, depths + 1):
-            logits = heads.project(k, states[k - 1][0, index], backbone.lm_head).float()
-            true = ids_t[0, index + 1 + k]
-            ranks.append((logits > logits.gather(1, true[:, None])).sum(1).cpu())
-        ranks_t = torch.stack(ranks, 1)  # [P, K]
-        positions += ranks_t.shape[0]
-        for k in range(depths):
-            topk[k] += (ranks_t[:, k : k + 1] <= torch.arange(max_rank)).sum(0)
-        for row in ranks_t.tolist():
-            path: tuple[int, ...] = ()
-            for r in row:
-                if r >= max_rank:
-                    break
-                path += (r,)
-                counts[path] += 1
-    return RankStats(positions, counts, (topk / max(positions, 1)).tolist())
+        parts.append(torch.stack([true_ranks(heads, k, states[k - 1][0, index], ids_t[0, index + 1 + k], backbone.lm_head, max_rank) for k in range(1, depths + 1)], 1))
+    return RankStats.from_ranks(torch.cat(parts), max_rank)
+
+
+def true_ranks(heads: DraftHeads, depth: int, states: torch.Tensor, tokens: torch.Tensor, lm_head, max_rank: int) -> torch.Tensor:
+    """[P] rank of each true token under depth `depth`'s logits at `states` [P, H] (max_rank for a
+    token outside the draft vocabulary: it is never drafted)."""
+    logits = heads.project(depth, states, lm_head).float()
+    true = heads.token_index(tokens)
+    rank = (logits > logits.gather(1, true.clamp(min=0)[:, None])).sum(1)
+    return rank.masked_fill(true < 0, max_rank).clamp(max=max_rank).cpu()
 
 
 def median_seconds(fn, device: torch.device, repeats: int) -> float:

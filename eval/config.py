@@ -1,0 +1,98 @@
+"""The typed configuration of `draftheads eval`, loaded like recipes: from a YAML file and/or
+flags and `key=value` overrides, every field documented, unknown keys refused."""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from dataclasses import dataclass, field
+from typing import Literal
+
+
+@dataclass
+class SamplingSettings:
+    """How every method picks tokens."""
+
+    temperature: float = 0.0
+    """0: greedy (lossless against greedy decoding); > 0: lossless speculative sampling."""
+    top_p: float = 1.0
+    """Nucleus filter of the sampled distribution (1: off)."""
+    top_k: int = 0
+    """Keep only the k most likely tokens when sampling (0: off)."""
+    seed: int = 0
+    """Seeds every sampled turn (each turn gets its own seed derived from this one)."""
+
+    def __post_init__(self) -> None:
+        if self.temperature < 0 or not 0 < self.top_p <= 1 or self.top_k < 0:
+            raise ValueError(f"sampling: temperature >= 0, 0 < top_p <= 1 and top_k >= 0 are needed, got {self.temperature}, {self.top_p}, {self.top_k}")
+
+
+@dataclass
+class TreeSettings:
+    """Which draft tree our decoder verifies each step."""
+
+    kind: Literal["auto", "static", "dynamic", "none"] = "auto"
+    """auto: the static tree saved by `draftheads tree` if there is one, else the dynamic budget and
+    width with the highest expected tokens/s, from costs measured at start-up on this machine and
+    the heads' calibration; static: the saved tree, else a default one of `budget` nodes; dynamic:
+    grown by joint draft probability under `budget` and `width`; none: autoregressive."""
+    budget: int = 16
+    """Drafted nodes per step (dynamic trees, and static trees without a saved one)."""
+    width: int = 8
+    """Dynamic trees: most nodes added per depth."""
+
+    def __post_init__(self) -> None:
+        if self.budget < 1 or self.width < 1:
+            raise ValueError(f"tree budget and width must be at least 1, got {self.budget} and {self.width}")
+
+
+@dataclass
+class EvalConfig:
+    """Everything `draftheads eval` takes."""
+
+    heads: str
+    """Heads folder or Hub id."""
+    prompts: str = "mt-bench"
+    """MT-bench question.jsonl, ShareGPT file, JSONL with 'prompt', or mt-bench (packaged copy)."""
+    base: str | None = None
+    """Base model; default: the one the heads were trained on."""
+    limit: int | None = None
+    """Prompts to run; on categorised prompt sets (MT-bench) they are spread over the categories
+    (the first question of each category in order of first appearance, then the second, ...)."""
+    max_new_tokens: int = 128
+    """New tokens per turn."""
+    device: str = "auto"
+    """auto (cuda when available), cpu, cuda, cuda:1, ..."""
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
+    """Weights and compute dtype of every method; auto: bf16 on GPUs and on CPUs with native bf16
+    dot products, fp16 on GPUs without bf16, fp32 elsewhere."""
+    sampling: SamplingSettings = field(default_factory=SamplingSettings)
+    """Greedy or sampled decoding."""
+    tree: TreeSettings = field(default_factory=TreeSettings)
+    """The draft tree."""
+    prompt_lookup_tokens: int = 10
+    """HF prompt-lookup decoding: tokens it copies per step."""
+    drift_batches: int | None = 8
+    """Held-out batches (of 4 rows) for a jointly trained backbone's drift; null for all."""
+    near_tie_epsilon: float | None = None
+    """A greedy divergence from our autoregressive decoding counts as a near tie (not a mismatch)
+    when the reference's top-2 logit gap there is at most this; null: by dtype (fp32 1e-3, bf16 0.5,
+    fp16 0.05)."""
+    write_summary: bool = True
+    """Write the report's summary into a local heads folder as eval_report.json (the model card and
+    `draftheads push` show it)."""
+
+    def __post_init__(self) -> None:
+        if self.max_new_tokens < 1:
+            raise ValueError(f"max_new_tokens must be at least 1, got {self.max_new_tokens}")
+        if self.limit is not None and self.limit < 1:
+            raise ValueError(f"limit must be at least 1, got {self.limit}")
+        if self.drift_batches is not None and self.drift_batches < 1:
+            raise ValueError(f"drift_batches must be at least 1, got {self.drift_batches}")
+
+    def fingerprint(self) -> str:
+        """Hash of the settings that change results (a partial file from other settings is refused)."""
+        data = dataclasses.asdict(self)
+        data.pop("write_summary")
+        return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
