@@ -29,10 +29,27 @@ def tiny_llama_config(vocab_size: int = 128, layers: int = 2, hidden: int = 64, 
 # Head-family options that change the architecture or the training forward, each a row of the
 # shared tests beside every registered family's defaults (fuse_layers fit the 2-layer tiny Llama).
 HEAD_VARIANTS = {
-    "eagle": {"eagle3": {"fuse_layers": [0, 1], "training_time_test": True}},
-    "hydra": {"hydra++": {"prefix_attention": True, "head_layers": 2}},
-    "clover": {"no-block": {"augmenting_block": False}},
+    "eagle": {
+        "eagle3": {"fuse_layers": [0, 1], "training_time_test": True},
+        "eagle3-vocab40": {"fuse_layers": [0, 1], "training_time_test": True, "draft_vocab_size": 40},
+        "eagle1-vocab40": {"draft_vocab_size": 40},
+    },
+    "hydra": {"hydra++": {"prefix_attention": True, "head_layers": 2}, "vocab40": {"draft_vocab_size": 40}},
+    "clover": {"no-block": {"augmenting_block": False}, "vocab40": {"draft_vocab_size": 40}},
+    "medusa": {"vocab40": {"draft_vocab_size": 40}, "unshared-vocab40": {"draft_vocab_size": 40, "share_lm_head": False}},
 }
+"""Rows with `draft_vocab_size` draft over a reduced vocabulary (tiny models have 128 tokens)."""
+
+
+def spread_vocabulary(heads, lm_head, seed: int = 5):
+    """Give reduced-vocabulary heads a scattered map (not the placeholder 0..N-1), as training does."""
+    import torch
+
+    if heads.draft_to_token is not None:
+        generator = torch.Generator().manual_seed(seed)
+        tokens = torch.randperm(heads.vocab_size, generator=generator)[: heads.draft_to_token.numel()].sort().values
+        heads.use_draft_vocab(tokens, lm_head)
+    return heads
 
 
 def head_cases():

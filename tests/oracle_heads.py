@@ -18,7 +18,7 @@ class OracleHeads(DraftHeads):
     """Drafts the base model's greedy tokens for depths <= correct_depth, wrong ones deeper."""
 
     def __init__(self, backbone: Backbone, num_heads: int, correct_depth: int):
-        super().__init__(HeadConfig(num_heads=num_heads))
+        super().__init__(HeadConfig(num_heads=num_heads), backbone.vocab_size)
         self.backbone = backbone
         self.correct_depth = correct_depth
         self.context: list[int] = []

@@ -145,3 +145,17 @@ def test_joint_training_with_the_cached_teacher_equals_the_adapter_disabled_teac
     no_teacher = load_recipe(None, overrides(tiny_base, tmp_path / "bad", tmp_path / "cache0", **{**extra, "train.backbone.teacher": "cache", "data.feature_cache.teacher_topk": 0}))
     with pytest.raises(ConfigError, match="teacher=cache needs the teacher top-k"):
         train(no_teacher, progress=False)
+
+
+def test_a_reduced_draft_vocabulary_trains_the_same_from_the_cache_as_online(tiny_base, tmp_path):
+    # The map is counted from the cache's token rows in one case and from the tokenised rows in the
+    # other, and the cached teacher top-k is renormalised over it as the online teacher is: the same
+    # losses only if both agree.
+    vocab = load_backbone(BackboneConfig(base=str(tiny_base))).vocab_size
+    extra = {"data.feature_cache.dtype": "float32", "data.feature_cache.teacher_topk": vocab, "train.loss.soft_label_weight": 0.5, "heads.draft_vocab_size": 300}
+    build(tiny_base, tmp_path / "cache", **extra)
+    online = train(load_recipe(None, overrides(tiny_base, tmp_path / "online", **extra)), progress=False)
+    cached = train(load_recipe(None, overrides(tiny_base, tmp_path / "cached", tmp_path / "cache", **extra)), progress=False)
+    torch.testing.assert_close(torch.tensor(cached.losses), torch.tensor(online.losses), rtol=1e-5, atol=0)
+    coverage = online.evals[-1]["coverage"]
+    assert all(0.3 < c < 1.0 for c in coverage) and coverage == cached.evals[-1]["coverage"]

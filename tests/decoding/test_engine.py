@@ -10,7 +10,7 @@ from transformers import LlamaForCausalLM
 from draftheads.decoding.engine import Engine, GenerationConfig, TreeSpec
 from draftheads.models.backbone import Backbone, ModelLocation
 from draftheads.models.registry import HEADS
-from helpers import head_cases, tiny_llama_config
+from helpers import head_cases, spread_vocabulary, tiny_llama_config
 from oracle_heads import OracleHeads
 
 STATIC = TreeSpec("static", paths=[[0], [1], [2], [0, 0], [0, 1], [1, 0], [0, 0, 0], [0, 0, 0, 0]])
@@ -29,7 +29,7 @@ def random_heads(backbone, family: str, **options):
     heads = HEADS.get(family).build(HEADS.config_class(family)(num_heads=4, **options), backbone)
     for parameter in heads.parameters():
         torch.nn.init.normal_(parameter, std=0.2)
-    return heads.eval()
+    return spread_vocabulary(heads, backbone.lm_head).eval()
 
 
 @pytest.fixture(scope="module")

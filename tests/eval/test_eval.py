@@ -127,3 +127,45 @@ def test_eval_of_jointly_trained_heads_reports_the_backbone_drift_and_stays_loss
     (run / "heads" / "recipe.yaml").unlink()
     assert main(["eval", "--dtype", "float32", "--heads", str(run / "heads"), "--prompts", str(prompts), "--max-new-tokens", "4", "--out", str(tmp_path / "again.json")]) == 0
     assert "drift was not measured" in capsys.readouterr().out
+
+
+def test_auto_tree_measures_costs_and_eval_writes_its_summary_into_the_heads(heads_dir, prompts, tmp_path, capsys):
+    out = tmp_path / "auto.json"
+    assert main(["eval", "--dtype", "float32", "--heads", str(heads_dir), "--prompts", str(prompts), "--max-new-tokens", "8", "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    report = json.loads(out.read_text())
+    choice = report["tree_choice"]
+    if report["tree"]["kind"] == "static":  # another test saved a tree into these heads first
+        assert "saved by" in choice["reason"]
+    else:
+        assert "tree auto:" in printed and choice["costs"]["verify_ms_by_nodes"]["1"] > 0
+        assert "fixed prompts" in choice["calibration"]  # no calibration.json: never the eval's own prompts
+    summary = json.loads((heads_dir / "eval_report.json").read_text())
+    assert summary["tau"] == report["tau"] and summary["dtype"] == "float32"
+    from draftheads.models.card import model_card
+
+    card = model_card(read_head_config(heads_dir), None, summary)
+    assert "speedup over HF `generate`" in card and f"{report['tau']:.3f}" in card
+
+
+def test_eval_config_files_and_bad_settings(heads_dir, prompts, tmp_path, capsys):
+    config = tmp_path / "eval.yaml"
+    config.write_text(f"heads: {heads_dir}\nprompts: {prompts}\nmax_new_tokens: 4\ntree: {{kind: dynamic, budget: 3}}\ndtype: float32\n")
+    out = tmp_path / "r.json"
+    assert main(["eval", str(config), "tree.width=2", "--out", str(out)]) == 0
+    report = json.loads(out.read_text())
+    assert report["tree"] == {"kind": "dynamic", "budget": 3, "width": 2, "mean_nodes": report["tree"]["mean_nodes"]}
+    config.write_text(f"heads: {heads_dir}\ntree: {{knd: dynamic}}\n")
+    assert main(["eval", str(config)]) == 2
+    assert "tree.knd: unknown key (did you mean 'kind'?)" in capsys.readouterr().err
+    assert main(["eval", "--heads", str(heads_dir), "--prompts", str(prompts), "--dtype", "float16", "--device", "cpu"]) == 2
+    assert "float16 on a CPU" in capsys.readouterr().err
+
+
+def test_a_short_mt_bench_run_covers_every_category():
+    from draftheads.eval.prompts import load_prompts
+
+    chosen = load_prompts("mt-bench", 16)
+    categories = [p.category for p in chosen]
+    assert len(chosen) == 16 and len(set(categories)) == 8 and all(categories.count(c) == 2 for c in set(categories))
+    assert [p.category for p in load_prompts("mt-bench", 3)] == ["writing", "roleplay", "reasoning"]

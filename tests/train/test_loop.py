@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -171,3 +172,35 @@ def test_a_draft_vocabulary_beyond_the_base_is_refused_before_anything_is_writte
     with pytest.raises(ConfigError, match=r"heads.draft_vocab_size: 60000 exceeds the vocabulary of .* \(49152 tokens\)"):
         train(load_recipe(None, overrides(tiny_base, tmp_path / "run", **extra)), progress=False)
     assert not (tmp_path / "run").exists()
+
+
+def test_a_reduced_draft_vocabulary_learns_reloads_and_drafts_only_its_tokens(varied_base, tmp_path):
+    from draftheads.decoding.engine import Engine, GenerationConfig
+    from draftheads.decoding.tree import TreeSpec
+
+    out = tmp_path / "run"
+    values = {"heads.head_type": "hydra", "heads.draft_vocab_size": 500, "train.max_steps": 30, "train.lr": 0.01, "data.packing": "true"}
+    result = train(load_recipe(None, overrides(varied_base, out, **values)), progress=False)
+    assert sum(result.losses[-4:]) < 0.9 * sum(result.losses[:4]), result.losses
+    first, last = result.history[0], result.history[-1]
+    assert last["loss"][0] < first["loss"][0] - 0.3 and 0.5 < last["coverage"][0] < 1.0
+    assert set(last["expected_tau"]) == {"2x1", "4x2", "8x4", "16x8"}
+    draft = DraftModel.from_pretrained(out / "heads")
+    vocabulary = set(draft.heads.draft_to_token.tolist())
+    assert len(vocabulary) == 500 and torch.equal(draft.heads.draft_to_token, result_map(out))
+    calibration = json.loads((out / "heads" / "calibration.json").read_text())
+    assert calibration["positions"] > 0 and "held-out" in calibration["source"]
+    engine = Engine(draft.backbone, draft.heads, TreeSpec("dynamic", budget=6, width=3))
+    ids = draft.backbone.tokenizer("The weather today is", return_tensors="pt").input_ids[0]
+    drafted = []
+    original = engine.drafter.draft
+    engine.drafter.draft = lambda *a, **k: drafted.append(original(*a, **k)) or drafted[-1]
+    reference = Engine(draft.backbone).generate(ids, GenerationConfig(max_new_tokens=20)).tokens
+    assert engine.generate(ids, GenerationConfig(max_new_tokens=20)).tokens == reference
+    assert drafted and all(set(d.tokens[1:].tolist()) <= vocabulary for d in drafted)
+
+
+def result_map(out):
+    from safetensors.torch import load_file
+
+    return load_file(str(out / "heads" / "model.safetensors"))["draft_to_token"]
