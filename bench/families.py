@@ -1,13 +1,16 @@
-"""Claim: every head family at the same data, depth, steps and eval on the demo model, in one table
-(τ, speedup over our autoregressive decoding and over HF generate, per-depth accuracy, training time).
+"""Claim: every head family, trained at the same data and budget on the demo model, decodes faster
+than HF `generate` in bf16 on this CPU; one interleaved run gives each family's τ, time per step
+(draft / verify), ours / our AR, ours / HF generate and ours / prompt lookup, with the tree `--tree
+auto` chose for it from costs measured at start-up.
 
-    python bench/families.py [--run] [--only hydra eagle3 ...]
+    python bench/families.py [--run] [--only medusa1-distill hydra ...] [--limit 16] [--max-new-tokens 128]
 
-With `--run` it trains each family's recipe that has no exported heads yet (timing it) and
-evaluates each one without a report, one after another (`draftheads train RECIPE`, then
-`draftheads eval --heads DIR --prompts mt-bench --limit 5 --max-new-tokens 96 --tree dynamic
---tree-budget 8 --tree-width 4`); it always prints the table from what is on disk. Every recipe
-reads the self-distilled data of `draftheads gen-data recipes/smollm2-135m/distill.yaml`.
+With `--run` it first trains each family's recipe that has no exported heads yet (timing it). The
+decode run then loads the base model once, puts every family's heads on it (Medusa-2 brings its
+own merged backbone and its own autoregressive reference) and runs, prompt by prompt and turn by
+turn, our autoregressive decoding, HF `generate`, HF prompt lookup and every family's tree decoding,
+all in the same dtype; greedy outputs are checked against our autoregressive decoding (near ties
+apart). It resumes from `bench/out/families/decode.partial.jsonl` and prints the table.
 """
 
 from __future__ import annotations
@@ -18,70 +21,122 @@ import subprocess
 import time
 from pathlib import Path
 
-# (label, recipe, output folder, extra overrides). Clover's recipe reads ShareGPT's original
-# answers; here it reads the distilled data like the others.
+import torch
+
+from draftheads.data.chat import ChatFormatter
+from draftheads.decoding.divergence import near_tie_epsilon
+from draftheads.decoding.engine import Engine, GenerationConfig
+from draftheads.eval.config import EvalConfig
+from draftheads.eval.metrics import acceptance_by_depth, divergences, tau_of
+from draftheads.eval.prompts import load_prompts
+from draftheads.eval.runner import Runner, engine_method, hf_method, resolve_tree, run_prompts
+from draftheads.models.backbone import BackboneConfig, load_backbone
+from draftheads.models.draft_model import DraftModel, load_head_weights, read_head_config
+from draftheads.models.registry import HEADS
+from draftheads.utils.device import resolve_dtype
+
+# (label, recipe, output folder, extra overrides): Clover's recipe reads ShareGPT's original answers;
+# here it reads the self-distilled data like the others.
 DISTILLED = "data.sources=[{path: outputs/smollm2-135m-distill/data.jsonl}]"
 FAMILIES = (
     ("Medusa-1", "medusa1-distill", "smollm2-135m-medusa1-distill", ()),
-    ("Medusa-2 (LoRA)", "medusa2-lora", "m2-lr2e-5-w0.02", ()),
+    ("Medusa-2 (LoRA)", "medusa2-lora", "smollm2-135m-medusa2-lora", ()),
     ("Hydra", "hydra", "smollm2-135m-hydra", ()),
     ("Hydra++", "hydra-plus", "smollm2-135m-hydra-plus", ()),
     ("Clover", "clover", "smollm2-135m-clover-distill", (DISTILLED,)),
     ("EAGLE-1", "eagle1", "smollm2-135m-eagle1", ()),
     ("EAGLE-3", "eagle3", "smollm2-135m-eagle3", ()),
 )
-EVAL = ["--prompts", "mt-bench", "--limit", "5", "--max-new-tokens", "96", "--tree", "dynamic", "--tree-budget", "8", "--tree-width", "4"]
 OUT = Path("bench/out/families")
 
 
-def _run(label: str, recipe: str, folder: str, extra: tuple, times: dict) -> None:
-    heads = Path("outputs") / folder / "heads"
-    if not heads.is_dir():
-        command = ["draftheads", "train", f"recipes/smollm2-135m/{recipe}.yaml", *extra, f"train.output_dir=outputs/{folder}"]
+def train_missing(chosen) -> None:
+    times_path = OUT / "train_seconds.json"
+    times = json.loads(times_path.read_text()) if times_path.is_file() else {}
+    for label, recipe, folder, extra in chosen:
+        if (Path("outputs") / folder / "heads").is_dir():
+            continue
         start = time.perf_counter()
-        subprocess.run(command, check=True)
+        subprocess.run(["draftheads", "train", f"recipes/smollm2-135m/{recipe}.yaml", *extra, f"train.output_dir=outputs/{folder}"], check=True)
         times[label] = time.perf_counter() - start
-        (OUT / "train_seconds.json").write_text(json.dumps(times, indent=2))
-    report = OUT / recipe / "report.json"
-    if not report.is_file():
-        subprocess.run(["draftheads", "eval", "--heads", str(heads), *EVAL, "--out", str(report)], check=True)
+        times_path.write_text(json.dumps(times, indent=2))
 
 
-def _row(label: str, recipe: str, folder: str, extra: tuple, times: dict) -> str:
-    heads = Path("outputs") / folder / "heads"
-    report_path = OUT / recipe / "report.json"
-    if not report_path.is_file():
-        return f"| {label} | not run | | | | | | | |"
-    report = json.loads(report_path.read_text())
-    training = json.loads((heads / "training.json").read_text()) if (heads / "training.json").is_file() else {}
-    held = " / ".join(f"{x:.3f}" for x in (training.get("final_eval") or {}).get("top1", []))
-    own = " / ".join(f"{report['depth_topk_accuracy'][k]['top1']:.3f}" for k in sorted(report["depth_topk_accuracy"]))
-    accepted = " / ".join(f"{x:.3f}" for x in report["acceptance_by_depth"])
-    seconds = times.get(label)
-    trained = f"{seconds / 60:.1f} min" if seconds else "see RESULTS.md"
-    mismatches = f"{report['greedy_mismatches']} / {report['hf_generate_mismatches']}"
-    return (
-        f"| {label} | {held} | {own} | {accepted} | {report['tau']:.3f} | {report['speedup']:.2f}x | "
-        f"{report['speedup_vs_hf_generate']:.2f}x | {mismatches} | {trained} |"
-    )
+def load_family(folder: Path, base, dtype: str) -> DraftModel:
+    """Heads on the shared base backbone, or (a trained backbone) with their own."""
+    if (folder / "adapter").is_dir() or (folder / "backbone").is_dir():
+        return DraftModel.from_pretrained(folder, device="cpu", dtype=dtype)
+    config = read_head_config(folder)
+    heads = HEADS.get(config.head_type).build(config, base)
+    load_head_weights(heads, folder)
+    return DraftModel(base, heads.eval(), folder=folder)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--run", action="store_true", help="train and evaluate what is missing")
+    parser.add_argument("--run", action="store_true", help="train the families that have no heads yet")
     parser.add_argument("--only", nargs="*", help="recipes to include (default: all)")
+    parser.add_argument("--limit", type=int, default=16)
+    parser.add_argument("--max-new-tokens", type=int, default=128)
+    parser.add_argument("--dtype", default="auto")
     args = parser.parse_args()
     OUT.mkdir(parents=True, exist_ok=True)
-    times_path = OUT / "train_seconds.json"
-    times = json.loads(times_path.read_text()) if times_path.is_file() else {}
     chosen = [f for f in FAMILIES if not args.only or f[1] in args.only]
     if args.run:
-        for family in chosen:
-            _run(*family, times)
-    print("| heads | held-out top-1 by depth (training eval) | top-1 on own answers by depth | accepted per step by depth | τ | ours / our AR | ours / HF generate | mismatches (AR / HF) | train time |")
+        train_missing(chosen)
+    dtype, note = resolve_dtype(args.dtype, torch.device("cpu"))
+    print(f"dtype: {note}")
+    base = load_backbone(BackboneConfig(base="demo:smollm2-135m", dtype=dtype))
+    reference = Engine(base)
+    eos = reference.default_eos()
+    methods = [engine_method("baseline", reference), hf_method("hf_generate", base, eos, None, "baseline"), hf_method("prompt_lookup", base, eos, 10, "baseline")]
+    trees = {}
+    for label, recipe, folder, _ in chosen:
+        draft = load_family(Path("outputs") / folder / "heads", base, dtype)
+        ref = "baseline"
+        if draft.backbone is not base:  # a trained backbone: its own autoregressive decoding is the reference
+            ref = f"baseline:{recipe}"
+            methods.append(engine_method(ref, Engine(draft.backbone)))
+        print(f"{label}:")
+        tree, trees[recipe] = resolve_tree(EvalConfig(heads=str(draft.folder)), draft)
+        methods.append(engine_method(recipe, Engine(draft.backbone, draft.heads, tree), ref))
+    config = GenerationConfig(max_new_tokens=args.max_new_tokens, eos_token_ids=eos, seed=0)
+    runner = Runner(methods, ChatFormatter(base.tokenizer, model_name=base.location.spec), config, near_tie_epsilon(base.lm_head.weight.dtype))
+    prompts = load_prompts("mt-bench", args.limit)
+    fingerprint = json.dumps([args.limit, args.max_new_tokens, dtype, [m.name for m in methods]])
+    start = time.perf_counter()
+    records = run_prompts(runner, prompts, OUT / "decode", fingerprint, 0, progress=True)
+    print(f"decode run: {time.perf_counter() - start:.0f} s, {len(records)} prompts x {len(methods)} methods")
+    (OUT / "decode.json").write_text(json.dumps({"trees": trees, "records": records}) + "\n")
+    print_table(chosen, records, trees)
+
+
+def speed(records: list[dict], method: str) -> float:
+    turns = [t for r in records for t in r["methods"][method]]
+    return sum(len(t["tokens"]) for t in turns) / sum(t["seconds"] for t in turns)
+
+
+def print_table(chosen, records: list[dict], trees: dict) -> None:
+    ar, hf, lookup = speed(records, "baseline"), speed(records, "hf_generate"), speed(records, "prompt_lookup")
+    print(f"our AR {ar:.2f} tok/s, HF generate {hf:.2f} tok/s (our AR / HF {ar / hf:.3f}), prompt lookup {lookup:.2f} tok/s")
+    print("| heads | tree (budget x width, expected τ) | τ | accepted per step by depth | draft ms / verify ms per step | ours / our AR | ours / HF generate | ours / prompt lookup | mismatches (real / near-tie) |")
     print("| --- | --- | --- | --- | --- | --- | --- | --- | --- |")
-    for family in chosen:
-        print(_row(*family, times))
+    for label, recipe, _, _ in chosen:
+        turns = [t for r in records for t in r["methods"][recipe]]
+        accepted = [a for t in turns for a in t["accepted"]]
+        steps = max(len(accepted), 1)
+        draft_ms = 1000 * sum(t["times"]["draft"] for t in turns) / steps
+        verify_ms = 1000 * sum(t["times"]["verify"] for t in turns) / steps
+        own_ar = speed(records, f"baseline:{recipe}") if f"baseline:{recipe}" in records[0]["methods"] else ar
+        tree = trees[recipe]
+        shape = f"{tree.get('budget')} x {tree.get('width')}, {tree.get('expected_tau', float('nan')):.3f}" if "budget" in tree else tree["reason"]
+        real, near = divergences(records, recipe)
+        ours = speed(records, recipe)
+        by_depth = " / ".join(f"{x:.3f}" for x in acceptance_by_depth(accepted, 3))
+        print(
+            f"| {label} | {shape} | {tau_of(accepted) or 1.0:.3f} | {by_depth} | {draft_ms:.1f} / {verify_ms:.1f} | {ours / own_ar:.2f}x | "
+            f"{ours / hf:.2f}x | {ours / lookup:.2f}x | {real} / {near} |"
+        )
 
 
 if __name__ == "__main__":

@@ -22,7 +22,7 @@ from draftheads.data.config import SourceConfig
 from draftheads.data.distill import answer_groups, record_seed
 from draftheads.data.generate_hf import GenRequest, HFGenerator
 from draftheads.data.sources import read_source
-from draftheads.decoding.engine import default_eos
+from draftheads.models.backbone import default_eos
 from draftheads.decoding.sampling import SamplingConfig
 from draftheads.models.backbone import BackboneConfig, load_backbone
 

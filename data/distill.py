@@ -186,7 +186,7 @@ def _make_generator(recipe, sampling: SamplingConfig, device):
     cfg: DistillConfig = recipe.distill
     if cfg.backend == "hf":
         from draftheads.data.generate_hf import HFGenerator
-        from draftheads.decoding.engine import default_eos
+        from draftheads.models.backbone import default_eos
 
         backbone = load_backbone(recipe.model, device=device)
         eos = default_eos(backbone)

@@ -77,7 +77,9 @@ def training_layers(head_config) -> list[int]:
 def identity_for(recipe, backbone: Backbone) -> CacheIdentity:
     """The identity a cache for `recipe` on `backbone` has."""
     from draftheads.models.draft_model import base_info
+    from draftheads.models.registry import HEADS
 
+    HEADS.required(recipe.heads, "the hidden-state cache (it stores the layers the family reads)")
     info = base_info(backbone)
     cfg = recipe.data.feature_cache
     return CacheIdentity(

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from draftheads.data.dataset import Row, build_datasets
 from draftheads.models.backbone import load_tokenizer, resolve_location, tokenizer_fingerprint
-from draftheads.train.config import Recipe
 from draftheads.utils.errors import ConfigError
 
 _GREEN = "\x1b[30;42m"
@@ -44,9 +43,10 @@ def token_table(tokenizer, row: Row) -> str:
 
 
 def inspect_data(
-    recipe: Recipe, show: int = 1, tokens: bool = False, color: bool = False, max_chars: int | None = 4000, progress: bool = True
+    recipe, show: int = 1, tokens: bool = False, color: bool = False, max_chars: int | None = 4000, progress: bool = True
 ) -> str:
-    """Build the recipe's dataset and return a report: sources, one masked row, statistics."""
+    """Build the recipe's dataset and return a report: sources, one masked row, statistics.
+    `recipe` is a `train.config.Recipe` (only its model and data sections are read)."""
     location = resolve_location(recipe.model.base, recipe.model.revision)
     tokenizer = load_tokenizer(recipe.model.base, recipe.model.revision, location)
     dataset, _, stats, _ = build_datasets(recipe.data, tokenizer, recipe.model.base, progress=progress)

@@ -20,21 +20,9 @@ from draftheads.decoding.cache import KVCache, install_tree_attention
 from draftheads.decoding.drafting import Draft, DynamicDrafter, StaticDrafter
 from draftheads.decoding.sampling import SamplingConfig, sample
 from draftheads.decoding.tree import Tree, TreeSpec
-from draftheads.models.backbone import LAST, Backbone
+from draftheads.models.backbone import LAST, Backbone, default_eos
 from draftheads.models.heads.base import DraftHeads
 from draftheads.utils.device import synchronize
-
-
-def default_eos(backbone: Backbone) -> tuple[int, ...]:
-    """EOS tokens of the tokenizer and of the model's generation config."""
-    ids = set()
-    tokenizer = backbone.tokenizer
-    if tokenizer is not None and tokenizer.eos_token_id is not None:
-        ids.add(int(tokenizer.eos_token_id))
-    generation = getattr(backbone.model, "generation_config", None)
-    extra = getattr(generation, "eos_token_id", None) if generation is not None else None
-    ids.update([extra] if isinstance(extra, int) else (extra or []))
-    return tuple(sorted(ids))
 
 
 @dataclass

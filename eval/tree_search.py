@@ -17,6 +17,7 @@ from draftheads.eval.prompts import load_prompts
 from draftheads.models.draft_model import CONFIG_NAME, DraftModel
 from draftheads.models.heads.base import TreeChoice
 from draftheads.utils.atomic import atomic_write_text
+from draftheads.utils.device import resolve_dtype
 from draftheads.utils.errors import ConfigError
 
 
@@ -28,7 +29,7 @@ def choose_tree(
     limit: int = 8,
     max_new_tokens: int = 96,
     device: str = "auto",
-    dtype: str = "float32",
+    dtype: str = "auto",
     save: bool = True,
     progress: bool = True,
 ) -> list[TreeCandidate]:
@@ -40,6 +41,11 @@ def choose_tree(
     if budget < 1:
         raise ConfigError(f"--budget must be at least 1, got {budget}")
     device = device if device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dtype, note = resolve_dtype(dtype, torch.device(device))
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
+    print(f"dtype: {note}")
     draft = DraftModel.from_pretrained(heads, base, device=device, dtype=dtype)
     formatter = ChatFormatter(draft.backbone.tokenizer, model_name=draft.backbone.location.spec)
     engine = Engine(draft.backbone)
@@ -69,7 +75,7 @@ def choose_tree(
         )
     print(f"best: {best.nodes} nodes, expected tau {best.expected_tau:.3f}, expected speedup {best.expected_speedup:.3f}x: {best.paths}")
     if save:
-        where = f"{prompts} ({len(sequences)} prompts, {stats.positions} positions), {device}, {torch.get_num_threads()} threads"
+        where = f"{prompts} ({len(sequences)} prompts, {stats.positions} positions), {device}, {dtype}, {torch.get_num_threads()} threads"
         config = dataclasses.replace(
             draft.heads.config,
             tree=TreeChoice(best.paths, round(best.expected_tau, 4), round(best.expected_speedup, 4), where),

@@ -17,7 +17,6 @@ import torch
 import triton
 import triton.language as tl
 
-from draftheads.decoding.tree import Tree
 
 
 @triton.jit
@@ -104,11 +103,6 @@ def ancestor_bits(tree_mask: torch.Tensor) -> torch.Tensor:
     weights = torch.ones(32, dtype=torch.int64, device=tree_mask.device) << torch.arange(32, device=tree_mask.device)
     packed = (padded.view(nodes, words, 32) * weights).sum(-1)
     return torch.where(packed >= 2**31, packed - 2**32, packed).to(torch.int32)  # two's complement
-
-
-def parents_bits(tree: Tree, device: torch.device) -> torch.Tensor:
-    """Ancestor bitmask of a tree, from its 1-D parents array."""
-    return ancestor_bits(tree.ancestor_mask().to(device))
 
 
 def tree_attention_triton(

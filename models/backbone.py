@@ -293,6 +293,18 @@ class Backbone:
         return BackboneOutput(features=features, logits=self.lm_head(hidden) if logits else None)
 
 
+def default_eos(backbone: Backbone) -> tuple[int, ...]:
+    """EOS tokens of the tokenizer and of the model's generation config."""
+    ids = set()
+    tokenizer = backbone.tokenizer
+    if tokenizer is not None and tokenizer.eos_token_id is not None:
+        ids.add(int(tokenizer.eos_token_id))
+    generation = getattr(backbone.model, "generation_config", None)
+    extra = getattr(generation, "eos_token_id", None) if generation is not None else None
+    ids.update([extra] if isinstance(extra, int) else (extra or []))
+    return tuple(sorted(ids))
+
+
 def _capture_into(store: dict[int, torch.Tensor], index: int):
     def hook(module, args, output):
         store[index] = output[0] if isinstance(output, (tuple, list)) else output

@@ -68,5 +68,5 @@ def import_medusa(spec: str, out: str | Path, base: str | None = None, backbone:
         backbone = load_backbone(BackboneConfig(base=base))
     weights, weights_path = read_source_weights(folder, WEIGHT_FILES)
     state = medusa_state(weights, heads, layers, weights_path)
-    ours = MedusaConfig(num_heads=heads, num_layers=layers, share_lm_head=False)
+    ours = MedusaConfig(num_heads=heads, head_layers=layers, share_lm_head=False)
     return write_imported(backbone, ours, state, out, {"format": "medusa", "source": str(spec), "weights": weights_path.name})

@@ -47,6 +47,12 @@ class HeadRegistry:
         self._load_families()
         return sorted(self._families)
 
+    def required(self, config: HeadConfig | None, what: str) -> HeadConfig:
+        """`config`, or an error listing the families when a recipe names none."""
+        if config is None:
+            raise ConfigError(f"heads.head_type: {what} needs a head family; the recipe names none (one of: {', '.join(self.names())})")
+        return config
+
     def get(self, name: str, where: str = "head_type") -> type[DraftHeads]:
         """The module class of head type `name`, or a `ConfigError` listing the known ones."""
         self._load_families()

@@ -21,9 +21,6 @@ def run(args: argparse.Namespace) -> int:
     from draftheads.train.loop import train
 
     result = train(recipe_from_args(args))
-    if result.main_process and result.history:
-        first, final = result.history[0], result.history[-1]
-        print("held-out top-1 accuracy by head (before -> after training):")
-        for k, (a, b) in enumerate(zip(first["top1"], final["top1"])):
-            print(f"  head {k + 1}: {a:.3f} -> {b:.3f}   (top-5 {final['top5'][k]:.3f})")
+    if result.main_process:
+        print("\n".join(result.summary_lines()))
     return 0

@@ -89,6 +89,7 @@ def overrides(base, out, **extra) -> list[str]:
         "data.max_length": 64,
         "data.skip_invalid": "true",
         "data.eval_fraction": 0.1,
+        "heads.head_type": "medusa",
         "heads.num_heads": 2,
         "train.output_dir": str(out),
         "train.max_steps": 8,

@@ -90,7 +90,7 @@ def test_cache_features_rows_read_back_whole(distilled, tiny_base, demo_tokenize
     out, expected = distilled
     recipe = load_recipe(None, [f"model.base={tiny_base}", f"data.sources=[{{path: {json.dumps(str(out / 'data.jsonl'))}}}]",
                                 "data.max_length=512", "data.eval_fraction=0.34", "data.skip_invalid=true",
-                                f"data.feature_cache.path={tmp_path / 'cache'}", "heads.num_heads=2"])
+                                f"data.feature_cache.path={tmp_path / 'cache'}", "heads.head_type=medusa", "heads.num_heads=2"])
     logged: list[str] = []
     folder = build_feature_cache(recipe, progress=False, log=logged.append)
     assert not any(line.startswith("warning") for line in logged) and cached_dropped(recipe) == {}

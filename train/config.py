@@ -16,7 +16,6 @@ from typing import Literal
 from draftheads.data.config import DataConfig, DistillConfig
 from draftheads.models.backbone import BackboneConfig
 from draftheads.models.heads.base import HeadConfig
-from draftheads.models.heads.medusa import MedusaConfig
 from draftheads.utils.atomic import atomic_write_text
 from draftheads.utils.errors import ConfigError
 from draftheads.utils.typed_config import apply_overrides, dump_yaml, from_dict, merge, read_yaml, to_dict
@@ -187,8 +186,9 @@ class Recipe:
     """The base model heads are trained for."""
     data: DataConfig = field(default_factory=DataConfig)
     """Training conversations and how they are tokenised."""
-    heads: HeadConfig = field(default_factory=MedusaConfig)
-    """The head family (`head_type`) and its settings."""
+    heads: HeadConfig | None = None
+    """The head family (`head_type`, one of the registered families) and its settings; training and
+    the hidden-state cache need it, data generation does not. No family is the default."""
     train: TrainConfig = field(default_factory=TrainConfig)
     """The optimisation loop."""
     distill: DistillConfig = field(default_factory=DistillConfig)
@@ -217,8 +217,8 @@ def load_recipe(source: str | Path | None, overrides: list[str] | None = None) -
     defaults = to_dict(Recipe())
     data = apply_overrides(merge(copy.deepcopy(defaults), copy.deepcopy(given)), list(overrides or []))
     head_type = data.get("heads", {}).get("head_type") if isinstance(data.get("heads"), dict) else None
-    if isinstance(head_type, str) and head_type != defaults["heads"]["head_type"]:
-        # Another family (in the file or an override): its own defaults, not Medusa's, fill the gaps.
+    if isinstance(head_type, str):
+        # The family named (in the file or an override) fills the gaps with its own defaults.
         from draftheads.models.registry import HEADS
 
         try:

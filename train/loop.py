@@ -31,11 +31,12 @@ from draftheads.data.dataset import build_datasets
 from draftheads.data.features import cached_dropped, open_feature_cache, training_layers
 from draftheads.data.sources import dropped_note
 from draftheads.data.vocab import choose_draft_vocabulary, count_targets
-from draftheads.eval.drift import drift_counts, drift_summary
+from draftheads.train.drift import drift_counts, drift_summary
 from draftheads.models.backbone import LAST, Backbone, load_backbone
 from draftheads.models.card import model_card
 from draftheads.models.draft_model import DraftModel, save_heads
 from draftheads.models.heads.base import DraftHeads
+from draftheads.models.registry import HEADS
 from draftheads.train.checkpoint import (
     TrainerState,
     checkpoint_trained_only,
@@ -111,6 +112,16 @@ class TrainResult:
     """Training loss at every step."""
     calibration: RankStats | None = None
     """Joint rank-path statistics of the last held-out evaluation (saved as calibration.json)."""
+
+    def summary_lines(self) -> list[str]:
+        """Held-out accuracy before and after, for the user (empty without held-out data)."""
+        if not self.history:
+            return []
+        first, final = self.history[0], self.history[-1]
+        lines = ["held-out top-1 accuracy by head (before -> after training):"]
+        for k, (a, b) in enumerate(zip(first["top1"], final["top1"])):
+            lines.append(f"  head {k + 1}: {a:.3f} -> {b:.3f}   (top-5 {final['top5'][k]:.3f})")
+        return lines
 
 
 def make_accelerator(recipe: Recipe):
@@ -227,7 +238,7 @@ def train(recipe: Recipe, on_step: Callable[[int], None] | None = None, progress
     from accelerate.utils import set_seed
 
     cfg = recipe.train
-    problems = recipe.heads.training_problems()
+    problems = HEADS.required(recipe.heads, "training").training_problems()
     if problems:
         raise ConfigError("; ".join(f"heads.{problem}" for problem in problems))
     accelerator = make_accelerator(recipe)

@@ -59,6 +59,9 @@ def _convert(value: Any, tp: Any, where: str) -> Any:
     if origin in (Union, types.UnionType):
         if value is None and type(None) in args:
             return None
+        arms = [arg for arg in args if arg is not type(None)]
+        if len(arms) == 1 and (dataclasses.is_dataclass(arms[0]) or hasattr(arms[0], "__from_config__")):
+            return _convert(value, arms[0], where)  # an optional section: its own, precise error
         for arg in args:
             if arg is type(None):
                 continue

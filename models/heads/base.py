@@ -30,6 +30,8 @@ decoding engine needs; it never asks which family it has.
 from __future__ import annotations
 
 import dataclasses
+import warnings
+from types import MappingProxyType
 from dataclasses import dataclass
 from typing import Any
 
@@ -91,6 +93,7 @@ class HeadConfig:
     it cannot be drafted; the trainer reports their share. 0: the whole vocabulary."""
 
     head_type = "?"  # set by @register_head; also written as the dataclass field of each family
+    renamed = MappingProxyType({})  # a family's old field names -> current ones (old configs still load)
 
     def __post_init__(self) -> None:
         if self.num_heads < 1:
@@ -121,6 +124,13 @@ class HeadConfig:
         if not isinstance(value, dict) or "head_type" not in value:
             raise ConfigError(f"{where}.head_type: required key is missing (one of: {', '.join(HEADS.names())})")
         config_class = HEADS.config_class(value["head_type"], f"{where}.head_type")
+        value = dict(value)
+        for old, new in config_class.renamed.items():
+            if old in value:
+                if new in value:
+                    raise ConfigError(f"{where}.{old}: the old name of {where}.{new}; give one of them")
+                warnings.warn(f"{where}.{old} is deprecated: it is now {where}.{new} (same meaning)", FutureWarning, stacklevel=2)
+                value[new] = value.pop(old)
         return from_dict(config_class, value, where)
 
     def to_json_dict(self) -> dict:

@@ -33,8 +33,7 @@ from torch import nn
 
 from draftheads.models.backbone import LAST, Backbone
 from draftheads.models.heads.base import DraftHeads, HeadConfig, HeadOutput
-from draftheads.models.heads.layers import AugmentingBlock, Shape, SharedEmbedding, appended, doc_mask, rope, shifted, split_heads
-from draftheads.models.heads.medusa import ResBlock
+from draftheads.models.heads.layers import AugmentingBlock, ResBlock, Shape, SharedEmbedding, appended, doc_mask, rope, shifted, split_heads
 from draftheads.models.registry import register_head
 
 

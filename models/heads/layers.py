@@ -1,6 +1,6 @@
-"""Transformer pieces several head families share: the backbone's attention layout, rotary
-embeddings, document masks for packed rows, a gated decoder layer, and a holder for the backbone's
-token embedding (used, never owned).
+"""Pieces several head families share: the backbone's attention layout, rotary embeddings,
+document masks for packed rows, a gated decoder layer, the zero-initialised residual block of
+Medusa-style heads, and a holder for the backbone's token embedding (used, never owned).
 
 The gated layer is one pre-norm decoder layer (causal self-attention with RoPE and GQA, SwiGLU MLP)
 whose residual branches are scaled by learnable gates that start at 0, so an untrained layer is the
@@ -150,6 +150,20 @@ class AugmentingBlock(nn.Module):
             for mine, theirs in names.items():
                 ours[mine].copy_(source[theirs])
         return True
+
+
+class ResBlock(nn.Module):
+    """x + SiLU(W x + b), with W and b zero so the block starts as the identity."""
+
+    def __init__(self, hidden_size: int):
+        super().__init__()
+        self.linear = nn.Linear(hidden_size, hidden_size)
+        nn.init.zeros_(self.linear.weight)
+        nn.init.zeros_(self.linear.bias)
+        self.act = nn.SiLU()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.act(self.linear(x))
 
 
 class SharedEmbedding:

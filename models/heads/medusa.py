@@ -10,6 +10,7 @@ repeats one block object L times, which silently shares its weights.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from types import MappingProxyType
 from typing import Literal
 
 import torch
@@ -17,6 +18,7 @@ from torch import nn
 
 from draftheads.models.backbone import LAST, Backbone
 from draftheads.models.heads.base import DraftHeads, HeadConfig, HeadOutput
+from draftheads.models.heads.layers import ResBlock
 from draftheads.models.registry import register_head
 
 
@@ -24,31 +26,19 @@ from draftheads.models.registry import register_head
 class MedusaConfig(HeadConfig):
     """Medusa-1 heads."""
 
+    renamed = MappingProxyType({"num_layers": "head_layers"})
+
     head_type: Literal["medusa"] = "medusa"
     """Family tag."""
-    num_layers: int = 1
-    """Residual blocks per head."""
+    head_layers: int = 1
+    """Residual blocks per head (`num_layers` in configs before draftheads 0.2: still read, with a note)."""
     share_lm_head: bool = True
     """Project with the base lm_head (frozen) instead of one trainable vocabulary matrix per head."""
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        if self.num_layers < 0:
-            raise ValueError(f"num_layers must be at least 0, got {self.num_layers}")
-
-
-class ResBlock(nn.Module):
-    """x + SiLU(W x + b), with W and b zero so the block starts as the identity."""
-
-    def __init__(self, hidden_size: int):
-        super().__init__()
-        self.linear = nn.Linear(hidden_size, hidden_size)
-        nn.init.zeros_(self.linear.weight)
-        nn.init.zeros_(self.linear.bias)
-        self.act = nn.SiLU()
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x + self.act(self.linear(x))
+        if self.head_layers < 0:
+            raise ValueError(f"head_layers must be at least 0, got {self.head_layers}")
 
 
 @register_head("medusa")
@@ -61,7 +51,7 @@ class MedusaHeads(DraftHeads):
         super().__init__(config, vocab_size)
         # One ResBlock object per (head, layer): a list comprehension, never `[block] * L`.
         self.blocks = nn.ModuleList(
-            nn.Sequential(*[ResBlock(hidden_size) for _ in range(config.num_layers)]) for _ in range(config.num_heads)
+            nn.Sequential(*[ResBlock(hidden_size) for _ in range(config.head_layers)]) for _ in range(config.num_heads)
         )
         self.projections = (
             None

@@ -22,6 +22,7 @@ def overrides(base, out, cache=None, **extra) -> list[str]:
         "data.skip_invalid": "true",
         "data.eval_fraction": 0.1,
         "data.packing": "true",
+        "heads.head_type": "medusa",
         "heads.num_heads": 2,
         "train.output_dir": str(out),
         "train.max_steps": 6,

@@ -57,7 +57,7 @@ def test_medusa_import_drafts_what_the_reference_heads_compute(saver, tiny_base,
     reference = medusa_checkpoint(tmp_path / "medusa", tiny_base, saver=saver)
     assert main(["import", "medusa", str(tmp_path / "medusa"), "--out", str(tmp_path / "heads")]) == 0
     draft = DraftModel.from_pretrained(tmp_path / "heads")
-    assert draft.heads.config.num_heads == 3 and draft.heads.config.num_layers == 2 and not draft.heads.config.share_lm_head
+    assert draft.heads.config.num_heads == 3 and draft.heads.config.head_layers == 2 and not draft.heads.config.share_lm_head
     ids = torch.randint(0, 1000, (1, 9))
     with torch.no_grad():
         hidden = draft.backbone.features(ids).features

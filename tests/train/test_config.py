@@ -75,3 +75,16 @@ def test_a_recipe_for_another_family_gets_that_familys_defaults(tmp_path):
     assert load_recipe(None, ["heads.head_type=clover"]).heads.augmenting_block is True
     with pytest.raises(ConfigError, match="defaults: heads.head_type: unknown head type 'nope'"):
         load_recipe(None, ["heads.head_type=nope"])
+
+
+def test_no_family_is_the_default_and_training_without_one_names_them(tmp_path):
+    from draftheads.train.loop import train
+
+    recipe = load_recipe(None, [f"train.output_dir={tmp_path / 'run'}"])
+    assert recipe.heads is None
+    with pytest.raises(ConfigError, match=r"heads.head_type: training needs a head family; the recipe names none \(one of: clover, eagle, hydra, medusa\)"):
+        train(recipe, progress=False)
+    assert not (tmp_path / "run").exists()
+    with pytest.raises(ConfigError, match="heads.head_type: required key is missing"):
+        load_recipe(None, ["heads.num_heads=2"])
+    assert load_recipe(None, ["heads.head_type=hydra"]).heads.head_layers == 1  # the family's own defaults

@@ -10,7 +10,7 @@ from safetensors.torch import load_file
 
 from draftheads.data.collate import Collator
 from draftheads.data.dataset import build_datasets
-from draftheads.eval.drift import drift_counts, drift_summary
+from draftheads.train.drift import drift_counts, drift_summary
 from draftheads.models.backbone import LAST, BackboneConfig, load_backbone
 from draftheads.models.draft_model import DraftModel
 from draftheads.train.config import BackboneTraining, load_recipe
