@@ -33,8 +33,9 @@ def test_readme_main_job_trains_heads_that_beat_untrained_ones_and_decode_lossle
     )
     assert evaluated.returncode == 0, evaluated.stderr[-3000:]
     report = json.loads(report_path.read_text())
-    assert report["greedy_mismatches"] == 0 and report["n_turns"] == 2
-    assert report["tau"] >= 1 and report["steps"] > 0
+    # Real mismatches are 0 in any dtype; in bf16 a near tie may flip (counted apart, with its gap).
+    assert report["greedy_mismatches"] == 0 and report["hf_generate_mismatches"] == 0 and report["n_turns"] == 2
+    assert report["tau"] >= 1 and report["steps"] > 0 and report["tree_choice"]["reason"]
 
 
 @pytest.mark.slow
