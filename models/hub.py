@@ -15,7 +15,7 @@ from draftheads.models.draft_model import ADAPTER_DIR, BACKBONE_DIR, CONFIG_NAME
 from draftheads.utils.atomic import atomic_write_text
 from draftheads.utils.errors import HubError
 
-UPLOADED = (CONFIG_NAME, WEIGHTS_NAME, "README.md", "training.json", "eval_report.json", "recipe.yaml", f"{ADAPTER_DIR}/*", f"{BACKBONE_DIR}/*")
+UPLOADED = (CONFIG_NAME, WEIGHTS_NAME, "README.md", "training.json", "eval_report.json", "calibration.json", "recipe.yaml", f"{ADAPTER_DIR}/*", f"{BACKBONE_DIR}/*")
 """Files of a heads folder that are published (checkpoints and logs never are), with the trained
 backbone of joint training (an adapter or a full model folder)."""
 
@@ -34,21 +34,34 @@ def refresh_card(folder: Path) -> str:
 
 def push_heads(folder: str | Path, repo_id: str, private: bool = False, commit_message: str | None = None) -> str:
     """Create `repo_id` if needed and upload the heads folder; returns the commit URL."""
+    folder = Path(folder)
+    refresh_card(folder)
+    config = read_head_config(folder)
+    return _upload(folder, repo_id, private, commit_message or f"Upload {config.head_type} draft heads for {config.base.model}", list(UPLOADED))
+
+
+def push_export(folder: str | Path, name: str, repo_id: str, dtype: str, private: bool = False, commit_message: str | None = None) -> str:
+    """Export the heads folder in layout `name` (`draftheads export`) and upload the whole export."""
+    import tempfile
+
+    from draftheads.models.formats import export_heads
+
+    config = read_head_config(Path(folder))
+    with tempfile.TemporaryDirectory() as tmp:
+        out = export_heads(folder, name, Path(tmp) / "export", dtype)
+        return _upload(out, repo_id, private, commit_message or f"Upload {config.head_type} draft heads for {config.base.model} ({name} layout)", None)
+
+
+def _upload(folder: Path, repo_id: str, private: bool, message: str, patterns: list[str] | None) -> str:
     from huggingface_hub import HfApi, get_token
     from huggingface_hub.errors import HfHubHTTPError
 
-    folder = Path(folder)
-    refresh_card(folder)
     if get_token() is None:
         raise HubError("no Hugging Face token: set HF_TOKEN or run `hf auth login`")
     api = HfApi()
-    config = read_head_config(folder)
-    message = commit_message or f"Upload {config.head_type} draft heads for {config.base.model}"
     try:
         api.create_repo(repo_id, private=private, exist_ok=True, repo_type="model")
-        commit = api.upload_folder(
-            folder_path=str(folder), repo_id=repo_id, repo_type="model", commit_message=message, allow_patterns=list(UPLOADED)
-        )
+        commit = api.upload_folder(folder_path=str(folder), repo_id=repo_id, repo_type="model", commit_message=message, allow_patterns=patterns)
     except HfHubHTTPError as exc:
         status = exc.response.status_code if exc.response is not None else "no response"
         raise HubError(f"the Hub refused the upload to {repo_id} (HTTP {status}): {exc.server_message or exc}") from None

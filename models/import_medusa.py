@@ -51,9 +51,15 @@ def medusa_state(source: dict[str, torch.Tensor], heads: int, layers: int, where
     return state
 
 
-def import_medusa(spec: str, out: str | Path, base: str | None = None, backbone: Backbone | None = None) -> DraftModel:
+def import_medusa(
+    spec: str, out: str | Path, base: str | None = None, backbone: Backbone | None = None, num_heads: int | None = None,
+    fuse_layers: list[int] | None = None,
+) -> DraftModel:
     """Convert the FasterDecoding Medusa checkpoint `spec` (folder or Hub id) into a heads folder at
-    `out` for `base` (default: the checkpoint's `base_model_name_or_path`)."""
+    `out` for `base` (default: the checkpoint's `base_model_name_or_path`). `num_heads` and
+    `fuse_layers` are refused: the checkpoint says how many heads it has, and they read no layers."""
+    if num_heads is not None or fuse_layers:
+        raise ModelLoadError("--num-heads and --fuse-layers apply to eagle checkpoints; a Medusa checkpoint has its own heads")
     folder = source_folder(spec)
     config = read_source_config(folder)
     config_path = folder / "config.json"

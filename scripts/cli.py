@@ -30,6 +30,7 @@ VERBS = (
     Verb(("cache-features",), "draftheads.scripts.cache_features_cmd", "run the frozen backbone once over a recipe's data and store the features its heads train on"),
     Verb(("train",), "draftheads.scripts.train_cmd", "train draft heads from a recipe (in this process, or through accelerate launch)"),
     Verb(("import",), "draftheads.scripts.import_cmd", "convert FasterDecoding Medusa or SafeAILab EAGLE checkpoints into a heads folder"),
+    Verb(("export",), "draftheads.scripts.export_cmd", "write heads in the layouts serving engines load (eagle: SGLang/vLLM; medusa: TensorRT-LLM, Medusa)"),
     Verb(("push",), "draftheads.scripts.push_cmd", "upload exported heads and their model card to the Hugging Face Hub"),
     Verb(("eval",), "draftheads.scripts.eval_cmd", "measure acceptance length and speedup of heads against autoregressive decoding and HF generate"),
     Verb(("tree",), "draftheads.scripts.tree_cmd", "choose the static draft tree with the best expected speedup on this machine"),

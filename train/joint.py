@@ -1,4 +1,6 @@
-"""Joint training of the backbone with the heads (Medusa-2): a LoRA adapter or every weight.
+"""What the backbone does in training, behind one interface the loop calls without asking which:
+`FrozenBackbone` (Medusa-1: it only supplies features) or `TrainableBackbone` (Medusa-2: joint
+training of a LoRA adapter or every weight).
 
 `TrainableBackbone` makes the backbone trainable as the recipe says and answers for the ORIGINAL
 model, which the KL objective and the drift metrics compare against: with LoRA it is the same
@@ -19,6 +21,7 @@ from torch import nn
 from draftheads.models.backbone import LAST, Backbone
 from draftheads.models.draft_model import ADAPTER_DIR, BACKBONE_DIR
 from draftheads.train.config import BackboneTraining
+from draftheads.train.schedules import ramp
 from draftheads.utils.errors import ConfigError
 
 
@@ -42,8 +45,52 @@ def quantization_config(cfg: BackboneTraining):
     return BitsAndBytesConfig(load_in_8bit=True)
 
 
+def batch_features(backbone: Backbone, batch: dict, layers: list[int]) -> dict[int, torch.Tensor]:
+    """The backbone features of a batch without a graph: read from the hidden-state cache when the
+    batch carries them, else computed now."""
+    if batch.get("features"):
+        dtype = backbone.lm_head.weight.dtype
+        return {layer: batch["features"][layer].to(dtype) for layer in layers}
+    with torch.no_grad():
+        return backbone.features(batch["input_ids"], batch.get("attention_mask"), batch.get("position_ids"), layers).features
+
+
+class FrozenBackbone:
+    """Medusa-1: the backbone supplies features (computed without a graph, or read from the
+    hidden-state cache) and never changes; every joint-training hook is a no-op."""
+
+    trains = False
+    module = None
+    has_original = False
+
+    def __init__(self, backbone: Backbone):
+        self.backbone = backbone
+
+    def param_groups(self, lr: float) -> list[dict]:
+        """No backbone parameters to optimise."""
+        return []
+
+    def begin_step(self, step: int) -> tuple[bool, float]:
+        """(joint stage, λ0): never joint; the heads' losses count fully."""
+        return False, 1.0
+
+    def features(self, batch: dict, layers: list[int]) -> dict[int, torch.Tensor]:
+        """The features the batch trains on (see `batch_features`)."""
+        return batch_features(self.backbone, batch, layers)
+
+    def progress(self, backbone_loss: float, head_weight: float, lrs: list[float]) -> tuple[dict, dict]:
+        """(progress-bar fields, tracker values) of a step: nothing to add."""
+        return {}, {}
+
+    def summary(self, state: dict[str, torch.Tensor], history: list[dict]):
+        """(training.json section, writer of the trained backbone into the heads folder): none."""
+        return None, None
+
+
 class TrainableBackbone:
     """The backbone as joint training sees it: trainable parameters, the original model, export."""
+
+    trains = True
 
     def __init__(self, backbone: Backbone, cfg: BackboneTraining):
         self.backbone = backbone
@@ -64,6 +111,37 @@ class TrainableBackbone:
     def trainable_parameters(self) -> list[nn.Parameter]:
         """The backbone parameters the optimizer updates."""
         return [p for p in self.module.parameters() if p.requires_grad]
+
+    def param_groups(self, lr: float) -> list[dict]:
+        """The backbone's optimizer group, at the run's learning rate."""
+        return [{"params": self.trainable_parameters(), "lr": lr}]
+
+    def begin_step(self, step: int) -> tuple[bool, float]:
+        """(joint stage, λ0) of optimizer step `step`: heads alone for `heads_only_steps`, then
+        joint with λ0 ramped from the first joint step; the backbone is in train mode when joint."""
+        cfg = self.cfg
+        joint = step >= cfg.heads_only_steps
+        self.module.train(joint)
+        weight = cfg.head_loss_weight
+        if joint:
+            weight *= ramp(step - cfg.heads_only_steps, cfg.head_weight_warmup_steps, cfg.head_weight_warmup)
+        return joint, weight
+
+    def features(self, batch: dict, layers: list[int]) -> None:
+        """None: the training forward computes them, keeping the graph in the joint stage."""
+        return None
+
+    def progress(self, backbone_loss: float, head_weight: float, lrs: list[float]) -> tuple[dict, dict]:
+        """(progress-bar fields, tracker values) of a step: L_backbone, λ0 and the backbone's learning rate."""
+        shown = {"backbone_loss": f"{backbone_loss:.4f}", "head_weight": f"{head_weight:.3f}"}
+        return shown, {"train/loss_backbone": backbone_loss, "train/head_weight": head_weight, "train/lr_backbone": lrs[1]}
+
+    def summary(self, state: dict[str, torch.Tensor], history: list[dict]):
+        """(training.json section, writer of the trained backbone into the heads folder) from the
+        gathered state dict of the training module."""
+        backbone_state = {k[len("backbone.") :]: v for k, v in state.items() if k.startswith("backbone.")}
+        section = {**self.describe(), "drift": history[-1].get("drift") if history else None}
+        return section, lambda folder: self.export(backbone_state, folder)
 
     @property
     def has_original(self) -> bool:

@@ -46,9 +46,9 @@ from draftheads.train.checkpoint import (
     save_checkpoint,
 )
 from draftheads.train.config import LossConfig, Recipe, recipe_yaml, save_resolved
-from draftheads.train.joint import TrainableBackbone, quantization_config
+from draftheads.train.joint import FrozenBackbone, TrainableBackbone, batch_features, quantization_config
 from draftheads.train.losses import backbone_loss_sum, depth_accuracy_counts, depth_loss_sums, depth_weights, joint_ranks, target_counts
-from draftheads.train.schedules import make_scheduler, ramp
+from draftheads.train.schedules import make_scheduler
 from draftheads.utils.errors import ConfigError, DraftheadsError
 from draftheads.utils.jsonl import read_lines
 from draftheads.utils.typed_config import to_dict
@@ -61,8 +61,8 @@ class StepSpec:
     backbone: Backbone
     layers: list[int]
     loss: LossConfig
-    trainable: TrainableBackbone | None = None
-    """Set when the backbone trains (Medusa-2)."""
+    role: FrozenBackbone | TrainableBackbone
+    """What the backbone does in this run (it trains with Medusa-2)."""
     joint: bool = False
     """Joint stage: the backbone's graph is kept and L_backbone is added (false in the heads-only stage)."""
 
@@ -88,10 +88,10 @@ class TrainModule(nn.Module):
         sums = depth_loss_sums(self.heads, output, batch, features[LAST], lm_head, loss.soft_label_weight, loss.chunk_size, loss.feature_weight)
         terms = {"heads": sums, "aux": sum(output.aux_losses.values()) if output.aux_losses else None, "backbone": None}
         if spec.joint:
-            cfg = spec.trainable.cfg
-            teacher = spec.trainable.original_hidden(batch) if cfg.objective == "kl" and cfg.teacher == "model" else None
+            cfg = spec.role.cfg
+            teacher = spec.role.original_hidden(batch) if cfg.objective == "kl" and cfg.teacher == "model" else None
             terms["backbone"] = backbone_loss_sum(
-                features[LAST], batch, lm_head, cfg.objective, teacher, spec.trainable.original_lm_head(), loss.chunk_size
+                features[LAST], batch, lm_head, cfg.objective, teacher, spec.role.original_lm_head(), loss.chunk_size
             )
         return terms
 
@@ -211,16 +211,6 @@ def evaluate(
     return metrics, RankStats.from_ranks(torch.cat(all_ranks))
 
 
-def batch_features(backbone: Backbone, batch: dict, layers: list[int]) -> dict[int, torch.Tensor]:
-    """The backbone features a batch trains on: read from the hidden-state cache when the batch
-    carries them, else computed now (no graph is kept)."""
-    if batch.get("features"):
-        dtype = backbone.lm_head.weight.dtype
-        return {layer: batch["features"][layer].to(dtype) for layer in layers}
-    with torch.no_grad():
-        return backbone.features(batch["input_ids"], batch.get("attention_mask"), batch.get("position_ids"), layers).features
-
-
 def _flat(prefix: str, value, out: dict) -> dict:
     if isinstance(value, dict):
         for k, v in value.items():
@@ -230,54 +220,93 @@ def _flat(prefix: str, value, out: dict) -> dict:
     return out
 
 
+@dataclass
+class _Run:
+    """Everything a training run has set up; the loop's parts read it."""
+
+    recipe: Recipe
+    accelerator: object
+    backbone: Backbone
+    role: FrozenBackbone | TrainableBackbone
+    module: nn.Module
+    heads: DraftHeads
+    """The unwrapped heads (what evaluation and export use)."""
+    optimizer: torch.optim.Optimizer
+    scheduler: object
+    train_loader: object
+    eval_loader: object | None
+    state: TrainerState
+    frozen: object
+    layers: list[int]
+    sizes: tuple[int, int]
+    """(train rows, held-out rows)."""
+    dropped: dict
+    result: TrainResult
+
+    @property
+    def output_dir(self) -> Path:
+        return Path(self.recipe.train.output_dir)
+
+
 def train(recipe: Recipe, on_step: Callable[[int], None] | None = None, progress: bool = True) -> TrainResult:
     """Train the recipe's heads; resumable; returns where the heads were exported.
 
     `on_step(step)` is called after each optimizer step (and its checkpoint, if any).
     """
+    run = _set_up(recipe, progress)
+    cfg, state, accelerator = recipe.train, run.state, run.accelerator
+    if state.step == 0:
+        if accelerator.is_main_process:
+            (run.output_dir / "metrics.jsonl").unlink(missing_ok=True)  # from a run that died before its first checkpoint
+        _evaluate_and_log(run, 0)
+    data = _batches(run.train_loader, state, accelerator)
+    bar = tqdm(total=cfg.max_steps, initial=state.step, desc="training", unit="step", disable=not (progress and accelerator.is_main_process))
+    tokens_seen, started = 0, time.perf_counter()
+    while state.step < cfg.max_steps:
+        step_loss, shown, logged, tokens = _optimizer_step(run, data)
+        tokens_seen += tokens
+        run.result.losses.append(step_loss)
+        bar.update(1)
+        bar.set_postfix(shown)
+        if state.step % cfg.log_every == 0 or state.step == cfg.max_steps:
+            logged["train/tokens_per_s"] = tokens_seen * accelerator.num_processes / max(time.perf_counter() - started, 1e-9)
+            accelerator.log(logged, step=state.step)
+        if state.step % cfg.eval_every == 0 or state.step == cfg.max_steps:
+            _evaluate_and_log(run, state.step)
+        if state.step % cfg.save_every == 0 or state.step == cfg.max_steps:
+            save_checkpoint(accelerator, run.output_dir, state.step, cfg.keep_checkpoints, run.frozen)
+        if on_step is not None:
+            on_step(state.step)
+    bar.close()
+    if not run.result.evals:
+        _evaluate_and_log(run, state.step)  # resumed at the end already: still report where the heads stand
+    _export(run)
+    return run.result
+
+
+def _set_up(recipe: Recipe, progress: bool) -> _Run:
+    """Checks, the backbone, the data, the heads (with their draft vocabulary), the optimizer and
+    what accelerate prepares; resumes from a checkpoint when asked."""
     from accelerate.utils import set_seed
 
-    cfg = recipe.train
-    problems = HEADS.required(recipe.heads, "training").training_problems()
+    cfg, joint_cfg = recipe.train, recipe.train.backbone
+    heads_cfg = HEADS.required(recipe.heads, "training")
+    problems = heads_cfg.training_problems()
     if problems:
         raise ConfigError("; ".join(f"heads.{problem}" for problem in problems))
-    accelerator = make_accelerator(recipe)
-    set_seed(cfg.seed)
-    output_dir = Path(cfg.output_dir)
-    joint_cfg = cfg.backbone
     if joint_cfg.trains and joint_cfg.objective == "kl" and joint_cfg.teacher == "cache" and not recipe.data.feature_cache.path:
         raise ConfigError("train.backbone.teacher: cache needs data.feature_cache.path (a cache built with teacher_topk > 0)")
+    accelerator = make_accelerator(recipe)
+    set_seed(cfg.seed)
     with accelerator.main_process_first():  # the first process converts/caches the base model
         backbone = load_backbone(recipe.model, device=accelerator.device, quantization_config=quantization_config(joint_cfg))
     backbone.model.requires_grad_(False)
-    if recipe.heads.draft_vocab_size > backbone.vocab_size:
-        raise ConfigError(
-            f"heads.draft_vocab_size: {recipe.heads.draft_vocab_size} exceeds the vocabulary of {recipe.model.base} ({backbone.vocab_size} tokens)"
-        )
-    with accelerator.main_process_first():
-        if recipe.data.feature_cache.path:
-            train_set, held_set, stat_lines = open_feature_cache(recipe, backbone)
-            dropped = cached_dropped(recipe)
-        else:
-            train_set, held_set, stats, _ = build_datasets(recipe.data, backbone.tokenizer, recipe.model.base, progress and accelerator.is_main_process)
-            stat_lines = stats.lines()
-            dropped = stats.dropped()
-    if accelerator.is_main_process:
-        save_resolved(recipe, output_dir)
-        for line in stat_lines:
-            accelerator.print(f"data: {line}")
-
-    draft = DraftModel.new(backbone, recipe.heads)
-    if recipe.heads.draft_vocab_size:
-        vocabulary = choose_draft_vocabulary(count_targets(train_set, backbone.vocab_size), recipe.heads.draft_vocab_size)
-        draft.heads.use_draft_vocab(vocabulary.tokens, backbone.lm_head)
-        accelerator.print(f"data: {vocabulary.summary()}")
-    heads = draft.heads.train()
-    depths = recipe.heads.trained_depths()
-    trainable = TrainableBackbone(backbone, joint_cfg) if joint_cfg.trains else None
-    groups = [{"params": list(heads.parameters()), "lr": cfg.lr * joint_cfg.heads_lr_multiplier}]
-    if trainable is not None:
-        groups.append({"params": trainable.trainable_parameters(), "lr": cfg.lr})
+    if heads_cfg.draft_vocab_size > backbone.vocab_size:
+        raise ConfigError(f"heads.draft_vocab_size: {heads_cfg.draft_vocab_size} exceeds the vocabulary of {recipe.model.base} ({backbone.vocab_size} tokens)")
+    train_set, held_set, dropped = _datasets(recipe, backbone, accelerator, progress)
+    heads = _new_heads(recipe, backbone, train_set, accelerator.print)
+    role = TrainableBackbone(backbone, joint_cfg) if joint_cfg.trains else FrozenBackbone(backbone)
+    groups = [{"params": list(heads.parameters()), "lr": cfg.lr * joint_cfg.heads_lr_multiplier}] + role.param_groups(cfg.lr)
     optimizer = torch.optim.AdamW(groups, lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay)
     # Not prepared: accelerate would step a prepared scheduler once per process.
     scheduler = make_scheduler(optimizer, cfg.warmup_steps, cfg.max_steps, cfg.schedule, cfg.min_lr_ratio, joint_cfg.heads_only_steps)
@@ -285,13 +314,52 @@ def train(recipe: Recipe, on_step: Callable[[int], None] | None = None, progress
     generator = torch.Generator().manual_seed(cfg.seed)
     train_loader = torch.utils.data.DataLoader(train_set, batch_size=cfg.batch_size, shuffle=True, collate_fn=collate, generator=generator)
     eval_loader = torch.utils.data.DataLoader(held_set, batch_size=cfg.batch_size, collate_fn=collate) if len(held_set) else None
-    module, optimizer, train_loader = accelerator.prepare(TrainModule(heads, trainable.module if trainable else None), optimizer, train_loader)
+    module, optimizer, train_loader = accelerator.prepare(TrainModule(heads, role.module), optimizer, train_loader)
     if eval_loader is not None:
         eval_loader = accelerator.prepare(eval_loader)
     state = TrainerState()
     accelerator.register_for_checkpointing(scheduler, state)
     frozen = checkpoint_trained_only(accelerator, module)
+    _resume(accelerator, module, cfg, frozen, state)
+    if accelerator.is_main_process and cfg.trackers:
+        accelerator.init_trackers("draftheads", config=_flat("", to_dict(recipe), {}))
+    result = TrainResult(output_dir=Path(cfg.output_dir), heads_dir=Path(cfg.output_dir) / "heads", main_process=accelerator.is_main_process)
+    return _Run(
+        recipe, accelerator, backbone, role, module, accelerator.unwrap_model(module).heads, optimizer, scheduler, train_loader,
+        eval_loader, state, frozen, training_layers(heads_cfg), (len(train_set), len(held_set)), dropped, result,
+    )
 
+
+def _datasets(recipe: Recipe, backbone: Backbone, accelerator, progress: bool):
+    """(train set, held-out set, records dropped per source and reason); the resolved recipe and
+    the data statistics are written/printed by the main process."""
+    with accelerator.main_process_first():
+        if recipe.data.feature_cache.path:
+            train_set, held_set, stat_lines = open_feature_cache(recipe, backbone)
+            dropped = cached_dropped(recipe)
+        else:
+            train_set, held_set, stats, _ = build_datasets(recipe.data, backbone.tokenizer, recipe.model.base, progress and accelerator.is_main_process)
+            stat_lines, dropped = stats.lines(), stats.dropped()
+    if accelerator.is_main_process:
+        save_resolved(recipe, recipe.train.output_dir)
+        for line in stat_lines:
+            accelerator.print(f"data: {line}")
+    return train_set, held_set, dropped
+
+
+def _new_heads(recipe: Recipe, backbone: Backbone, train_set, log: Callable[[str], None]) -> DraftHeads:
+    """Fresh heads in train mode, their draft vocabulary chosen from the training targets."""
+    draft = DraftModel.new(backbone, recipe.heads)
+    if recipe.heads.draft_vocab_size:
+        vocabulary = choose_draft_vocabulary(count_targets(train_set, backbone.vocab_size), recipe.heads.draft_vocab_size)
+        draft.heads.use_draft_vocab(vocabulary.tokens, backbone.lm_head)
+        log(f"data: {vocabulary.summary()}")
+    return draft.heads.train()
+
+
+def _resume(accelerator, module, cfg, frozen, state: TrainerState) -> None:
+    """Continue from the checkpoint `train.resume_from` names; refuse to mix with another run's."""
+    output_dir = Path(cfg.output_dir)
     resume = resolve_resume(output_dir, cfg.resume_from)
     if resume is None and list_checkpoints(output_dir):
         raise ConfigError(
@@ -301,154 +369,127 @@ def train(recipe: Recipe, on_step: Callable[[int], None] | None = None, progress
     if resume is not None:
         load_checkpoint(accelerator, module, resume, frozen)
         accelerator.print(f"resumed from {resume} at step {state.step}")
-    if accelerator.is_main_process and cfg.trackers:
-        accelerator.init_trackers("draftheads", config=_flat("", to_dict(recipe), {}))
 
-    unwrapped = accelerator.unwrap_model(module).heads
-    weights = depth_weights(depths, cfg.loss.decay)
-    world = accelerator.num_processes
-    result = TrainResult(output_dir=output_dir, heads_dir=output_dir / "heads", main_process=accelerator.is_main_process)
 
-    def run_eval(step: int) -> None:
-        if eval_loader is None:
-            return
-        metrics, stats = evaluate(unwrapped, backbone, eval_loader, accelerator, cfg.eval_batches, cfg.loss.chunk_size, trainable)
-        metrics["step"] = step
-        result.calibration = stats
-        expected = {f"{b}x{w}": expected_tau(stats, b, w) for b, w in ((2, 1), (4, 2), (8, 4), (16, 8))}
-        metrics["expected_tau"] = expected
-        accelerator.log({f"eval/expected_tau_{k}": v for k, v in expected.items()}, step=step)
-        accelerator.print(
-            f"step {step}: expected τ from held-out rank paths ({stats.positions} positions), dynamic tree budget x width: "
-            + ", ".join(f"{k} {v:.3f}" for k, v in expected.items())
+def _optimizer_step(run: _Run, data: Iterator[dict]) -> tuple[float, dict, dict, int]:
+    """One optimizer step over `grad_accum` micro-batches: (its loss summed over processes, the
+    progress-bar fields, the tracker values, tokens this process read)."""
+    cfg, accelerator, role = run.recipe.train, run.accelerator, run.role
+    joint, head_weight = role.begin_step(run.state.step)
+    spec = StepSpec(run.backbone, run.layers, cfg.loss, role, joint)
+    depths = run.recipe.heads.trained_depths()
+    weights, world = depth_weights(depths, cfg.loss.decay), accelerator.num_processes
+    micro = [next(data) for _ in range(cfg.grad_accum)]
+    counts = accelerator.reduce(sum(target_counts(b, depths, with_next_token=True) for b in micro).to(accelerator.device), "sum")
+    step_loss = torch.zeros((), device=accelerator.device)
+    step_backbone = torch.zeros((), device=accelerator.device)
+    for batch in micro:
+        with accelerator.accumulate(run.module):
+            terms = run.module(batch, role.features(batch, run.layers), spec)
+            loss = head_weight * sum(w * s / counts[k + 1].clamp(min=1) for k, (w, s) in enumerate(zip(weights, terms["heads"])))
+            if terms["aux"] is not None:
+                loss = loss + head_weight * terms["aux"] / cfg.grad_accum / world  # auxiliary terms are per-micro-batch means
+            if terms["backbone"] is not None:
+                backbone_loss = terms["backbone"] / counts[0].clamp(min=1)
+                step_backbone += backbone_loss.detach()
+                loss = loss + backbone_loss
+            step_loss += loss.detach()
+            # accelerate divides by grad_accum and DDP/DeepSpeed average over processes; the loss
+            # is already normalised by the step's global token counts, so undo both.
+            accelerator.backward(loss * cfg.grad_accum * world)
+            if accelerator.sync_gradients and cfg.max_grad_norm:
+                accelerator.clip_grad_norm_(run.module.parameters(), cfg.max_grad_norm)
+            run.optimizer.step()
+            run.optimizer.zero_grad()
+    run.scheduler.step()
+    run.state.step += 1
+    step_loss = accelerator.reduce(step_loss, "sum").item()
+    if not math.isfinite(step_loss):
+        raise DraftheadsError(
+            f"the training loss is {step_loss} at step {run.state.step}: lower train.lr or set train.max_grad_norm; "
+            f"checkpoints so far are in {run.output_dir / 'checkpoints'}"
         )
-        result.evals.append(metrics)
-        accelerator.log({f"eval/top1_head{k + 1}": v for k, v in enumerate(metrics["top1"])}, step=step)
-        accelerator.log({f"eval/top5_head{k + 1}": v for k, v in enumerate(metrics["top5"])}, step=step)
-        top1 = " ".join(f"{v:.3f}" for v in metrics["top1"])
-        top5 = " ".join(f"{v:.3f}" for v in metrics["top5"])
-        coverage = ""
-        if recipe.heads.draft_vocab_size:
-            coverage = "  draft-vocabulary coverage [" + " ".join(f"{v:.3f}" for v in metrics["coverage"]) + "]"
-        accelerator.print(f"\nstep {step}: held-out top-1 by head [{top1}]  top-5 [{top5}]{coverage}")
-        if "drift" in metrics:
-            drift = metrics["drift"]
-            accelerator.log({f"eval/{k}": drift[k] for k in ("agreement", "perplexity_trained", "perplexity_original")}, step=step)
-            accelerator.print(
-                f"step {step}: backbone agrees with the original on {drift['agreement']:.2%} of held-out tokens; "
-                f"perplexity {drift['perplexity_original']:.3f} (original) -> {drift['perplexity_trained']:.3f} (trained)"
-            )
-        if accelerator.is_main_process:
-            with open(output_dir / "metrics.jsonl", "a") as f:
-                f.write(json.dumps(metrics) + "\n")
+    lrs = run.scheduler.get_last_lr()
+    shown, logged = role.progress(accelerator.reduce(step_backbone, "sum").item(), head_weight, lrs)
+    return step_loss, {"loss": f"{step_loss:.3f}", "lr": f"{lrs[0]:.2e}", **shown}, {"train/loss": step_loss, "train/lr": lrs[0], **logged}, sum(int(b["input_ids"].numel()) for b in micro)
 
-    if state.step == 0:
-        if accelerator.is_main_process:
-            (output_dir / "metrics.jsonl").unlink(missing_ok=True)  # from a run that died before its first checkpoint
-        run_eval(0)
-    data = _batches(train_loader, state, accelerator)
-    bar = tqdm(total=cfg.max_steps, initial=state.step, desc="training", unit="step", disable=not (progress and accelerator.is_main_process))
-    layers = training_layers(recipe.heads)
-    tokens_seen, started = 0, time.perf_counter()
-    while state.step < cfg.max_steps:
-        joint = trainable is not None and state.step >= joint_cfg.heads_only_steps
-        if trainable is not None:
-            trainable.module.train(joint)
-        spec = StepSpec(backbone, layers, cfg.loss, trainable, joint)
-        # λ0: 1 with a frozen backbone (Medusa-1); else ramped from the first joint step.
-        head_weight = 1.0
-        if trainable is not None:
-            head_weight = joint_cfg.head_loss_weight
-            if joint:
-                head_weight *= ramp(state.step - joint_cfg.heads_only_steps, joint_cfg.head_weight_warmup_steps, joint_cfg.head_weight_warmup)
-        micro = [next(data) for _ in range(cfg.grad_accum)]
-        counts = accelerator.reduce(sum(target_counts(b, depths, with_next_token=True) for b in micro).to(accelerator.device), "sum")
-        step_loss = torch.zeros((), device=accelerator.device)
-        step_backbone = torch.zeros((), device=accelerator.device)
-        for batch in micro:
-            with accelerator.accumulate(module):
-                terms = module(batch, None if trainable is not None else batch_features(backbone, batch, layers), spec)
-                loss = head_weight * sum(w * s / counts[k + 1].clamp(min=1) for k, (w, s) in enumerate(zip(weights, terms["heads"])))
-                if terms["aux"] is not None:
-                    loss = loss + head_weight * terms["aux"] / cfg.grad_accum / world  # auxiliary terms are per-micro-batch means
-                if terms["backbone"] is not None:
-                    backbone_loss = terms["backbone"] / counts[0].clamp(min=1)
-                    step_backbone += backbone_loss.detach()
-                    loss = loss + backbone_loss
-                step_loss += loss.detach()
-                # accelerate divides by grad_accum and DDP/DeepSpeed average over processes; the loss
-                # is already normalised by the step's global token counts, so undo both.
-                accelerator.backward(loss * cfg.grad_accum * world)
-                if accelerator.sync_gradients and cfg.max_grad_norm:
-                    accelerator.clip_grad_norm_(module.parameters(), cfg.max_grad_norm)
-                optimizer.step()
-                optimizer.zero_grad()
-            tokens_seen += int(batch["input_ids"].numel())
-        scheduler.step()
-        state.step += 1
-        step_loss = accelerator.reduce(step_loss, "sum").item()
-        if not math.isfinite(step_loss):
-            raise DraftheadsError(
-                f"the training loss is {step_loss} at step {state.step}: lower train.lr or set train.max_grad_norm; "
-                f"checkpoints so far are in {output_dir / 'checkpoints'}"
-            )
-        result.losses.append(step_loss)
-        bar.update(1)
-        shown = {"loss": f"{step_loss:.3f}", "lr": f"{scheduler.get_last_lr()[0]:.2e}"}
-        if trainable is not None:
-            step_backbone = accelerator.reduce(step_backbone, "sum").item()
-            shown.update(backbone_loss=f"{step_backbone:.4f}", head_weight=f"{head_weight:.3f}")
-        bar.set_postfix(shown)
-        if state.step % cfg.log_every == 0 or state.step == cfg.max_steps:
-            elapsed = max(time.perf_counter() - started, 1e-9)
-            logged = {"train/loss": step_loss, "train/lr": scheduler.get_last_lr()[0], "train/tokens_per_s": tokens_seen * world / elapsed}
-            if trainable is not None:
-                logged.update({"train/loss_backbone": step_backbone, "train/head_weight": head_weight, "train/lr_backbone": scheduler.get_last_lr()[1]})
-            accelerator.log(logged, step=state.step)
-        if state.step % cfg.eval_every == 0 or state.step == cfg.max_steps:
-            run_eval(state.step)
-        if state.step % cfg.save_every == 0 or state.step == cfg.max_steps:
-            save_checkpoint(accelerator, output_dir, state.step, cfg.keep_checkpoints, frozen)
-        if on_step is not None:
-            on_step(state.step)
-    bar.close()
-    if not result.evals:
-        run_eval(state.step)  # resumed at the end already: still report where the heads stand
-    state_dict = accelerator.get_state_dict(module)  # on every process: gathers sharded (ZeRO-3) weights
+
+def _evaluate_and_log(run: _Run, step: int) -> None:
+    """Held-out metrics at `step`: printed, logged to the trackers, appended to metrics.jsonl; the
+    rank statistics kept for calibration.json."""
+    if run.eval_loader is None:
+        return
+    accelerator = run.accelerator
+    trainable = run.role if run.role.trains else None
+    metrics, stats = evaluate(run.heads, run.backbone, run.eval_loader, accelerator, run.recipe.train.eval_batches, run.recipe.train.loss.chunk_size, trainable)
+    metrics["step"] = step
+    metrics["expected_tau"] = {f"{b}x{w}": expected_tau(stats, b, w) for b, w in ((2, 1), (4, 2), (8, 4), (16, 8))}
+    run.result.calibration = stats
+    run.result.evals.append(metrics)
+    logged = {f"eval/top1_head{k + 1}": v for k, v in enumerate(metrics["top1"])}
+    logged |= {f"eval/top5_head{k + 1}": v for k, v in enumerate(metrics["top5"])}
+    logged |= {f"eval/expected_tau_{k}": v for k, v in metrics["expected_tau"].items()}
+    if "drift" in metrics:
+        logged |= {f"eval/{k}": metrics["drift"][k] for k in ("agreement", "perplexity_trained", "perplexity_original")}
+    accelerator.log(logged, step=step)
+    for line in _eval_lines(metrics, stats.positions, bool(run.recipe.heads.draft_vocab_size)):
+        accelerator.print(line)
+    if accelerator.is_main_process:
+        with open(run.output_dir / "metrics.jsonl", "a") as f:
+            f.write(json.dumps(metrics) + "\n")
+
+
+def _eval_lines(metrics: dict, positions: int, reduced: bool) -> list[str]:
+    """What an evaluation prints."""
+    step = metrics["step"]
+
+    def row(values):
+        return " ".join(f"{v:.3f}" for v in values)
+
+    coverage = f"  draft-vocabulary coverage [{row(metrics['coverage'])}]" if reduced else ""
+    lines = [
+        f"\nstep {step}: held-out top-1 by head [{row(metrics['top1'])}]  top-5 [{row(metrics['top5'])}]{coverage}",
+        f"step {step}: expected τ from held-out rank paths ({positions} positions), dynamic tree budget x width: "
+        + ", ".join(f"{k} {v:.3f}" for k, v in metrics["expected_tau"].items()),
+    ]
+    if "drift" in metrics:
+        drift = metrics["drift"]
+        lines.append(
+            f"step {step}: backbone agrees with the original on {drift['agreement']:.2%} of held-out tokens; "
+            f"perplexity {drift['perplexity_original']:.3f} (original) -> {drift['perplexity_trained']:.3f} (trained)"
+        )
+    return lines
+
+
+def _export(run: _Run) -> None:
+    """Write the heads folder (weights, config, card, training.json, recipe, calibration, and a
+    trained backbone) from the main process; every process takes part in gathering the weights."""
+    accelerator, result, recipe = run.accelerator, run.result, run.recipe
+    state_dict = accelerator.get_state_dict(run.module)  # on every process: gathers sharded (ZeRO-3) weights
     if accelerator.is_main_process:
         # The whole run's evaluations, including those before a resume (step 0 = untrained heads).
-        history = [json.loads(line) for _, line in read_lines(output_dir / "metrics.jsonl")] if eval_loader else []
+        history = [json.loads(line) for _, line in read_lines(run.output_dir / "metrics.jsonl")] if run.eval_loader else []
         result.history = history
         summary = {
-            "steps": state.step,
+            "steps": run.state.step,
             "data": [s.path for s in recipe.data.sources],
-            "train_rows": len(train_set),
-            "held_out_rows": len(held_set),
-            "dropped": dropped,
+            "train_rows": run.sizes[0],
+            "held_out_rows": run.sizes[1],
+            "dropped": run.dropped,
             "final_eval": history[-1] if history else None,
             "first_eval": history[0] if history else None,
         }
-        write_backbone = None
-        if trainable is not None:
-            summary["backbone"] = {**trainable.describe(), "drift": history[-1].get("drift") if history else None}
-            backbone_state = {k[len("backbone.") :]: v for k, v in state_dict.items() if k.startswith("backbone.")}
-            write_backbone = lambda folder: trainable.export(backbone_state, folder)  # noqa: E731
-        save_heads(
-            unwrapped,
-            result.heads_dir,
-            {
-                "README.md": model_card(unwrapped.config, summary),
-                "training.json": json.dumps(summary, indent=2) + "\n",
-                "recipe.yaml": recipe_yaml(recipe),
-                **({CALIBRATION_NAME: calibration_json(result.calibration, "held-out rows of the training data")} if result.calibration else {}),
-            },
-            state={k[len("heads.") :]: v for k, v in state_dict.items() if k.startswith("heads.")},
-            write_more=write_backbone,
-        )
-        accelerator.print(f"heads saved to {result.heads_dir}" + (" with the trained backbone" if trainable else ""))
-        note = dropped_note(dropped)
+        section, write_backbone = run.role.summary(state_dict, history)
+        if section is not None:
+            summary["backbone"] = section
+        files = {"README.md": model_card(run.heads.config, summary), "training.json": json.dumps(summary, indent=2) + "\n", "recipe.yaml": recipe_yaml(recipe)}
+        if result.calibration is not None:
+            files[CALIBRATION_NAME] = calibration_json(result.calibration, "held-out rows of the training data")
+        heads_state = {k[len("heads.") :]: v for k, v in state_dict.items() if k.startswith("heads.")}
+        save_heads(run.heads, result.heads_dir, files, state=heads_state, write_more=write_backbone)
+        accelerator.print(f"heads saved to {result.heads_dir}" + (" with the trained backbone" if run.role.trains else ""))
+        note = dropped_note(run.dropped)
         if note:
             accelerator.print(f"warning: {note}")
     accelerator.wait_for_everyone()
     accelerator.end_training()
-    return result

@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from safetensors.torch import save_file, save_model
 from torch import nn
 from transformers import LlamaForCausalLM
-from transformers.models.llama.modeling_llama import LlamaDecoderLayer, LlamaMLP, LlamaRMSNorm, LlamaRotaryEmbedding, apply_rotary_pos_emb
+from transformers.models.llama.modeling_llama import LlamaDecoderLayer
 
 from draftheads.models.backbone import LAST
 from draftheads.models.draft_model import DraftModel
@@ -21,6 +21,7 @@ from draftheads.models.import_medusa import import_medusa
 from draftheads.scripts.cli import main
 from draftheads.utils.errors import ModelLoadError
 from helpers import tiny_llama_config
+from reference_eagle import Eagle3Reference, rotary
 
 
 class ReferenceResBlock(nn.Module):
@@ -100,10 +101,6 @@ def test_eagle_only_import_options_are_refused_for_medusa(tiny_base, tmp_path, c
     assert not (tmp_path / "out").exists()
 
 
-def rotary(config, positions):
-    return LlamaRotaryEmbedding(config)(torch.zeros(1, 1, 1), positions[None])
-
-
 def eagle1_reference(backbone_config):
     torch.manual_seed(1)
     config = tiny_llama_config(vocab_size=backbone_config.vocab_size)
@@ -151,48 +148,6 @@ def test_eagle1_import_drafts_what_the_reference_layer_computes(tiny_base, tmp_p
         out2 = eagle1_draft(config, layer, fc, embed, torch.cat([features[: t + 1], out[0, -1:]]), ids[1 : t + 3])
         theirs2 = torch.log_softmax(draft.backbone.lm_head(out2[0, -1]), -1)
         torch.testing.assert_close(draft.heads.draft_step(state, ids[None, t + 1 : t + 3], draft.backbone.lm_head)[0], theirs2, rtol=1e-4, atol=1e-4)
-
-
-class Eagle3Reference(nn.Module):
-    """EAGLE-3's draft model written out from its description (fusion, 2H-wide attention input,
-    final norm, reduced vocabulary with d2t)."""
-
-    def __init__(self, config, draft_vocab):
-        super().__init__()
-        h = config.hidden_size
-        self.config = config
-        self.fc = nn.Linear(3 * h, h, bias=False)
-        self.input_layernorm, self.hidden_norm, self.post_attention_layernorm = (LlamaRMSNorm(h) for _ in range(3))
-        heads, kv, dim = config.num_attention_heads, config.num_key_value_heads, h // config.num_attention_heads
-        self.q_proj, self.k_proj = nn.Linear(2 * h, heads * dim, bias=False), nn.Linear(2 * h, kv * dim, bias=False)
-        self.v_proj, self.o_proj = nn.Linear(2 * h, kv * dim, bias=False), nn.Linear(heads * dim, h, bias=False)
-        self.mlp = LlamaMLP(config)
-        self.norm = LlamaRMSNorm(h)
-        self.lm_head = nn.Linear(h, draft_vocab, bias=False)
-
-    def checkpoint(self, d2t):
-        state = {k: v for k, v in self.state_dict().items() if not k.startswith(("q_proj", "k_proj", "v_proj", "o_proj", "mlp", "input_", "hidden_", "post_"))}
-        for name, value in self.state_dict().items():
-            if name.startswith(("q_proj", "k_proj", "v_proj", "o_proj")):
-                state[f"midlayer.self_attn.{name}"] = value
-            elif name.startswith(("mlp", "input_", "hidden_", "post_")):
-                state[f"midlayer.{name}"] = value
-        return state | {"d2t": d2t, "t2d": torch.zeros(self.config.vocab_size, dtype=torch.bool)}
-
-    def layer(self, embeddings, hidden):
-        length = hidden.shape[0]
-        x = torch.cat([self.input_layernorm(embeddings), self.hidden_norm(hidden)], dim=-1)[None]
-        heads, kv = self.config.num_attention_heads, self.config.num_key_value_heads
-        dim = self.config.hidden_size // heads
-        q = self.q_proj(x).view(1, length, heads, dim).transpose(1, 2)
-        k = self.k_proj(x).view(1, length, kv, dim).transpose(1, 2)
-        v = self.v_proj(x).view(1, length, kv, dim).transpose(1, 2)
-        cos, sin = rotary(self.config, torch.arange(length))
-        q, k = apply_rotary_pos_emb(q, k, cos, sin)
-        k, v = k.repeat_interleave(heads // kv, 1), v.repeat_interleave(heads // kv, 1)
-        attn = F.scaled_dot_product_attention(q, k, v, is_causal=True).transpose(1, 2).reshape(1, length, -1)
-        h = hidden[None] + self.o_proj(attn)
-        return (h + self.mlp(self.post_attention_layernorm(h)))[0]
 
 
 def test_eagle3_import_drafts_what_the_reference_computes_over_its_reduced_vocabulary(demo_tokenizer, tmp_path):

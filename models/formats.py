@@ -1,0 +1,112 @@
+"""Checkpoint formats of other tools, each with its importer and exporter, so the CLI dispatches
+by name without knowing any of them: `draftheads import FORMAT`, `draftheads export FORMAT`,
+`draftheads push --format FORMAT`.
+
+An exporter turns loaded heads into (config.json, tensors, weights file name) of its layout or
+refuses with the reason; `export_heads` writes the folder atomically with a README that says how
+to serve it, and, for heads trained with their backbone (Medusa-2), the merged backbone beside it.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from types import MappingProxyType
+
+import torch
+from safetensors.torch import save_file
+
+from draftheads.models.backbone import DTYPES
+from draftheads.models.draft_model import DraftModel
+from draftheads.utils.atomic import atomic_directory
+from draftheads.utils.errors import ModelLoadError
+
+BASE_DIR = "base_model"
+"""Folder of an export holding the trained backbone (Medusa-2), which the engines need with the heads."""
+
+
+@dataclass(frozen=True)
+class Format:
+    """A foreign checkpoint layout."""
+
+    description: str
+    importer: str
+    """`module:function` converting such a checkpoint into our heads folder."""
+    exporter: str
+    """`module:function(draft) -> (config, tensors, weights name)`."""
+    serve: str
+    """How to serve an export (README text; {out} and {base} are filled in)."""
+
+    def load(self, which: str):
+        module, name = getattr(self, which).split(":")
+        return getattr(importlib.import_module(module), name)
+
+
+FORMATS = MappingProxyType({
+    "medusa": Format(
+        "FasterDecoding Medusa-1 heads (Medusa's inference, TensorRT-LLM's Medusa conversion)",
+        "draftheads.models.import_medusa:import_medusa", "draftheads.models.export_medusa:export_medusa",
+        "- Medusa: `MedusaModel.from_pretrained(\"{out}\")` (FasterDecoding/Medusa), base `{base}`.\n"
+        "- TensorRT-LLM: `python examples/medusa/convert_checkpoint.py --model_dir {base} --medusa_model_dir {out} "
+        "--num_medusa_heads {heads} --output_dir trt_ckpt`, then `trtllm-build`.\n",
+    ),
+    "eagle": Format(
+        "SafeAILab EAGLE-1 / EAGLE-3 draft models (SGLang, vLLM)",
+        "draftheads.models.import_eagle:import_eagle", "draftheads.models.export_eagle:export_eagle",
+        "- SGLang: `python -m sglang.launch_server --model-path {base} --speculative-algorithm {algorithm} "
+        "--speculative-draft-model-path {out} --speculative-num-steps {heads} --speculative-eagle-topk 4 --speculative-num-draft-tokens 8`.\n"
+        "- vLLM: `vllm serve {base} --speculative-config '{{\"method\": \"{method}\", \"model\": \"{out}\", \"num_speculative_tokens\": {heads}}}'`.\n",
+    ),
+})
+
+
+def get_format(name: str) -> Format:
+    """The format called `name`, or an error listing them."""
+    if name not in FORMATS:
+        raise ModelLoadError(f"unknown format '{name}'; known: {', '.join(FORMATS)}")
+    return FORMATS[name]
+
+
+def export_heads(heads: str | Path, name: str, out: str | Path, dtype: str = "float32", base: str | None = None) -> Path:
+    """Write `heads` in format `name` to `out` (replaced atomically), tensors in `dtype`."""
+    fmt = get_format(name)
+    if dtype not in DTYPES:
+        raise ModelLoadError(f"--dtype {dtype}: one of {', '.join(DTYPES)}")
+    draft = DraftModel.from_pretrained(heads, base, dtype="float32")  # exact weights; cast once at the end
+    config, tensors, weights = fmt.load("exporter")(draft)
+    target = DTYPES[dtype]
+    tensors = {k: (v.to(target) if v.is_floating_point() else v).contiguous().cpu() for k, v in tensors.items()}
+    config["torch_dtype"] = dtype
+    trained = draft.backbone_mode != "frozen"
+    with atomic_directory(out, replace=True) as tmp:
+        if trained:  # the engines need the backbone these heads were trained with
+            draft.backbone.model.to(target).save_pretrained(tmp / BASE_DIR)
+            draft.backbone.tokenizer.save_pretrained(tmp / BASE_DIR)
+            config["base_model_name_or_path"] = BASE_DIR
+        (tmp / "config.json").write_text(json.dumps(config, indent=2) + "\n")
+        save_file(tensors, str(tmp / weights), metadata={"format": "pt"})
+        (tmp / "README.md").write_text(_readme(fmt, name, draft, config, Path(out), trained))
+    return Path(out)
+
+
+def _readme(fmt: Format, name: str, draft: DraftModel, config: dict, out: Path, trained: bool) -> str:
+    heads = draft.heads.config
+    fused = getattr(heads, "fused", False)
+    base = f"{out}/{BASE_DIR}" if trained else config["base_model_name_or_path"]
+    lines = [
+        f"# {heads.head_type} draft heads in the {name} layout",
+        "",
+        f"{fmt.description}. Exported by `draftheads export {name}` from `{draft.folder}`; base model `{heads.base.hub_id or heads.base.model}`"
+        + (" as trained with the heads (merged into `base_model/`, which must be served instead of the original)" if trained else "") + ".",
+        "",
+        "## Serving",
+        "",
+        fmt.serve.format(out=out, base=base, heads=heads.num_heads, algorithm="EAGLE3" if fused else "EAGLE", method="eagle3" if fused else "eagle"),
+    ]
+    report = draft.folder / "eval_report.json" if draft.folder is not None else None
+    if report is not None and report.is_file():
+        summary = json.loads(report.read_text())
+        lines += ["## Measured by draftheads eval", "", f"τ {summary.get('tau')}, {summary.get('speedup_vs_hf_generate')}x HF generate ({summary.get('dtype')}, {summary.get('n_prompts')} prompts of {summary.get('prompts')}).", ""]
+    return "\n".join(lines)
