@@ -137,6 +137,6 @@ def test_records_dropped_by_skip_invalid_are_reported_at_the_end_of_each_run(tin
     assert printed[-3:-1] == [f"warning: {note}", "2 of 2 conversations, 2 answers (2 tokens; finish reasons {'stop': 2}); skipped: none"]
     assert json.loads((tmp_path / "gen" / "metadata.json").read_text())["counts"]["dropped"] == {str(source): {"malformed JSON": 1, "expected a list of turns, got str": 1}}
     assert main(["cache-features", "--base", str(tiny_base), "--data", str(source), "--out", str(tmp_path / "cache"),
-                 "data.skip_invalid=true", "data.max_length=64", "heads.num_heads=2"]) == 0
+                 "data.skip_invalid=true", "data.max_length=64", "heads.head_type=medusa", "heads.num_heads=2"]) == 0
     printed = capsys.readouterr().out.splitlines()
     assert printed[-2] == f"warning: {note}" and printed[-1].startswith("wrote ")
