@@ -125,6 +125,63 @@ def tree_attention_forward(
     return output.transpose(1, 2), None
 
 
+PROBE_NAME = "draftheads_probe"
+IGNORED_KEYWORDS = frozenset({"dropout", "scaling", "position_ids", "use_cache", "cache_position", "output_attentions", "is_causal"})
+"""Keywords the attention of supported models receives that do not change what it computes here
+(dropout is 0 in eval mode; scaling is applied; positions are already in the rotated q/k)."""
+
+
+def unsupported_attention(model: nn.Module) -> list[str]:
+    """What the model's attention layers are asked to do that the engine's tree attention does not
+    implement, found by one forward of 3 tokens through a probe that records the keywords each
+    layer passes (so no modeling code is read or guessed): sliding windows shorter than the
+    model's context, logit softcapping, attention sinks, or keywords we do not know."""
+    from transformers import AttentionInterface
+    from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
+
+    seen: dict[str, object] = {}
+    calls: list[int] = []
+
+    def probe(module, query, key, value, attention_mask, **kwargs):
+        # only calls that received the forward's keyword count: the engine hands its cache over that way
+        if kwargs.pop("draftheads_probe", None):
+            calls.append(getattr(module, "layer_idx", -1))
+        for name, value_ in kwargs.items():
+            if value_ is not None:
+                seen.setdefault(name, value_)
+        return query.new_zeros(query.shape[0], query.shape[2], query.shape[1], query.shape[3]), None
+
+    AttentionInterface.register(PROBE_NAME, probe)
+    AttentionMaskInterface.register(PROBE_NAME, sdpa_mask)
+    previous = model.config._attn_implementation
+    model.set_attn_implementation(PROBE_NAME)
+    try:
+        with torch.no_grad():
+            ids = torch.zeros(1, 3, dtype=torch.long, device=next(model.parameters()).device)
+            model(input_ids=ids, use_cache=False, draftheads_probe=True)
+    except TypeError as exc:  # a forward that takes no extra keywords cannot receive the engine's cache
+        return [f"a forward that passes no keywords on to its attention ({exc})"]
+    finally:
+        model.set_attn_implementation(previous)
+    text = model.config.get_text_config()
+    context = getattr(text, "max_position_embeddings", None) or 1 << 30
+    problems = []
+    if sorted(calls) != list(range(text.num_hidden_layers)):
+        # the engine's cache is filled by the attention function, once per layer, keyed by layer_idx
+        problems.append(f"attention that does not receive the forward's keywords once per layer through transformers' attention interface (layers that did: {sorted(calls)})")
+    window = seen.pop("sliding_window", None)
+    if window is not None and int(window) < context:
+        problems.append(f"a sliding attention window of {window} tokens")
+    if seen.pop("softcap", None) is not None:
+        problems.append("attention logit softcapping")
+    if seen.pop("s_aux", None) is not None:
+        problems.append("attention sinks")
+    unknown = sorted(set(seen) - IGNORED_KEYWORDS)
+    if unknown:
+        problems.append("attention keywords it does not know: " + ", ".join(unknown))
+    return problems
+
+
 def install_tree_attention(model: nn.Module) -> None:
     """Register the tree attention (and SDPA's mask builder under the same name, so callers that
     do not pass a 4-D mask get SDPA's) and switch `model` to it. Idempotent."""

@@ -16,13 +16,14 @@ from typing import Literal
 import torch
 
 from draftheads.decoding.acceptance import Accepted, accept_greedy, accept_sampling, accept_typical
-from draftheads.decoding.cache import KVCache, install_tree_attention
+from draftheads.decoding.cache import KVCache, install_tree_attention, unsupported_attention
 from draftheads.decoding.drafting import Draft, DynamicDrafter, StaticDrafter
 from draftheads.decoding.sampling import SamplingConfig, sample
 from draftheads.decoding.tree import Tree, TreeSpec
 from draftheads.models.backbone import LAST, Backbone, default_eos
 from draftheads.models.heads.base import DraftHeads
 from draftheads.utils.device import synchronize
+from draftheads.utils.errors import ModelLoadError
 
 
 @dataclass
@@ -91,6 +92,13 @@ class Engine:
         tree = tree or TreeSpec()
         if tree.kind != "none" and heads is None:
             raise ValueError(f"a {tree.kind} tree needs draft heads")
+        problems = unsupported_attention(backbone.model)
+        if problems:
+            model_type = backbone.model.config.get_text_config().model_type
+            raise ModelLoadError(
+                f"{model_type}: the decoding engine does not implement {'; '.join(problems)}, so its output would differ "
+                "from the model's own; decode this model with HF generate"
+            )
         install_tree_attention(backbone.model)
         self.backbone = backbone
         self.heads = heads if tree.kind != "none" else None
@@ -153,7 +161,7 @@ class Engine:
         n = prompt.numel()
         out = self._forward(prompt, torch.arange(n), torch.ones(n, n, dtype=torch.bool).tril(), logits=False)
         self.cache.commit(list(range(n)))
-        last = self.backbone.lm_head(out.features[LAST][0, -1:])[0]
+        last = self.backbone.logits(out.features[LAST][0, -1:])[0]
         root = int(last.argmax()) if sampling.greedy else sample(sampling.logprobs(last), generator)
         state = self.heads.begin_draft(out.features, prompt[None]) if self.heads is not None else None
         synchronize(self.device)

@@ -290,7 +290,14 @@ class Backbone:
         features = {i: captured[i] for i in wanted if i != LAST}
         if LAST in wanted:
             features[LAST] = hidden
-        return BackboneOutput(features=features, logits=self.lm_head(hidden) if logits else None)
+        return BackboneOutput(features=features, logits=self.logits(hidden) if logits else None)
+
+    def logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        """Next-token logits of final normed hidden states, as the model's own forward forms them
+        (with its final logit softcapping, e.g. Gemma-2's)."""
+        logits = self.lm_head(hidden)
+        cap = getattr(self.config, "final_logit_softcapping", None)
+        return logits if not cap else torch.tanh(logits / cap) * cap
 
 
 def default_eos(backbone: Backbone) -> tuple[int, ...]:
