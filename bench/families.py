@@ -119,7 +119,10 @@ def speed(records: list[dict], method: str) -> float:
 def print_table(chosen, records: list[dict], trees: dict) -> None:
     ar, hf, lookup = speed(records, "baseline"), speed(records, "hf_generate"), speed(records, "prompt_lookup")
     print(f"our AR {ar:.2f} tok/s, HF generate {hf:.2f} tok/s (our AR / HF {ar / hf:.3f}), prompt lookup {lookup:.2f} tok/s")
-    print("| heads | tree (budget x width, expected τ) | τ | accepted per step by depth | draft ms / verify ms per step | ours / our AR | ours / HF generate | ours / prompt lookup | mismatches (real / near-tie) |")
+    print(
+        "| heads | tree (budget x width, expected τ) | τ | accepted per step by depth | draft ms / verify ms per step "
+        "| ours / our AR | ours / HF generate | ours / prompt lookup | mismatches (real / near-tie) |"
+    )
     print("| --- | --- | --- | --- | --- | --- | --- | --- | --- |")
     for label, recipe, _, _ in chosen:
         turns = [t for r in records for t in r["methods"][recipe]]

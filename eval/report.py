@@ -29,7 +29,8 @@ def markdown(report: dict) -> str:
         "|---|---:|---:|---:|---:|",
     ]
     ours = report["methods"]["ours"]["tokens_per_s"]
-    for name, label in (("ours", "draftheads tree decoding"), ("baseline", "draftheads autoregressive"), ("hf_generate", "HF generate (greedy)" if report["temperature"] == 0 else "HF generate (sampling)"), ("prompt_lookup", "HF prompt lookup")):
+    hf_label = "HF generate (greedy)" if report["temperature"] == 0 else "HF generate (sampling)"
+    for name, label in (("ours", "draftheads tree decoding"), ("baseline", "draftheads autoregressive"), ("hf_generate", hf_label), ("prompt_lookup", "HF prompt lookup")):
         m = report["methods"][name]
         ratio = ours / m["tokens_per_s"] if ours and m["tokens_per_s"] else None
         lines.append(f"| {label} | {m['tokens']} | {_fmt(m['seconds'], 2)} | {_fmt(m['tokens_per_s'], 2)} | {_fmt(ratio, 2)}x |")
@@ -57,7 +58,7 @@ def markdown(report: dict) -> str:
             lines += [f"Its drift from the original was not measured: {drift['error']}", ""]
         else:
             lines += [
-                f"| held-out tokens | agreement with the original | perplexity original | perplexity trained |",
+                "| held-out tokens | agreement with the original | perplexity original | perplexity trained |",
                 "|---:|---:|---:|---:|",
                 f"| {drift['positions']} | {drift['agreement']:.2%} | {_fmt(drift['perplexity_original'])} | {_fmt(drift['perplexity_trained'])} |",
                 "",

@@ -15,7 +15,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from types import MappingProxyType
 
-import torch
 from safetensors.torch import save_file
 
 from draftheads.models.backbone import DTYPES
@@ -108,5 +107,6 @@ def _readme(fmt: Format, name: str, draft: DraftModel, config: dict, out: Path, 
     report = draft.folder / "eval_report.json" if draft.folder is not None else None
     if report is not None and report.is_file():
         summary = json.loads(report.read_text())
-        lines += ["## Measured by draftheads eval", "", f"τ {summary.get('tau')}, {summary.get('speedup_vs_hf_generate')}x HF generate ({summary.get('dtype')}, {summary.get('n_prompts')} prompts of {summary.get('prompts')}).", ""]
+        measured = f"τ {summary.get('tau')}, {summary.get('speedup_vs_hf_generate')}x HF generate"
+        lines += ["## Measured by draftheads eval", "", f"{measured} ({summary.get('dtype')}, {summary.get('n_prompts')} prompts of {summary.get('prompts')}).", ""]
     return "\n".join(lines)

@@ -70,7 +70,11 @@ def eagle_state(weights: dict[str, torch.Tensor], where: Path) -> tuple[dict[str
     state = {"layer.attn_gate": one, "layer.mlp_gate": one}  # the reference's residual branches are ungated
     if any(name.startswith("midlayer.") for name in weights):
         state |= _layer(weights, "midlayer.", where)
-        for theirs, mine in (("midlayer.input_layernorm.weight", "layer.embed_norm.weight"), ("midlayer.hidden_norm.weight", "layer.feature_norm.weight"), ("norm.weight", "norm.weight"), ("lm_head.weight", "lm_head.weight"), ("d2t", None)):
+        names = (
+            ("midlayer.input_layernorm.weight", "layer.embed_norm.weight"), ("midlayer.hidden_norm.weight", "layer.feature_norm.weight"),
+            ("norm.weight", "norm.weight"), ("lm_head.weight", "lm_head.weight"), ("d2t", None),
+        )
+        for theirs, mine in names:
             if theirs not in weights:
                 raise ModelLoadError(f"{where}: tensor '{theirs}' is missing from this EAGLE-3 checkpoint")
             if mine:

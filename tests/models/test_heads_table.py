@@ -146,7 +146,6 @@ def test_draft_vocabularies_that_do_not_fit_are_refused(backbone, tmp_path):
 
 
 def test_a_truncated_weights_file_is_one_clear_error(backbone, tmp_path, capsys):
-    from draftheads.scripts.cli import main
 
     draft = new_draft(backbone, "medusa")
     folder = save_heads(draft.heads, tmp_path / "heads")

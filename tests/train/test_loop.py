@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 
@@ -29,7 +28,8 @@ def test_loss_goes_down_and_heads_beat_their_untrained_selves(tiny_base, tmp_pat
     monkeypatch.setenv("WANDB_MODE", "offline")
     monkeypatch.setenv("WANDB_DIR", str(tmp_path))
     out = tmp_path / "run"
-    result = train(load_recipe(None, overrides(tiny_base, out, **{"train.max_steps": 30, "train.eval_every": 15, "train.trackers": "[tensorboard, wandb]", "heads.share_lm_head": "false"})), progress=False)
+    settings = {"train.max_steps": 30, "train.eval_every": 15, "train.trackers": "[tensorboard, wandb]", "heads.share_lm_head": "false"}
+    result = train(load_recipe(None, overrides(tiny_base, out, **settings)), progress=False)
     first, last = sum(result.losses[:5]) / 5, sum(result.losses[-5:]) / 5
     assert last < 0.9 * first, result.losses
     assert result.evals[-1]["loss"][0] < result.evals[0]["loss"][0]
