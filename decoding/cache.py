@@ -115,8 +115,14 @@ def tree_attention_forward(
     """Transformers attention function: tree attention over the engine's cache when the forward
     got `draftheads_cache`, plain SDPA otherwise. Returns ([B, T, H, D], None) like SDPA."""
     cache = kwargs.pop("draftheads_cache", None)
+    causal = kwargs.pop("draftheads_causal", False)
     if cache is None:
         return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling, **kwargs)
+    if causal:  # a prompt on an empty cache: SDPA's own causal path, no mask tensor at all
+        if cache.length:
+            raise ValueError("a causal forward needs an empty cache (prompts start a sequence)")
+        keys, values = cache.append(module.layer_idx, key, value)
+        return sdpa_attention_forward(module, query, keys, values, None, dropout=0.0, scaling=scaling, is_causal=query.shape[2] > 1)
     if attention_mask is None or attention_mask.dim() != 4:
         raise ValueError("a forward with draftheads_cache needs the tree's [1, 1, T, T] bool mask as attention_mask")
     keys, values = cache.append(module.layer_idx, key, value)

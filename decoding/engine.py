@@ -124,15 +124,18 @@ class Engine:
         """EOS tokens of the tokenizer and of the model's generation config."""
         return default_eos(self.backbone)
 
-    def _forward(self, tokens: torch.Tensor, depth: torch.Tensor, mask: torch.Tensor, logits: bool):
+    def _forward(self, tokens: torch.Tensor, depth: torch.Tensor, mask: torch.Tensor | None, logits: bool):
+        """One forward over the cache: a tree under its ancestor `mask`, or (mask None) the prompt,
+        causally, through SDPA's causal path (no n x n mask is built, however long the prompt)."""
         positions = (depth + self.cache.length).to(self.device)
         return self.backbone.features(
             tokens.to(self.device)[None],
-            attention_mask=mask.to(self.device)[None, None],
+            attention_mask=None if mask is None else mask.to(self.device)[None, None],
             position_ids=positions[None],
             layers=self.layers,
             logits=logits,
             draftheads_cache=self.cache,
+            draftheads_causal=mask is None,
         )
 
     @torch.inference_mode()
@@ -159,7 +162,7 @@ class Engine:
 
         start = time.perf_counter()
         n = prompt.numel()
-        out = self._forward(prompt, torch.arange(n), torch.ones(n, n, dtype=torch.bool).tril(), logits=False)
+        out = self._forward(prompt, torch.arange(n), None, logits=False)
         self.cache.commit(list(range(n)))
         last = self.backbone.logits(out.features[LAST][0, -1:])[0]
         root = int(last.argmax()) if sampling.greedy else sample(sampling.logprobs(last), generator)
