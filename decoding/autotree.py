@@ -123,7 +123,7 @@ def draft_seconds(draft: DraftModel, budget: int, width: int, repeats: int = 3) 
 
 def measure_costs(draft: DraftModel, budgets=BUDGETS, widths=WIDTHS, prefix_length: int = 256) -> TreeCosts:
     """Verification and drafting costs of every candidate on this machine (a few seconds)."""
-    costs = TreeCosts(verify_costs(draft, sorted({1} | {b + 1 for b in budgets}), prefix_length, repeats=3))
+    costs = TreeCosts(verify_costs(draft, sorted({1} | {b + 1 for b in budgets}), prefix_length, repeats=5))
     for budget in budgets:
         for width in widths:
             if width <= budget:

@@ -177,19 +177,29 @@ def verify_costs(draft: DraftModel, sizes: list[int], prefix_length: int = 256, 
     mask = torch.ones(prefix_length, prefix_length, dtype=torch.bool).tril().to(device)
     backbone.features(prefix, attention_mask=mask[None, None], position_ids=torch.arange(prefix_length, device=device)[None], draftheads_cache=cache)
     cache.commit(list(range(prefix_length)))
-    costs = {}
+    calls = {}
     for size in sizes:
         tree = Tree.chain(size - 1)
         tokens = torch.randint(0, backbone.vocab_size, (1, size), generator=generator).to(device)
         tree_mask = tree.ancestor_mask().to(device)[None, None]
         positions = (tree.depth + prefix_length).to(device)[None]
 
-        def verify() -> None:
+        def verify(tokens=tokens, tree_mask=tree_mask, positions=positions) -> None:
             backbone.features(tokens, attention_mask=tree_mask, position_ids=positions, logits=True, draftheads_cache=cache)
             cache.pending = 0  # nothing is committed: every repeat verifies after the same prefix
 
-        costs[size] = median_seconds(verify, device, repeats)
-    return costs
+        calls[size] = verify
+    # Sizes interleaved round by round (after one warm-up round): a load that comes and goes on a
+    # shared machine then hits every size alike instead of skewing the curve.
+    times: dict[int, list[float]] = {size: [] for size in sizes}
+    for round_ in range(repeats + 1):
+        for size in sizes:
+            start = time.perf_counter()
+            calls[size]()
+            synchronize(device)
+            if round_:
+                times[size].append(time.perf_counter() - start)
+    return {size: statistics.median(values) for size, values in times.items()}
 
 
 @torch.inference_mode()

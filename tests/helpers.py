@@ -128,3 +128,19 @@ def write_awkward_jsonl(path: Path, records: list[dict]) -> Path:
     endings, and no newline after the last line."""
     path.write_bytes("\r\n".join(json.dumps(r, ensure_ascii=False) for r in records).encode("utf-8"))
     return path
+
+
+def chi_square_p_value(counts, probs, min_expected: float = 5.0) -> float:
+    """Pearson chi-square goodness of fit; cells expected below `min_expected` are pooled."""
+    import torch
+
+    counts, probs = counts.double().flatten(), probs.double().flatten()
+    expected = probs * counts.sum()
+    small = expected < min_expected
+    obs = torch.cat([counts[~small], counts[small].sum().reshape(1)])
+    exp = torch.cat([expected[~small], expected[small].sum().reshape(1)])
+    keep = exp > 0
+    obs, exp = obs[keep], exp[keep]
+    statistic = float(((obs - exp) ** 2 / exp).sum())
+    dof = obs.numel() - 1
+    return float(torch.special.gammaincc(torch.tensor(dof / 2.0), torch.tensor(statistic / 2.0)))

@@ -13,21 +13,7 @@ from draftheads.decoding.sampling import SamplingConfig, gumbel_top_k
 from draftheads.decoding.tree import Tree
 from draftheads.models.backbone import Backbone, ModelLocation
 from draftheads.models.heads.medusa import MedusaConfig, MedusaHeads
-from helpers import tiny_llama_config
-
-
-def chi_square_p_value(counts: torch.Tensor, probs: torch.Tensor, min_expected: float = 5.0) -> float:
-    """Pearson chi-square goodness of fit; cells expected below `min_expected` are pooled."""
-    counts, probs = counts.double().flatten(), probs.double().flatten()
-    expected = probs * counts.sum()
-    small = expected < min_expected
-    obs = torch.cat([counts[~small], counts[small].sum().reshape(1)])
-    exp = torch.cat([expected[~small], expected[small].sum().reshape(1)])
-    keep = exp > 0
-    obs, exp = obs[keep], exp[keep]
-    statistic = float(((obs - exp) ** 2 / exp).sum())
-    dof = obs.numel() - 1
-    return float(torch.special.gammaincc(torch.tensor(dof / 2.0), torch.tensor(statistic / 2.0)))
+from helpers import chi_square_p_value, tiny_llama_config
 
 
 def toy_decode(p0, p1, q0, q1, generator, wrong_draft_probs=False):
