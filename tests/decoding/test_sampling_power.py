@@ -95,7 +95,6 @@ def test_the_joint_of_three_tokens_over_several_steps_is_the_targets():
     assert p_value(acceptance.accept_sampling, sampling.gumbel_top_k) > 1e-3
 
 
-@pytest.mark.slow  # 4 x 12,000 toy decodes: with the slow end-to-end tests, not in the 10-minute default run
 @pytest.mark.parametrize("mutation", list(MUTATIONS))
 def test_each_plausible_bug_is_detected(mutation):
     module, old, new = MUTATIONS[mutation]
@@ -104,4 +103,9 @@ def test_each_plausible_bug_is_detected(mutation):
         accept = mutated(acceptance, old, new, "accept_sampling")
     else:
         draw = mutated(sampling, old, new, "gumbel_top_k")
-    assert p_value(accept, draw) < 1e-4, mutation
+    try:
+        found = p_value(accept, draw)
+    except (ValueError, RuntimeError) as exc:  # the bug breaks an invariant the sampler checks: caught too
+        found = 0.0
+        print(f"{mutation}: the sampler raised {exc!r}")
+    assert found < 1e-4, mutation
