@@ -46,7 +46,8 @@ def main() -> None:
         accepted = [a for r in results[name] for a in r.accepted]
         found = [first_divergence(original.backbone, ids, ar.tokens, r.tokens, epsilon) for ids, ar, r in zip(prompts, results["AR"], results[name])]
         real, near = sum(1 for d in found if d and not d.near_tie), sum(1 for d in found if d and d.near_tie)
-        print(f"{name}: τ {1 + sum(accepted) / len(accepted):.3f} over {len(accepted)} steps; against autoregressive decoding: {real} real mismatches, {near} near-tie divergences of {len(prompts)} prompts")
+        tau = 1 + sum(accepted) / len(accepted)
+        print(f"{name}: τ {tau:.3f} over {len(accepted)} steps; against autoregressive decoding: {real} real mismatches, {near} near-tie divergences of {len(prompts)} prompts")
     identical = all(a.tokens == b.tokens and a.accepted == b.accepted for a, b in zip(results["before export"], results["after export"]))
     print(f"exported {args.heads} as {args.format}, imported back: same tokens and same acceptances at every step: {identical}")
 
