@@ -31,7 +31,7 @@ def main() -> None:
         exported = export_heads(args.heads, args.format, Path(tmp) / "export", "float32")
         options = {"num_heads": original.heads.config.num_heads} if args.format == "eagle" else {}
         get_format(args.format).load("importer")(str(exported), Path(tmp) / "back", base=original.heads.config.base.model, **options)
-        back = DraftModel(original.backbone, _reload(Path(tmp) / "back", original), folder=Path(tmp) / "back")
+        back = DraftModel.with_backbone(Path(tmp) / "back", original.backbone)
     tree = TreeSpec("dynamic", budget=8, width=4)
     formatter = ChatFormatter(original.backbone.tokenizer)
     config = GenerationConfig(max_new_tokens=args.max_new_tokens)
@@ -50,15 +50,6 @@ def main() -> None:
         print(f"{name}: τ {tau:.3f} over {len(accepted)} steps; against autoregressive decoding: {real} real mismatches, {near} near-tie divergences of {len(prompts)} prompts")
     identical = all(a.tokens == b.tokens and a.accepted == b.accepted for a, b in zip(results["before export"], results["after export"]))
     print(f"exported {args.heads} as {args.format}, imported back: same tokens and same acceptances at every step: {identical}")
-
-
-def _reload(folder: Path, original: DraftModel):
-    from draftheads.models.draft_model import load_head_weights, read_head_config
-    from draftheads.models.registry import HEADS
-
-    heads = HEADS.get(read_head_config(folder).head_type).build(read_head_config(folder), original.backbone)
-    load_head_weights(heads, folder)
-    return heads.eval()
 
 
 if __name__ == "__main__":

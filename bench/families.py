@@ -31,8 +31,7 @@ from draftheads.eval.metrics import acceptance_by_depth, divergences, tau_of
 from draftheads.eval.prompts import load_prompts
 from draftheads.eval.runner import Runner, engine_method, hf_method, resolve_tree, run_prompts
 from draftheads.models.backbone import BackboneConfig, load_backbone
-from draftheads.models.draft_model import DraftModel, load_head_weights, read_head_config
-from draftheads.models.registry import HEADS
+from draftheads.models.draft_model import DraftModel
 from draftheads.utils.device import resolve_dtype
 
 # (label, recipe, output folder, extra overrides): Clover's recipe reads ShareGPT's original answers;
@@ -66,10 +65,7 @@ def load_family(folder: Path, base, dtype: str) -> DraftModel:
     """Heads on the shared base backbone, or (a trained backbone) with their own."""
     if (folder / "adapter").is_dir() or (folder / "backbone").is_dir():
         return DraftModel.from_pretrained(folder, device="cpu", dtype=dtype)
-    config = read_head_config(folder)
-    heads = HEADS.get(config.head_type).build(config, base)
-    load_head_weights(heads, folder)
-    return DraftModel(base, heads.eval(), folder=folder)
+    return DraftModel.with_backbone(folder, base)
 
 
 def main() -> None:

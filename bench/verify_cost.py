@@ -15,6 +15,7 @@ from draftheads.decoding.calibration import verify_costs
 from draftheads.models.backbone import BackboneConfig, load_backbone
 from draftheads.models.draft_model import DraftModel
 from draftheads.models.heads.medusa import MedusaConfig
+from draftheads.utils.device import resolve_device
 
 
 def main() -> None:
@@ -26,7 +27,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--device", default="auto")
     args = parser.parse_args()
-    device = args.device if args.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
+    device = resolve_device(args.device)
     print("| dtype | " + " | ".join(f"{n} nodes" for n in args.nodes) + " |")
     print("| --- |" + " --- |" * len(args.nodes))
     for dtype in args.dtypes:

@@ -11,6 +11,7 @@ from collections import defaultdict
 
 import torch
 
+from draftheads.decoding.autotree import expected_tau
 from draftheads.decoding.tree import Tree, TreeSpec
 from draftheads.decoding.calibration import RankStats
 from draftheads.models.draft_model import DraftModel
@@ -64,8 +65,6 @@ def predicted_tau(tree: TreeSpec, own: RankStats, held_out, ours_turns: list[dic
     """τ predicted for `tree`, its acceptance by depth (static trees), and where it comes from: the
     held-out calibration when the heads carry one, else the eval's own answers (static) or the heads'
     own draft probabilities (dynamic)."""
-    from draftheads.decoding.autotree import expected_tau
-
     stats, where = (held_out[0], f"calibrated on {held_out[1]}") if held_out else (own, "calibrated on the baseline's answers to these prompts")
     if tree.kind == "static":
         static = Tree.from_paths(tree.paths)

@@ -31,10 +31,10 @@ from draftheads.decoding.tree import TreeSpec, default_static_paths
 from draftheads.eval.config import EvalConfig
 from draftheads.eval.drift import report_drift
 from draftheads.eval.prompts import EvalPrompt, load_prompts
-from draftheads.models.backbone import DTYPES, Backbone
+from draftheads.models.backbone import Backbone
 from draftheads.models.draft_model import DraftModel
 from draftheads.utils.atomic import atomic_write_text
-from draftheads.utils.device import resolve_dtype, synchronize
+from draftheads.utils.device import resolve_device, resolve_dtype, synchronize
 from draftheads.utils.errors import ConfigError
 from draftheads.utils.jsonl import read_lines
 
@@ -143,11 +143,8 @@ class Runner:
 
 def load_draft(config: EvalConfig) -> tuple[DraftModel, str]:
     """The heads and their base in the resolved dtype, and the line that says which and why."""
-    device = torch.device(config.device if config.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu"))
-    try:
-        dtype, note = resolve_dtype(config.dtype, device)
-    except ValueError as exc:
-        raise ConfigError(str(exc)) from None
+    device = resolve_device(config.device)
+    dtype, note = resolve_dtype(config.dtype, device)
     return DraftModel.from_pretrained(config.heads, config.base, device=device, dtype=dtype), note
 
 
@@ -240,13 +237,8 @@ def run_eval(config: EvalConfig, out: Path, progress: bool = True) -> dict:
     report["dtype_note"] = dtype_note
     report["tree_choice"] = tree_choice
     report["backbone_mode"] = draft.backbone_mode
-    report["backbone_drift"] = report_drift(draft, config.drift_batches, draft.backbone.lm_head.weight.device, _dtype_name(draft))
+    report["backbone_drift"] = report_drift(draft, config.drift_batches, draft.backbone.lm_head.weight.device, str(draft.backbone.lm_head.weight.dtype).removeprefix("torch."))
     return report
-
-
-def _dtype_name(draft: DraftModel) -> str:
-    dtype = draft.backbone.lm_head.weight.dtype
-    return next(name for name, value in DTYPES.items() if value == dtype)
 
 
 def _read_partial(path: Path, fingerprint: str) -> list[dict]:

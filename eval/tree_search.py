@@ -17,7 +17,7 @@ from draftheads.eval.prompts import load_prompts
 from draftheads.models.draft_model import CONFIG_NAME, DraftModel
 from draftheads.models.heads.base import TreeChoice
 from draftheads.utils.atomic import atomic_write_text
-from draftheads.utils.device import resolve_dtype
+from draftheads.utils.device import resolve_device, resolve_dtype
 from draftheads.utils.errors import ConfigError
 
 
@@ -40,11 +40,8 @@ def choose_tree(
         raise ConfigError(f"--heads {heads}: the tree is saved into a local heads folder's {CONFIG_NAME}; this is not one")
     if budget < 1:
         raise ConfigError(f"--budget must be at least 1, got {budget}")
-    device = device if device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        dtype, note = resolve_dtype(dtype, torch.device(device))
-    except ValueError as exc:
-        raise ConfigError(str(exc)) from None
+    device = resolve_device(device)
+    dtype, note = resolve_dtype(dtype, device)
     print(f"dtype: {note}")
     draft = DraftModel.from_pretrained(heads, base, device=device, dtype=dtype)
     formatter = ChatFormatter(draft.backbone.tokenizer, model_name=draft.backbone.location.spec)

@@ -99,9 +99,21 @@ class DraftModel:
         check_compatible(config.base, backbone, str(heads))
         if mode == "lora":
             backbone = Backbone(_merged_adapter(backbone.model, folder / ADAPTER_DIR).eval(), backbone.tokenizer, backbone.location)
+        return cls.with_backbone(folder, backbone, mode, config)
+
+    @classmethod
+    def with_backbone(
+        cls, folder: str | Path, backbone: Backbone, backbone_mode: str = "frozen", config: HeadConfig | None = None
+    ) -> "DraftModel":
+        """The heads of a local heads folder on an already loaded `backbone` (several heads can
+        share one base), checked against it; a `config` given was read and checked by the caller."""
+        folder = Path(folder)
+        if config is None:
+            config = read_head_config(folder)
+            check_compatible(config.base, backbone, str(folder))
         module = HEADS.get(config.head_type).build(config, backbone)
         load_head_weights(module, folder)
-        return cls(backbone, module.eval(), mode, folder)
+        return cls(backbone, module.eval(), backbone_mode, folder)
 
 
 def save_heads(

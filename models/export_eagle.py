@@ -59,8 +59,9 @@ def _config(draft: DraftModel, extra: dict) -> dict:
     }
 
 
-def export_eagle(draft: DraftModel) -> tuple[dict, dict[str, torch.Tensor], str]:
-    """(config.json, tensors of model.safetensors, weights file name) of the SafeAILab layout."""
+def export_eagle(draft: DraftModel) -> tuple[dict, dict[str, torch.Tensor], str, dict]:
+    """(config.json, tensors of model.safetensors, weights file name, fields of the serving
+    commands) of the SafeAILab layout."""
     heads = draft.heads
     config = heads.config
     if config.head_type != "eagle":
@@ -76,7 +77,8 @@ def export_eagle(draft: DraftModel) -> tuple[dict, dict[str, torch.Tensor], str]
             tensors["fc.bias"] = heads.layer.fc.bias.detach()
         # SafeAILab's EAGLE-1 checkpoints carry the base model's embedding; engines may read it from there
         tensors["embed_tokens.weight"] = draft.backbone.embed_tokens.weight.detach()
-        return _config(draft, {"architectures": ["LlamaForCausalLM"], "bias": heads.layer.fc.bias is not None}), tensors, "model.safetensors"
+        serving = {"algorithm": "EAGLE", "method": "eagle"}
+        return _config(draft, {"architectures": ["LlamaForCausalLM"], "bias": heads.layer.fc.bias is not None}), tensors, "model.safetensors", serving
     expected = default_fuse_layers(draft.backbone.num_layers)
     if list(config.fuse_layers) != expected:
         raise ModelLoadError(
@@ -99,4 +101,5 @@ def export_eagle(draft: DraftModel) -> tuple[dict, dict[str, torch.Tensor], str]
         "d2t": (tokens.cpu() - torch.arange(tokens.numel())).long(),
         "t2d": t2d,
     }
-    return _config(draft, {"architectures": ["LlamaForCausalLMEagle3"], "draft_vocab_size": tokens.numel()}), tensors, "model.safetensors"
+    serving = {"algorithm": "EAGLE3", "method": "eagle3"}
+    return _config(draft, {"architectures": ["LlamaForCausalLMEagle3"], "draft_vocab_size": tokens.numel()}), tensors, "model.safetensors", serving

@@ -19,8 +19,9 @@ from draftheads.utils.errors import ModelLoadError
 WEIGHTS = "medusa_lm_head.safetensors"
 
 
-def export_medusa(draft: DraftModel) -> tuple[dict, dict[str, torch.Tensor], str]:
-    """(config.json, tensors, weights file name) of the FasterDecoding layout."""
+def export_medusa(draft: DraftModel) -> tuple[dict, dict[str, torch.Tensor], str, dict]:
+    """(config.json, tensors, weights file name, fields of the serving commands: none) of the
+    FasterDecoding layout."""
     heads = draft.heads
     config = heads.config
     if config.head_type != "medusa":
@@ -50,4 +51,4 @@ def export_medusa(draft: DraftModel) -> tuple[dict, dict[str, torch.Tensor], str
         "hidden_size": draft.backbone.hidden_size,
         "vocab_size": draft.backbone.vocab_size,
     }
-    return out, tensors, WEIGHTS
+    return out, tensors, WEIGHTS, {}

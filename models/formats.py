@@ -34,9 +34,10 @@ class Format:
     importer: str
     """`module:function` converting such a checkpoint into our heads folder."""
     exporter: str
-    """`module:function(draft) -> (config, tensors, weights name)`."""
+    """`module:function(draft) -> (config, tensors, weights name, serving fields)`."""
     serve: str
-    """How to serve an export (README text; {out} and {base} are filled in)."""
+    """How to serve an export (README text; {out}, {base}, {heads} and the exporter's serving
+    fields are filled in)."""
 
     def load(self, which: str):
         module, name = getattr(self, which).split(":")
@@ -74,7 +75,7 @@ def export_heads(heads: str | Path, name: str, out: str | Path, dtype: str = "fl
     if dtype not in DTYPES:
         raise ModelLoadError(f"--dtype {dtype}: one of {', '.join(DTYPES)}")
     draft = DraftModel.from_pretrained(heads, base, dtype="float32")  # exact weights; cast once at the end
-    config, tensors, weights = fmt.load("exporter")(draft)
+    config, tensors, weights, serving = fmt.load("exporter")(draft)
     target = DTYPES[dtype]
     tensors = {k: (v.to(target) if v.is_floating_point() else v).contiguous().cpu() for k, v in tensors.items()}
     config["torch_dtype"] = dtype
@@ -86,13 +87,12 @@ def export_heads(heads: str | Path, name: str, out: str | Path, dtype: str = "fl
             config["base_model_name_or_path"] = BASE_DIR
         (tmp / "config.json").write_text(json.dumps(config, indent=2) + "\n")
         save_file(tensors, str(tmp / weights), metadata={"format": "pt"})
-        (tmp / "README.md").write_text(_readme(fmt, name, draft, config, Path(out), trained))
+        (tmp / "README.md").write_text(_readme(fmt, name, draft, config, Path(out), trained, serving))
     return Path(out)
 
 
-def _readme(fmt: Format, name: str, draft: DraftModel, config: dict, out: Path, trained: bool) -> str:
+def _readme(fmt: Format, name: str, draft: DraftModel, config: dict, out: Path, trained: bool, serving: dict) -> str:
     heads = draft.heads.config
-    fused = getattr(heads, "fused", False)
     base = f"{out}/{BASE_DIR}" if trained else config["base_model_name_or_path"]
     lines = [
         f"# {heads.head_type} draft heads in the {name} layout",
@@ -102,7 +102,7 @@ def _readme(fmt: Format, name: str, draft: DraftModel, config: dict, out: Path, 
         "",
         "## Serving",
         "",
-        fmt.serve.format(out=out, base=base, heads=heads.num_heads, algorithm="EAGLE3" if fused else "EAGLE", method="eagle3" if fused else "eagle"),
+        fmt.serve.format(out=out, base=base, heads=heads.num_heads, **serving),
     ]
     report = draft.folder / "eval_report.json" if draft.folder is not None else None
     if report is not None and report.is_file():

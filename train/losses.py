@@ -24,6 +24,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
+from draftheads.decoding.calibration import true_ranks
 from draftheads.models.heads.base import DraftHeads, HeadOutput
 
 
@@ -204,8 +205,6 @@ def depth_weights(depths: int, decay: float) -> list[float]:
 def joint_ranks(heads: DraftHeads, states: list[torch.Tensor], batch: dict[str, torch.Tensor], lm_head: nn.Module, max_rank: int = 10) -> torch.Tensor:
     """[positions, depths] ranks of the true tokens at the positions every depth trains on (the
     joint rank paths `RankStats` calibrates trees with); max_rank where a token is not in the top."""
-    from draftheads.decoding.calibration import true_ranks
-
     targets = [depth_targets(batch, depth) for depth in range(1, len(states) + 1)]
     length = batch["input_ids"].shape[1]
     common = targets[0].rows * length + targets[0].positions

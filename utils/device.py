@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import torch
 
+from draftheads.utils.errors import ConfigError
+
 
 def synchronize(device: torch.device) -> None:
     """Wait for queued GPU work, so wall-clock timings cover it (a no-op on CPU)."""
@@ -22,9 +24,14 @@ def cpu_has_native_bf16() -> bool:
     return any(flag in flags.split() for flag in ("avx512_bf16", "amx_bf16"))
 
 
+def resolve_device(name: str) -> torch.device:
+    """`auto`: cuda when available, else cpu; anything else as given."""
+    return torch.device(name if name != "auto" else ("cuda" if torch.cuda.is_available() else "cpu"))
+
+
 def resolve_dtype(name: str, device: torch.device) -> tuple[str, str]:
     """The dtype to decode in for `name` (auto, float32, bfloat16, float16) on `device`, and one line
-    saying why (or warning of the slower path taken). Raises ValueError for fp16 on a CPU."""
+    saying why (or warning of the slower path taken). Refuses fp16 on a CPU (ConfigError)."""
     if device.type == "cuda":
         bf16 = torch.cuda.is_bf16_supported()
         if name == "auto":
@@ -33,7 +40,7 @@ def resolve_dtype(name: str, device: torch.device) -> tuple[str, str]:
             return name, "warning: this GPU has no native bf16; bf16 is emulated and slower than float16"
         return name, f"{name}: as asked"
     if name == "float16":
-        raise ValueError("--dtype float16 on a CPU: PyTorch has no fast fp16 CPU kernels; use bfloat16 (native on CPUs with avx512_bf16/amx_bf16) or float32")
+        raise ConfigError("--dtype float16 on a CPU: PyTorch has no fast fp16 CPU kernels; use bfloat16 (native on CPUs with avx512_bf16/amx_bf16) or float32")
     native = cpu_has_native_bf16()
     if name == "auto":
         if native:

@@ -170,6 +170,7 @@ class DraftHeads(nn.Module):
         reduced = bool(config.draft_vocab_size)
         self.register_buffer("draft_to_token", torch.arange(config.draft_vocab_size) if reduced else None, persistent=reduced)
         self._projection_cache: tuple | None = None
+        self._lookup_cache: tuple | None = None
 
     @property
     def draft_vocab(self) -> int:
@@ -197,9 +198,13 @@ class DraftHeads(nn.Module):
         outside it."""
         if self.draft_to_token is None:
             return tokens
-        lookup = torch.full((self.vocab_size,), -100, dtype=torch.long, device=self.draft_to_token.device)
-        lookup[self.draft_to_token] = torch.arange(self.draft_to_token.numel(), device=lookup.device)
-        return lookup[tokens.to(lookup.device)].to(tokens.device)
+        # built once per map (the loss calls this per chunk and depth), rebuilt if the map changes
+        key = (self.draft_to_token.data_ptr(), self.draft_to_token._version, self.draft_to_token.device)
+        if self._lookup_cache is None or self._lookup_cache[0] != key:
+            lookup = torch.full((self.vocab_size,), -100, dtype=torch.long, device=self.draft_to_token.device)
+            lookup[self.draft_to_token] = torch.arange(self.draft_to_token.numel(), device=lookup.device)
+            self._lookup_cache = (key, lookup)
+        return self._lookup_cache[1][tokens.to(self.draft_to_token.device)].to(tokens.device)
 
     def to_tokens(self, index: torch.Tensor) -> torch.Tensor:
         """Token ids of draft-vocabulary indices."""

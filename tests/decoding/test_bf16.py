@@ -14,6 +14,7 @@ from draftheads.models.backbone import Backbone, ModelLocation
 from draftheads.models.registry import HEADS
 from draftheads.utils import device as device_module
 from draftheads.utils.device import resolve_dtype
+from draftheads.utils.errors import ConfigError
 from helpers import head_cases, spread_vocabulary, tiny_llama_config
 
 
@@ -63,5 +64,5 @@ def test_the_dtype_default_follows_the_hardware(monkeypatch):
     assert resolve_dtype("auto", cpu)[0] == "float32"
     name, note = resolve_dtype("bfloat16", cpu)
     assert name == "bfloat16" and note.startswith("warning: this CPU has no native bf16")
-    with pytest.raises(ValueError, match="float16 on a CPU"):
+    with pytest.raises(ConfigError, match="float16 on a CPU"):
         resolve_dtype("float16", cpu)
