@@ -4,6 +4,12 @@ than HF `generate` in bf16 on this CPU; one interleaved run gives each family's 
 auto` chose for it from costs measured at start-up.
 
     python bench/families.py [--run] [--only medusa1-distill hydra ...] [--limit 16] [--max-new-tokens 128]
+    python bench/families.py --set quality --run --limit 80 --reference hf_generate
+
+`--set quality` takes the `*-quality` recipes (the quality budget: bench/RESULTS.md) instead of the
+demo ones; `--reference hf_generate` checks greedy outputs against HF `generate` and leaves our
+autoregressive decoding out of the run (it equals HF generate in speed, RESULTS: our AR / HF 1.000),
+which saves a sixth of a long run.
 
 With `--run` it first trains each family's recipe that has no exported heads yet (timing it). The
 decode run then loads the base model once, puts every family's heads on it (Medusa-2 brings its
@@ -16,6 +22,7 @@ apart). It resumes from `bench/out/families/decode.partial.jsonl` and prints the
 from __future__ import annotations
 
 import argparse
+import datetime
 import json
 import subprocess
 import time
@@ -27,11 +34,13 @@ from draftheads.data.chat import ChatFormatter
 from draftheads.decoding.divergence import near_tie_epsilon
 from draftheads.decoding.engine import Engine, GenerationConfig
 from draftheads.eval.config import EvalConfig
-from draftheads.eval.metrics import acceptance_by_depth, divergences, tau_of
+from draftheads.eval.metrics import acceptance_by_depth, divergences, hardware, tau_of
+from draftheads.eval.report import write_summary
 from draftheads.eval.prompts import load_prompts
 from draftheads.eval.runner import Runner, engine_method, hf_method, resolve_tree, run_prompts
 from draftheads.models.backbone import BackboneConfig, load_backbone
 from draftheads.models.draft_model import DraftModel
+from draftheads.models.hub import refresh_card
 from draftheads.utils.device import resolve_dtype
 
 # (label, recipe, output folder, extra overrides): Clover's recipe reads ShareGPT's original answers;
@@ -46,11 +55,17 @@ FAMILIES = (
     ("EAGLE-1", "eagle1", "smollm2-135m-eagle1", ()),
     ("EAGLE-3", "eagle3", "smollm2-135m-eagle3", ()),
 )
-OUT = Path("bench/out/families")
+QUALITY = (
+    ("Medusa-1", "medusa1-quality", "smollm2-135m-medusa1-quality", ()),
+    ("Hydra", "hydra-quality", "smollm2-135m-hydra-quality", ()),
+    ("Clover", "clover-quality", "smollm2-135m-clover-quality", ()),
+    ("EAGLE-3", "eagle3-quality", "smollm2-135m-eagle3-quality", ()),
+)
+SETS = {"demo": (FAMILIES, Path("bench/out/families")), "quality": (QUALITY, Path("bench/out/families-quality"))}
 
 
-def train_missing(chosen) -> None:
-    times_path = OUT / "train_seconds.json"
+def train_missing(chosen, out: Path) -> None:
+    times_path = out / "train_seconds.json"
     times = json.loads(times_path.read_text()) if times_path.is_file() else {}
     for label, recipe, folder, extra in chosen:
         if (Path("outputs") / folder / "heads").is_dir():
@@ -75,21 +90,27 @@ def main() -> None:
     parser.add_argument("--limit", type=int, default=16)
     parser.add_argument("--max-new-tokens", type=int, default=128)
     parser.add_argument("--dtype", default="auto")
+    parser.add_argument("--set", choices=sorted(SETS), default="demo", help="which recipes: the demo ones or the *-quality ones")
+    parser.add_argument("--reference", choices=["baseline", "hf_generate"], default="baseline",
+                        help="what greedy outputs must equal: our autoregressive decoding, or HF generate (our AR is then not run)")
     args = parser.parse_args()
-    OUT.mkdir(parents=True, exist_ok=True)
-    chosen = [f for f in FAMILIES if not args.only or f[1] in args.only]
+    families, out = SETS[args.set]
+    out.mkdir(parents=True, exist_ok=True)
+    chosen = [f for f in families if not args.only or f[1] in args.only]
     if args.run:
-        train_missing(chosen)
+        train_missing(chosen, out)
     dtype, note = resolve_dtype(args.dtype, torch.device("cpu"))
     print(f"dtype: {note}")
     base = load_backbone(BackboneConfig(base="demo:smollm2-135m", dtype=dtype))
-    reference = Engine(base)
-    eos = reference.default_eos()
-    methods = [engine_method("baseline", reference), hf_method("hf_generate", base, eos, None, "baseline"), hf_method("prompt_lookup", base, eos, 10, "baseline")]
+    eos = Engine(base).default_eos()
+    methods = [hf_method("hf_generate", base, eos, None, None), hf_method("prompt_lookup", base, eos, 10, args.reference)]
+    if args.reference == "baseline":
+        methods.insert(0, engine_method("baseline", Engine(base)))
+        methods[1] = hf_method("hf_generate", base, eos, None, "baseline")
     trees = {}
     for label, recipe, folder, _ in chosen:
         draft = load_family(Path("outputs") / folder / "heads", base, dtype)
-        ref = "baseline"
+        ref = args.reference
         if draft.backbone is not base:  # a trained backbone: its own autoregressive decoding is the reference
             ref = f"baseline:{recipe}"
             methods.append(engine_method(ref, Engine(draft.backbone)))
@@ -98,13 +119,50 @@ def main() -> None:
         methods.append(engine_method(recipe, Engine(draft.backbone, draft.heads, tree), ref))
     config = GenerationConfig(max_new_tokens=args.max_new_tokens, eos_token_ids=eos, seed=0)
     runner = Runner(methods, ChatFormatter(base.tokenizer, model_name=base.location.spec), config, near_tie_epsilon(base.lm_head.weight.dtype))
-    prompts = load_prompts("mt-bench", args.limit)
+    prompts = interleaved_categories(load_prompts("mt-bench", args.limit))
     fingerprint = json.dumps([args.limit, args.max_new_tokens, dtype, [m.name for m in methods]])
     start = time.perf_counter()
-    records = run_prompts(runner, prompts, OUT / "decode", fingerprint, 0, progress=True)
+    records = run_prompts(runner, prompts, out / "decode", fingerprint, 0, progress=True)
     print(f"decode run: {time.perf_counter() - start:.0f} s, {len(records)} prompts x {len(methods)} methods")
-    (OUT / "decode.json").write_text(json.dumps({"trees": trees, "records": records}) + "\n")
-    print_table(chosen, records, trees)
+    (out / "decode.json").write_text(json.dumps({"trees": trees, "records": records}) + "\n")
+    times_path = out / "train_seconds.json"
+    print_table(chosen, records, trees, json.loads(times_path.read_text()) if times_path.is_file() else {})
+    for label, recipe, folder, _ in chosen:
+        heads = Path("outputs") / folder / "heads"
+        write_summary(family_summary(records, recipe, trees[recipe], dtype, args), heads)
+        refresh_card(heads)
+        print(f"{label}: decoding numbers written to {heads / 'eval_report.json'} and its model card")
+
+
+def interleaved_categories(prompts: list) -> list:
+    """The prompts reordered round-robin over their categories, so a long run that is stopped early
+    (it resumes) has covered every category evenly so far."""
+    rank: dict[str, int] = {}
+    keyed = []
+    for index, prompt in enumerate(prompts):
+        rank[prompt.category] = rank.get(prompt.category, -1) + 1
+        keyed.append((rank[prompt.category], index, prompt))
+    return [prompt for _, _, prompt in sorted(keyed, key=lambda k: k[:2])]
+
+
+def family_summary(records: list[dict], recipe: str, tree: dict, dtype: str, args) -> dict:
+    """One family's numbers from this run, in the form of `draftheads eval`'s summary (the model
+    card reads it)."""
+    turns = [t for r in records for t in r["methods"][recipe]]
+    accepted = [a for t in turns for a in t["accepted"]]
+    ours, reference = speed(records, recipe), args.reference
+    real, near = divergences(records, recipe)
+    return {
+        "measured_by": f"`python bench/families.py --set {args.set} --limit {args.limit} --reference {reference}` (one interleaved run of every family)",
+        "reference": "HF generate" if reference == "hf_generate" else "autoregressive decoding (same engine)",
+        "prompts": "mt-bench", "n_prompts": len(records), "n_turns": len(turns), "max_new_tokens": args.max_new_tokens,
+        "temperature": 0.0, "dtype": dtype, "tree": {"kind": "dynamic" if "budget" in tree else "none", **tree},
+        "tau": tau_of(accepted), "tau_predicted": tree.get("expected_tau"),
+        "acceptance_by_depth": acceptance_by_depth(accepted, max(accepted, default=1)),
+        "speedup": ours / speed(records, "baseline") if "baseline" in records[0]["methods"] else None,
+        "speedup_vs_hf_generate": ours / speed(records, "hf_generate"), "speedup_vs_prompt_lookup": ours / speed(records, "prompt_lookup"),
+        "greedy_mismatches": real, "near_tie_divergences": near, "hardware": hardware(), "date": datetime.date.today().isoformat(),
+    }
 
 
 def speed(records: list[dict], method: str) -> float:
@@ -112,14 +170,15 @@ def speed(records: list[dict], method: str) -> float:
     return sum(len(t["tokens"]) for t in turns) / sum(t["seconds"] for t in turns)
 
 
-def print_table(chosen, records: list[dict], trees: dict) -> None:
-    ar, hf, lookup = speed(records, "baseline"), speed(records, "hf_generate"), speed(records, "prompt_lookup")
-    print(f"our AR {ar:.2f} tok/s, HF generate {hf:.2f} tok/s (our AR / HF {ar / hf:.3f}), prompt lookup {lookup:.2f} tok/s")
+def print_table(chosen, records: list[dict], trees: dict, train_seconds: dict) -> None:
+    hf, lookup = speed(records, "hf_generate"), speed(records, "prompt_lookup")
+    ar = speed(records, "baseline") if "baseline" in records[0]["methods"] else None
+    print(f"HF generate {hf:.2f} tok/s, prompt lookup {lookup:.2f} tok/s" + (f", our AR {ar:.2f} tok/s (our AR / HF {ar / hf:.3f})" if ar else ""))
     print(
-        "| heads | tree (budget x width, expected τ) | τ | accepted per step by depth | draft ms / verify ms per step "
+        "| heads | train min | tree (budget x width) | τ | τ predicted | accepted per step by depth | draft ms / verify ms per step "
         "| ours / our AR | ours / HF generate | ours / prompt lookup | mismatches (real / near-tie) |"
     )
-    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
     for label, recipe, _, _ in chosen:
         turns = [t for r in records for t in r["methods"][recipe]]
         accepted = [a for t in turns for a in t["accepted"]]
@@ -128,13 +187,15 @@ def print_table(chosen, records: list[dict], trees: dict) -> None:
         verify_ms = 1000 * sum(t["times"]["verify"] for t in turns) / steps
         own_ar = speed(records, f"baseline:{recipe}") if f"baseline:{recipe}" in records[0]["methods"] else ar
         tree = trees[recipe]
-        shape = f"{tree.get('budget')} x {tree.get('width')}, {tree.get('expected_tau', float('nan')):.3f}" if "budget" in tree else tree["reason"]
+        shape = f"{tree.get('budget')} x {tree.get('width')}" if "budget" in tree else tree["reason"]
         real, near = divergences(records, recipe)
         ours = speed(records, recipe)
-        by_depth = " / ".join(f"{x:.3f}" for x in acceptance_by_depth(accepted, 3))
+        by_depth = " / ".join(f"{x:.3f}" for x in acceptance_by_depth(accepted, max(accepted, default=1)))
+        minutes = f"{train_seconds[label] / 60:.1f}" if label in train_seconds else "n/a"
+        versus_ar = f"{ours / own_ar:.2f}x" if own_ar else "n/a"
         print(
-            f"| {label} | {shape} | {tau_of(accepted) or 1.0:.3f} | {by_depth} | {draft_ms:.1f} / {verify_ms:.1f} | {ours / own_ar:.2f}x | "
-            f"{ours / hf:.2f}x | {ours / lookup:.2f}x | {real} / {near} |"
+            f"| {label} | {minutes} | {shape} | {tau_of(accepted) or 1.0:.3f} | {tree.get('expected_tau', float('nan')):.3f} | {by_depth} | "
+            f"{draft_ms:.1f} / {verify_ms:.1f} | {versus_ar} | {ours / hf:.2f}x | {ours / lookup:.2f}x | {real} / {near} |"
         )
 
 

@@ -162,14 +162,26 @@ def _check_or_write_settings(out: Path, current: dict) -> None:
             saved = json.loads(path.read_text())["settings"]
         except (json.JSONDecodeError, KeyError):
             raise ConfigError(f"{path}: not a gen-data metadata file; choose another distill.output_dir") from None
-        changed = [f"{k}: {saved.get(k)!r} -> {current.get(k)!r}" for k in current if saved.get(k) != current.get(k)]
+        changed = [f"{k}: {saved.get(k)!r} -> {current.get(k)!r}" for k in current if _comparable(saved, k) != _comparable(current, k)]
         if changed:
             raise ConfigError(
                 f"{out} holds gen-data output made with other settings ({'; '.join(changed)}): rerun with the same "
                 "settings to resume it, or choose another distill.output_dir"
             )
+        if saved != current:  # only a source's limit changed: record the one this run uses
+            atomic_write_text(path, json.dumps({"settings": current}, indent=2) + "\n")
         return
     atomic_write_text(path, json.dumps({"settings": current}, indent=2) + "\n")
+
+
+def _comparable(settings: dict, key: str):
+    """A setting as resuming compares it. A source's `limit` only decides how many of its records are
+    answered, and finished answers are keyed by their record, so raising it grows a data set and
+    lowering it finishes one early (the merge keeps exactly the records within the new limit)."""
+    value = settings.get(key)
+    if key == "sources" and isinstance(value, list):
+        return [{k: v for k, v in source.items() if k != "limit"} for source in value]
+    return value
 
 
 def done_keys(out: Path) -> dict[str, dict]:

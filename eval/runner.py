@@ -70,7 +70,7 @@ def engine_method(name: str, engine: Engine, reference: str | None = None) -> Me
     return Method(name, run, engine.backbone, reference)
 
 
-def hf_method(name: str, backbone: Backbone, eos: tuple[int, ...], lookup_tokens: int | None, reference: str) -> Method:
+def hf_method(name: str, backbone: Backbone, eos: tuple[int, ...], lookup_tokens: int | None, reference: str | None) -> Method:
     """HF `generate` (or prompt-lookup decoding with `lookup_tokens`) on `backbone`."""
 
     @torch.inference_mode()

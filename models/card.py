@@ -97,13 +97,15 @@ def _decoding_lines(evaluation: dict) -> list[str]:
 
     tree = evaluation.get("tree") or {}
     lines = [
-        f"Measured by `draftheads eval` on {evaluation.get('n_prompts')} prompts of `{evaluation.get('prompts')}` "
+        f"Measured by {evaluation.get('measured_by') or '`draftheads eval`'} on {evaluation.get('n_prompts')} prompts of `{evaluation.get('prompts')}` "
         f"({evaluation.get('max_new_tokens')} new tokens per turn, temperature {evaluation.get('temperature')}, "
         f"{evaluation.get('dtype')}, {tree.get('kind')} tree), {evaluation.get('date')}:",
         "",
         f"- acceptance length τ: {fmt(evaluation.get('tau'))} (predicted {fmt(evaluation.get('tau_predicted'))})",
         f"- speedup over autoregressive decoding (same engine): {fmt(evaluation.get('speedup'), 'x')}",
         f"- speedup over HF `generate`: {fmt(evaluation.get('speedup_vs_hf_generate'), 'x')}; over HF prompt lookup: {fmt(evaluation.get('speedup_vs_prompt_lookup'), 'x')}",
-        f"- greedy mismatches against autoregressive decoding: {evaluation.get('greedy_mismatches')} (near-tie divergences: {evaluation.get('near_tie_divergences')})",
+        f"- greedy mismatches against {evaluation.get('reference') or 'autoregressive decoding'}: {evaluation.get('greedy_mismatches')} "
+        f"(near-tie divergences: {evaluation.get('near_tie_divergences')})",
+        f"- accepted drafts per step by depth: {' / '.join(f'{a:.3f}' for a in evaluation.get('acceptance_by_depth') or [])}",
     ]
     return lines

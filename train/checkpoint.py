@@ -27,12 +27,18 @@ class TrainerState:
     """Passes over the training data begun."""
     batch_in_epoch: int = 0
     """Micro-batches of the current epoch already consumed (by this process)."""
+    target_tokens: int = 0
+    """Next-token targets trained on so far, all processes: the x-axis of a learning curve."""
+    seconds: float = 0.0
+    """Wall time spent in optimizer steps so far (evaluations and checkpoints excluded)."""
 
     def state_dict(self) -> dict:
         return asdict(self)
 
     def load_state_dict(self, state: dict) -> None:
         self.step, self.epoch, self.batch_in_epoch = state["step"], state["epoch"], state["batch_in_epoch"]
+        # checkpoints written before these were kept start them from zero
+        self.target_tokens, self.seconds = state.get("target_tokens", 0), state.get("seconds", 0.0)
 
 
 def checkpoint_root(output_dir: str | Path) -> Path:

@@ -263,7 +263,9 @@ def train(recipe: Recipe, on_step: Callable[[int], None] | None = None, progress
     bar = tqdm(total=cfg.max_steps, initial=state.step, desc="training", unit="step", disable=not (progress and accelerator.is_main_process))
     tokens_seen, started = 0, time.perf_counter()
     while state.step < cfg.max_steps:
+        step_started = time.perf_counter()
         step_loss, shown, logged, tokens = _optimizer_step(run, data)
+        state.seconds += time.perf_counter() - step_started
         tokens_seen += tokens
         run.result.losses.append(step_loss)
         bar.update(1)
@@ -403,6 +405,7 @@ def _optimizer_step(run: _Run, data: Iterator[dict]) -> tuple[float, dict, dict,
             run.optimizer.zero_grad()
     run.scheduler.step()
     run.state.step += 1
+    run.state.target_tokens += int(counts[1].item())
     step_loss = accelerator.reduce(step_loss, "sum").item()
     if not math.isfinite(step_loss):
         raise DraftheadsError(
@@ -423,6 +426,7 @@ def _evaluate_and_log(run: _Run, step: int) -> None:
     trainable = run.role if run.role.trains else None
     metrics, stats = evaluate(run.heads, run.backbone, run.eval_loader, accelerator, run.recipe.train.eval_batches, run.recipe.train.loss.chunk_size, trainable)
     metrics["step"] = step
+    metrics["target_tokens"], metrics["train_seconds"] = run.state.target_tokens, round(run.state.seconds, 1)
     metrics["expected_tau"] = {f"{b}x{w}": expected_tau(stats, b, w) for b, w in ((2, 1), (4, 2), (8, 4), (16, 8))}
     run.result.calibration = stats
     run.result.evals.append(metrics)
@@ -431,6 +435,7 @@ def _evaluate_and_log(run: _Run, step: int) -> None:
     logged |= {f"eval/expected_tau_{k}": v for k, v in metrics["expected_tau"].items()}
     if "drift" in metrics:
         logged |= {f"eval/{k}": metrics["drift"][k] for k in ("agreement", "perplexity_trained", "perplexity_original")}
+    logged["eval/target_tokens"] = run.state.target_tokens
     accelerator.log(logged, step=step)
     for line in _eval_lines(metrics, stats.positions, bool(run.recipe.heads.draft_vocab_size)):
         accelerator.print(line)

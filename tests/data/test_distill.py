@@ -122,6 +122,24 @@ def test_a_rerun_with_other_settings_is_refused_and_a_finished_run_is_not_redone
         run_distill(recipe_for(varied_base, data, tmp_path / "out", "distill.max_new_tokens=5"), progress=False)
 
 
+def test_changing_a_source_limit_resumes_the_same_output(varied_base, tmp_path):
+    """Raising `limit` answers only the new records; lowering it finishes with the first ones."""
+    data = write_jsonl(tmp_path / "p.jsonl", [conversation(i) for i in range(4)])
+
+    def run(limit: int):
+        return run_distill(recipe_for(varied_base, data, tmp_path / "out", "distill.max_new_tokens=4", f"distill.sources.0.limit={limit}"), progress=False)
+
+    assert run(2).generated_records == 2
+    first = _records(tmp_path / "out")
+    grown = run(4)
+    assert grown.generated_records == 2 and grown.complete
+    records = _records(tmp_path / "out")
+    assert [r["id"] for r in records] == ["c0", "c1", "c2", "c3"] and records[:2] == first
+    shrunk = run(1)
+    assert shrunk.generated_records == 0 and _records(tmp_path / "out") == first[:1]
+    assert json.loads((tmp_path / "out" / "metadata.json").read_text())["settings"]["sources"][0]["limit"] == 1
+
+
 def _gen_data(base: Path, data: Path, out: Path, *extra: str) -> list[str]:
     return ["draftheads", "gen-data", "--base", str(base), "--data", str(data), "--out", str(out),
             "distill.max_new_tokens=24", "distill.temperature=0.8", "distill.batch_size=4", "distill.chunk_size=4", *extra]

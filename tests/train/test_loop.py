@@ -34,6 +34,8 @@ def test_loss_goes_down_and_heads_beat_their_untrained_selves(tiny_base, tmp_pat
     assert last < 0.9 * first, result.losses
     assert result.evals[-1]["loss"][0] < result.evals[0]["loss"][0]
     assert [e["step"] for e in result.evals] == [0, 15, 30]
+    tokens = [e["target_tokens"] for e in result.evals]  # a learning curve's x-axis
+    assert tokens[0] == 0 < tokens[1] < tokens[2] and result.evals[2]["train_seconds"] > result.evals[1]["train_seconds"] > 0
     assert sorted(p.name for p in (out / "heads").iterdir()) == ["README.md", "calibration.json", "config.json", "model.safetensors", "recipe.yaml", "training.json"]
     assert "Held-out accuracy per head" in (out / "heads" / "README.md").read_text()
     assert list((out / "logs").rglob("events.out.tfevents*")), "tensorboard wrote nothing"
@@ -58,6 +60,8 @@ def test_crash_and_resume_reproduce_the_uninterrupted_run(tiny_base, tmp_path):
     train(recipe, progress=False)
     a, b = heads_of(straight), heads_of(resumed)
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    last = [json.loads((run / "metrics.jsonl").read_text().splitlines()[-1]) for run in (straight, resumed)]
+    assert last[0]["target_tokens"] == last[1]["target_tokens"] > 0  # the count survives the resume
 
 
 def test_loading_on_a_different_base_is_refused(tiny_base, tmp_path, demo_tokenizer):

@@ -1,0 +1,83 @@
+"""Claim: the τ that training's held-out calibration predicts for a tree is the τ a decode measures,
+for static trees as well as dynamic ones (issue 17: within 5%).
+
+    python bench/tau_prediction.py [--set quality] [--limit 16] [--budget 8 --width 4]
+
+For each family's heads (the same sets as bench/families.py), in the decode dtype: the static tree
+of the `budget` most frequent held-out rank paths (at most `width` per depth; what `draftheads tree`
+would build from the same statistics) and the dynamic tree of the same budget and width. Each is
+decoded greedily over the MT-bench questions (spread over the categories, both turns) and its
+measured τ is printed beside the prediction from `calibration.json`, which the decode never sees.
+Only τ is measured here, so the methods are not interleaved for timing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import torch
+
+from draftheads.data.chat import ChatFormatter
+from draftheads.decoding.autotree import expected_tau
+from draftheads.decoding.calibration import read_calibration
+from draftheads.decoding.engine import Engine, GenerationConfig
+from draftheads.decoding.tree import Tree, TreeSpec
+from draftheads.eval.metrics import tau_of
+from draftheads.eval.prompts import load_prompts
+from draftheads.eval.runner import Runner, engine_method, run_prompts
+from draftheads.models.backbone import BackboneConfig, load_backbone
+from draftheads.utils.device import resolve_dtype
+
+from families import SETS, load_family
+
+
+def trees_for(stats, budget: int, width: int) -> dict[str, tuple[TreeSpec, float]]:
+    """The static and dynamic tree of one budget and width, each with its predicted τ."""
+    paths = stats.best_paths(budget, width)
+    static = TreeSpec("static", paths=paths)
+    return {
+        "static": (static, stats.expected_tau(Tree.from_paths(paths))),
+        "dynamic": (TreeSpec("dynamic", budget=budget, width=width), expected_tau(stats, budget, width)),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--set", choices=sorted(SETS), default="quality")
+    parser.add_argument("--limit", type=int, default=16)
+    parser.add_argument("--max-new-tokens", type=int, default=128)
+    parser.add_argument("--budget", type=int, default=8)
+    parser.add_argument("--width", type=int, default=4)
+    parser.add_argument("--dtype", default="auto")
+    args = parser.parse_args()
+    families, out = SETS[args.set]
+    dtype, note = resolve_dtype(args.dtype, torch.device("cpu"))
+    print(f"dtype: {note}")
+    base = load_backbone(BackboneConfig(base="demo:smollm2-135m", dtype=dtype))
+    methods, predicted = [], {}
+    for label, recipe, folder, _ in families:
+        draft = load_family(Path("outputs") / folder / "heads", base, dtype)
+        saved = read_calibration(draft.folder)
+        if saved is None:
+            raise SystemExit(f"{draft.folder}: no calibration.json (train the heads with draftheads train)")
+        for kind, (tree, tau) in trees_for(saved[0], args.budget, args.width).items():
+            name = f"{recipe}:{kind}"
+            methods.append(engine_method(name, Engine(draft.backbone, draft.heads, tree)))
+            predicted[name] = (label, kind, tau)
+    eos = Engine(base).default_eos()
+    config = GenerationConfig(max_new_tokens=args.max_new_tokens, eos_token_ids=eos, seed=0)
+    runner = Runner(methods, ChatFormatter(base.tokenizer, model_name=base.location.spec), config, 0.0)
+    fingerprint = json.dumps([args.limit, args.max_new_tokens, dtype, args.budget, args.width, [m.name for m in methods]])
+    records = run_prompts(runner, load_prompts("mt-bench", args.limit), out / "tau_prediction", fingerprint, 0, progress=True)
+    print(f"\n{len(records)} MT-bench questions, both turns, {args.max_new_tokens} new tokens, greedy, {dtype}, budget {args.budget} x width {args.width}")
+    print("| heads | tree | τ predicted (held-out calibration) | τ measured | (predicted - measured) / measured |")
+    print("| --- | --- | --- | --- | --- |")
+    for name, (label, kind, tau) in predicted.items():
+        measured = tau_of([a for r in records for t in r["methods"][name] for a in t["accepted"]]) or 1.0
+        print(f"| {label} | {kind} | {tau:.3f} | {measured:.3f} | {(tau - measured) / measured:+.1%} |")
+
+
+if __name__ == "__main__":
+    main()
