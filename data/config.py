@@ -143,6 +143,10 @@ class DistillConfig:
     are written and replaced by new ones. A kill loses at most these per process."""
     skip_invalid: bool = True
     """Skip (and count) records that cannot be read, instead of stopping at the first."""
+    max_minutes: float | None = None
+    """Time budget of one run: after this many minutes no new conversation is begun, the ones in
+    flight are finished, and `data.jsonl` holds every input answered so far (by this run or earlier
+    ones, in input order); a later run continues with the rest. None: answer every input."""
     export_dataset: bool = False
     """Also save the merged output as a `datasets` dataset in `output_dir/dataset`."""
     openai: OpenAIBackendConfig = field(default_factory=OpenAIBackendConfig)
@@ -160,5 +164,7 @@ class DistillConfig:
             raise ValueError(f"max_batch_tokens must be at least 1, got {self.max_batch_tokens}")
         if self.max_prompt_tokens is not None and self.max_prompt_tokens < 1:
             raise ValueError(f"max_prompt_tokens must be at least 1, got {self.max_prompt_tokens}")
+        if self.max_minutes is not None and not self.max_minutes > 0:
+            raise ValueError(f"max_minutes must be positive (or null: no budget), got {self.max_minutes}")
         if not self.sources:
             raise ValueError("sources must name at least one input")

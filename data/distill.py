@@ -266,6 +266,7 @@ def run_distill(recipe, progress: bool = True) -> DistillResult:
 
     queue = iter(mine)
     active: list[_Conversation] = []
+    deadline = started + 60 * cfg.max_minutes if cfg.max_minutes else None
     try:
         while True:
             # A rolling pool: finished conversations are written at once and replaced, so every
@@ -276,7 +277,9 @@ def run_distill(recipe, progress: bool = True) -> DistillResult:
                 result.generated_records += 1
                 bar.update(1)
             active = [c for c in active if not c.done]
-            while len(active) < cfg.chunk_size and (conv := next(queue, None)) is not None:
+            # Past the time budget no conversation is begun; those in flight are finished.
+            open_ = deadline is None or time.perf_counter() < deadline
+            while open_ and len(active) < cfg.chunk_size and (conv := next(queue, None)) is not None:
                 active.append(_Conversation(conv, answer_groups(conv.messages)))
             if not active:
                 break
@@ -305,7 +308,7 @@ def run_distill(recipe, progress: bool = True) -> DistillResult:
             close()
     state.wait_for_everyone()
     if state.is_main_process:
-        result.counts, result.complete = merge_output(out, conversations, reports, cfg.export_dataset)
+        result.counts, result.complete = merge_output(out, conversations, reports, cfg.export_dataset, budgeted=deadline is not None)
     state.wait_for_everyone()
     if not state.is_main_process:
         result.complete = (out / OUTPUT).exists()
@@ -332,9 +335,14 @@ def _next_request(conv: _Conversation, formatter: ChatFormatter, cfg: DistillCon
     )
 
 
-def merge_output(out: Path, conversations: list[Conversation], reports, export_dataset: bool) -> tuple[dict, bool]:
-    """Write `data.jsonl` (input order) and the counts, once every input is in some shard."""
+def merge_output(out: Path, conversations: list[Conversation], reports, export_dataset: bool, budgeted: bool = False) -> tuple[dict, bool]:
+    """Write `data.jsonl` (input order) and the counts, once every input is in some shard; under a
+    time budget, from every input answered so far (the others are counted as `not_reached`)."""
     done = done_keys(out)
+    inputs, not_reached = len(conversations), 0
+    if budgeted:
+        conversations = [c for c in conversations if c.origin in done]
+        not_reached = inputs - len(conversations)
     missing = [c.origin for c in conversations if c.origin not in done]
     records = [done[c.origin] for c in conversations if c.origin in done]
     kept = [r for r in records if "skipped" not in r]
@@ -348,7 +356,7 @@ def merge_output(out: Path, conversations: list[Conversation], reports, export_d
         for reason in r["finish_reasons"]:
             reasons[reason] = reasons.get(reason, 0) + 1
     counts = {
-        "inputs": len(conversations),
+        "inputs": inputs,
         "conversations": len(kept),
         "answers": sum(len(r["finish_reasons"]) for r in kept),
         "answer_tokens": sum(sum(r["answer_tokens"]) for r in kept),
@@ -356,6 +364,7 @@ def merge_output(out: Path, conversations: list[Conversation], reports, export_d
         "cut_short": sum(1 for r in kept if r.get("stopped")),
         "skipped": skipped,
         "missing": len(missing),
+        "not_reached": not_reached,
         "sources": [report.summary() for report in reports],
         "dropped": dropped_by_source(reports),
     }

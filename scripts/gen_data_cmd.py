@@ -56,4 +56,7 @@ def run(args: argparse.Namespace) -> int:
     print(f"{counts['conversations']} of {counts['inputs']} conversations, {counts['answers']} answers "
           f"({counts['answer_tokens']} tokens; finish reasons {counts['finish_reasons']}); skipped: {skipped}")
     print(f"wrote {result.output_dir / 'data.jsonl'} and metadata.json")
+    if counts.get("not_reached"):
+        print(f"time budget (distill.max_minutes) reached: data.jsonl holds the first {counts['inputs'] - counts['not_reached']} of "
+              f"{counts['inputs']} inputs; run the same command again to continue")
     return 0

@@ -140,6 +140,22 @@ def test_changing_a_source_limit_resumes_the_same_output(varied_base, tmp_path):
     assert json.loads((tmp_path / "out" / "metadata.json").read_text())["settings"]["sources"][0]["limit"] == 1
 
 
+def test_a_spent_time_budget_writes_what_is_answered_and_a_later_run_continues(varied_base, tmp_path):
+    data = write_jsonl(tmp_path / "p.jsonl", [conversation(i) for i in range(4)])
+
+    def run(*extra: str):
+        return run_distill(recipe_for(varied_base, data, tmp_path / "out", "distill.max_new_tokens=4", *extra), progress=False)
+
+    run("distill.sources.0.limit=2")
+    first = _records(tmp_path / "out")
+    spent = run("distill.max_minutes=1e-9")  # spent before the first conversation could begin
+    assert spent.generated_records == 0 and spent.complete and _records(tmp_path / "out") == first
+    assert spent.counts["inputs"] == 4 and spent.counts["not_reached"] == 2 and spent.counts["conversations"] == 2
+    rest = run()
+    assert rest.generated_records == 2 and rest.counts["not_reached"] == 0 and _records(tmp_path / "out")[:2] == first
+    assert [r["id"] for r in _records(tmp_path / "out")] == ["c0", "c1", "c2", "c3"]
+
+
 def _gen_data(base: Path, data: Path, out: Path, *extra: str) -> list[str]:
     return ["draftheads", "gen-data", "--base", str(base), "--data", str(data), "--out", str(out),
             "distill.max_new_tokens=24", "distill.temperature=0.8", "distill.batch_size=4", "distill.chunk_size=4", *extra]

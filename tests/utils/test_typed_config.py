@@ -39,6 +39,7 @@ def test_builds_nested_and_converts_int_to_float():
     cfg = from_dict(Outer, {"rate": 1, "items": [{"path": "a", "limit": 3}], "inner": {"path": "q"}})
     assert cfg.rate == 1.0 and isinstance(cfg.rate, float)
     assert cfg.items == [Inner("a", 3)] and cfg.inner == Inner("q")
+    assert from_dict(Outer, {"rate": "1e-4"}).rate == 1e-4  # YAML 1.1 reads "1e-4" as a string
 
 
 @pytest.mark.parametrize(

@@ -1,0 +1,97 @@
+"""Which data trains better heads for the same training compute: the model's own answers
+(self-distillation, `gen-data`) or teacher-forced soft labels on ShareGPT's original answers (the
+backbone's distribution at every position of the human-written text: one forward pass, no
+generation)?
+
+    python bench/data_arms.py [--conversations 900] [--limit 16]
+
+Arm A is `recipes/smollm2-135m/medusa1-quality.yaml` as trained (its heads must exist). Arm B
+builds a hidden-state cache over the first `--conversations` ShareGPT conversations (original
+answers, bf16 backbone; timed), then trains the same recipe on it with soft labels only (KL to the
+backbone's distribution over the draft vocabulary at every answer position) for the same steps and
+batch: the same training compute. Both heads then decode the same MT-bench questions greedily in
+bf16; τ, and the heads' held-out top-1 by depth, are printed side by side. Resumable: each stage is
+skipped when its output exists.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import time
+from pathlib import Path
+
+import torch
+from draftheads.data.chat import ChatFormatter
+from draftheads.decoding.engine import Engine, GenerationConfig
+from draftheads.eval.config import EvalConfig
+from draftheads.eval.metrics import acceptance_by_depth, tau_of
+from draftheads.eval.prompts import load_prompts
+from draftheads.eval.runner import Runner, engine_method, resolve_tree, run_prompts
+from draftheads.models.backbone import BackboneConfig, load_backbone
+from draftheads.utils.device import resolve_dtype
+from families import load_family
+
+RECIPE = "recipes/smollm2-135m/medusa1-quality.yaml"
+ARM_A = Path("outputs/smollm2-135m-medusa1-quality")
+ARM_B = Path("outputs/smollm2-135m-medusa1-teacher-forced")
+CACHE_B = Path("outputs/smollm2-135m-sharegpt-teacher-cache")
+OUT = Path("bench/out/data_arms")
+
+
+def arm_b_overrides(conversations: int) -> list[str]:
+    return [f"data.sources=[{{path: demo:sharegpt, limit: {conversations}}}]", f"data.feature_cache.path={CACHE_B}",
+            f"train.output_dir={ARM_B}", "train.loss.soft_label_weight=1.0"]
+
+
+def timed(command: list[str], times: dict, key: str) -> None:
+    if key in times:
+        return
+    start = time.perf_counter()
+    subprocess.run(command, check=True)
+    times[key] = time.perf_counter() - start
+    (OUT / "seconds.json").write_text(json.dumps(times, indent=2))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--conversations", type=int, default=900)
+    parser.add_argument("--limit", type=int, default=16)
+    parser.add_argument("--max-new-tokens", type=int, default=128)
+    args = parser.parse_args()
+    OUT.mkdir(parents=True, exist_ok=True)
+    if not (ARM_A / "heads").is_dir():
+        raise SystemExit(f"{ARM_A / 'heads'}: train arm A first: draftheads train {RECIPE}")
+    seconds_path = OUT / "seconds.json"
+    times = json.loads(seconds_path.read_text()) if seconds_path.is_file() else {}
+    overrides = arm_b_overrides(args.conversations)
+    timed(["draftheads", "cache-features", RECIPE, "model.dtype=bfloat16", *overrides], times, "cache_b")
+    timed(["draftheads", "train", RECIPE, *overrides], times, "train_b")
+    index = json.loads((CACHE_B / "index.json").read_text())
+    print(f"arm B cache: {index['splits']['train']['tokens']:,} training tokens in {times['cache_b']:.0f} s; trained in {times['train_b']:.0f} s")
+
+    dtype, note = resolve_dtype("auto", torch.device("cpu"))
+    print(f"dtype: {note}")
+    base = load_backbone(BackboneConfig(base="demo:smollm2-135m", dtype=dtype))
+    methods, arms = [], {"A: own answers (self-distillation)": ARM_A, "B: ShareGPT answers, teacher-forced soft labels": ARM_B}
+    for label, folder in arms.items():
+        draft = load_family(folder / "heads", base, dtype)
+        tree, _ = resolve_tree(EvalConfig(heads=str(draft.folder)), draft)
+        methods.append(engine_method(label, Engine(draft.backbone, draft.heads, tree)))
+    eos = Engine(base).default_eos()
+    runner = Runner(methods, ChatFormatter(base.tokenizer, model_name=base.location.spec), GenerationConfig(max_new_tokens=args.max_new_tokens, eos_token_ids=eos, seed=0), 0.0)
+    fingerprint = json.dumps([args.limit, args.max_new_tokens, dtype, args.conversations])
+    records = run_prompts(runner, load_prompts("mt-bench", args.limit), OUT / "decode", fingerprint, 0, progress=True)
+    print(f"\n{len(records)} MT-bench questions, both turns, {args.max_new_tokens} new tokens, greedy, {dtype}")
+    print("| arm | held-out top-1 by depth (own held-out rows) | τ | accepted per step by depth |")
+    print("| --- | --- | --- | --- |")
+    for label, folder in arms.items():
+        last = json.loads((folder / "metrics.jsonl").read_text().splitlines()[-1])
+        accepted = [a for r in records for t in r["methods"][label] for a in t["accepted"]]
+        print(f"| {label} | {' / '.join(f'{v:.3f}' for v in last['top1'])} | {tau_of(accepted) or 1.0:.3f} | "
+              f"{' / '.join(f'{v:.3f}' for v in acceptance_by_depth(accepted, 4))} |")
+
+
+if __name__ == "__main__":
+    main()
