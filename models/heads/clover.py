@@ -78,7 +78,7 @@ class RegressiveDecoder(nn.Module):
         """Keys (with RoPE) and values of the augmented states [B, T, H]: [B, heads, T, D] each."""
         s = self.shape
         k = split_heads(self.k(augmented), s.heads, s.head_dim)
-        return rope(k, positions, s.rope_theta), split_heads(self.v(augmented), s.heads, s.head_dim)
+        return rope(k, positions, s), split_heads(self.v(augmented), s.heads, s.head_dim)
 
     def step(
         self, state: torch.Tensor, token_embedding: torch.Tensor, positions: torch.Tensor,
@@ -89,7 +89,7 @@ class RegressiveDecoder(nn.Module):
         s = self.shape
         batch, length, _ = state.shape
         x = self.mix(torch.cat([self.token_norm(token_embedding), self.state_norm(state)], dim=-1))
-        q = rope(split_heads(self.q(x), s.heads, s.head_dim), positions, s.rope_theta)
+        q = rope(split_heads(self.q(x), s.heads, s.head_dim), positions, s)
         attn = F.scaled_dot_product_attention(q, keys, values, attn_mask=mask)
         update = self.o(attn.transpose(1, 2).reshape(batch, length, -1))
         return state + torch.sigmoid(self.gate(x)) * update

@@ -126,8 +126,8 @@ class EagleLayer(nn.Module):
     def qkv(self, x: torch.Tensor, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Queries [B, heads, T, D] and keys/values [B, kv_heads, T, D] at `positions` [B, T] (RoPE)."""
         s = self.shape
-        q = rope(split_heads(self.q(x), s.heads, s.head_dim), positions, s.rope_theta)
-        k = rope(split_heads(self.k(x), s.kv_heads, s.head_dim), positions, s.rope_theta)
+        q = rope(split_heads(self.q(x), s.heads, s.head_dim), positions, s)
+        k = rope(split_heads(self.k(x), s.kv_heads, s.head_dim), positions, s)
         return q, k, split_heads(self.v(x), s.kv_heads, s.head_dim)
 
     def finish(self, residual: torch.Tensor, attention: torch.Tensor) -> torch.Tensor:

@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from draftheads.models.backbone import Backbone
+from draftheads.utils.errors import ModelLoadError
 
 
 LLAMA_LAYER_NAMES = MappingProxyType(
@@ -41,30 +42,64 @@ class Shape:
     intermediate: int
     eps: float
     rope_theta: float
+    inv_freq: tuple[float, ...] = ()
+    """Rotary frequency of each dimension pair, as the base's own RoPE type and scaling set them
+    (empty: Llama's default from `rope_theta`)."""
+    rope_scale: float = 1.0
+    """What the base's RoPE type multiplies cos and sin by (yarn's attention factor; 1 otherwise)."""
 
     @classmethod
     def of(cls, backbone: Backbone) -> "Shape":
         """The layout of `backbone`'s decoder layers (Llama-style config names, with defaults)."""
         config = backbone.config
         heads = config.num_attention_heads
+        head_dim = getattr(config, "head_dim", None) or config.hidden_size // heads
         rope_params = getattr(config, "rope_parameters", None) or {}
+        theta = float(rope_params.get("rope_theta") or getattr(config, "rope_theta", None) or 10000.0)
+        inv_freq, scale = rope_frequencies(config)
         return cls(
             hidden=config.hidden_size,
             heads=heads,
             kv_heads=getattr(config, "num_key_value_heads", None) or heads,
-            head_dim=getattr(config, "head_dim", None) or config.hidden_size // heads,
+            head_dim=head_dim,
             intermediate=getattr(config, "intermediate_size", None) or 4 * config.hidden_size,
             eps=getattr(config, "rms_norm_eps", None) or 1e-6,
-            rope_theta=float(rope_params.get("rope_theta") or getattr(config, "rope_theta", None) or 10000.0),
+            rope_theta=theta,
+            inv_freq=inv_freq,
+            rope_scale=scale,
         )
 
 
-def rope(x: torch.Tensor, positions: torch.Tensor, theta: float) -> torch.Tensor:
-    """Rotary position embedding (half-split layout, as Llama) of x [B, heads, T, D] at positions [B, T]."""
+def rope_frequencies(config) -> tuple[tuple[float, ...], float]:
+    """The base's rotary frequencies and cos/sin factor, from transformers' own initialisation of
+    its RoPE type (llama3, yarn, linear, ...), so draft layers see positions as the base does.
+    Refuses, naming the reason, what a draft layer's fixed full-width rotation cannot reproduce."""
+    from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
+
+    name = getattr(config, "model_type", "this model")
+    params = getattr(config, "rope_parameters", None) or getattr(config, "rope_scaling", None) or {}
+    kind = params.get("rope_type") or params.get("type") or "default"
+    partial = getattr(config, "partial_rotary_factor", None) or params.get("partial_rotary_factor") or 1.0
+    if partial != 1.0:
+        raise ModelLoadError(f"{name}: partial rotary embeddings (partial_rotary_factor {partial}) are not supported by draft layers")
+    if kind == "default":
+        return (), 1.0  # `rope` computes Llama's default from theta
+    if kind in ("dynamic", "longrope") or kind not in ROPE_INIT_FUNCTIONS:
+        raise ModelLoadError(f"{name}: RoPE type '{kind}' (its frequencies change with the sequence length, or are unknown) is not supported by draft layers")
+    inv_freq, scale = ROPE_INIT_FUNCTIONS[kind](config, torch.device("cpu"))
+    return tuple(inv_freq.double().tolist()), float(scale)
+
+
+def rope(x: torch.Tensor, positions: torch.Tensor, shape: Shape) -> torch.Tensor:
+    """Rotary position embedding (half-split layout, as Llama) of x [B, heads, T, D] at positions [B, T],
+    with the base's frequencies (`Shape.inv_freq`)."""
     half = x.shape[-1] // 2
-    inv = 1.0 / theta ** (torch.arange(half, device=x.device, dtype=torch.float32) / half)
+    if shape.inv_freq:
+        inv = torch.tensor(shape.inv_freq, device=x.device, dtype=torch.float32)
+    else:
+        inv = 1.0 / shape.rope_theta ** (torch.arange(half, device=x.device, dtype=torch.float32) / half)
     angles = positions[:, None, :, None].float() * inv  # [B, 1, T, half]
-    cos, sin = angles.cos().to(x.dtype), angles.sin().to(x.dtype)
+    cos, sin = (angles.cos() * shape.rope_scale).to(x.dtype), (angles.sin() * shape.rope_scale).to(x.dtype)
     first, second = x[..., :half], x[..., half:]
     return torch.cat([first * cos - second * sin, second * cos + first * sin], dim=-1)
 
@@ -126,8 +161,8 @@ class AugmentingBlock(nn.Module):
         s = self.shape
         batch, length, _ = x.shape
         h = self.input_norm(x)
-        q = rope(split_heads(self.q(h), s.heads, s.head_dim), positions, s.rope_theta)
-        k = rope(split_heads(self.k(h), s.kv_heads, s.head_dim), positions, s.rope_theta)
+        q = rope(split_heads(self.q(h), s.heads, s.head_dim), positions, s)
+        k = rope(split_heads(self.k(h), s.kv_heads, s.head_dim), positions, s)
         v = split_heads(self.v(h), s.kv_heads, s.head_dim)
         if past is not None:
             k, v = torch.cat([past[0], k], dim=2), torch.cat([past[1], v], dim=2)
