@@ -110,3 +110,39 @@ def test_typical_acceptance_thresholds():
     # after a flat node the threshold is 0.3 * e^-H = 0.075: token 3 (0.20) passes, the deeper path wins
     result = accept_typical(tree, torch.tensor([3, 0, 1, 3]), target, epsilon=0.09, delta=0.3, generator=generator)
     assert result.nodes == [0, 1, 3]
+
+
+@pytest.mark.parametrize("mutated", [False, True], ids=["engine", "thresholds-ignored"])
+def test_typical_acceptance_on_a_real_decode_obeys_its_threshold_at_every_depth(small_vocab_model, monkeypatch, mutated):
+    """Every drafted token the engine commits under typical acceptance had, after its prefix, base
+    probability above min(epsilon, delta * exp(-entropy)): recomputed here by one teacher-forced
+    forward over the decoded text. With the thresholds ignored (every node passes) the check fails."""
+    from draftheads.decoding import acceptance
+
+    if mutated:
+        monkeypatch.setattr(acceptance, "_deepest_accepted", lambda tree, passes, real=acceptance._deepest_accepted: real(tree, [True] * len(passes)))
+    backbone, heads = small_vocab_model
+    sampling, epsilon, delta = SamplingConfig(temperature=0.7), 0.3, 0.6
+    engine = Engine(backbone, heads, TreeSpec("dynamic", budget=6, width=3))
+    prompt = torch.tensor([1, 5, 2, 7, 3])
+    checked, deepest, violations = 0, 0, []
+    for seed in range(6):
+        config = GenerationConfig(max_new_tokens=40, sampling=sampling, acceptance="typical", typical_epsilon=epsilon, typical_delta=delta, eos_token_ids=(), seed=seed)
+        result = engine.generate(prompt, config)
+        with torch.no_grad():
+            logits = backbone.model(torch.cat([prompt, torch.tensor(result.tokens)])[None]).logits[0]
+        target = sampling.logprobs(logits)  # row i: the distribution after position i
+        position = len(prompt) + 1  # tokens[0] is the prefill's own sample
+        deepest = max(deepest, *result.accepted)
+        for accepted in result.accepted:
+            for offset in range(accepted):  # the drafted tokens this step committed (the bonus is sampled)
+                row = target[position + offset - 1]
+                probs = row.exp()
+                entropy = -(probs * row.nan_to_num(neginf=0.0)).sum()
+                threshold = min(epsilon, delta * float(torch.exp(-entropy)))
+                checked += 1
+                if float(probs[result.tokens[position + offset - len(prompt)]]) <= threshold - 1e-5:
+                    violations.append((seed, position + offset))
+            position += accepted + 1
+    assert checked > 20 and deepest >= 2  # drafts were committed, at several depths
+    assert bool(violations) == mutated, violations
