@@ -3,7 +3,7 @@
 backbone's distribution at every position of the human-written text: one forward pass, no
 generation)?
 
-    python bench/data_arms.py [--conversations 900] [--limit 16]
+    python bench/data_arms.py [--conversations 150] [--limit 16]
 
 Arm A is `recipes/smollm2-135m/medusa1-quality.yaml` as trained (its heads must exist). Arm B
 builds a hidden-state cache over the first `--conversations` ShareGPT conversations (original
@@ -56,7 +56,7 @@ def timed(command: list[str], times: dict, key: str) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--conversations", type=int, default=900)
+    parser.add_argument("--conversations", type=int, default=150)
     parser.add_argument("--limit", type=int, default=16)
     parser.add_argument("--max-new-tokens", type=int, default=128)
     args = parser.parse_args()

@@ -90,6 +90,7 @@ def main() -> None:
     parser.add_argument("--limit", type=int, default=16)
     parser.add_argument("--max-new-tokens", type=int, default=128)
     parser.add_argument("--dtype", default="auto")
+    parser.add_argument("--train-only", action="store_true", help="train the families that have no heads yet, then stop")
     parser.add_argument("--set", choices=sorted(SETS), default="demo", help="which recipes: the demo ones or the *-quality ones")
     parser.add_argument("--reference", choices=["baseline", "hf_generate"], default="baseline",
                         help="what greedy outputs must equal: our autoregressive decoding, or HF generate (our AR is then not run)")
@@ -97,8 +98,10 @@ def main() -> None:
     families, out = SETS[args.set]
     out.mkdir(parents=True, exist_ok=True)
     chosen = [f for f in families if not args.only or f[1] in args.only]
-    if args.run:
+    if args.run or args.train_only:
         train_missing(chosen, out)
+    if args.train_only:
+        return
     dtype, note = resolve_dtype(args.dtype, torch.device("cpu"))
     print(f"dtype: {note}")
     base = load_backbone(BackboneConfig(base="demo:smollm2-135m", dtype=dtype))

@@ -57,6 +57,6 @@ def run(args: argparse.Namespace) -> int:
           f"({counts['answer_tokens']} tokens; finish reasons {counts['finish_reasons']}); skipped: {skipped}")
     print(f"wrote {result.output_dir / 'data.jsonl'} and metadata.json")
     if counts.get("not_reached"):
-        print(f"time budget (distill.max_minutes) reached: data.jsonl holds the first {counts['inputs'] - counts['not_reached']} of "
-              f"{counts['inputs']} inputs; run the same command again to continue")
+        print(f"time budget (distill.max_minutes) reached: data.jsonl holds the {counts['inputs'] - counts['not_reached']} of "
+              f"{counts['inputs']} inputs answered so far; run the same command again to continue")
     return 0

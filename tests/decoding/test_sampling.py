@@ -146,3 +146,75 @@ def test_typical_acceptance_on_a_real_decode_obeys_its_threshold_at_every_depth(
             position += accepted + 1
     assert checked > 20 and deepest >= 2  # drafts were committed, at several depths
     assert bool(violations) == mutated, violations
+
+
+@pytest.fixture(scope="module")
+def three_head_model():
+    """An 8-token model with varied next-token distributions and 3 random Medusa heads (trees 3 deep)."""
+    torch.manual_seed(7)
+    model = LlamaForCausalLM(tiny_llama_config(vocab_size=8, init_std=0.3)).eval()
+    backbone = Backbone(model, None, ModelLocation("tiny", "tiny", None, "in-process"))
+    heads = MedusaHeads.build(MedusaConfig(num_heads=3), backbone)
+    for parameter in heads.parameters():
+        torch.nn.init.normal_(parameter, std=0.3)
+    return backbone, heads.eval()
+
+
+def exact_joint_after_the_first(model, prompt: torch.Tensor, sampling: SamplingConfig) -> torch.Tensor:
+    """P(x1, x2, x3) [8, 8, 8] of the 2nd-4th sampled tokens, the first one summed out: one forward
+    over all 512 continuations x0 x1 x2 of the prompt."""
+    grid = torch.cartesian_prod(*[torch.arange(8)] * 3)  # [512, 3]: x0, x1, x2
+    with torch.no_grad():
+        first = sampling.logprobs(model(prompt[None]).logits[0, -1]).exp()
+        logits = model(torch.cat([prompt.expand(len(grid), -1), grid], dim=1)).logits[:, -3:]
+    later = sampling.logprobs(logits).exp()  # [512, 3, 8]: after x0, after x1, after x2
+    joint = torch.zeros(8, 8, 8, dtype=torch.float64)
+    for row, (x0, x1, x2) in enumerate(grid.tolist()):
+        if x1 == 0 and x2 == 0:  # one row per x0 gives p(x1 | x0)
+            p1 = later[row, 0]
+        joint[x1, x2] += (first[x0] * p1[x1] * later[row, 1, x2] * later[row, 2]).double()
+    return joint
+
+
+ENGINE_JOINT_CASES = {
+    "static-3deep-T1": (TreeSpec("static", paths=[[0], [1], [2], [0, 0], [0, 1], [1, 0], [0, 0, 0], [0, 0, 1], [0, 1, 0]]), SamplingConfig(temperature=1.0)),
+    "dynamic-T0.7-topk5-topp0.9": (TreeSpec("dynamic", budget=8, width=3), SamplingConfig(temperature=0.7, top_k=5, top_p=0.9)),
+}
+
+
+@pytest.mark.slow  # 2,500 engine decodes per case (about a minute each on 2 cores); CI runs -m slow too
+@pytest.mark.parametrize("case", list(ENGINE_JOINT_CASES))
+def test_engine_joint_of_three_tokens_after_the_first_is_the_targets(three_head_model, case):
+    """The 2nd-4th tokens come from drafted nodes at depths 1-3, rejections and residual bonuses over
+    one or more engine steps; their joint must be the model's own (chi-square over 512 cells)."""
+    backbone, heads = three_head_model
+    tree, sampling = ENGINE_JOINT_CASES[case]
+    p_value, accepted_deep = engine_joint_p_value(backbone, heads, tree, sampling, samples=2500)
+    assert accepted_deep > 300, accepted_deep  # drafts below the root were accepted often enough to matter
+    assert p_value > 1e-3, p_value
+
+
+def engine_joint_p_value(backbone, heads, tree, sampling, samples: int) -> tuple[float, int]:
+    prompt = torch.tensor([1, 5, 2, 7, 3])
+    exact = exact_joint_after_the_first(backbone.model, prompt, sampling)
+    engine = Engine(backbone, heads, tree)
+    counts, accepted_deep = torch.zeros(8, 8, 8), 0
+    for seed in range(samples):
+        result = engine.generate(prompt, GenerationConfig(max_new_tokens=4, sampling=sampling, eos_token_ids=(), seed=seed))
+        counts[tuple(result.tokens[1:4])] += 1
+        accepted_deep += sum(a >= 2 for a in result.accepted)
+    return chi_square_p_value(counts, exact), accepted_deep
+
+
+@pytest.mark.slow
+def test_the_engine_joint_test_sees_q_not_updated_below_the_root(three_head_model, monkeypatch):
+    """The bug the two-token engine test missed (p = 0.74 there) fails this one."""
+    from draftheads.decoding import engine as engine_module
+    from sampling_mutations import MUTATIONS, mutated
+
+    module, old, new = MUTATIONS["rejected token not removed from q below the root"]
+    monkeypatch.setattr(engine_module, "accept_sampling", mutated(module, old, new, "accept_sampling"))
+    backbone, heads = three_head_model
+    tree, sampling = ENGINE_JOINT_CASES["static-3deep-T1"]
+    p_value, _ = engine_joint_p_value(backbone, heads, tree, sampling, samples=2500)
+    assert p_value < 1e-3

@@ -10,9 +10,6 @@ of those 3 tokens (125 cells) is compared with the exact p(x1|r) p(x2|x1) p(x3|x
 
 from __future__ import annotations
 
-import inspect
-import sys
-import types
 
 import pytest
 import torch
@@ -20,36 +17,10 @@ import torch
 from draftheads.decoding import acceptance, sampling
 from draftheads.decoding.tree import Tree
 from helpers import chi_square_p_value
+from sampling_mutations import MUTATIONS, mutated
 
 VOCAB, SAMPLES, ROOT = 5, 12000, 0
 TREE = Tree.from_paths([(0,), (1,), (2,), (0, 0), (0, 1), (1, 0), (0, 0, 0), (0, 0, 1), (0, 1, 0)])
-MUTATIONS = {
-    "rejected token not removed from q below the root": (acceptance, "            q[x] = 0\n", "            q[x] = q[x] if node else 0\n"),
-    "residual not renormalised": (acceptance, "            p = p / p.sum()\n", ""),
-    "bonus drawn from p instead of the residual": (
-        acceptance, "return Accepted(path, int(torch.multinomial(p, 1,", "return Accepted(path, int(torch.multinomial(target_logprobs[node].double().exp(), 1,"
-    ),
-    "children drawn with replacement": (
-        sampling,
-        "return torch.topk(logprobs + gumbel_noise(logprobs.shape, generator, logprobs.device), k, dim=-1).indices",
-        "return torch.multinomial(logprobs.exp(), k, replacement=True, generator=generator)",
-    ),
-}
-
-
-def mutated(module: types.ModuleType, old: str, new: str, name: str):
-    """`name` from a copy of `module` whose source has `old` replaced by `new` (old must be there)."""
-    source = inspect.getsource(module)
-    assert source.count(old) == 1, f"the mutation no longer applies to {module.__name__}: {old!r}"
-    copy = types.ModuleType(module.__name__ + "_mutant")
-    sys.modules[copy.__name__] = copy  # dataclasses look their module up while the source runs
-    try:
-        exec(compile(source.replace(old, new), module.__file__, "exec"), copy.__dict__)
-    finally:
-        del sys.modules[copy.__name__]
-    return getattr(copy, name)
-
-
 def tables(seed: int = 0):
     generator = torch.Generator().manual_seed(seed)
     p = torch.softmax(torch.randn(VOCAB, VOCAB, generator=generator) * 1.2, 1).double()
