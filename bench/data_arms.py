@@ -25,10 +25,10 @@ from pathlib import Path
 import torch
 from draftheads.data.chat import ChatFormatter
 from draftheads.decoding.engine import Engine, GenerationConfig
-from draftheads.eval.config import EvalConfig
+from draftheads.decoding.tree import TreeSpec
 from draftheads.eval.metrics import acceptance_by_depth, tau_of
 from draftheads.eval.prompts import load_prompts
-from draftheads.eval.runner import Runner, engine_method, resolve_tree, run_prompts
+from draftheads.eval.runner import Runner, engine_method, run_prompts
 from draftheads.models.backbone import BackboneConfig, load_backbone
 from draftheads.utils.device import resolve_dtype
 from families import load_family
@@ -59,6 +59,8 @@ def main() -> None:
     parser.add_argument("--conversations", type=int, default=150)
     parser.add_argument("--limit", type=int, default=16)
     parser.add_argument("--max-new-tokens", type=int, default=128)
+    parser.add_argument("--budget", type=int, default=8)
+    parser.add_argument("--width", type=int, default=4)
     args = parser.parse_args()
     OUT.mkdir(parents=True, exist_ok=True)
     if not (ARM_A / "heads").is_dir():
@@ -75,15 +77,16 @@ def main() -> None:
     print(f"dtype: {note}")
     base = load_backbone(BackboneConfig(base="demo:smollm2-135m", dtype=dtype))
     methods, arms = [], {"A: own answers (self-distillation)": ARM_A, "B: ShareGPT answers, teacher-forced soft labels": ARM_B}
+    # The same tree for both arms: only the heads differ (a cost-chosen tree would differ between them).
+    tree = TreeSpec("dynamic", budget=args.budget, width=args.width)
     for label, folder in arms.items():
         draft = load_family(folder / "heads", base, dtype)
-        tree, _ = resolve_tree(EvalConfig(heads=str(draft.folder)), draft)
         methods.append(engine_method(label, Engine(draft.backbone, draft.heads, tree)))
     eos = Engine(base).default_eos()
     runner = Runner(methods, ChatFormatter(base.tokenizer, model_name=base.location.spec), GenerationConfig(max_new_tokens=args.max_new_tokens, eos_token_ids=eos, seed=0), 0.0)
-    fingerprint = json.dumps([args.limit, args.max_new_tokens, dtype, args.conversations])
+    fingerprint = json.dumps([args.limit, args.max_new_tokens, dtype, args.conversations, args.budget, args.width])
     records = run_prompts(runner, load_prompts("mt-bench", args.limit), OUT / "decode", fingerprint, 0, progress=True)
-    print(f"\n{len(records)} MT-bench questions, both turns, {args.max_new_tokens} new tokens, greedy, {dtype}")
+    print(f"\n{len(records)} MT-bench questions, both turns, {args.max_new_tokens} new tokens, greedy, {dtype}, dynamic tree {args.budget} x {args.width}")
     print("| arm | held-out top-1 by depth (own held-out rows) | τ | accepted per step by depth |")
     print("| --- | --- | --- | --- |")
     for label, folder in arms.items():

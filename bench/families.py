@@ -37,7 +37,7 @@ from draftheads.eval.config import EvalConfig
 from draftheads.eval.metrics import acceptance_by_depth, divergences, hardware, tau_of
 from draftheads.eval.report import write_summary
 from draftheads.eval.prompts import load_prompts
-from draftheads.eval.runner import Runner, engine_method, hf_method, resolve_tree, run_prompts
+from draftheads.eval.runner import Runner, engine_method, finished_prompts, hf_method, resolve_tree, run_prompts
 from draftheads.models.backbone import BackboneConfig, load_backbone
 from draftheads.models.draft_model import DraftModel
 from draftheads.models.hub import refresh_card
@@ -91,6 +91,7 @@ def main() -> None:
     parser.add_argument("--max-new-tokens", type=int, default=128)
     parser.add_argument("--dtype", default="auto")
     parser.add_argument("--train-only", action="store_true", help="train the families that have no heads yet, then stop")
+    parser.add_argument("--report-only", action="store_true", help="report the prompts a stopped run finished (no decoding)")
     parser.add_argument("--set", choices=sorted(SETS), default="demo", help="which recipes: the demo ones or the *-quality ones")
     parser.add_argument("--reference", choices=["baseline", "hf_generate"], default="baseline",
                         help="what greedy outputs must equal: our autoregressive decoding, or HF generate (our AR is then not run)")
@@ -104,6 +105,13 @@ def main() -> None:
         return
     dtype, note = resolve_dtype(args.dtype, torch.device("cpu"))
     print(f"dtype: {note}")
+    if args.report_only:
+        records = finished_prompts(out / "decode", fingerprint_of(args, dtype, method_names(chosen, args.reference)))
+        if not records:
+            raise SystemExit(f"{out / 'decode.partial.jsonl'}: no finished prompts of a run with these settings")
+        print(f"{len(records)} prompts finished (the run was stopped early: it resumes with the same command)")
+        report(chosen, records, json.loads((out / "trees.json").read_text()), dtype, args, out)
+        return
     base = load_backbone(BackboneConfig(base="demo:smollm2-135m", dtype=dtype))
     eos = Engine(base).default_eos()
     methods = [hf_method("hf_generate", base, eos, None, None), hf_method("prompt_lookup", base, eos, 10, args.reference)]
@@ -120,14 +128,36 @@ def main() -> None:
         print(f"{label}:")
         tree, trees[recipe] = resolve_tree(EvalConfig(heads=str(draft.folder)), draft)
         methods.append(engine_method(recipe, Engine(draft.backbone, draft.heads, tree), ref))
+    (out / "trees.json").write_text(json.dumps(trees) + "\n")  # what --report-only reads
+    assert [m.name for m in methods] == method_names(chosen, args.reference)
     config = GenerationConfig(max_new_tokens=args.max_new_tokens, eos_token_ids=eos, seed=0)
     runner = Runner(methods, ChatFormatter(base.tokenizer, model_name=base.location.spec), config, near_tie_epsilon(base.lm_head.weight.dtype))
     prompts = interleaved_categories(load_prompts("mt-bench", args.limit))
-    fingerprint = json.dumps([args.limit, args.max_new_tokens, dtype, [m.name for m in methods]])
+    fingerprint = fingerprint_of(args, dtype, [m.name for m in methods])
     start = time.perf_counter()
     records = run_prompts(runner, prompts, out / "decode", fingerprint, 0, progress=True)
     print(f"decode run: {time.perf_counter() - start:.0f} s, {len(records)} prompts x {len(methods)} methods")
     (out / "decode.json").write_text(json.dumps({"trees": trees, "records": records}) + "\n")
+    report(chosen, records, trees, dtype, args, out)
+
+
+def fingerprint_of(args, dtype: str, names: list[str]) -> str:
+    return json.dumps([args.limit, args.max_new_tokens, dtype, names])
+
+
+def method_names(chosen, reference: str) -> list[str]:
+    """The run's methods in order (a family with its own trained backbone brings its own AR)."""
+    names = (["baseline"] if reference == "baseline" else []) + ["hf_generate", "prompt_lookup"]
+    for _, recipe, folder, _ in chosen:
+        heads = Path("outputs") / folder / "heads"
+        if (heads / "adapter").is_dir() or (heads / "backbone").is_dir():
+            names.append(f"baseline:{recipe}")
+        names.append(recipe)
+    return names
+
+
+def report(chosen, records: list[dict], trees: dict, dtype: str, args, out: Path) -> None:
+    """The table, and each family's summary in its heads folder and model card."""
     times_path = out / "train_seconds.json"
     print_table(chosen, records, trees, json.loads(times_path.read_text()) if times_path.is_file() else {})
     for label, recipe, folder, _ in chosen:

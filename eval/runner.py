@@ -241,6 +241,11 @@ def run_eval(config: EvalConfig, out: Path, progress: bool = True) -> dict:
     return report
 
 
+def finished_prompts(out: Path, fingerprint: str) -> list[dict]:
+    """The records a run with `fingerprint` has finished so far (to report a run stopped early)."""
+    return _read_partial(out.with_name(out.name + ".partial.jsonl"), fingerprint)
+
+
 def _read_partial(path: Path, fingerprint: str) -> list[dict]:
     if not path.exists():
         return []

@@ -37,3 +37,29 @@ class OracleHeads(DraftHeads):
             token = best if depth <= self.correct_depth else (best + 1) % vocab
             rows.append(torch.nn.functional.one_hot(torch.tensor(token), vocab).float() * 10)
         return torch.log_softmax(torch.stack(rows), dim=-1)
+
+
+class NoisyOracleHeads(OracleHeads):
+    """Drafts the base model's own next-token logits after each path, plus a fixed perturbation of
+    each prefix (a function of the prefix only, so the draft is a proper distribution q != p):
+    drafts are accepted deep often enough, and rejected often enough, for distribution tests to see
+    mistakes below the root."""
+
+    def __init__(self, backbone: Backbone, num_heads: int, noise: float = 1.5):
+        super().__init__(backbone, num_heads, correct_depth=num_heads)
+        self.noise = noise
+
+    def begin_draft(self, features, input_ids, previous=None):
+        if previous is None:  # a new generation: forget the last one's context
+            self.context = []
+        self.context.extend(input_ids[0].tolist())
+        return True
+
+    def draft_step(self, state, paths, lm_head):
+        rows = []
+        for path in paths.tolist():
+            ids = self.context + path
+            logits = self.backbone.model(torch.tensor([ids]), use_cache=False).logits[0, -1].float()
+            generator = torch.Generator().manual_seed(hash(tuple(ids)) % (1 << 31))
+            rows.append(logits + self.noise * torch.randn(logits.shape, generator=generator))
+        return torch.stack(rows)

