@@ -182,7 +182,7 @@ ENGINE_JOINT_CASES = {
 }
 
 
-@pytest.mark.slow  # 2,000 engine decodes per case (one to two minutes each on 2 cores); CI runs -m slow too
+@pytest.mark.slow  # 2,000 engine decodes per case (the three slow tests: 70 s on 2 cores); CI runs -m slow too
 @pytest.mark.parametrize("case", list(ENGINE_JOINT_CASES))
 def test_engine_joint_of_three_tokens_after_the_first_is_the_targets(three_head_model, case):
     """The 2nd-4th tokens come from drafted nodes at depths 1-3, rejections and residual bonuses over
