@@ -42,9 +42,8 @@ class Shape:
     intermediate: int
     eps: float
     rope_theta: float
-    inv_freq: tuple[float, ...] = ()
-    """Rotary frequency of each dimension pair, as the base's own RoPE type and scaling set them
-    (empty: Llama's default from `rope_theta`)."""
+    inv_freq: tuple[float, ...]
+    """Rotary frequency of each dimension pair, as the base's own RoPE type and scaling set them."""
     rope_scale: float = 1.0
     """What the base's RoPE type multiplies cos and sin by (yarn's attention factor; 1 otherwise)."""
 
@@ -56,7 +55,7 @@ class Shape:
         head_dim = getattr(config, "head_dim", None) or config.hidden_size // heads
         rope_params = getattr(config, "rope_parameters", None) or {}
         theta = float(rope_params.get("rope_theta") or getattr(config, "rope_theta", None) or 10000.0)
-        inv_freq, scale = rope_frequencies(config)
+        inv_freq, scale = rope_frequencies(config, head_dim, theta)
         return cls(
             hidden=config.hidden_size,
             heads=heads,
@@ -70,7 +69,7 @@ class Shape:
         )
 
 
-def rope_frequencies(config) -> tuple[tuple[float, ...], float]:
+def rope_frequencies(config, head_dim: int, theta: float) -> tuple[tuple[float, ...], float]:
     """The base's rotary frequencies and cos/sin factor, from transformers' own initialisation of
     its RoPE type (llama3, yarn, linear, ...), so draft layers see positions as the base does.
     Refuses, naming the reason, what a draft layer's fixed full-width rotation cannot reproduce."""
@@ -82,8 +81,9 @@ def rope_frequencies(config) -> tuple[tuple[float, ...], float]:
     partial = getattr(config, "partial_rotary_factor", None) or params.get("partial_rotary_factor") or 1.0
     if partial != 1.0:
         raise ModelLoadError(f"{name}: partial rotary embeddings (partial_rotary_factor {partial}) are not supported by draft layers")
-    if kind == "default":
-        return (), 1.0  # `rope` computes Llama's default from theta
+    if kind == "default":  # Llama's, computed in float32 as transformers does (exact through the tuple)
+        half = head_dim // 2
+        return tuple((1.0 / theta ** (torch.arange(half, dtype=torch.float32) / half)).tolist()), 1.0
     if kind in ("dynamic", "longrope") or kind not in ROPE_INIT_FUNCTIONS:
         raise ModelLoadError(f"{name}: RoPE type '{kind}' (its frequencies change with the sequence length, or are unknown) is not supported by draft layers")
     inv_freq, scale = ROPE_INIT_FUNCTIONS[kind](config, torch.device("cpu"))
@@ -94,10 +94,7 @@ def rope(x: torch.Tensor, positions: torch.Tensor, shape: Shape) -> torch.Tensor
     """Rotary position embedding (half-split layout, as Llama) of x [B, heads, T, D] at positions [B, T],
     with the base's frequencies (`Shape.inv_freq`)."""
     half = x.shape[-1] // 2
-    if shape.inv_freq:
-        inv = torch.tensor(shape.inv_freq, device=x.device, dtype=torch.float32)
-    else:
-        inv = 1.0 / shape.rope_theta ** (torch.arange(half, device=x.device, dtype=torch.float32) / half)
+    inv = torch.tensor(shape.inv_freq, device=x.device, dtype=torch.float32)
     angles = positions[:, None, :, None].float() * inv  # [B, 1, T, half]
     cos, sin = (angles.cos() * shape.rope_scale).to(x.dtype), (angles.sin() * shape.rope_scale).to(x.dtype)
     first, second = x[..., :half], x[..., half:]

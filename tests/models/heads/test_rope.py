@@ -37,7 +37,8 @@ def test_draft_layer_rope_equals_the_bases_own(kind):
     expected, _ = apply_rotary_pos_emb(q, q, cos, sin)
     torch.testing.assert_close(rope(q, positions, shape), expected, rtol=1e-5, atol=1e-5)
     if kind != "default":  # the scaling changed something: the plain-theta rotation would be wrong
-        plain = Shape(**{**shape.__dict__, "inv_freq": (), "rope_scale": 1.0})
+        default = backbone_with({"rope_type": "default", "rope_theta": SCALINGS[kind]["rope_theta"]})
+        plain = Shape(**{**shape.__dict__, "inv_freq": Shape.of(default).inv_freq, "rope_scale": 1.0})
         assert (rope(q, positions, plain) - expected).abs().max() > 1e-2
 
 
