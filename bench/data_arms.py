@@ -3,15 +3,17 @@
 backbone's distribution at every position of the human-written text: one forward pass, no
 generation)?
 
-    python bench/data_arms.py [--conversations 150] [--limit 16]
+    python bench/data_arms.py [--family medusa1] [--conversations 150] [--steps N] [--limit 16]
 
-Arm A is `recipes/smollm2-135m/medusa1-quality.yaml` as trained (its heads must exist). Arm B
+Arm A is `recipes/smollm2-135m/<family>-quality.yaml` as trained (its heads must exist). Arm B
 builds a hidden-state cache over the first `--conversations` ShareGPT conversations (original
 answers, bf16 backbone; timed), then trains the same recipe on it with soft labels only (KL to the
-backbone's distribution over the draft vocabulary at every answer position) for the same steps and
-batch: the same training compute. Both heads then decode the same MT-bench questions greedily in
-bf16; τ, and the heads' held-out top-1 by depth, are printed side by side. Resumable: each stage is
-skipped when its output exists.
+backbone's distribution over the draft vocabulary at every answer position), by default for the
+same steps and batch: the same training compute. `--steps` trains arm B longer (what the larger
+data set a teacher-forced hour gives is worth when it is used). Both heads then decode the same
+MT-bench questions greedily in bf16; τ, and the heads' held-out top-1 by depth, are printed side by
+side. Resumable: each stage is skipped when its output exists (a cache built earlier, for instance
+by the EAGLE-3 recipe, whose layers include every other family's, is used as it is).
 """
 
 from __future__ import annotations
@@ -33,50 +35,61 @@ from draftheads.models.backbone import BackboneConfig, load_backbone
 from draftheads.utils.device import resolve_dtype
 from families import load_family
 
-RECIPE = "recipes/smollm2-135m/medusa1-quality.yaml"
-ARM_A = Path("outputs/smollm2-135m-medusa1-quality")
-ARM_B = Path("outputs/smollm2-135m-medusa1-teacher-forced")
-CACHE_B = Path("outputs/smollm2-135m-sharegpt-teacher-cache")
 OUT = Path("bench/out/data_arms")
 
 
-def arm_b_overrides(conversations: int) -> list[str]:
-    return [f"data.sources=[{{path: demo:sharegpt, limit: {conversations}}}]", f"data.feature_cache.path={CACHE_B}",
-            f"train.output_dir={ARM_B}", "train.loss.soft_label_weight=1.0"]
+def paths(family: str, conversations: int, steps: int | None) -> tuple[str, Path, Path, Path, Path]:
+    """Recipe, arm A's run, arm B's run, arm B's cache and this comparison's output folder (the
+    first comparison's names are kept: Medusa-1, 150 conversations, the same steps)."""
+    recipe = f"recipes/smollm2-135m/{family}-quality.yaml"
+    cache = Path("outputs/smollm2-135m-sharegpt-teacher-cache" + ("" if conversations == 150 else f"-{conversations}"))
+    suffix = "" if (family, conversations, steps) == ("medusa1", 150, None) else f"-{conversations}" + (f"-{steps}steps" if steps else "")
+    arm_b = Path(f"outputs/smollm2-135m-{family}-teacher-forced{suffix}")
+    return recipe, Path(f"outputs/smollm2-135m-{family}-quality"), arm_b, cache, OUT if not suffix else OUT.with_name(f"data_arms-{family}{suffix}")
 
 
-def timed(command: list[str], times: dict, key: str) -> None:
+def arm_b_overrides(conversations: int, cache: Path, arm_b: Path, steps: int | None) -> list[str]:
+    return [f"data.sources=[{{path: demo:sharegpt, limit: {conversations}}}]", f"data.feature_cache.path={cache}",
+            f"train.output_dir={arm_b}", "train.loss.soft_label_weight=1.0"] + ([f"train.max_steps={steps}"] if steps else [])
+
+
+def timed(command: list[str], times: dict, key: str, out: Path) -> None:
     if key in times:
         return
     start = time.perf_counter()
     subprocess.run(command, check=True)
     times[key] = time.perf_counter() - start
-    (OUT / "seconds.json").write_text(json.dumps(times, indent=2))
+    (out / "seconds.json").write_text(json.dumps(times, indent=2))
 
 
 def main() -> None:
     parser = argparse.ArgumentParser()
+    parser.add_argument("--family", default="medusa1", choices=["medusa1", "hydra", "clover", "eagle3"])
     parser.add_argument("--conversations", type=int, default=150)
+    parser.add_argument("--steps", type=int, default=None, help="arm B's training steps (default: the recipe's, as arm A)")
     parser.add_argument("--limit", type=int, default=16)
     parser.add_argument("--max-new-tokens", type=int, default=128)
     parser.add_argument("--budget", type=int, default=8)
     parser.add_argument("--width", type=int, default=4)
     args = parser.parse_args()
-    OUT.mkdir(parents=True, exist_ok=True)
-    if not (ARM_A / "heads").is_dir():
-        raise SystemExit(f"{ARM_A / 'heads'}: train arm A first: draftheads train {RECIPE}")
-    seconds_path = OUT / "seconds.json"
+    recipe, arm_a, arm_b, cache, out = paths(args.family, args.conversations, args.steps)
+    out.mkdir(parents=True, exist_ok=True)
+    if not (arm_a / "heads").is_dir():
+        raise SystemExit(f"{arm_a / 'heads'}: train arm A first: draftheads train {recipe}")
+    seconds_path = out / "seconds.json"
     times = json.loads(seconds_path.read_text()) if seconds_path.is_file() else {}
-    overrides = arm_b_overrides(args.conversations)
-    timed(["draftheads", "cache-features", RECIPE, "model.dtype=bfloat16", *overrides], times, "cache_b")
-    timed(["draftheads", "train", RECIPE, *overrides], times, "train_b")
-    index = json.loads((CACHE_B / "index.json").read_text())
-    print(f"arm B cache: {index['splits']['train']['tokens']:,} training tokens in {times['cache_b']:.0f} s; trained in {times['train_b']:.0f} s")
+    overrides = arm_b_overrides(args.conversations, cache, arm_b, args.steps)
+    if not (cache / "index.json").is_file():
+        timed(["draftheads", "cache-features", recipe, "model.dtype=bfloat16", *overrides], times, "cache_b", out)
+    timed(["draftheads", "train", recipe, *overrides], times, "train_b", out)
+    index = json.loads((cache / "index.json").read_text())
+    built = f"in {times['cache_b']:.0f} s" if "cache_b" in times else "(built earlier)"
+    print(f"arm B cache: {index['splits']['train']['tokens']:,} training tokens {built}; trained in {times['train_b']:.0f} s")
 
     dtype, note = resolve_dtype("auto", torch.device("cpu"))
     print(f"dtype: {note}")
     base = load_backbone(BackboneConfig(base="demo:smollm2-135m", dtype=dtype))
-    methods, arms = [], {"A: own answers (self-distillation)": ARM_A, "B: ShareGPT answers, teacher-forced soft labels": ARM_B}
+    methods, arms = [], {"A: own answers (self-distillation)": arm_a, f"B: {args.conversations} ShareGPT conversations, teacher-forced soft labels": arm_b}
     # The same tree for both arms: only the heads differ (a cost-chosen tree would differ between them).
     tree = TreeSpec("dynamic", budget=args.budget, width=args.width)
     for label, folder in arms.items():
@@ -85,7 +98,7 @@ def main() -> None:
     eos = Engine(base).default_eos()
     runner = Runner(methods, ChatFormatter(base.tokenizer, model_name=base.location.spec), GenerationConfig(max_new_tokens=args.max_new_tokens, eos_token_ids=eos, seed=0), 0.0)
     fingerprint = json.dumps([args.limit, args.max_new_tokens, dtype, args.conversations, args.budget, args.width])
-    records = run_prompts(runner, load_prompts("mt-bench", args.limit), OUT / "decode", fingerprint, 0, progress=True)
+    records = run_prompts(runner, load_prompts("mt-bench", args.limit), out / "decode", fingerprint, 0, progress=True)
     print(f"\n{len(records)} MT-bench questions, both turns, {args.max_new_tokens} new tokens, greedy, {dtype}, dynamic tree {args.budget} x {args.width}")
     print("| arm | held-out top-1 by depth (own held-out rows) | τ | accepted per step by depth |")
     print("| --- | --- | --- | --- |")

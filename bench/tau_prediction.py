@@ -1,7 +1,7 @@
 """Claim: the τ that training's held-out calibration predicts for a tree is the τ a decode measures,
 for static trees as well as dynamic ones (issue 17: within 5%).
 
-    python bench/tau_prediction.py [--set quality] [--limit 16] [--budget 8 --width 4]
+    python bench/tau_prediction.py [--set quality] [--limit 16] [--budget 8 --width 4] [--prompts unseen-sharegpt]
 
 For each family's heads (the same sets as bench/families.py), in the decode dtype: the static tree
 of the `budget` most frequent held-out rank paths (at most `width` per depth; what `draftheads tree`
@@ -9,6 +9,10 @@ would build from the same statistics) and the dynamic tree of the same budget an
 decoded greedily over the MT-bench questions (spread over the categories, both turns) and its
 measured τ is printed beside the prediction from `calibration.json`, which the decode never sees.
 Only τ is measured here, so the methods are not interleaved for timing.
+
+`--prompts unseen-sharegpt` decodes ShareGPT conversations 300 onwards instead: the same source as
+the training data (whose gen-data run answered the first 226), none of it trained on. A prediction
+that holds there but not on MT-bench is off by the change of prompts, not by the tree model.
 """
 
 from __future__ import annotations
@@ -32,6 +36,9 @@ from draftheads.utils.device import resolve_dtype
 
 from families import SETS, load_family
 
+UNSEEN_SHAREGPT = 300
+"""First ShareGPT conversation of `--prompts unseen-sharegpt` (the quality data answered 226)."""
+
 
 def trees_for(stats, budget: int, width: int) -> dict[str, tuple[TreeSpec, float]]:
     """The static and dynamic tree of one budget and width, each with its predicted τ."""
@@ -51,6 +58,7 @@ def main() -> None:
     parser.add_argument("--budget", type=int, default=8)
     parser.add_argument("--width", type=int, default=4)
     parser.add_argument("--dtype", default="auto")
+    parser.add_argument("--prompts", choices=["mt-bench", "unseen-sharegpt"], default="mt-bench")
     args = parser.parse_args()
     families, out = SETS[args.set]
     dtype, note = resolve_dtype(args.dtype, torch.device("cpu"))
@@ -70,8 +78,14 @@ def main() -> None:
     config = GenerationConfig(max_new_tokens=args.max_new_tokens, eos_token_ids=eos, seed=0)
     runner = Runner(methods, ChatFormatter(base.tokenizer, model_name=base.location.spec), config, 0.0)
     fingerprint = json.dumps([args.limit, args.max_new_tokens, dtype, args.budget, args.width, [m.name for m in methods]])
-    records = run_prompts(runner, load_prompts("mt-bench", args.limit), out / "tau_prediction", fingerprint, 0, progress=True)
-    print(f"\n{len(records)} MT-bench questions, both turns, {args.max_new_tokens} new tokens, greedy, {dtype}, budget {args.budget} x width {args.width}")
+    if args.prompts == "mt-bench":
+        prompts = load_prompts("mt-bench", args.limit)
+    else:
+        prompts = load_prompts("sharegpt", UNSEEN_SHAREGPT + args.limit)[UNSEEN_SHAREGPT:]
+        for prompt in prompts:  # two turns, as MT-bench has
+            prompt.turns = prompt.turns[:2]
+    records = run_prompts(runner, prompts, out / f"tau_prediction-{args.prompts}", fingerprint, 0, progress=True)
+    print(f"\n{len(records)} {args.prompts} conversations, both turns, {args.max_new_tokens} new tokens, greedy, {dtype}, budget {args.budget} x width {args.width}")
     print("| heads | tree | τ predicted (held-out calibration) | τ measured | (predicted - measured) / measured |")
     print("| --- | --- | --- | --- | --- |")
     for name, (label, kind, tau) in predicted.items():

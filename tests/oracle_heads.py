@@ -63,3 +63,35 @@ class NoisyOracleHeads(OracleHeads):
             generator = torch.Generator().manual_seed(hash(tuple(ids)) % (1 << 31))
             rows.append(logits + self.noise * torch.randn(logits.shape, generator=generator))
         return torch.stack(rows)
+
+
+class ScriptedHeads(OracleHeads):
+    """Drafts from known continuations: after a context that follows one of `references` (prompt +
+    the reference decoder's answer), depths up to this step's entry of `depths` draft the
+    reference's next tokens and deeper ones a wrong token. No forward pass: cheap on a real
+    135M model. Steps cycle through `depths`, so full, partial and empty acceptances all occur,
+    and an EOS or a stop string inside an accepted path too."""
+
+    def __init__(self, backbone: Backbone, num_heads: int, depths: tuple[int, ...] = (4, 0, 2, 1, 3)):
+        super().__init__(backbone, num_heads, correct_depth=num_heads)
+        self.references: list[list[int]] = []
+        self.depths, self.steps = depths, 0
+
+    def begin_draft(self, features, input_ids, previous=None):
+        if previous is None:
+            self.context = []
+        self.context.extend(input_ids[0].tolist())
+        self.steps += 1
+        return True
+
+    def draft_step(self, state, paths, lm_head):
+        depth = paths.shape[1]
+        vocab = self.backbone.vocab_size
+        rows = []
+        for path in paths.tolist():
+            ids = self.context + path
+            follows = [r for r in self.references if len(r) > len(ids) and r[: len(ids)] == ids]
+            right = follows[0][len(ids)] if follows else 0
+            token = right if depth <= self.depths[self.steps % len(self.depths)] else (right + 1) % vocab
+            rows.append(torch.nn.functional.one_hot(torch.tensor(token), vocab).float() * 10)
+        return torch.log_softmax(torch.stack(rows), dim=-1)

@@ -4,6 +4,8 @@ naming the feature it does not implement. Tiny random models with varied greedy 
 
 from __future__ import annotations
 
+import re
+
 import pytest
 import torch
 from transformers import AutoConfig, AutoModelForCausalLM
@@ -71,3 +73,66 @@ def test_each_architecture_decodes_exactly_or_is_refused(name):
     for tree in (TreeSpec("static", paths=[[0], [1], [0, 0], [0, 0, 0]]), TreeSpec("dynamic", budget=6, width=2)):
         assert Engine(backbone, heads.eval(), tree).generate(prompt, config).tokens == expected
     assert hf_greedy(backbone, prompt, 40) == expected  # HF generate still runs the model's own attention
+
+
+FAMILIES = {
+    # label: (family, options): every family, with the options that add draft attention layers
+    "medusa": ("medusa", {}),
+    "hydra++": ("hydra", {"prefix_attention": True, "head_layers": 2}),
+    "clover": ("clover", {}),
+    "eagle3": ("eagle", {"fuse_layers": [0, 1], "training_time_test": True}),
+}
+FAMILY_REFUSALS = {
+    # model_type: the refusal of every family with draft attention layers (Medusa has none)
+    "phi": "phi: partial rotary embeddings (partial_rotary_factor 0.5) are not supported by draft layers",
+}
+DECODED = [name for name, (_, refusal) in ARCHITECTURES.items() if refusal is None]
+
+
+@pytest.mark.parametrize("label", list(FAMILIES))
+@pytest.mark.parametrize("name", DECODED)
+def test_each_head_family_trains_and_drafts_on_each_architecture(name, label):
+    from draftheads.models.registry import HEADS
+
+    family, options = FAMILIES[label]
+    backbone = tiny(name, ARCHITECTURES[name][0])
+    config = HEADS.config_class(family)(num_heads=3, **options)
+    if family != "medusa" and name in FAMILY_REFUSALS:
+        with pytest.raises(ModelLoadError, match=re.escape(FAMILY_REFUSALS[name])):
+            HEADS.get(family).build(config, backbone)
+        return
+    torch.manual_seed(1)
+    heads = HEADS.get(family).build(config, backbone)
+    ids = torch.randint(3, 128, (2, 24), generator=torch.Generator().manual_seed(4))
+    layers = heads.config.feature_layers()
+    with torch.no_grad():
+        features = backbone.features(ids, layers=layers).features
+
+    def loss() -> torch.Tensor:
+        states = heads(features, ids).states
+        return sum(torch.nn.functional.cross_entropy(heads.project(k, s[:, : -1 - k], backbone.lm_head).flatten(0, 1).float(), ids[:, 1 + k :].flatten())
+                   for k, s in enumerate(states, start=1))
+
+    # Trains: a few steps on one batch lower the loss (gradients reach the heads' own parameters).
+    optimizer = torch.optim.Adam([p for p in heads.parameters() if p.requires_grad], lr=3e-3)
+    first = loss()
+    for _ in range(4):
+        optimizer.zero_grad()
+        loss().backward()
+        optimizer.step()
+    assert loss() < first - 0.05
+    heads.eval()
+    # Drafts: the incremental drafting path equals the training forward on the same path (positions,
+    # rotary frequencies and caches of the draft layers as this base lays them out) ...
+    with torch.no_grad():
+        trained = heads(features, ids, depths=3).states
+        state = heads.begin_draft({k: v[:1, :9] for k, v in features.items()}, ids[:1, :9])
+        for depth in (1, 2, 3):
+            drafted = heads.draft_step(state, ids[:1, 9 : 9 + depth], backbone.lm_head)
+            expected = torch.log_softmax(heads.project(depth, trained[depth - 1][0, 8], backbone.lm_head).float(), -1)
+            torch.testing.assert_close(drafted[0], expected, rtol=1e-4, atol=1e-4)
+    # ... and tree decoding with the trained heads equals HF generate.
+    prompt = ids[0, :11]
+    expected_tokens = hf_greedy(backbone, prompt, 24)
+    config = GenerationConfig(max_new_tokens=24, eos_token_ids=())
+    assert Engine(backbone, heads, TreeSpec("dynamic", budget=6, width=2)).generate(prompt, config).tokens == expected_tokens

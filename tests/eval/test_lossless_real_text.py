@@ -1,0 +1,93 @@
+"""Greedy decoding is lossless on real text: the demo model (SmolLM2-135M-Instruct, whose answers
+vary from prompt to prompt and end with its own EOS) through the eval's runner, multi-turn, our
+autoregressive and tree decoding against HF `generate` token for token; and stop strings as HF
+`generate` applies them. The drafts come from `ScriptedHeads` (right to a depth that changes every
+step), so accepted paths of every length occur, with an EOS or a stop string inside them."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from draftheads.data.chat import ChatFormatter
+from draftheads.decoding.engine import Engine, GenerationConfig
+from draftheads.decoding.tree import TreeSpec
+from draftheads.eval.prompts import EvalPrompt
+from draftheads.eval.runner import Method, Runner, engine_method, hf_method
+from draftheads.models.backbone import BackboneConfig, load_backbone
+from oracle_heads import ScriptedHeads
+
+PROMPTS = [
+    EvalPrompt("sky", "short", ["Answer with one word: what colour is a clear daytime sky?", "And a ripe banana?"]),
+    EvalPrompt("autumn", "writing", ["Write two short sentences about autumn.", "Now write one about winter."]),
+]
+MAX_NEW = 40
+
+
+@pytest.fixture(scope="module")
+def demo():
+    return load_backbone(BackboneConfig(base="demo:smollm2-135m", dtype="float32"))
+
+
+def recording(method: Method, heads: ScriptedHeads) -> Method:
+    """`method`, telling `heads` each of its continuations (prompt + answer) as it makes them."""
+
+    def run(prompt_ids, config):
+        tokens, result = method.run(prompt_ids, config)
+        heads.references.append(list(prompt_ids) + tokens)
+        return tokens, result
+
+    return Method(method.name, run, method.backbone, method.reference)
+
+
+def test_our_greedy_decoding_equals_hf_generate_on_real_multi_turn_text(demo):
+    eos = Engine(demo).default_eos()
+    heads = ScriptedHeads(demo, num_heads=4)
+    tree = Engine(demo, heads, TreeSpec("dynamic", budget=8, width=2))
+    methods = [
+        recording(hf_method("hf_generate", demo, eos, None, None), heads),
+        engine_method("ours_ar", Engine(demo), "hf_generate"),
+        engine_method("ours_tree", tree, "hf_generate"),
+    ]
+    runner = Runner(methods, ChatFormatter(demo.tokenizer), GenerationConfig(max_new_tokens=MAX_NEW, eos_token_ids=eos), 1e-3)
+    records = [runner.run_prompt(prompt, index, 0) for index, prompt in enumerate(PROMPTS)]
+    answers = []
+    for record in records:
+        reference = record["methods"]["hf_generate"]
+        for name in ("ours_ar", "ours_tree"):
+            assert [t["tokens"] for t in record["methods"][name]] == [t["tokens"] for t in reference], (record["id"], name)
+            # ... and from the same prompts: the second turn's prompt holds each method's own first answer
+            assert [t["prompt_ids"] for t in record["methods"][name]] == [t["prompt_ids"] for t in reference]
+            assert record["divergence"][name] is None
+        answers += [t["tokens"] for t in reference]
+    # Real text that varies: four different answers, some ended by the model's EOS, some by the limit.
+    assert len({tuple(a) for a in answers}) == 4 and all(len(set(a)) > 3 for a in answers)
+    ended = [a[-1] in eos for a in answers]
+    assert any(ended) and not all(ended), [demo.tokenizer.decode(a) for a in answers]
+    accepted = [n for record in records for turn in record["methods"]["ours_tree"] for n in turn["accepted"]]
+    assert {0, 1, 2, 3, 4} <= set(accepted)  # every acceptance length, the full path included
+
+
+def test_stop_strings_end_where_hf_generate_ends(demo):
+    prompt = ChatFormatter(demo.tokenizer).prompt_ids([{"role": "user", "content": PROMPTS[1].turns[0]}])
+    ids = torch.tensor([prompt])
+
+    def hf(stop: list[str] | None) -> list[int]:
+        out = demo.model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=MAX_NEW, do_sample=False, eos_token_id=None,
+                                  pad_token_id=0, stop_strings=stop, tokenizer=demo.tokenizer)
+        return out[0, len(prompt) :].tolist()
+
+    full = hf(None)
+    text = demo.tokenizer.decode(full)
+    # Stop strings that end inside the answer: a word of it, and a piece spanning a token boundary.
+    words = text.split()
+    stops = [words[len(words) // 2], text[len(text) // 3 : len(text) // 3 + 4]]
+    heads = ScriptedHeads(demo, num_heads=4)
+    heads.references.append(prompt + full)
+    for stop in stops:
+        expected = hf([stop])
+        assert len(expected) < len(full) and stop in demo.tokenizer.decode(expected), stop
+        config = GenerationConfig(max_new_tokens=MAX_NEW, eos_token_ids=(), stop_strings=(stop,))
+        for engine in (Engine(demo), Engine(demo, heads, TreeSpec("dynamic", budget=8, width=2))):
+            result = engine.generate(prompt, config)
+            assert result.tokens == expected and result.finish_reason == "stop_string", stop
