@@ -45,9 +45,9 @@ class NoisyOracleHeads(OracleHeads):
     drafts are accepted deep often enough, and rejected often enough, for distribution tests to see
     mistakes below the root."""
 
-    def __init__(self, backbone: Backbone, num_heads: int, noise: float = 1.5):
+    def __init__(self, backbone: Backbone, num_heads: int, noise: float = 1.5, sharpness: float = 1.0):
         super().__init__(backbone, num_heads, correct_depth=num_heads)
-        self.noise = noise
+        self.noise, self.sharpness = noise, sharpness
 
     def begin_draft(self, features, input_ids, previous=None):
         if previous is None:  # a new generation: forget the last one's context
@@ -61,7 +61,7 @@ class NoisyOracleHeads(OracleHeads):
             ids = self.context + path
             logits = self.backbone.model(torch.tensor([ids]), use_cache=False).logits[0, -1].float()
             generator = torch.Generator().manual_seed(hash(tuple(ids)) % (1 << 31))
-            rows.append(logits + self.noise * torch.randn(logits.shape, generator=generator))
+            rows.append(self.sharpness * (logits + self.noise * torch.randn(logits.shape, generator=generator)))
         return torch.stack(rows)
 
 
