@@ -17,14 +17,26 @@ from draftheads.utils.errors import ConfigError
 from helpers import write_jsonl
 
 
-@pytest.fixture(scope="module")
-def heads_dir(tiny_base, tmp_path_factory):
-    backbone = load_backbone(BackboneConfig(base=str(tiny_base)), "cpu")
+def random_medusa_heads(base, folder):
+    backbone = load_backbone(BackboneConfig(base=str(base)), "cpu")
     torch.manual_seed(0)
     draft = DraftModel.new(backbone, MedusaConfig(num_heads=3))
     for parameter in draft.heads.parameters():
         torch.nn.init.normal_(parameter, std=0.05)
-    return draft.save_pretrained(tmp_path_factory.mktemp("heads") / "medusa")
+    return draft.save_pretrained(folder / "medusa")
+
+
+@pytest.fixture(scope="module")
+def heads_dir(varied_base, tmp_path_factory):
+    """Heads on a base whose greedy answers vary, so "0 mismatches" says something."""
+    return random_medusa_heads(varied_base, tmp_path_factory.mktemp("heads"))
+
+
+@pytest.fixture(scope="module")
+def repeating_heads_dir(tiny_base, tmp_path_factory):
+    """Heads on a base that repeats one token, which random heads rank in their top 10: the tree
+    search has rank statistics to work with (on the varied base they never rank the true token)."""
+    return random_medusa_heads(tiny_base, tmp_path_factory.mktemp("repeating-heads"))
 
 
 @pytest.fixture
@@ -76,7 +88,8 @@ def test_eval_resumes_from_its_partial_file_and_refuses_other_settings(heads_dir
         run_eval(EvalConfig(heads=str(heads_dir), prompts=str(prompts), max_new_tokens=7), out, progress=False)
 
 
-def test_tree_search_saves_a_tree_that_eval_uses_by_default(heads_dir, prompts, tmp_path, capsys):
+def test_tree_search_saves_a_tree_that_eval_uses_by_default(repeating_heads_dir, prompts, tmp_path, capsys):
+    heads_dir = repeating_heads_dir
     assert main(["tree", "--heads", str(heads_dir), "--prompts", str(prompts), "--budget", "4", "--max-new-tokens", "24"]) == 0
     printed = capsys.readouterr().out
     assert "best:" in printed and "verify ms by nodes" in printed

@@ -156,3 +156,18 @@ def test_a_truncated_weights_file_is_one_clear_error(backbone, tmp_path, capsys)
 
     with pytest.raises(ModelLoadError, match=r"model.safetensors: not a readable safetensors file \(truncated or corrupt\?\)"):
         load_head_weights(loaded, folder)
+
+
+def test_a_config_from_a_newer_version_names_its_unknown_key(backbone, tmp_path):
+    import json
+
+    from draftheads.utils.errors import ModelLoadError
+
+    folder = save_heads(new_draft(backbone, "eagle").heads, tmp_path / "heads")
+    config = json.loads((folder / "config.json").read_text())
+    (folder / "config.json").write_text(json.dumps({**config, "draft_attention_sinks": 4}))
+    with pytest.raises(ModelLoadError, match=r"heads/config.json.draft_attention_sinks: unknown key; known keys here: .*fuse_layers"):
+        read_head_config(folder)
+    (folder / "config.json").write_text(json.dumps({**config, "num_heads": "three"}))
+    with pytest.raises(ModelLoadError, match=r"heads/config.json.num_heads"):
+        read_head_config(folder)
