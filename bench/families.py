@@ -126,7 +126,7 @@ def main() -> None:
             ref = f"baseline:{recipe}"
             methods.append(engine_method(ref, Engine(draft.backbone)))
         print(f"{label}:")
-        tree, trees[recipe] = resolve_tree(EvalConfig(heads=str(draft.folder)), draft)
+        tree, trees[recipe] = resolve_tree(EvalConfig(heads=str(draft.folder), max_new_tokens=args.max_new_tokens), draft, turns=2)  # MT-bench: 2 turns
         methods.append(engine_method(recipe, Engine(draft.backbone, draft.heads, tree), ref))
     (out / "trees.json").write_text(json.dumps(trees) + "\n")  # what --report-only reads
     assert [m.name for m in methods] == method_names(chosen, args.reference)

@@ -64,20 +64,21 @@ def main() -> None:
     dtype, note = resolve_dtype(args.dtype, torch.device("cpu"))
     print(f"dtype: {note}")
     base = load_backbone(BackboneConfig(base="demo:smollm2-135m", dtype=dtype))
-    methods, predicted = [], {}
+    methods, predicted, trees = [], {}, {}
     for label, recipe, folder, _ in families:
         draft = load_family(Path("outputs") / folder / "heads", base, dtype)
-        saved = read_calibration(draft.folder)
+        saved = read_calibration(draft.folder, 2, args.max_new_tokens)  # both prompt sets are decoded 2 turns deep
         if saved is None:
             raise SystemExit(f"{draft.folder}: no calibration.json (train the heads with draftheads train)")
         for kind, (tree, tau) in trees_for(saved[0], args.budget, args.width).items():
             name = f"{recipe}:{kind}"
             methods.append(engine_method(name, Engine(draft.backbone, draft.heads, tree)))
             predicted[name] = (label, kind, tau)
+            trees[name] = tree.paths or [tree.budget, tree.width]
     eos = Engine(base).default_eos()
     config = GenerationConfig(max_new_tokens=args.max_new_tokens, eos_token_ids=eos, seed=0)
     runner = Runner(methods, ChatFormatter(base.tokenizer, model_name=base.location.spec), config, 0.0)
-    fingerprint = json.dumps([args.limit, args.max_new_tokens, dtype, args.budget, args.width, [m.name for m in methods]])
+    fingerprint = json.dumps([args.limit, args.max_new_tokens, dtype, args.budget, args.width, [m.name for m in methods], sorted(trees.items())])
     if args.prompts == "mt-bench":
         prompts = load_prompts("mt-bench", args.limit)
     else:

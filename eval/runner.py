@@ -148,10 +148,11 @@ def load_draft(config: EvalConfig) -> tuple[DraftModel, str]:
     return DraftModel.from_pretrained(config.heads, config.base, device=device, dtype=dtype), note
 
 
-def calibration(draft: DraftModel, progress: bool) -> tuple[RankStats, str]:
+def calibration(draft: DraftModel, progress: bool, turns: int | None = None, new_tokens: int | None = None) -> tuple[RankStats, str]:
     """The heads' rank statistics on data the eval does not see: the calibration.json written by
-    training (held-out rows), else the base model's own greedy answers to a few fixed prompts."""
-    saved = read_calibration(draft.folder) if draft.folder is not None else None
+    training (held-out rows; with `turns` and `new_tokens`, the positions such a decode makes), else
+    the base model's own greedy answers to a few fixed prompts."""
+    saved = read_calibration(draft.folder, turns, new_tokens) if draft.folder is not None else None
     if saved is not None:
         return saved
     formatter = ChatFormatter(draft.backbone.tokenizer, model_name=draft.backbone.location.spec)
@@ -164,8 +165,9 @@ def calibration(draft: DraftModel, progress: bool) -> tuple[RankStats, str]:
     return stats, f"the base model's greedy answers to {len(sequences)} fixed prompts ({stats.positions} positions; the heads carry no calibration.json)"
 
 
-def resolve_tree(config: EvalConfig, draft: DraftModel, progress: bool = True) -> tuple[TreeSpec, dict]:
-    """The tree our decoder drafts, and how it was chosen (for the report); see `TreeSettings.kind`."""
+def resolve_tree(config: EvalConfig, draft: DraftModel, progress: bool = True, turns: int | None = None) -> tuple[TreeSpec, dict]:
+    """The tree our decoder drafts, and how it was chosen (for the report); see `TreeSettings.kind`.
+    `turns`: the most turns a prompt has (the auto tree is chosen for that decode's positions)."""
     settings, saved = config.tree, draft.heads.config.tree
     if settings.kind == "none":
         return TreeSpec("none"), {"reason": "asked for (--tree none)"}
@@ -175,7 +177,7 @@ def resolve_tree(config: EvalConfig, draft: DraftModel, progress: bool = True) -
         return TreeSpec("static", paths=saved.paths), {"reason": f"saved by `draftheads tree` ({saved.measured_on})"}
     if settings.kind == "static":
         return TreeSpec("static", paths=default_static_paths(draft.heads.config.num_heads, settings.budget)), {"reason": "default static tree (no saved one)"}
-    stats, source = calibration(draft, progress)
+    stats, source = calibration(draft, progress, turns, config.max_new_tokens)
     choice = choose_auto_tree(stats, measure_costs(draft), source)
     for line in choice.lines():
         print(line)
@@ -224,7 +226,8 @@ def run_eval(config: EvalConfig, out: Path, progress: bool = True) -> dict:
     prompts = load_prompts(config.prompts, config.limit)
     draft, dtype_note = load_draft(config)
     print(f"dtype: {dtype_note}")
-    tree, tree_choice = resolve_tree(config, draft, progress)
+    turns = max(len(p.turns) for p in prompts)
+    tree, tree_choice = resolve_tree(config, draft, progress, turns)
     runner = build_runner(config, draft, tree)
     records = run_prompts(runner, prompts, out, config.fingerprint(), config.sampling.seed, progress)
     from draftheads.eval.metrics import build_report
@@ -232,7 +235,7 @@ def run_eval(config: EvalConfig, out: Path, progress: bool = True) -> dict:
     # The heads' ranks on the base model's own answers (the baseline's): a measurement of the heads
     # on these prompts; the prediction comes from calibration data the eval does not see.
     sequences = [(t["prompt_ids"] + t["tokens"], len(t["prompt_ids"])) for r in records for t in r["methods"]["baseline"]]
-    held_out = read_calibration(draft.folder) if draft.folder is not None else None
+    held_out = read_calibration(draft.folder, turns, config.max_new_tokens) if draft.folder is not None else None
     report = build_report(config, draft, tree, records, rank_stats(draft, sequences), held_out, runner.epsilon)
     report["dtype_note"] = dtype_note
     report["tree_choice"] = tree_choice

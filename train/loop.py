@@ -47,7 +47,7 @@ from draftheads.train.checkpoint import (
 )
 from draftheads.train.config import LossConfig, Recipe, recipe_yaml, save_resolved
 from draftheads.train.joint import FrozenBackbone, TrainableBackbone, batch_features, quantization_config
-from draftheads.train.losses import backbone_loss_sum, depth_accuracy_counts, depth_loss_sums, depth_weights, joint_ranks, target_counts
+from draftheads.train.losses import answer_coordinates, backbone_loss_sum, depth_accuracy_counts, depth_loss_sums, depth_weights, joint_positions, joint_ranks, target_counts
 from draftheads.train.schedules import make_scheduler
 from draftheads.utils.errors import ConfigError, DraftheadsError
 from draftheads.utils.jsonl import read_lines
@@ -178,7 +178,7 @@ def evaluate(
     layers = training_layers(heads.config)
     counts = torch.zeros(heads.config.trained_depths(), 5, dtype=torch.float64)
     drift = torch.zeros(4, dtype=torch.float64)
-    ranks = []
+    ranks, located = [], []
     measure_drift = trainable is not None and trainable.has_original
     with torch.no_grad():
         for i, batch in enumerate(loader):
@@ -191,12 +191,18 @@ def evaluate(
             if len(drafted) < heads.config.num_heads:  # ranks of every depth the heads draft, trained or not
                 drafted = heads(features, batch["input_ids"], batch.get("position_ids"), depths=heads.config.num_heads).states
             ranks.append(joint_ranks(heads, drafted, batch, backbone.lm_head).cpu())
+            # where each position's first drafted token (t + 2) lies in its conversation
+            rows, cols = joint_positions(batch, len(drafted))
+            turn, offset = answer_coordinates(batch)
+            located.append(torch.stack([turn[rows, cols + 2], offset[rows, cols + 2]], 1).cpu())
             if measure_drift:
                 original = trainable.original_hidden(batch)
                 drift += drift_counts(features[LAST], original, batch, backbone.lm_head, trainable.original_lm_head(), chunk_size)
     counts = accelerator.reduce(counts.to(accelerator.device), "sum").cpu()
     local = torch.cat(ranks) if ranks else torch.zeros(0, heads.config.num_heads, dtype=torch.long)
+    local_located = torch.cat(located) if located else torch.zeros(0, 2, dtype=torch.long)
     all_ranks = gather_object([local]) if accelerator.num_processes > 1 else [local]
+    all_located = torch.cat(gather_object([local_located]) if accelerator.num_processes > 1 else [local_located])
     heads.train()
     targets = counts[:, 0].clamp(min=1)
     metrics = {
@@ -208,7 +214,7 @@ def evaluate(
     }
     if measure_drift:
         metrics["drift"] = drift_summary(accelerator.reduce(drift.to(accelerator.device), "sum").cpu())
-    return metrics, RankStats.from_ranks(torch.cat(all_ranks))
+    return metrics, RankStats.located(torch.cat(all_ranks), all_located[:, 0], all_located[:, 1])
 
 
 def _flat(prefix: str, value, out: dict) -> dict:

@@ -201,16 +201,37 @@ def depth_weights(depths: int, decay: float) -> list[float]:
     return [decay ** (k - 1) for k in range(1, depths + 1)]
 
 
-@torch.no_grad()
-def joint_ranks(heads: DraftHeads, states: list[torch.Tensor], batch: dict[str, torch.Tensor], lm_head: nn.Module, max_rank: int = 10) -> torch.Tensor:
-    """[positions, depths] ranks of the true tokens at the positions every depth trains on (the
-    joint rank paths `RankStats` calibrates trees with); max_rank where a token is not in the top."""
-    targets = [depth_targets(batch, depth) for depth in range(1, len(states) + 1)]
+def joint_positions(batch: dict[str, torch.Tensor], depths: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(rows, cols) of the positions every depth 1..`depths` trains on."""
+    targets = [depth_targets(batch, depth) for depth in range(1, depths + 1)]
     length = batch["input_ids"].shape[1]
     common = targets[0].rows * length + targets[0].positions
     for t in targets[1:]:
         common = common[torch.isin(common, t.rows * length + t.positions)]
-    rows, cols = common // length, common % length
+    return common // length, common % length
+
+
+@torch.no_grad()
+def joint_ranks(heads: DraftHeads, states: list[torch.Tensor], batch: dict[str, torch.Tensor], lm_head: nn.Module, max_rank: int = 10) -> torch.Tensor:
+    """[positions, depths] ranks of the true tokens at the positions every depth trains on (the
+    joint rank paths `RankStats` calibrates trees with); max_rank where a token is not in the top."""
+    rows, cols = joint_positions(batch, len(states))
     ids = batch["input_ids"]
     columns = [true_ranks(heads, k, states[k - 1][rows, cols], ids[rows, cols + 1 + k], lm_head, max_rank) for k in range(1, len(states) + 1)]
     return torch.stack(columns, 1) if columns else torch.zeros(0, 0, dtype=torch.long)
+
+
+def answer_coordinates(batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """[B, L] turn and offset of every token: the index of its answer (a run of loss-mask tokens)
+    within its conversation (documents of a packed row restart their position ids at 0), and its
+    distance from that answer's first token. Meaningless outside answers."""
+    mask = batch["loss_mask"].bool()
+    index = torch.arange(mask.shape[1], device=mask.device).expand_as(mask)
+    starts = mask & ~torch.nn.functional.pad(mask[:, :-1], (1, 0), value=False)
+    offset = index - torch.where(starts, index, 0).cummax(1).values
+    answers = starts.long().cumsum(1)
+    positions = batch.get("position_ids")
+    document = (positions == 0) if positions is not None else index == 0
+    document = document | (index == 0)
+    before = torch.where(document, answers - starts.long(), 0).cummax(1).values  # answers begun before this document
+    return answers - before - 1, offset

@@ -56,3 +56,28 @@ def test_costs_are_measured_for_every_candidate(tiny_llama, demo_tokenizer):
     measured = measure_costs(draft, budgets=(1, 4), widths=(1, 2), prefix_length=16)
     assert sorted(measured.verify) == [1, 2, 5] and sorted(measured.draft) == [(1, 1), (4, 1), (4, 2)]
     assert all(v > 0 for v in [*measured.verify.values(), *measured.draft.values()])
+
+
+def test_a_decode_is_predicted_from_the_positions_it_makes(tmp_path):
+    import torch
+
+    from draftheads.decoding.calibration import CALIBRATION_NAME, calibration_json, read_calibration
+
+    # Early answer tokens of turns 0-1 are drafted badly (rank 5), late ones and third turns well (rank 0).
+    turns = torch.tensor([0, 0, 1, 1, 0, 1, 2, 2])
+    offsets = torch.tensor([3, 40, 10, 31, 200, 130, 5, 300])
+    ranks = torch.tensor([[5, 5], [5, 5], [5, 5], [5, 5], [0, 0], [0, 9], [0, 0], [0, 0]])
+    stats = RankStats.located(ranks, turns, offsets)
+    assert stats.positions == 8 and stats.path_counts[(0,)] == 4 and stats.path_counts[(0, 0)] == 3
+    assert set(stats.cells) == {(0, 0), (0, 1), (1, 0), (0, 6), (1, 4), (2, 0), (2, 9)}  # (turn, offset // 32)
+    early = stats.within(2, 64)  # 2 turns x 64 new tokens: offsets 3, 40, 10, 31
+    assert early.positions == 4 and early.path_counts[(0,)] == 0 and early.path_counts[(5,)] == 4
+    assert early.depth_topk[0][5] == 1.0 and early.depth_topk[0][0] == 0.0
+    assert stats.within(2, 256).positions == 6 and stats.within(3, 512).positions == 8  # the last turn cell holds every later turn
+    assert early.probability((0,)) == 0.0 and stats.probability((0,)) == 0.5
+    # Through the file: written as training writes it, read back for a decode's shape.
+    (tmp_path / CALIBRATION_NAME).write_text(calibration_json(stats, "held-out rows"))
+    whole, source = read_calibration(tmp_path)
+    assert whole.path_counts == stats.path_counts and whole.cells.keys() == stats.cells.keys() and "8 positions" in source
+    shaped, source = read_calibration(tmp_path, 2, 64)
+    assert shaped.path_counts == early.path_counts and "2 turn(s) x 64 new tokens" in source and "4 positions" in source

@@ -125,6 +125,8 @@ def test_eval_of_jointly_trained_heads_reports_the_backbone_drift_and_stays_loss
     report = json.loads(out.read_text())
     # The autoregressive baseline and HF generate run the trained (merged) backbone: still lossless.
     assert report["backbone_mode"] == "lora" and report["greedy_mismatches"] == 0 and report["hf_generate_mismatches"] == 0
+    # The tree and τ predicted come from the held-out positions a decode of 2 turns x 12 tokens makes.
+    assert "the positions a decode of 2 turn(s) x 12 new tokens makes" in report["tree_choice"]["calibration"]
     drift = report["backbone_drift"]
     trained = json.loads((run / "heads" / "training.json").read_text())["backbone"]["drift"]
     # The same held-out rows as training's last evaluation, through the merged adapter instead of peft's.

@@ -63,3 +63,18 @@ def test_soft_labels_are_zero_when_the_head_matches_the_teacher(tiny_llama):
 
 def test_depth_weights_decay():
     assert depth_weights(3, 0.8) == [1.0, 0.8, 0.8**2]
+
+
+def test_answer_coordinates_count_turns_per_conversation_and_offsets_per_answer():
+    from draftheads.train.losses import answer_coordinates
+
+    # One packed row of two conversations (position ids restart at 0): answers are loss-mask runs.
+    mask = torch.tensor([[0, 0, 1, 1, 1, 0, 0, 1, 1, 0, 0, 1, 1, 1, 0, 1]])
+    positions = torch.tensor([[0, 1, 2, 3, 4, 5, 6, 7, 8, 0, 1, 2, 3, 4, 5, 6]])
+    turn, offset = answer_coordinates({"loss_mask": mask, "position_ids": positions})
+    answers = mask[0].bool()
+    assert turn[0][answers].tolist() == [0, 0, 0, 1, 1, 0, 0, 0, 1]
+    assert offset[0][answers].tolist() == [0, 1, 2, 0, 1, 0, 1, 2, 0]
+    # Unpacked rows (no position ids): one conversation per row.
+    turn, _ = answer_coordinates({"loss_mask": mask})
+    assert turn[0][answers].tolist() == [0, 0, 0, 1, 1, 2, 2, 2, 3]
