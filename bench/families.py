@@ -31,6 +31,8 @@ from pathlib import Path
 import torch
 
 from draftheads.data.chat import ChatFormatter
+from draftheads.decoding.autotree import expected_tau
+from draftheads.decoding.calibration import read_calibration
 from draftheads.decoding.divergence import near_tie_epsilon
 from draftheads.decoding.engine import Engine, GenerationConfig
 from draftheads.eval.config import EvalConfig
@@ -106,11 +108,12 @@ def main() -> None:
     dtype, note = resolve_dtype(args.dtype, torch.device("cpu"))
     print(f"dtype: {note}")
     if args.report_only:
-        records = finished_prompts(out / "decode", fingerprint_of(args, dtype, method_names(chosen, args.reference)))
+        trees = json.loads((out / "trees.json").read_text())
+        records = finished_prompts(out / "decode", fingerprint_of(args, dtype, method_names(chosen, args.reference), trees))
         if not records:
             raise SystemExit(f"{out / 'decode.partial.jsonl'}: no finished prompts of a run with these settings")
         print(f"{len(records)} prompts finished (the run was stopped early: it resumes with the same command)")
-        report(chosen, records, json.loads((out / "trees.json").read_text()), dtype, args, out)
+        report(chosen, records, trees, dtype, args, out)
         return
     base = load_backbone(BackboneConfig(base="demo:smollm2-135m", dtype=dtype))
     eos = Engine(base).default_eos()
@@ -133,7 +136,7 @@ def main() -> None:
     config = GenerationConfig(max_new_tokens=args.max_new_tokens, eos_token_ids=eos, seed=0)
     runner = Runner(methods, ChatFormatter(base.tokenizer, model_name=base.location.spec), config, near_tie_epsilon(base.lm_head.weight.dtype))
     prompts = interleaved_categories(load_prompts("mt-bench", args.limit))
-    fingerprint = fingerprint_of(args, dtype, [m.name for m in methods])
+    fingerprint = fingerprint_of(args, dtype, [m.name for m in methods], trees)
     start = time.perf_counter()
     records = run_prompts(runner, prompts, out / "decode", fingerprint, 0, progress=True)
     print(f"decode run: {time.perf_counter() - start:.0f} s, {len(records)} prompts x {len(methods)} methods")
@@ -141,8 +144,10 @@ def main() -> None:
     report(chosen, records, trees, dtype, args, out)
 
 
-def fingerprint_of(args, dtype: str, names: list[str]) -> str:
-    return json.dumps([args.limit, args.max_new_tokens, dtype, names])
+def fingerprint_of(args, dtype: str, names: list[str], trees: dict) -> str:
+    """The settings a resumed run must share: a tree chosen anew (other costs or calibration) starts over."""
+    shapes = {recipe: {k: choice[k] for k in ("budget", "width", "paths") if k in choice} for recipe, choice in sorted(trees.items())}
+    return json.dumps([args.limit, args.max_new_tokens, dtype, names, shapes])
 
 
 def method_names(chosen, reference: str) -> list[str]:
@@ -156,13 +161,21 @@ def method_names(chosen, reference: str) -> list[str]:
     return names
 
 
+def predicted(folder: str, tree: dict, args) -> float | None:
+    """τ the heads' calibration.json predicts for the decoded dynamic tree, from the held-out
+    positions a decode of 2 turns x max_new_tokens makes (None: no tree, or no calibration)."""
+    saved = read_calibration(Path("outputs") / folder / "heads", 2, args.max_new_tokens)
+    return expected_tau(saved[0], tree["budget"], tree["width"]) if saved and "budget" in tree else None
+
+
 def report(chosen, records: list[dict], trees: dict, dtype: str, args, out: Path) -> None:
     """The table, and each family's summary in its heads folder and model card."""
     times_path = out / "train_seconds.json"
-    print_table(chosen, records, trees, json.loads(times_path.read_text()) if times_path.is_file() else {})
+    predictions = {recipe: predicted(folder, trees[recipe], args) for _, recipe, folder, _ in chosen}
+    print_table(chosen, records, trees, json.loads(times_path.read_text()) if times_path.is_file() else {}, predictions)
     for label, recipe, folder, _ in chosen:
         heads = Path("outputs") / folder / "heads"
-        write_summary(family_summary(records, recipe, trees[recipe], dtype, args), heads)
+        write_summary(family_summary(records, recipe, trees[recipe], dtype, args, predictions[recipe]), heads)
         refresh_card(heads)
         print(f"{label}: decoding numbers written to {heads / 'eval_report.json'} and its model card")
 
@@ -178,7 +191,7 @@ def interleaved_categories(prompts: list) -> list:
     return [prompt for _, _, prompt in sorted(keyed, key=lambda k: k[:2])]
 
 
-def family_summary(records: list[dict], recipe: str, tree: dict, dtype: str, args) -> dict:
+def family_summary(records: list[dict], recipe: str, tree: dict, dtype: str, args, tau_predicted: float | None) -> dict:
     """One family's numbers from this run, in the form of `draftheads eval`'s summary (the model
     card reads it)."""
     turns = [t for r in records for t in r["methods"][recipe]]
@@ -190,7 +203,7 @@ def family_summary(records: list[dict], recipe: str, tree: dict, dtype: str, arg
         "reference": "HF generate" if reference == "hf_generate" else "autoregressive decoding (same engine)",
         "prompts": "mt-bench", "n_prompts": len(records), "n_turns": len(turns), "max_new_tokens": args.max_new_tokens,
         "temperature": 0.0, "dtype": dtype, "tree": {"kind": "dynamic" if "budget" in tree else "none", **tree},
-        "tau": tau_of(accepted), "tau_predicted": tree.get("expected_tau"),
+        "tau": tau_of(accepted), "tau_predicted": tau_predicted,
         "acceptance_by_depth": acceptance_by_depth(accepted, max(accepted, default=1)),
         "speedup": ours / speed(records, "baseline") if "baseline" in records[0]["methods"] else None,
         "speedup_vs_hf_generate": ours / speed(records, "hf_generate"), "speedup_vs_prompt_lookup": ours / speed(records, "prompt_lookup"),
@@ -203,12 +216,12 @@ def speed(records: list[dict], method: str) -> float:
     return sum(len(t["tokens"]) for t in turns) / sum(t["seconds"] for t in turns)
 
 
-def print_table(chosen, records: list[dict], trees: dict, train_seconds: dict) -> None:
+def print_table(chosen, records: list[dict], trees: dict, train_seconds: dict, predictions: dict) -> None:
     hf, lookup = speed(records, "hf_generate"), speed(records, "prompt_lookup")
     ar = speed(records, "baseline") if "baseline" in records[0]["methods"] else None
     print(f"HF generate {hf:.2f} tok/s, prompt lookup {lookup:.2f} tok/s" + (f", our AR {ar:.2f} tok/s (our AR / HF {ar / hf:.3f})" if ar else ""))
     print(
-        "| heads | train min | tree (budget x width) | τ | τ predicted | accepted per step by depth | draft ms / verify ms per step "
+        "| heads | train min | tree (budget x width) | τ | τ predicted (error) | accepted per step by depth | draft ms / verify ms per step "
         "| ours / our AR | ours / HF generate | ours / prompt lookup | mismatches (real / near-tie) |"
     )
     print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
@@ -226,8 +239,10 @@ def print_table(chosen, records: list[dict], trees: dict, train_seconds: dict) -
         by_depth = " / ".join(f"{x:.3f}" for x in acceptance_by_depth(accepted, max(accepted, default=1)))
         minutes = f"{train_seconds[label] / 60:.1f}" if label in train_seconds else "n/a"
         versus_ar = f"{ours / own_ar:.2f}x" if own_ar else "n/a"
+        tau, forecast = tau_of(accepted) or 1.0, predictions[recipe]
+        forecast_text = f"{forecast:.3f} ({(forecast - tau) / tau:+.1%})" if forecast else "n/a"
         print(
-            f"| {label} | {minutes} | {shape} | {tau_of(accepted) or 1.0:.3f} | {tree.get('expected_tau', float('nan')):.3f} | {by_depth} | "
+            f"| {label} | {minutes} | {shape} | {tau:.3f} | {forecast_text} | {by_depth} | "
             f"{draft_ms:.1f} / {verify_ms:.1f} | {versus_ar} | {ours / hf:.2f}x | {ours / lookup:.2f}x | {real} / {near} |"
         )
 
