@@ -202,8 +202,9 @@ def build_runner(config: EvalConfig, draft: DraftModel, tree: TreeSpec) -> Runne
     return Runner(methods, formatter, generation, epsilon)
 
 
-def run_prompts(runner: Runner, prompts: list[EvalPrompt], out: Path, fingerprint: str, seed: int, progress: bool) -> list[dict]:
-    """Every prompt through every method, resuming from and appending to `<out>.partial.jsonl`."""
+def run_prompts(runner: Runner, prompts: list[EvalPrompt], out: Path, fingerprint: str, seed: int, progress: bool, header: dict | None = None) -> list[dict]:
+    """Every prompt through every method, resuming from and appending to `<out>.partial.jsonl`
+    (whose first line holds `fingerprint` and `header`)."""
     out.parent.mkdir(parents=True, exist_ok=True)
     partial = out.with_name(out.name + ".partial.jsonl")
     records = _read_partial(partial, fingerprint)
@@ -212,7 +213,7 @@ def run_prompts(runner: Runner, prompts: list[EvalPrompt], out: Path, fingerprin
     if todo:
         runner.warm_up(todo[0][1])
         if not partial.exists():
-            partial.write_text(json.dumps({"options": fingerprint}) + "\n")
+            partial.write_text(json.dumps({"options": fingerprint, **(header or {})}) + "\n")
         for index, prompt in tqdm(todo, desc="eval", unit="prompt", disable=not progress, initial=len(done), total=len(prompts)):
             record = runner.run_prompt(prompt, index, seed)
             with partial.open("a") as handle:  # one line per finished prompt: a kill loses at most one
@@ -227,9 +228,11 @@ def run_eval(config: EvalConfig, out: Path, progress: bool = True) -> dict:
     draft, dtype_note = load_draft(config)
     print(f"dtype: {dtype_note}")
     turns = max(len(p.turns) for p in prompts)
-    tree, tree_choice = resolve_tree(config, draft, progress, turns)
+    partial = out.with_name(out.name + ".partial.jsonl")
+    tree, tree_choice = resumed_tree(partial, config.fingerprint()) or resolve_tree(config, draft, progress, turns)
     runner = build_runner(config, draft, tree)
-    records = run_prompts(runner, prompts, out, config.fingerprint(), config.sampling.seed, progress)
+    header = {"tree": tree.describe(), "tree_choice": tree_choice}
+    records = run_prompts(runner, prompts, out, config.fingerprint(), config.sampling.seed, progress, header)
     from draftheads.eval.metrics import build_report
 
     # The heads' ranks on the base model's own answers (the baseline's): a measurement of the heads
@@ -242,6 +245,21 @@ def run_eval(config: EvalConfig, out: Path, progress: bool = True) -> dict:
     report["backbone_mode"] = draft.backbone_mode
     report["backbone_drift"] = report_drift(draft, config.drift_batches, draft.backbone.lm_head.weight.device, str(draft.backbone.lm_head.weight.dtype).removeprefix("torch."))
     return report
+
+
+def resumed_tree(partial: Path, fingerprint: str) -> tuple[TreeSpec, dict] | None:
+    """The tree a stopped run with these settings began with: a resumed run decodes with it again
+    (an auto tree chosen anew from costs measured now could differ, and the records would mix)."""
+    if not partial.exists():
+        return None
+    lines = [line for _, line in read_lines(partial)]
+    header = json.loads(lines[0]) if lines else {}
+    if header.get("options") != fingerprint or "tree" not in header:
+        return None  # run_prompts refuses other settings; a run from before trees were kept starts as it did
+    tree = header["tree"]
+    spec = TreeSpec(tree["kind"], paths=tree.get("paths"), budget=tree.get("budget", 16), width=tree.get("width", 8))
+    choice = header.get("tree_choice", {})
+    return spec, {**choice, "reason": f"resumed with the tree the run began with ({choice.get('reason', 'unknown')})"}
 
 
 def finished_prompts(out: Path, fingerprint: str) -> list[dict]:

@@ -191,7 +191,8 @@ def evaluate(
             if len(drafted) < heads.config.num_heads:  # ranks of every depth the heads draft, trained or not
                 drafted = heads(features, batch["input_ids"], batch.get("position_ids"), depths=heads.config.num_heads).states
             ranks.append(joint_ranks(heads, drafted, batch, backbone.lm_head).cpu())
-            # where each position's first drafted token (t + 2) lies in its conversation
+            # Where each position's first drafted token (t + 2) lies in its conversation: a decode
+            # drafts answer tokens from its second on, so calibration can keep the positions like its own.
             rows, cols = joint_positions(batch, len(drafted))
             turn, offset = answer_coordinates(batch)
             located.append(torch.stack([turn[rows, cols + 2], offset[rows, cols + 2]], 1).cpu())
@@ -199,10 +200,9 @@ def evaluate(
                 original = trainable.original_hidden(batch)
                 drift += drift_counts(features[LAST], original, batch, backbone.lm_head, trainable.original_lm_head(), chunk_size)
     counts = accelerator.reduce(counts.to(accelerator.device), "sum").cpu()
-    local = torch.cat(ranks) if ranks else torch.zeros(0, heads.config.num_heads, dtype=torch.long)
-    local_located = torch.cat(located) if located else torch.zeros(0, 2, dtype=torch.long)
-    all_ranks = gather_object([local]) if accelerator.num_processes > 1 else [local]
-    all_located = torch.cat(gather_object([local_located]) if accelerator.num_processes > 1 else [local_located])
+    # ranks and their (turn, offset) side by side: one gather keeps them aligned across processes
+    local = torch.cat([torch.cat(ranks), torch.cat(located)], 1) if ranks else torch.zeros(0, heads.config.num_heads + 2, dtype=torch.long)
+    gathered = torch.cat(gather_object([local]) if accelerator.num_processes > 1 else [local])
     heads.train()
     targets = counts[:, 0].clamp(min=1)
     metrics = {
@@ -214,7 +214,7 @@ def evaluate(
     }
     if measure_drift:
         metrics["drift"] = drift_summary(accelerator.reduce(drift.to(accelerator.device), "sum").cpu())
-    return metrics, RankStats.located(torch.cat(all_ranks), all_located[:, 0], all_located[:, 1])
+    return metrics, RankStats.located(gathered[:, :-2], gathered[:, -2], gathered[:, -1])
 
 
 def _flat(prefix: str, value, out: dict) -> dict:
@@ -321,10 +321,8 @@ def _set_up(recipe: Recipe, progress: bool) -> _Run:
     collate = Collator(pad_token_id=backbone.tokenizer.pad_token_id or 0)
     generator = torch.Generator().manual_seed(cfg.seed)
     train_loader = torch.utils.data.DataLoader(train_set, batch_size=cfg.batch_size, shuffle=True, collate_fn=collate, generator=generator)
-    eval_loader = torch.utils.data.DataLoader(held_set, batch_size=cfg.batch_size, collate_fn=collate) if len(held_set) else None
     module, optimizer, train_loader = accelerator.prepare(TrainModule(heads, role.module), optimizer, train_loader)
-    if eval_loader is not None:
-        eval_loader = accelerator.prepare(eval_loader)
+    eval_loader = held_out_loader(held_set, recipe, backbone, accelerator)
     state = TrainerState()
     accelerator.register_for_checkpointing(scheduler, state)
     frozen = checkpoint_trained_only(accelerator, module)
@@ -336,6 +334,14 @@ def _set_up(recipe: Recipe, progress: bool) -> _Run:
         recipe, accelerator, backbone, role, module, accelerator.unwrap_model(module).heads, optimizer, scheduler, train_loader,
         eval_loader, state, frozen, training_layers(heads_cfg), (len(train_set), len(held_set)), dropped, result,
     )
+
+
+def held_out_loader(held_set, recipe: Recipe, backbone: Backbone, accelerator):
+    """The prepared loader evaluation reads (None without held-out rows)."""
+    if not len(held_set):
+        return None
+    collate = Collator(pad_token_id=backbone.tokenizer.pad_token_id or 0)
+    return accelerator.prepare(torch.utils.data.DataLoader(held_set, batch_size=recipe.train.batch_size, collate_fn=collate))
 
 
 def _datasets(recipe: Recipe, backbone: Backbone, accelerator, progress: bool):

@@ -80,4 +80,12 @@ def test_a_decode_is_predicted_from_the_positions_it_makes(tmp_path):
     whole, source = read_calibration(tmp_path)
     assert whole.path_counts == stats.path_counts and whole.cells.keys() == stats.cells.keys() and "8 positions" in source
     shaped, source = read_calibration(tmp_path, 2, 64)
-    assert shaped.path_counts == early.path_counts and "2 turn(s) x 64 new tokens" in source and "4 positions" in source
+    assert shaped.path_counts == early.path_counts and "2 turn(s) x 64 new tokens makes (4 positions" in source
+    # No cell fits (no first turns here), or a file from before cells: all positions, and it says so.
+    assert RankStats.located(ranks[6:], turns[6:], offsets[6:]).within(2, 64) is None
+    (tmp_path / CALIBRATION_NAME).write_text(calibration_json(RankStats.located(ranks[6:], turns[6:], offsets[6:]), "held-out rows"))
+    shaped, source = read_calibration(tmp_path, 2, 64)
+    assert shaped.positions == 2 and "all positions, not only those" in source and "no position lies in them" in source
+    (tmp_path / CALIBRATION_NAME).write_text(calibration_json(RankStats.from_ranks(ranks), "held-out rows"))
+    shaped, source = read_calibration(tmp_path, 2, 64)
+    assert shaped.positions == 8 and "rerun bench/recalibrate.py" in source

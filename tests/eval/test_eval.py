@@ -88,6 +88,21 @@ def test_eval_resumes_from_its_partial_file_and_refuses_other_settings(heads_dir
         run_eval(EvalConfig(heads=str(heads_dir), prompts=str(prompts), max_new_tokens=7), out, progress=False)
 
 
+def test_a_resumed_auto_tree_eval_decodes_with_the_tree_it_began_with(heads_dir, prompts, tmp_path):
+    out = tmp_path / "report.json"
+    options = EvalConfig(heads=str(heads_dir), prompts=str(prompts), max_new_tokens=6, dtype="float32")  # tree auto
+    run_eval(options, out, progress=False)
+    partial = out.with_name("report.json.partial.jsonl")
+    lines = partial.read_text().splitlines()
+    header = json.loads(lines[0])
+    # Costs measured at a restart could pick another tree; the run must go on with its own.
+    header["tree"] = {"kind": "dynamic", "budget": 3, "width": 2}
+    partial.write_text("\n".join([json.dumps(header), lines[1]]) + "\n")  # stopped after the first prompt
+    report = run_eval(options, out, progress=False)
+    assert {k: report["tree"][k] for k in ("kind", "budget", "width")} == {"kind": "dynamic", "budget": 3, "width": 2}
+    assert report["tree_choice"]["reason"].startswith("resumed with the tree the run began with")
+
+
 def test_tree_search_saves_a_tree_that_eval_uses_by_default(repeating_heads_dir, prompts, tmp_path, capsys):
     heads_dir = repeating_heads_dir
     assert main(["tree", "--heads", str(heads_dir), "--prompts", str(prompts), "--budget", "4", "--max-new-tokens", "24"]) == 0

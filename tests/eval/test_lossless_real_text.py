@@ -64,8 +64,12 @@ def test_our_greedy_decoding_equals_hf_generate_on_real_multi_turn_text(demo):
     assert len({tuple(a) for a in answers}) == 4 and all(len(set(a)) > 3 for a in answers)
     ended = [a[-1] in eos for a in answers]
     assert any(ended) and not all(ended), [demo.tokenizer.decode(a) for a in answers]
-    accepted = [n for record in records for turn in record["methods"]["ours_tree"] for n in turn["accepted"]]
-    assert {0, 1, 2, 3, 4} <= set(accepted)  # every acceptance length, the full path included
+    tree_turns = [turn for record in records for turn in record["methods"]["ours_tree"]]
+    assert {0, 1, 2, 3, 4} <= {n for turn in tree_turns for n in turn["accepted"]}  # every acceptance length, the full path included
+    # A turn whose EOS was an accepted draft: every step but the last added a bonus token after its
+    # accepted drafts; the last stopped at the EOS it accepted (first token: the prompt's forward).
+    assert any(t["tokens"][-1] in eos and len(t["tokens"]) == 1 + sum(t["accepted"]) + len(t["accepted"]) - 1 for t in tree_turns), \
+        [(len(t["tokens"]), t["accepted"]) for t in tree_turns]
 
 
 def test_stop_strings_end_where_hf_generate_ends(demo):
@@ -79,9 +83,12 @@ def test_stop_strings_end_where_hf_generate_ends(demo):
 
     full = hf(None)
     text = demo.tokenizer.decode(full)
-    # Stop strings that end inside the answer: a word of it, and a piece spanning a token boundary.
+    # Stop strings that end inside the answer: a word of it, and a piece spanning a token boundary
+    # (the last two characters of one token and the first two of the next).
     words = text.split()
-    stops = [words[len(words) // 2], text[len(text) // 3 : len(text) // 3 + 4]]
+    pieces = [demo.tokenizer.decode([t]) for t in full]
+    k = next(i for i in range(len(full) // 3, len(full) - 1) if len(pieces[i].strip()) >= 2 and len(pieces[i + 1].strip()) >= 2)
+    stops = [words[len(words) // 2], pieces[k][-2:] + pieces[k + 1][:2]]
     heads = ScriptedHeads(demo, num_heads=4)
     heads.references.append(prompt + full)
     for stop in stops:
