@@ -12,8 +12,9 @@ backbone's distribution over the draft vocabulary at every answer position), by 
 same steps and batch: the same training compute. `--steps` trains arm B longer (what the larger
 data set a teacher-forced hour gives is worth when it is used). Both heads then decode the same
 MT-bench questions greedily in bf16; τ, and the heads' held-out top-1 by depth, are printed side by
-side. Resumable: each stage is skipped when its output exists (a cache built earlier, for instance
-by the EAGLE-3 recipe, whose layers include every other family's, is used as it is).
+side. Resumable: each stage is skipped when its output exists. A cache built earlier is used as it
+is: build it with the EAGLE-3 recipe, whose layers include every other family's (training refuses a
+cache that lacks a layer the family reads, naming it).
 """
 
 from __future__ import annotations

@@ -108,6 +108,8 @@ def main() -> None:
     dtype, note = resolve_dtype(args.dtype, torch.device("cpu"))
     print(f"dtype: {note}")
     if args.report_only:
+        if not (out / "trees.json").is_file():
+            raise SystemExit(f"{out / 'trees.json'}: no decode run has started with these recipes (run without --report-only)")
         trees = json.loads((out / "trees.json").read_text())
         records = finished_prompts(out / "decode", fingerprint_of(args, dtype, method_names(chosen, args.reference), trees))
         if not records:
@@ -145,7 +147,8 @@ def main() -> None:
 
 
 def fingerprint_of(args, dtype: str, names: list[str], trees: dict) -> str:
-    """The settings a resumed run must share: a tree chosen anew (other costs or calibration) starts over."""
+    """The settings a resumed run must share: a tree chosen anew (other costs or calibration) is
+    refused by `run_prompts` (delete decode.partial.jsonl to start over with it)."""
     shapes = {recipe: {k: choice[k] for k in ("budget", "width", "paths") if k in choice} for recipe, choice in sorted(trees.items())}
     return json.dumps([args.limit, args.max_new_tokens, dtype, names, shapes])
 
