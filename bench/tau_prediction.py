@@ -4,10 +4,11 @@ for static trees as well as dynamic ones (issue 17: within 5%).
     python bench/tau_prediction.py [--set quality] [--limit 16] [--budget 8 --width 4] [--prompts unseen-sharegpt]
 
 For each family's heads (the same sets as bench/families.py), in the decode dtype: the static tree
-of the `budget` most frequent held-out rank paths (at most `width` per depth; what `draftheads tree`
-would build from the same statistics) and the dynamic tree of the same budget and width. Each is
-decoded greedily over the MT-bench questions (spread over the categories, both turns) and its
-measured τ is printed beside the prediction from `calibration.json`, which the decode never sees.
+of the `budget` most frequent held-out rank paths over all positions (at most `width` per depth)
+and the dynamic tree of the same budget and width. Each is decoded greedily over the MT-bench
+questions (spread over the categories, both turns) and its measured τ is printed beside two
+predictions from `calibration.json`, which the decode never sees: from every held-out position,
+and from those a decode of 2 turns x max-new-tokens drafts in (what `draftheads eval` uses).
 Only τ is measured here, so the methods are not interleaved for timing.
 
 `--prompts unseen-sharegpt` decodes ShareGPT conversations 300 onwards instead: the same source as
@@ -40,13 +41,15 @@ UNSEEN_SHAREGPT = 300
 """First ShareGPT conversation of `--prompts unseen-sharegpt` (the quality data answered 226)."""
 
 
-def trees_for(stats, budget: int, width: int) -> dict[str, tuple[TreeSpec, float]]:
-    """The static and dynamic tree of one budget and width, each with its predicted τ."""
-    paths = stats.best_paths(budget, width)
-    static = TreeSpec("static", paths=paths)
+def trees_for(whole, shaped, budget: int, width: int) -> dict[str, tuple[TreeSpec, float, float]]:
+    """The static tree of the `budget` most frequent held-out rank paths over all positions (at most
+    `width` per depth) and the dynamic tree of the same budget and width, each with its τ predicted
+    from every held-out position (`whole`) and from those a decode of this shape drafts in (`shaped`)."""
+    paths = whole.best_paths(budget, width)
+    static = Tree.from_paths(paths)
     return {
-        "static": (static, stats.expected_tau(Tree.from_paths(paths))),
-        "dynamic": (TreeSpec("dynamic", budget=budget, width=width), expected_tau(stats, budget, width)),
+        "static": (TreeSpec("static", paths=paths), whole.expected_tau(static), shaped.expected_tau(static)),
+        "dynamic": (TreeSpec("dynamic", budget=budget, width=width), expected_tau(whole, budget, width), expected_tau(shaped, budget, width)),
     }
 
 
@@ -67,13 +70,15 @@ def main() -> None:
     methods, predicted, trees = [], {}, {}
     for label, recipe, folder, _ in families:
         draft = load_family(Path("outputs") / folder / "heads", base, dtype)
-        saved = read_calibration(draft.folder, 2, args.max_new_tokens)  # both prompt sets are decoded 2 turns deep
-        if saved is None:
+        whole = read_calibration(draft.folder)
+        if whole is None:
             raise SystemExit(f"{draft.folder}: no calibration.json (train the heads with draftheads train)")
-        for kind, (tree, tau) in trees_for(saved[0], args.budget, args.width).items():
+        shaped, source = read_calibration(draft.folder, 2, args.max_new_tokens)  # both prompt sets are decoded 2 turns deep
+        print(f"{label}: calibration {source}")
+        for kind, (tree, tau_all, tau_shaped) in trees_for(whole[0], shaped, args.budget, args.width).items():
             name = f"{recipe}:{kind}"
             methods.append(engine_method(name, Engine(draft.backbone, draft.heads, tree)))
-            predicted[name] = (label, kind, tau)
+            predicted[name] = (label, kind, tau_all, tau_shaped)
             trees[name] = tree.paths or [tree.budget, tree.width]
     eos = Engine(base).default_eos()
     config = GenerationConfig(max_new_tokens=args.max_new_tokens, eos_token_ids=eos, seed=0)
@@ -87,11 +92,11 @@ def main() -> None:
             prompt.turns = prompt.turns[:2]
     records = run_prompts(runner, prompts, out / f"tau_prediction-{args.prompts}", fingerprint, 0, progress=True)
     print(f"\n{len(records)} {args.prompts} conversations, both turns, {args.max_new_tokens} new tokens, greedy, {dtype}, budget {args.budget} x width {args.width}")
-    print("| heads | tree | τ predicted (held-out calibration) | τ measured | (predicted - measured) / measured |")
+    print("| heads | tree | τ measured | τ predicted: all held-out positions | τ predicted: the positions this decode drafts in |")
     print("| --- | --- | --- | --- | --- |")
-    for name, (label, kind, tau) in predicted.items():
+    for name, (label, kind, tau_all, tau_shaped) in predicted.items():
         measured = tau_of([a for r in records for t in r["methods"][name] for a in t["accepted"]]) or 1.0
-        print(f"| {label} | {kind} | {tau:.3f} | {measured:.3f} | {(tau - measured) / measured:+.1%} |")
+        print(f"| {label} | {kind} | {measured:.3f} | {tau_all:.3f} ({(tau_all - measured) / measured:+.1%}) | {tau_shaped:.3f} ({(tau_shaped - measured) / measured:+.1%}) |")
 
 
 if __name__ == "__main__":
