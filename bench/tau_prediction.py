@@ -30,7 +30,9 @@ from draftheads.decoding.calibration import read_calibration
 from draftheads.decoding.engine import Engine, GenerationConfig
 from draftheads.decoding.tree import Tree, TreeSpec
 from draftheads.eval.metrics import tau_of
-from draftheads.eval.prompts import load_prompts
+from draftheads.data.config import SourceConfig
+from draftheads.data.sources import read_source
+from draftheads.eval.prompts import EvalPrompt, load_prompts
 from draftheads.eval.runner import Runner, engine_method, run_prompts
 from draftheads.models.backbone import BackboneConfig, load_backbone
 from draftheads.utils.device import resolve_dtype
@@ -39,6 +41,19 @@ from families import SETS, load_family
 
 UNSEEN_SHAREGPT = 300
 """First ShareGPT conversation of `--prompts unseen-sharegpt` (the quality data answered 226)."""
+
+
+def unseen_sharegpt(limit: int) -> list[EvalPrompt]:
+    """`limit` ShareGPT conversations from UNSEEN_SHAREGPT on, their first two user turns (as
+    MT-bench has); records without a user turn, and openings over 3,000 characters (gen-data skips
+    long prompts too), are passed over."""
+    conversations, _ = read_source(SourceConfig(path="demo:sharegpt", limit=UNSEEN_SHAREGPT + 4 * limit), require_assistant=False, skip_invalid=True)
+    prompts = []
+    for conv in conversations[UNSEEN_SHAREGPT:]:
+        turns = [m["content"] for m in conv.messages if m["role"] == "user"][:2]
+        if turns and len(turns[0]) <= 3000:
+            prompts.append(EvalPrompt(conv.id, "sharegpt", turns))
+    return prompts[:limit]
 
 
 def trees_for(whole, shaped, budget: int, width: int) -> dict[str, tuple[TreeSpec, float, float]]:
@@ -87,9 +102,7 @@ def main() -> None:
     if args.prompts == "mt-bench":
         prompts = load_prompts("mt-bench", args.limit)
     else:
-        prompts = load_prompts("sharegpt", UNSEEN_SHAREGPT + args.limit)[UNSEEN_SHAREGPT:]
-        for prompt in prompts:  # two turns, as MT-bench has
-            prompt.turns = prompt.turns[:2]
+        prompts = unseen_sharegpt(args.limit)
     records = run_prompts(runner, prompts, out / f"tau_prediction-{args.prompts}", fingerprint, 0, progress=True)
     print(f"\n{len(records)} {args.prompts} conversations, both turns, {args.max_new_tokens} new tokens, greedy, {dtype}, budget {args.budget} x width {args.width}")
     print("| heads | tree | τ measured | τ predicted: all held-out positions | τ predicted: the positions this decode drafts in |")
