@@ -133,12 +133,13 @@ def main() -> None:
         print(f"{label}:")
         tree, trees[recipe] = resolve_tree(EvalConfig(heads=str(draft.folder), max_new_tokens=args.max_new_tokens), draft, turns=2)  # MT-bench: 2 turns
         methods.append(engine_method(recipe, Engine(draft.backbone, draft.heads, tree), ref))
-    (out / "trees.json").write_text(json.dumps(trees) + "\n")  # what --report-only reads
     assert [m.name for m in methods] == method_names(chosen, args.reference)
     config = GenerationConfig(max_new_tokens=args.max_new_tokens, eos_token_ids=eos, seed=0)
     runner = Runner(methods, ChatFormatter(base.tokenizer, model_name=base.location.spec), config, near_tie_epsilon(base.lm_head.weight.dtype))
     prompts = interleaved_categories(load_prompts("mt-bench", args.limit))
     fingerprint = fingerprint_of(args, dtype, [m.name for m in methods], trees)
+    finished_prompts(out / "decode", fingerprint)  # refuses a stopped run with other trees before trees.json is replaced
+    (out / "trees.json").write_text(json.dumps(trees) + "\n")  # what --report-only reads
     start = time.perf_counter()
     records = run_prompts(runner, prompts, out / "decode", fingerprint, 0, progress=True)
     print(f"decode run: {time.perf_counter() - start:.0f} s, {len(records)} prompts x {len(methods)} methods")
