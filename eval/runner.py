@@ -250,10 +250,7 @@ def run_eval(config: EvalConfig, out: Path, progress: bool = True) -> dict:
 def resumed_tree(partial: Path, fingerprint: str) -> tuple[TreeSpec, dict] | None:
     """The tree a stopped run with these settings began with: a resumed run decodes with it again
     (an auto tree chosen anew from costs measured now could differ, and the records would mix)."""
-    if not partial.exists():
-        return None
-    lines = [line for _, line in read_lines(partial)]
-    header = json.loads(lines[0]) if lines else {}
+    header, _ = _partial_lines(partial)
     if header.get("options") != fingerprint or "tree" not in header:
         return None  # run_prompts refuses other settings; a run from before trees were kept starts as it did
     tree = header["tree"]
@@ -267,11 +264,18 @@ def finished_prompts(out: Path, fingerprint: str) -> list[dict]:
     return _read_partial(out.with_name(out.name + ".partial.jsonl"), fingerprint)
 
 
+def _partial_lines(path: Path) -> tuple[dict, list[str]]:
+    """A partial file's header and its lines ({} and [] when there is none)."""
+    if not path.exists():
+        return {}, []
+    lines = [line for _, line in read_lines(path)]
+    return (json.loads(lines[0]) if lines else {}), lines
+
+
 def _read_partial(path: Path, fingerprint: str) -> list[dict]:
     if not path.exists():
         return []
-    lines = [line for _, line in read_lines(path)]
-    header = json.loads(lines[0]) if lines else {}
+    header, lines = _partial_lines(path)
     if header.get("options") != fingerprint:
         raise ConfigError(f"{path}: left by an eval with other settings; delete it, or rerun with the same settings to resume")
     records = []

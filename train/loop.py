@@ -190,10 +190,10 @@ def evaluate(
             drafted = output.states
             if len(drafted) < heads.config.num_heads:  # ranks of every depth the heads draft, trained or not
                 drafted = heads(features, batch["input_ids"], batch.get("position_ids"), depths=heads.config.num_heads).states
-            ranks.append(joint_ranks(heads, drafted, batch, backbone.lm_head).cpu())
+            rows, cols = joint_positions(batch, len(drafted))
+            ranks.append(joint_ranks(heads, drafted, batch, backbone.lm_head, rows, cols).cpu())
             # Where each position's first drafted token (t + 2) lies in its conversation: a decode
             # drafts answer tokens from its second on, so calibration can keep the positions like its own.
-            rows, cols = joint_positions(batch, len(drafted))
             turn, offset = answer_coordinates(batch)
             located.append(torch.stack([turn[rows, cols + 2], offset[rows, cols + 2]], 1).cpu())
             if measure_drift:
