@@ -35,11 +35,12 @@ from draftheads.decoding.autotree import expected_tau
 from draftheads.decoding.calibration import read_calibration
 from draftheads.decoding.divergence import near_tie_epsilon
 from draftheads.decoding.engine import Engine, GenerationConfig
+from draftheads.decoding.tree import TreeSpec
 from draftheads.eval.config import EvalConfig
 from draftheads.eval.metrics import acceptance_by_depth, divergences, hardware, tau_of
 from draftheads.eval.report import write_summary
 from draftheads.eval.prompts import load_prompts
-from draftheads.eval.runner import Runner, engine_method, finished_prompts, hf_method, resolve_tree, run_prompts
+from draftheads.eval.runner import Runner, engine_method, finished_prompts, hf_method, partial_lines, resolve_tree, run_prompts
 from draftheads.models.backbone import BackboneConfig, load_backbone
 from draftheads.models.draft_model import DraftModel
 from draftheads.models.hub import refresh_card
@@ -123,6 +124,7 @@ def main() -> None:
     if args.reference == "baseline":
         methods.insert(0, engine_method("baseline", Engine(base)))
         methods[1] = hf_method("hf_generate", base, eos, None, "baseline")
+    stopped = stopped_run_trees(out, args, dtype, method_names(chosen, args.reference))
     trees = {}
     for label, recipe, folder, _ in chosen:
         draft = load_family(Path("outputs") / folder / "heads", base, dtype)
@@ -131,7 +133,12 @@ def main() -> None:
             ref = f"baseline:{recipe}"
             methods.append(engine_method(ref, Engine(draft.backbone)))
         print(f"{label}:")
-        tree, trees[recipe] = resolve_tree(EvalConfig(heads=str(draft.folder), max_new_tokens=args.max_new_tokens), draft, turns=2)  # MT-bench: 2 turns
+        if stopped is not None:
+            trees[recipe] = stopped[recipe]
+            tree = TreeSpec("dynamic", budget=trees[recipe]["budget"], width=trees[recipe]["width"]) if trees[recipe]["budget"] else TreeSpec("none")
+            print(f"  resumed with the tree the stopped run began with: {tree.describe()}")
+        else:
+            tree, trees[recipe] = resolve_tree(EvalConfig(heads=str(draft.folder), max_new_tokens=args.max_new_tokens), draft, turns=2)  # MT-bench: 2 turns
         methods.append(engine_method(recipe, Engine(draft.backbone, draft.heads, tree), ref))
     assert [m.name for m in methods] == method_names(chosen, args.reference)
     config = GenerationConfig(max_new_tokens=args.max_new_tokens, eos_token_ids=eos, seed=0)
@@ -145,6 +152,19 @@ def main() -> None:
     print(f"decode run: {time.perf_counter() - start:.0f} s, {len(records)} prompts x {len(methods)} methods")
     (out / "decode.json").write_text(json.dumps({"trees": trees, "records": records}) + "\n")
     report(chosen, records, trees, dtype, args, out)
+
+
+def stopped_run_trees(out: Path, args, dtype: str, names: list[str]) -> dict | None:
+    """The trees of a stopped run with these settings (trees.json, when decode.partial.jsonl was
+    begun with them): a resumed run decodes with them again, since trees chosen anew from costs
+    measured now could differ and the records would mix. None: no such run, choose anew."""
+    if not (out / "trees.json").is_file():
+        return None
+    trees = json.loads((out / "trees.json").read_text())
+    header, _ = partial_lines(out / "decode.partial.jsonl")
+    if header.get("options") != fingerprint_of(args, dtype, names, trees):
+        return None
+    return trees
 
 
 def fingerprint_of(args, dtype: str, names: list[str], trees: dict) -> str:

@@ -2,7 +2,8 @@
 over the engine's KV cache, accept, commit (compact the cache to the accepted path), repeat.
 
 Plain autoregressive decoding is the same loop with a root-only tree, so speedups compare like
-with like. The engine never asks which head family it drives: it calls `begin_draft` with the
+with like. A lookup branch (`TreeSpec.lookup`, greedy) adds tokens copied from the context to the
+drafted tree before verification; with a root-only tree that is prompt-lookup decoding. The engine never asks which head family it drives: it calls `begin_draft` with the
 features of the tokens just committed (and the previous drafting state) and `draft_step` through
 a drafter.
 """
@@ -18,6 +19,7 @@ import torch
 from draftheads.decoding.acceptance import Accepted, accept_greedy, accept_sampling, accept_typical
 from draftheads.decoding.cache import KVCache, install_tree_attention, unsupported_attention
 from draftheads.decoding.drafting import Draft, DynamicDrafter, StaticDrafter
+from draftheads.decoding.lookup import graft, lookup_continuation
 from draftheads.decoding.sampling import SamplingConfig, sample
 from draftheads.decoding.tree import Tree, TreeSpec
 from draftheads.models.backbone import LAST, Backbone, default_eos
@@ -118,6 +120,8 @@ class Engine:
             template = Tree.from_paths(tree.paths if tree.kind == "static" else [])
             self.drafter = StaticDrafter(template, heads.config.num_heads if self.heads is not None else 0)
             self.static_mask = template.ancestor_mask().to(self.device)  # once, not per step
+        self.max_nodes = self.drafter.max_nodes + tree.lookup
+        """Most nodes (root included) a step verifies: the drafted tree and the lookup branch."""
         self.cache = KVCache(0, backbone.num_layers, kernels)
 
     def default_eos(self) -> tuple[int, ...]:
@@ -143,6 +147,8 @@ class Engine:
         """New tokens after `prompt_ids` (one sequence)."""
         config = config or GenerationConfig()
         rule = config.rule()
+        if self.tree_spec.lookup and rule == "sampling":
+            raise ValueError("a lookup branch (tree lookup > 0) needs greedy or typical acceptance: copied tokens have no draft distribution, so speculative sampling could not stay exact")
         sampling = config.sampling
         prompt = torch.as_tensor(prompt_ids, dtype=torch.long).flatten()
         if prompt.numel() == 0:
@@ -155,7 +161,8 @@ class Engine:
             generator.manual_seed(config.seed)
         else:
             generator.seed()  # a fresh nondeterministic seed, leaving torch's global RNG alone
-        self.cache.reset(prompt.numel() + config.max_new_tokens + self.drafter.max_nodes)
+        self.cache.reset(prompt.numel() + config.max_new_tokens + self.max_nodes)
+        context = prompt.tolist()  # what the lookup branch copies from (emitted tokens are appended)
         times = dict.fromkeys(("prefill", "draft", "verify", "accept", "other"), 0.0)
         result = GenerationResult(tokens=[], finish_reason="length", times=times)
         stopper = _Stopper(self.backbone.tokenizer, eos, config.stop_strings, config.max_new_tokens, result)
@@ -175,6 +182,10 @@ class Engine:
             t0 = time.perf_counter()
             draft = self.drafter.draft(self.heads, state, root, self.backbone.lm_head, sampling, generator, rule == "sampling")
             mask = self.static_mask if self.static_mask is not None else draft.tree.ancestor_mask()
+            if self.tree_spec.lookup:
+                size = draft.tree.size
+                draft = graft(draft, lookup_continuation(context + result.tokens, self.tree_spec.lookup, self.tree_spec.lookup_ngram))
+                mask = mask if draft.tree.size == size else draft.tree.ancestor_mask()
             if draft.scores is not None:
                 result.predicted.append(1 + float(draft.scores[1:].exp().sum()))
             synchronize(self.device)

@@ -96,14 +96,33 @@ class TreeSpec:
     """Dynamic trees: most drafted nodes per step (root excluded)."""
     width: int = 8
     """Dynamic trees: most nodes added per depth."""
+    lookup: int = 0
+    """Greedy decoding: also verify up to this many tokens copied from the context after the latest
+    earlier occurrence of its last n-gram, as one more path under the root (decoding/lookup.py); 0:
+    off. With kind none this is prompt-lookup decoding on the engine."""
+    lookup_ngram: int = 2
+    """The longest context suffix the lookup matches (shorter ones down to 1 are tried when it has
+    no earlier occurrence; HF prompt lookup's max_matching_ngram_size)."""
+
+    def __post_init__(self) -> None:
+        if self.lookup < 0 or self.lookup_ngram < 1:
+            raise ValueError(f"tree lookup must be at least 0 and lookup_ngram at least 1, got {self.lookup} and {self.lookup_ngram}")
 
     def describe(self) -> dict:
         """JSON-ready description for reports."""
         if self.kind == "static":
-            return {"kind": "static", "budget": Tree.from_paths(self.paths or []).size - 1, "paths": self.paths}
-        if self.kind == "dynamic":
-            return {"kind": "dynamic", "budget": self.budget, "width": self.width}
-        return {"kind": "none", "budget": 0}
+            shape = {"kind": "static", "budget": Tree.from_paths(self.paths or []).size - 1, "paths": self.paths}
+        elif self.kind == "dynamic":
+            shape = {"kind": "dynamic", "budget": self.budget, "width": self.width}
+        else:
+            shape = {"kind": "none", "budget": 0}
+        return {**shape, "lookup": self.lookup, "lookup_ngram": self.lookup_ngram} if self.lookup else shape
+
+    @classmethod
+    def from_description(cls, tree: dict) -> "TreeSpec":
+        """The spec `describe` wrote."""
+        return cls(tree["kind"], paths=tree.get("paths"), budget=tree.get("budget", 16), width=tree.get("width", 8),
+                   lookup=tree.get("lookup", 0), lookup_ngram=tree.get("lookup_ngram", 2))
 
 
 def default_static_paths(depth: int, budget: int) -> list[list[int]]:

@@ -41,10 +41,18 @@ class TreeSettings:
     """Drafted nodes per step (dynamic trees, and static trees without a saved one)."""
     width: int = 8
     """Dynamic trees: most nodes added per depth."""
+    lookup: int = 0
+    """Greedy decoding: also verify up to this many tokens copied from the context (prompt lookup)
+    as one more path of every step's tree, on top of the tree chosen above; 0: off. The auto tree's
+    expected tokens/s does not count it."""
+    lookup_ngram: int = 2
+    """The longest context suffix the lookup matches (then shorter ones, down to 1)."""
 
     def __post_init__(self) -> None:
         if self.budget < 1 or self.width < 1:
             raise ValueError(f"tree budget and width must be at least 1, got {self.budget} and {self.width}")
+        if self.lookup < 0 or self.lookup_ngram < 1:
+            raise ValueError(f"tree.lookup must be at least 0 and tree.lookup_ngram at least 1, got {self.lookup} and {self.lookup_ngram}")
 
 
 @dataclass
@@ -90,6 +98,8 @@ class EvalConfig:
             raise ValueError(f"limit must be at least 1, got {self.limit}")
         if self.drift_batches is not None and self.drift_batches < 1:
             raise ValueError(f"drift_batches must be at least 1, got {self.drift_batches}")
+        if self.tree.lookup and self.sampling.temperature > 0:
+            raise ValueError("tree.lookup needs greedy decoding (sampling.temperature 0): copied tokens have no draft distribution, so speculative sampling could not stay exact")
 
     def fingerprint(self) -> str:
         """Hash of the settings that change results (a partial file from other settings is refused)."""

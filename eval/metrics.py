@@ -64,7 +64,16 @@ def divergences(records: list[dict], method: str) -> tuple[int, int]:
 def predicted_tau(tree: TreeSpec, own: RankStats, held_out, ours_turns: list[dict]) -> tuple[float | None, list[float] | None, str]:
     """τ predicted for `tree`, its acceptance by depth (static trees), and where it comes from: the
     held-out calibration when the heads carry one, else the eval's own answers (static) or the heads'
-    own draft probabilities (dynamic)."""
+    own draft probabilities (dynamic). A lookup branch's copies are not predicted: the value is the
+    heads' tree alone (none without a drafted tree)."""
+    tau, by_depth, source = _drafted_tree_tau(tree, own, held_out, ours_turns)
+    if not tree.lookup:
+        return tau, by_depth, source
+    note = f"the heads' tree alone, what the {tree.lookup}-token lookup branch adds is not predicted"
+    return (None, None, f"not predicted ({note})") if tree.kind == "none" else (tau, by_depth, f"{note}: {source}")
+
+
+def _drafted_tree_tau(tree: TreeSpec, own: RankStats, held_out, ours_turns: list[dict]) -> tuple[float | None, list[float] | None, str]:
     stats, where = (held_out[0], f"calibrated on {held_out[1]}") if held_out else (own, "calibrated on the baseline's answers to these prompts")
     if tree.kind == "static":
         static = Tree.from_paths(tree.paths)
@@ -127,7 +136,7 @@ def build_report(config, draft: DraftModel, tree: TreeSpec, records: list[dict],
         "tree": tree_info,
         "steps": len(accepted),
         "tau": tau_of(accepted),
-        "acceptance_by_depth": acceptance_by_depth(accepted, depth),
+        "acceptance_by_depth": acceptance_by_depth(accepted, max([depth, *accepted])),  # a lookup branch goes deeper than the heads
         "tau_by_category": {c: tau_of(a) for c, a in sorted(by_category.items())},
         "tau_predicted": tau_predicted,
         "tau_predicted_source": source,

@@ -22,7 +22,8 @@ def markdown(report: dict) -> str:
         "",
         f"{report['n_prompts']} prompts ({report['n_turns']} turns) from `{report['prompts']}`, "
         f"max {report['max_new_tokens']} new tokens, temperature {report['temperature']}, "
-        f"{report['acceptance']} acceptance, {tree['kind']} tree (budget {tree.get('budget')}); "
+        f"{report['acceptance']} acceptance, {tree['kind']} tree (budget {tree.get('budget')}"
+        f"{', and a lookup branch of up to %d copied tokens' % tree['lookup'] if tree.get('lookup') else ''}); "
         f"{report['device']}, {report['date']}.",
         "",
         "| method | new tokens | seconds | tokens/s | ours is faster by |",

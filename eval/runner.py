@@ -166,8 +166,14 @@ def calibration(draft: DraftModel, progress: bool, turns: int | None = None, new
 
 
 def resolve_tree(config: EvalConfig, draft: DraftModel, progress: bool = True, turns: int | None = None) -> tuple[TreeSpec, dict]:
-    """The tree our decoder drafts, and how it was chosen (for the report); see `TreeSettings.kind`.
-    `turns`: the most turns a prompt has (the auto tree is chosen for that decode's positions)."""
+    """The tree our decoder drafts (with the lookup branch asked for), and how it was chosen (for
+    the report); see `TreeSettings`. `turns`: the most turns a prompt has (the auto tree is chosen
+    for that decode's positions)."""
+    spec, choice = _drafted_tree(config, draft, progress, turns)
+    return dataclasses.replace(spec, lookup=config.tree.lookup, lookup_ngram=config.tree.lookup_ngram), choice
+
+
+def _drafted_tree(config: EvalConfig, draft: DraftModel, progress: bool, turns: int | None) -> tuple[TreeSpec, dict]:
     settings, saved = config.tree, draft.heads.config.tree
     if settings.kind == "none":
         return TreeSpec("none"), {"reason": "asked for (--tree none)"}
@@ -250,11 +256,10 @@ def run_eval(config: EvalConfig, out: Path, progress: bool = True) -> dict:
 def resumed_tree(partial: Path, fingerprint: str) -> tuple[TreeSpec, dict] | None:
     """The tree a stopped run with these settings began with: a resumed run decodes with it again
     (an auto tree chosen anew from costs measured now could differ, and the records would mix)."""
-    header, _ = _partial_lines(partial)
+    header, _ = partial_lines(partial)
     if header.get("options") != fingerprint or "tree" not in header:
         return None  # run_prompts refuses other settings; a run from before trees were kept starts as it did
-    tree = header["tree"]
-    spec = TreeSpec(tree["kind"], paths=tree.get("paths"), budget=tree.get("budget", 16), width=tree.get("width", 8))
+    spec = TreeSpec.from_description(header["tree"])
     choice = header.get("tree_choice", {})
     return spec, {**choice, "reason": f"resumed with the tree the run began with ({choice.get('reason', 'unknown')})"}
 
@@ -264,7 +269,7 @@ def finished_prompts(out: Path, fingerprint: str) -> list[dict]:
     return _read_partial(out.with_name(out.name + ".partial.jsonl"), fingerprint)
 
 
-def _partial_lines(path: Path) -> tuple[dict, list[str]]:
+def partial_lines(path: Path) -> tuple[dict, list[str]]:
     """A partial file's header and its lines ({} and [] when there is none)."""
     if not path.exists():
         return {}, []
@@ -275,7 +280,7 @@ def _partial_lines(path: Path) -> tuple[dict, list[str]]:
 def _read_partial(path: Path, fingerprint: str) -> list[dict]:
     if not path.exists():
         return []
-    header, lines = _partial_lines(path)
+    header, lines = partial_lines(path)
     if header.get("options") != fingerprint:
         raise ConfigError(f"{path}: left by an eval with other settings; delete it, or rerun with the same settings to resume")
     records = []

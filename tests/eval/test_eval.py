@@ -190,6 +190,21 @@ def test_eval_config_files_and_bad_settings(heads_dir, prompts, tmp_path, capsys
     assert "tree.knd: unknown key (did you mean 'kind'?)" in capsys.readouterr().err
     assert main(["eval", "--heads", str(heads_dir), "--prompts", str(prompts), "--dtype", "float16", "--device", "cpu"]) == 2
     assert "float16 on a CPU" in capsys.readouterr().err
+    assert main(["eval", "--heads", str(heads_dir), "--prompts", str(prompts), "--temperature", "0.7", "--tree-lookup", "8"]) == 2
+    assert "tree.lookup needs greedy decoding" in capsys.readouterr().err
+
+
+def test_eval_with_a_lookup_branch_reports_it_and_stays_lossless(heads_dir, prompts, tmp_path):
+    out = tmp_path / "report.json"
+    code = main(["eval", "--dtype", "float32", "--heads", str(heads_dir), "--prompts", str(prompts), "--max-new-tokens", "24",
+                 "--tree", "dynamic", "--tree-budget", "4", "--tree-lookup", "6", "--out", str(out)])
+    assert code == 0
+    report = json.loads(out.read_text())
+    assert report["tree"]["lookup"] == 6 and report["tree"]["lookup_ngram"] == 2
+    assert report["greedy_mismatches"] == 0 and report["hf_generate_mismatches"] == 0
+    assert report["tau"] == pytest.approx(1 + sum(report["acceptance_by_depth"]))  # depths past the heads' are counted
+    assert report["tau_predicted_source"].startswith("the heads' tree alone, what the 6-token lookup branch adds is not predicted: ")
+    assert "lookup branch of up to 6 copied tokens" in out.with_suffix(".md").read_text()
 
 
 def test_a_short_mt_bench_run_covers_every_category():

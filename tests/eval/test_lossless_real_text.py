@@ -11,6 +11,7 @@ import torch
 
 from draftheads.data.chat import ChatFormatter
 from draftheads.decoding.engine import Engine, GenerationConfig
+from draftheads.decoding.sampling import SamplingConfig
 from draftheads.decoding.tree import TreeSpec
 from draftheads.eval.prompts import EvalPrompt
 from draftheads.eval.runner import Method, Runner, engine_method, hf_method
@@ -98,3 +99,28 @@ def test_stop_strings_end_where_hf_generate_ends(demo):
         for engine in (Engine(demo), Engine(demo, heads, TreeSpec("dynamic", budget=8, width=2))):
             result = engine.generate(prompt, config)
             assert result.tokens == expected and result.finish_reason == "stop_string", stop
+
+
+def test_a_lookup_branch_keeps_greedy_decoding_exact_and_accepts_copied_runs(demo):
+    """Prompt lookup as a branch of the tree (alone, and beside scripted heads): the second turn asks
+    for the first answer again, so copied runs longer than any head drafts are accepted, and copies
+    that go wrong are cut where the model disagrees."""
+    eos = Engine(demo).default_eos()
+    heads = ScriptedHeads(demo, num_heads=4)
+    methods = [
+        recording(hf_method("hf_generate", demo, eos, None, None), heads),
+        engine_method("lookup", Engine(demo, tree=TreeSpec("none", lookup=8)), "hf_generate"),
+        engine_method("tree_lookup", Engine(demo, heads, TreeSpec("dynamic", budget=6, width=2, lookup=8)), "hf_generate"),
+    ]
+    prompt = EvalPrompt("again", "copy", [PROMPTS[1].turns[0], "Repeat your previous answer exactly, word for word."])
+    runner = Runner(methods, ChatFormatter(demo.tokenizer), GenerationConfig(max_new_tokens=MAX_NEW, eos_token_ids=eos), 1e-3)
+    record = runner.run_prompt(prompt, 0, 0)
+    reference = record["methods"]["hf_generate"]
+    for name in ("lookup", "tree_lookup"):
+        assert [t["tokens"] for t in record["methods"][name]] == [t["tokens"] for t in reference], name
+        assert record["divergence"][name] is None
+        accepted = [a for t in record["methods"][name] for a in t["accepted"]]
+        assert max(accepted) > 4, (name, accepted)  # deeper than the heads draft: a copied run
+        assert 0 in accepted, (name, accepted)  # and steps where nothing (or a wrong copy) was accepted
+    with pytest.raises(ValueError, match="lookup branch"):
+        Engine(demo, tree=TreeSpec("none", lookup=8)).generate([1, 2, 3], GenerationConfig(max_new_tokens=4, sampling=SamplingConfig(temperature=1.0)))
