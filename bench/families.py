@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import hashlib
 import json
 import subprocess
 import time
@@ -112,7 +113,7 @@ def main() -> None:
         if not (out / "trees.json").is_file():
             raise SystemExit(f"{out / 'trees.json'}: no decode run has started with these recipes (run without --report-only)")
         trees = json.loads((out / "trees.json").read_text())
-        records = finished_prompts(out / "decode", fingerprint_of(args, dtype, method_names(chosen, args.reference), trees))
+        records = finished_prompts(out / "decode", fingerprint_of(args, dtype, chosen, trees))
         if not records:
             raise SystemExit(f"{out / 'decode.partial.jsonl'}: no finished prompts of a run with these settings")
         print(f"{len(records)} prompts finished (the run was stopped early: it resumes with the same command)")
@@ -124,7 +125,7 @@ def main() -> None:
     if args.reference == "baseline":
         methods.insert(0, engine_method("baseline", Engine(base)))
         methods[1] = hf_method("hf_generate", base, eos, None, "baseline")
-    stopped = stopped_run_trees(out, args, dtype, method_names(chosen, args.reference))
+    stopped = stopped_run_trees(out, args, dtype, chosen)
     trees = {}
     for label, recipe, folder, _ in chosen:
         draft = load_family(Path("outputs") / folder / "heads", base, dtype)
@@ -133,18 +134,18 @@ def main() -> None:
             ref = f"baseline:{recipe}"
             methods.append(engine_method(ref, Engine(draft.backbone)))
         print(f"{label}:")
-        if stopped is not None:
+        tree = spec_of(stopped[recipe]) if stopped is not None else None
+        if tree is not None:
             trees[recipe] = stopped[recipe]
-            tree = TreeSpec("dynamic", budget=trees[recipe]["budget"], width=trees[recipe]["width"]) if trees[recipe]["budget"] else TreeSpec("none")
             print(f"  resumed with the tree the stopped run began with: {tree.describe()}")
-        else:
+        else:  # a new run, or a tree saved with the heads (read again from them)
             tree, trees[recipe] = resolve_tree(EvalConfig(heads=str(draft.folder), max_new_tokens=args.max_new_tokens), draft, turns=2)  # MT-bench: 2 turns
         methods.append(engine_method(recipe, Engine(draft.backbone, draft.heads, tree), ref))
     assert [m.name for m in methods] == method_names(chosen, args.reference)
     config = GenerationConfig(max_new_tokens=args.max_new_tokens, eos_token_ids=eos, seed=0)
     runner = Runner(methods, ChatFormatter(base.tokenizer, model_name=base.location.spec), config, near_tie_epsilon(base.lm_head.weight.dtype))
     prompts = interleaved_categories(load_prompts("mt-bench", args.limit))
-    fingerprint = fingerprint_of(args, dtype, [m.name for m in methods], trees)
+    fingerprint = fingerprint_of(args, dtype, chosen, trees)
     finished_prompts(out / "decode", fingerprint)  # refuses a stopped run with other trees before trees.json is replaced
     (out / "trees.json").write_text(json.dumps(trees) + "\n")  # what --report-only reads
     start = time.perf_counter()
@@ -154,7 +155,7 @@ def main() -> None:
     report(chosen, records, trees, dtype, args, out)
 
 
-def stopped_run_trees(out: Path, args, dtype: str, names: list[str]) -> dict | None:
+def stopped_run_trees(out: Path, args, dtype: str, chosen) -> dict | None:
     """The trees of a stopped run with these settings (trees.json, when decode.partial.jsonl was
     begun with them): a resumed run decodes with them again, since trees chosen anew from costs
     measured now could differ and the records would mix. None: no such run, choose anew."""
@@ -162,16 +163,34 @@ def stopped_run_trees(out: Path, args, dtype: str, names: list[str]) -> dict | N
         return None
     trees = json.loads((out / "trees.json").read_text())
     header, _ = partial_lines(out / "decode.partial.jsonl")
-    if header.get("options") != fingerprint_of(args, dtype, names, trees):
+    if header.get("options") != fingerprint_of(args, dtype, chosen, trees):
         return None
     return trees
 
 
-def fingerprint_of(args, dtype: str, names: list[str], trees: dict) -> str:
-    """The settings a resumed run must share: a tree chosen anew (other costs or calibration) is
-    refused by `run_prompts` (delete decode.partial.jsonl to start over with it)."""
+def spec_of(choice: dict) -> TreeSpec | None:
+    """The tree a trees.json entry decoded with (None: a static tree saved with the heads, which
+    the entry does not record)."""
+    if "budget" not in choice:
+        return None
+    return TreeSpec("dynamic", budget=choice["budget"], width=choice["width"]) if choice["budget"] else TreeSpec("none")
+
+
+def fingerprint_of(args, dtype: str, chosen, trees: dict) -> str:
+    """The settings a resumed run must share, the heads' weights included (retrained heads start a
+    new run): a stopped run with other settings is refused by `run_prompts` (delete
+    decode.partial.jsonl to start over)."""
     shapes = {recipe: {k: choice[k] for k in ("budget", "width", "paths") if k in choice} for recipe, choice in sorted(trees.items())}
-    return json.dumps([args.limit, args.max_new_tokens, dtype, names, shapes])
+    weights = {recipe: weights_identity(Path("outputs") / folder / "heads") for _, recipe, folder, _ in chosen}
+    return json.dumps([args.limit, args.max_new_tokens, dtype, method_names(chosen, args.reference), shapes, weights])
+
+
+def weights_identity(folder: Path) -> str:
+    """Size and modification time of every weights file under a heads folder (a trained backbone's
+    too), hashed: retraining changes it, writing the heads' eval summary or card does not."""
+    files = sorted(p for p in folder.rglob("*") if p.suffix in (".safetensors", ".bin"))
+    listing = [(str(p.relative_to(folder)), p.stat().st_size, p.stat().st_mtime_ns) for p in files]
+    return hashlib.sha256(json.dumps(listing).encode()).hexdigest()[:16]
 
 
 def method_names(chosen, reference: str) -> list[str]:

@@ -14,6 +14,7 @@ bench/out/lookup-branch/decode.partial.jsonl.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 from pathlib import Path
 
@@ -29,9 +30,7 @@ from draftheads.eval.runner import Runner, engine_method, finished_prompts, hf_m
 from draftheads.models.backbone import BackboneConfig, load_backbone
 from draftheads.utils.device import resolve_dtype
 
-from families import SETS, interleaved_categories, load_family, speed
-
-OUT = Path("bench/out/lookup-branch")
+from families import SETS, interleaved_categories, load_family, spec_of, speed, weights_identity
 
 
 def main() -> None:
@@ -42,6 +41,7 @@ def main() -> None:
     parser.add_argument("--limit", type=int, default=80)
     parser.add_argument("--max-new-tokens", type=int, default=128)
     parser.add_argument("--report-only", action="store_true", help="report the questions a stopped run finished (no decoding)")
+    parser.add_argument("--out", type=Path, default=Path("bench/out/lookup-branch"), help="where the run's records go")
     args = parser.parse_args()
     families, family_out = SETS["quality"]
     chosen = [f for f in families if f[1] in args.only]
@@ -63,25 +63,28 @@ def main() -> None:
     ]
     for _, recipe, folder, _ in chosen:
         draft = load_family(Path("outputs") / folder / "heads", base, dtype)
-        shape = {"budget": trees[recipe]["budget"], "width": trees[recipe]["width"]}
-        methods.append(engine_method(recipe, Engine(base, draft.heads, TreeSpec("dynamic", **shape)), "hf_generate"))
-        methods.append(engine_method(f"{recipe}+lookup", Engine(base, draft.heads, TreeSpec("dynamic", **shape, **branch)), "hf_generate"))
+        tree = spec_of(trees.get(recipe, {}))
+        if tree is None or draft.backbone is not base:
+            raise SystemExit(f"{recipe}: this bench takes heads on the shared base whose dynamic tree {trees_path} records")
+        methods.append(engine_method(recipe, Engine(base, draft.heads, tree), "hf_generate"))
+        methods.append(engine_method(f"{recipe}+lookup", Engine(base, draft.heads, dataclasses.replace(tree, **branch)), "hf_generate"))
     shapes = {recipe: trees[recipe] for _, recipe, _, _ in chosen}
     fingerprint = json.dumps([args.limit, args.max_new_tokens, dtype, [m.name for m in methods], branch,
-                              {r: [t["budget"], t["width"]] for r, t in sorted(shapes.items())}])
+                              {r: [t["budget"], t["width"]] for r, t in sorted(shapes.items())},
+                              {recipe: weights_identity(Path("outputs") / folder / "heads") for _, recipe, folder, _ in chosen}])
     if args.report_only:
-        records = finished_prompts(OUT / "decode", fingerprint)
+        records = finished_prompts(args.out / "decode", fingerprint)
         if not records:
-            raise SystemExit(f"{OUT / 'decode.partial.jsonl'}: no finished questions of a run with these settings")
+            raise SystemExit(f"{args.out / 'decode.partial.jsonl'}: no finished questions of a run with these settings")
         print(f"{len(records)} questions finished (the run was stopped early: it resumes with the same command)")
         print_table([m.name for m in methods[2:]], records, shapes)
         return
     config = GenerationConfig(max_new_tokens=args.max_new_tokens, eos_token_ids=eos, seed=0)
     runner = Runner(methods, ChatFormatter(base.tokenizer, model_name=base.location.spec), config, near_tie_epsilon(base.lm_head.weight.dtype))
     prompts = interleaved_categories(load_prompts("mt-bench", args.limit))
-    OUT.mkdir(parents=True, exist_ok=True)
-    records = run_prompts(runner, prompts, OUT / "decode", fingerprint, 0, progress=True)
-    (OUT / "decode.json").write_text(json.dumps({"branch": branch, "trees": shapes, "records": records}) + "\n")
+    args.out.mkdir(parents=True, exist_ok=True)
+    records = run_prompts(runner, prompts, args.out / "decode", fingerprint, 0, progress=True)
+    (args.out / "decode.json").write_text(json.dumps({"branch": branch, "trees": shapes, "records": records}) + "\n")
     print_table([m.name for m in methods[2:]], records, shapes)
 
 

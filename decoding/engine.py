@@ -2,10 +2,11 @@
 over the engine's KV cache, accept, commit (compact the cache to the accepted path), repeat.
 
 Plain autoregressive decoding is the same loop with a root-only tree, so speedups compare like
-with like. A lookup branch (`TreeSpec.lookup`, greedy) adds tokens copied from the context to the
-drafted tree before verification; with a root-only tree that is prompt-lookup decoding. The engine never asks which head family it drives: it calls `begin_draft` with the
-features of the tokens just committed (and the previous drafting state) and `draft_step` through
-a drafter.
+with like. A lookup branch (`TreeSpec.lookup`; greedy or typical acceptance) adds tokens copied
+from the context to the drafted tree before verification; on a root-only tree that is
+prompt-lookup decoding. The engine never asks which head family it drives: it calls `begin_draft`
+with the features of the tokens just committed (and the previous drafting state) and `draft_step`
+through a drafter.
 """
 
 from __future__ import annotations
@@ -148,7 +149,10 @@ class Engine:
         config = config or GenerationConfig()
         rule = config.rule()
         if self.tree_spec.lookup and rule == "sampling":
-            raise ValueError("a lookup branch (tree lookup > 0) needs greedy or typical acceptance: copied tokens have no draft distribution, so speculative sampling could not stay exact")
+            raise ValueError(
+                "a lookup branch (tree lookup > 0) needs greedy or typical acceptance: copied tokens have no draft "
+                "distribution, so speculative sampling could not stay exact"
+            )
         sampling = config.sampling
         prompt = torch.as_tensor(prompt_ids, dtype=torch.long).flatten()
         if prompt.numel() == 0:
@@ -162,7 +166,7 @@ class Engine:
         else:
             generator.seed()  # a fresh nondeterministic seed, leaving torch's global RNG alone
         self.cache.reset(prompt.numel() + config.max_new_tokens + self.max_nodes)
-        context = prompt.tolist()  # what the lookup branch copies from (emitted tokens are appended)
+        context = prompt.tolist()  # what a lookup branch copies from; the emitted tokens join it
         times = dict.fromkeys(("prefill", "draft", "verify", "accept", "other"), 0.0)
         result = GenerationResult(tokens=[], finish_reason="length", times=times)
         stopper = _Stopper(self.backbone.tokenizer, eos, config.stop_strings, config.max_new_tokens, result)
@@ -181,11 +185,11 @@ class Engine:
         while not done:
             t0 = time.perf_counter()
             draft = self.drafter.draft(self.heads, state, root, self.backbone.lm_head, sampling, generator, rule == "sampling")
-            mask = self.static_mask if self.static_mask is not None else draft.tree.ancestor_mask()
             if self.tree_spec.lookup:
-                size = draft.tree.size
-                draft = graft(draft, lookup_continuation(context + result.tokens, self.tree_spec.lookup, self.tree_spec.lookup_ngram))
-                mask = mask if draft.tree.size == size else draft.tree.ancestor_mask()
+                context.extend(result.tokens[len(context) - prompt.numel() :])
+                draft = graft(draft, lookup_continuation(context, self.tree_spec.lookup, self.tree_spec.lookup_ngram))
+            grafted = draft.tree.size > self.drafter.max_nodes or self.static_mask is None
+            mask = draft.tree.ancestor_mask() if grafted else self.static_mask
             if draft.scores is not None:
                 result.predicted.append(1 + float(draft.scores[1:].exp().sum()))
             synchronize(self.device)

@@ -9,8 +9,9 @@ only way a step accepts many tokens. The copied tokens enter the tree as one pat
 following nodes the heads already drafted while the tokens agree, so one verification forward
 checks both and greedy acceptance keeps the longest correct path from either.
 
-Greedy only: the copied tokens have no draft distribution, so speculative sampling could not stay
-exact with them in the tree.
+Greedy (and typical) acceptance only: the copied tokens have no draft distribution, so lossless
+speculative sampling could not stay exact with them in the tree. `draftheads eval` offers it for
+greedy decoding.
 """
 
 from __future__ import annotations

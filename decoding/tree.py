@@ -97,9 +97,10 @@ class TreeSpec:
     width: int = 8
     """Dynamic trees: most nodes added per depth."""
     lookup: int = 0
-    """Greedy decoding: also verify up to this many tokens copied from the context after the latest
-    earlier occurrence of its last n-gram, as one more path under the root (decoding/lookup.py); 0:
-    off. With kind none this is prompt-lookup decoding on the engine."""
+    """Also verify up to this many tokens copied from the context after the latest earlier
+    occurrence of its last n-gram, as one more path under the root (decoding/lookup.py); 0: off.
+    Greedy or typical acceptance only (not lossless sampling). With kind none this is prompt-lookup
+    decoding on the engine."""
     lookup_ngram: int = 2
     """The longest context suffix the lookup matches (shorter ones down to 1 are tried when it has
     no earlier occurrence; HF prompt lookup's max_matching_ngram_size)."""

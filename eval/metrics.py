@@ -107,8 +107,9 @@ def build_report(config, draft: DraftModel, tree: TreeSpec, records: list[dict],
     sampling = config.sampling
     greedy = sampling.temperature == 0
     tau_predicted, predicted_by_depth, source = predicted_tau(tree, stats, held_out, ours_turns)
+    measured_depth = max([depth, *accepted])  # a lookup branch goes deeper than the heads
     if predicted_by_depth is not None:
-        predicted_by_depth += [0.0] * (depth - len(predicted_by_depth))  # the tree drafts no deeper
+        predicted_by_depth += [0.0] * (measured_depth - len(predicted_by_depth))  # the tree drafts no deeper
     mismatches = {m: divergences(records, m) for m in ("ours", "hf_generate", "prompt_lookup")}
     ours_tps, base_tps = totals["ours"]["tokens_per_s"], totals["baseline"]["tokens_per_s"]
 
@@ -118,7 +119,7 @@ def build_report(config, draft: DraftModel, tree: TreeSpec, records: list[dict],
     tree_info = tree.describe()
     if tree.kind == "dynamic":
         sizes = [s for t in ours_turns for s in t["tree_sizes"]]
-        tree_info["mean_nodes"] = sum(sizes) / max(len(sizes), 1)
+        tree_info["mean_nodes"] = sum(sizes) / max(len(sizes), 1)  # drafted and copied nodes
     base = draft.heads.config.base
     return {
         "base_model": base.hub_id or draft.backbone.location.spec,
@@ -136,7 +137,7 @@ def build_report(config, draft: DraftModel, tree: TreeSpec, records: list[dict],
         "tree": tree_info,
         "steps": len(accepted),
         "tau": tau_of(accepted),
-        "acceptance_by_depth": acceptance_by_depth(accepted, max([depth, *accepted])),  # a lookup branch goes deeper than the heads
+        "acceptance_by_depth": acceptance_by_depth(accepted, measured_depth),
         "tau_by_category": {c: tau_of(a) for c, a in sorted(by_category.items())},
         "tau_predicted": tau_predicted,
         "tau_predicted_source": source,
