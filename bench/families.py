@@ -116,7 +116,7 @@ def main() -> None:
         records = finished_prompts(out / "decode", fingerprint_of(args, dtype, chosen, trees))
         if not records:
             raise SystemExit(f"{out / 'decode.partial.jsonl'}: no finished prompts of a run with these settings")
-        print(f"{len(records)} prompts finished (the run was stopped early: it resumes with the same command)")
+        print(f"{len(records)} prompts finished" + (" (the run was stopped early: it resumes with the same command)" if len(records) < args.limit else ""))
         report(chosen, records, trees, dtype, args, out)
         return
     base = load_backbone(BackboneConfig(base="demo:smollm2-135m", dtype=dtype))

@@ -76,7 +76,7 @@ def main() -> None:
         records = finished_prompts(args.out / "decode", fingerprint)
         if not records:
             raise SystemExit(f"{args.out / 'decode.partial.jsonl'}: no finished questions of a run with these settings")
-        print(f"{len(records)} questions finished (the run was stopped early: it resumes with the same command)")
+        print(f"{len(records)} questions finished" + (" (the run was stopped early: it resumes with the same command)" if len(records) < args.limit else ""))
         print_table([m.name for m in methods[2:]], records, shapes)
         return
     config = GenerationConfig(max_new_tokens=args.max_new_tokens, eos_token_ids=eos, seed=0)

@@ -130,25 +130,29 @@ def test_a_lookup_branch_keeps_greedy_decoding_exact_and_accepts_copied_runs(dem
 def test_lookup_decoding_accepts_exactly_what_the_copied_tokens_get_right(demo):
     """Prompt lookup on the engine, step by step: every step's accepted count is the longest prefix
     of `lookup_continuation(prompt + tokens so far)` that greedy decoding produces next, replayed
-    from HF `generate`'s own continuation. An answer that repeats itself makes long copies."""
-    prompt = ChatFormatter(demo.tokenizer).prompt_ids(
-        [{"role": "user", "content": "Repeat this sentence four times: the small red boat sails home at dusk."}]
-    )
+    from HF `generate`'s own continuation. An answer that repeats itself makes long copies; a
+    varied one makes short, often wrong ones from n-grams of every length."""
     lookup, new = 12, 48
-    ids = torch.tensor([prompt])
-    # HF's continuation past our limit: the copies of the last steps are checked against it too
-    reference = demo.model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=new + lookup + 1, do_sample=False,
-                                    eos_token_id=None, pad_token_id=0)[0, len(prompt) :].tolist()
-    result = Engine(demo, tree=TreeSpec("none", lookup=lookup, lookup_ngram=2)).generate(prompt, GenerationConfig(max_new_tokens=new, eos_token_ids=()))
-    assert result.tokens == reference[:new]
-    expected, emitted = [], 1  # the first token comes from the prompt's forward
-    while emitted < new:
-        chain = lookup_continuation(prompt + reference[:emitted], lookup, 2)
-        right = next((i for i, token in enumerate(chain) if token != reference[emitted + i]), len(chain))
-        expected.append(right)
-        emitted += right + 1
-    assert result.accepted == expected
-    assert max(expected) >= 8 and 0 in expected  # long copies, and copies (or no match) the model rejects
-    # The cache holds a whole copied branch even when few tokens are left to make.
-    short = Engine(demo, tree=TreeSpec("none", lookup=lookup)).generate(prompt, GenerationConfig(max_new_tokens=2, eos_token_ids=()))
-    assert short.tokens == reference[:2]
+    accepted = {}
+    for text in ("Repeat this sentence four times: the small red boat sails home at dusk.", PROMPTS[1].turns[0]):
+        prompt = ChatFormatter(demo.tokenizer).prompt_ids([{"role": "user", "content": text}])
+        ids = torch.tensor([prompt])
+        # HF's continuation past our limit: the copies of the last steps are checked against it too
+        reference = demo.model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=new + lookup + 1, do_sample=False,
+                                        eos_token_id=None, pad_token_id=0)[0, len(prompt) :].tolist()
+        result = Engine(demo, tree=TreeSpec("none", lookup=lookup, lookup_ngram=3)).generate(prompt, GenerationConfig(max_new_tokens=new, eos_token_ids=()))
+        assert result.tokens == reference[:new]
+        expected, emitted = [], 1  # the first token comes from the prompt's forward
+        while emitted < new:
+            chain = lookup_continuation(prompt + reference[:emitted], lookup, 3)
+            right = next((i for i, token in enumerate(chain) if token != reference[emitted + i]), len(chain))
+            expected.append(right)
+            emitted += right + 1
+        assert result.accepted == expected, text
+        accepted[text] = expected
+        # The cache holds a whole copied branch even when few tokens are left to make.
+        short = Engine(demo, tree=TreeSpec("none", lookup=lookup)).generate(prompt, GenerationConfig(max_new_tokens=2, eos_token_ids=()))
+        assert short.tokens == reference[:2]
+    repeating, varied = accepted.values()
+    assert max(repeating) >= 8 and 0 in repeating  # long copies, and copies (or no match) the model rejects
+    assert max(varied) < max(repeating)
