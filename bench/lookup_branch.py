@@ -91,7 +91,8 @@ def main() -> None:
 def print_table(names: list[str], records: list[dict], shapes: dict) -> None:
     hf, lookup = speed(records, "hf_generate"), speed(records, "prompt_lookup")
     print(f"{len(records)} questions; HF generate {hf:.2f} tok/s, HF prompt lookup {lookup:.2f} tok/s ({lookup / hf:.2f}x HF generate)")
-    print("| method | tree | τ | τ turn 1 / turn 2 | accepted per step by depth (1-4) | longest accepted | verified nodes per step | ours / HF generate | ours / HF prompt lookup | mismatches (real / near-tie) |")
+    print("| method | tree | τ | τ turn 1 / turn 2 | accepted per step by depth (1-4) | longest accepted | verified nodes per step "
+          "| ours / HF generate | ours / HF prompt lookup | mismatches (real / near-tie) |")
     print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
     for name in names:
         turns = [t for r in records for t in r["methods"][name]]
