@@ -132,7 +132,7 @@ def test_lookup_decoding_accepts_exactly_what_the_copied_tokens_get_right(demo):
     of `lookup_continuation(prompt + tokens so far)` that greedy decoding produces next, replayed
     from HF `generate`'s own continuation. An answer that repeats itself makes long copies; a
     varied one makes short, often wrong ones from n-grams of every length."""
-    lookup, new = 12, 48
+    lookup, new = 10, 32
     accepted = {}
     for text in ("Repeat this sentence four times: the small red boat sails home at dusk.", PROMPTS[1].turns[0]):
         prompt = ChatFormatter(demo.tokenizer).prompt_ids([{"role": "user", "content": text}])
