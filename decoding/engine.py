@@ -188,8 +188,9 @@ class Engine:
             if self.tree_spec.lookup:
                 context.extend(result.tokens[len(context) - prompt.numel() :])
                 draft = graft(draft, lookup_continuation(context, self.tree_spec.lookup, self.tree_spec.lookup_ngram))
-            grafted = draft.tree.size > self.drafter.max_nodes or self.static_mask is None
-            mask = draft.tree.ancestor_mask() if grafted else self.static_mask
+            # the static template's mask holds unless the lookup branch added nodes to it
+            reuse = self.static_mask is not None and draft.tree.size == self.drafter.max_nodes
+            mask = self.static_mask if reuse else draft.tree.ancestor_mask()
             if draft.scores is not None:
                 result.predicted.append(1 + float(draft.scores[1:].exp().sum()))
             synchronize(self.device)
