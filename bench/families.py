@@ -32,13 +32,12 @@ from pathlib import Path
 import torch
 
 from draftheads.data.chat import ChatFormatter
-from draftheads.decoding.autotree import expected_tau
 from draftheads.decoding.calibration import read_calibration
 from draftheads.decoding.divergence import near_tie_epsilon
 from draftheads.decoding.engine import Engine, GenerationConfig
 from draftheads.decoding.tree import TreeSpec
 from draftheads.eval.config import EvalConfig
-from draftheads.eval.metrics import acceptance_by_depth, divergences, hardware, tau_of
+from draftheads.eval.metrics import acceptance_by_depth, divergences, hardware, predicted_tau, tau_of
 from draftheads.eval.report import write_summary
 from draftheads.eval.prompts import load_prompts
 from draftheads.eval.runner import Runner, engine_method, finished_prompts, hf_method, partial_lines, resolve_tree, run_prompts
@@ -204,11 +203,17 @@ def method_names(chosen, reference: str) -> list[str]:
     return names
 
 
-def predicted(folder: str, tree: dict, args) -> float | None:
-    """τ the heads' calibration.json predicts for the decoded dynamic tree, from the held-out
-    positions a decode of 2 turns x max_new_tokens makes (None: no tree, or no calibration)."""
+def predicted(folder: str, tree: dict, args) -> tuple[float | None, str | None]:
+    """τ the heads' calibration.json predicts for the decoded tree, for a decode of 2 turns x
+    max_new_tokens (as `draftheads eval` predicts it: the decode's steps replayed on calibration
+    answers when the file keeps them, else held-out position frequencies), and where it comes from
+    ((None, None): no tree, or no calibration)."""
     saved = read_calibration(Path("outputs") / folder / "heads", 2, args.max_new_tokens)
-    return expected_tau(saved[0], tree["budget"], tree["width"]) if saved and "budget" in tree else None
+    spec = spec_of(tree)
+    if saved is None or spec is None:
+        return None, None
+    tau, _, source = predicted_tau(spec, saved[0], saved, [], (2, args.max_new_tokens))
+    return tau, source
 
 
 def report(chosen, records: list[dict], trees: dict, dtype: str, args, out: Path) -> None:
@@ -218,7 +223,7 @@ def report(chosen, records: list[dict], trees: dict, dtype: str, args, out: Path
     print_table(chosen, records, trees, json.loads(times_path.read_text()) if times_path.is_file() else {}, predictions)
     for label, recipe, folder, _ in chosen:
         heads = Path("outputs") / folder / "heads"
-        write_summary(family_summary(records, recipe, trees[recipe], dtype, args, predictions[recipe]), heads)
+        write_summary(family_summary(records, recipe, trees[recipe], dtype, args, *predictions[recipe]), heads)
         refresh_card(heads)
         print(f"{label}: decoding numbers written to {heads / 'eval_report.json'} and its model card")
 
@@ -234,7 +239,7 @@ def interleaved_categories(prompts: list) -> list:
     return [prompt for _, _, prompt in sorted(keyed, key=lambda k: k[:2])]
 
 
-def family_summary(records: list[dict], recipe: str, tree: dict, dtype: str, args, tau_predicted: float | None) -> dict:
+def family_summary(records: list[dict], recipe: str, tree: dict, dtype: str, args, tau_predicted: float | None, source: str | None) -> dict:
     """One family's numbers from this run, in the form of `draftheads eval`'s summary (the model
     card reads it)."""
     turns = [t for r in records for t in r["methods"][recipe]]
@@ -246,7 +251,7 @@ def family_summary(records: list[dict], recipe: str, tree: dict, dtype: str, arg
         "reference": "HF generate" if reference == "hf_generate" else "autoregressive decoding (same engine)",
         "prompts": "mt-bench", "n_prompts": len(records), "n_turns": len(turns), "max_new_tokens": args.max_new_tokens,
         "temperature": 0.0, "dtype": dtype, "tree": {"kind": "dynamic" if "budget" in tree else "none", **tree},
-        "tau": tau_of(accepted), "tau_predicted": tau_predicted,
+        "tau": tau_of(accepted), "tau_predicted": tau_predicted, "tau_predicted_source": source,
         "acceptance_by_depth": acceptance_by_depth(accepted, max(accepted, default=1)),
         "speedup": ours / speed(records, "baseline") if "baseline" in records[0]["methods"] else None,
         "speedup_vs_hf_generate": ours / speed(records, "hf_generate"), "speedup_vs_prompt_lookup": ours / speed(records, "prompt_lookup"),
@@ -282,7 +287,7 @@ def print_table(chosen, records: list[dict], trees: dict, train_seconds: dict, p
         by_depth = " / ".join(f"{x:.3f}" for x in acceptance_by_depth(accepted, max(accepted, default=1)))
         minutes = f"{train_seconds[label] / 60:.1f}" if label in train_seconds else "n/a"
         versus_ar = f"{ours / own_ar:.2f}x" if own_ar else "n/a"
-        tau, forecast = tau_of(accepted) or 1.0, predictions[recipe]
+        tau, forecast = tau_of(accepted) or 1.0, predictions[recipe][0]
         forecast_text = f"{forecast:.3f} ({(forecast - tau) / tau:+.1%})" if forecast else "n/a"
         print(
             f"| {label} | {minutes} | {shape} | {tau:.3f} | {forecast_text} | {by_depth} | "

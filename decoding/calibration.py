@@ -24,11 +24,13 @@ import time
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 import torch
 
 from draftheads.decoding.cache import KVCache, install_tree_attention
 from draftheads.decoding.tree import Tree
+from draftheads.decoding.walks import LOOKUP_CAP, AnswerWalk, correct_copies, replay
 from draftheads.models.draft_model import DraftModel
 from draftheads.models.heads.base import DraftHeads
 from draftheads.utils.device import synchronize
@@ -45,6 +47,20 @@ LAST_TURN = 2
 """Turns are counted 0, 1 and 2 = third or later (cells of `RankStats.cells`)."""
 
 
+class Answer(NamedTuple):
+    """One generated answer to measure the heads on."""
+
+    ids: list[int]
+    """The prompt, the answer, then any tokens past its end."""
+    start: int
+    """Index of the answer's first token."""
+    turn: int = 0
+    """0 for a first answer, 1 for the answer to a second user turn, ..."""
+    past: int = 0
+    """Trailing tokens that continue past the answer's end (EOS or the limit): never emitted, but a
+    decode's last step verifies them (`AnswerWalk`); no statistic counts a position drafting them."""
+
+
 @dataclass
 class RankStats:
     """Joint rank-path frequencies of the heads over calibration positions."""
@@ -56,6 +72,10 @@ class RankStats:
     """[depth][k]: fraction of positions where the true token is in the head's top k+1."""
     cells: dict[tuple[int, int], "RankStats"] | None = None
     """The same statistics per (turn, answer offset // OFFSET_BUCKET), when positions were located."""
+    walks: list[AnswerWalk] | None = None
+    """Each calibration answer position by position (`decoding/walks.py`), when answers were kept."""
+    lookup_ngram: int | None = None
+    """The lookup n-gram the walks' copies were counted with."""
 
     def probability(self, path: tuple[int, ...]) -> float:
         """Fraction of positions where the path's nodes are all accepted."""
@@ -104,7 +124,16 @@ class RankStats:
             return None
         counts: Counter = sum((c.path_counts for c in chosen), Counter())
         topk = [[sum(c.depth_topk[d][k] * c.positions for c in chosen) / positions for k in range(len(row))] for d, row in enumerate(self.depth_topk)]
-        return RankStats(positions, counts, topk)
+        walks = [w for w in self.walks if w.turn < turns] if self.walks is not None else None
+        return RankStats(positions, counts, topk, walks=walks, lookup_ngram=self.lookup_ngram)
+
+    def replayed(self, paths: list[list[int]], turns: int, new_tokens: int, lookup: int = 0, lookup_ngram: int = 2) -> list[int] | None:
+        """Drafted tokens accepted per step when a greedy decode of the tree of rank `paths`, with a
+        lookup branch of `lookup` tokens, is replayed on the kept answers (`walks.replay`); None
+        without walks, or with a branch whose n-gram is not the one the copies were counted with."""
+        if not self.walks or (lookup and lookup_ngram != self.lookup_ngram):
+            return None
+        return replay(self.walks, {tuple(p) for p in paths}, min(lookup, LOOKUP_CAP), turns, new_tokens)
 
     @classmethod
     def located(cls, ranks: torch.Tensor, turns: torch.Tensor, offsets: torch.Tensor, max_rank: int = 10) -> "RankStats":
@@ -138,6 +167,8 @@ class RankStats:
         if self.cells is not None:
             out["offset_bucket"], out["last_turn"] = OFFSET_BUCKET, LAST_TURN
             out["cells"] = [{"turn": turn, "bucket": bucket, **cell.to_json()} for (turn, bucket), cell in sorted(self.cells.items())]
+        if self.walks is not None:
+            out["lookup_ngram"], out["walks"] = self.lookup_ngram, [w.to_json() for w in self.walks]
         return out
 
     @classmethod
@@ -147,6 +178,8 @@ class RankStats:
         # Cells counted with other buckets or turns than this version's are left out (not misread).
         if "cells" in data and (data.get("offset_bucket"), data.get("last_turn")) == (OFFSET_BUCKET, LAST_TURN):
             stats.cells = {(int(c["turn"]), int(c["bucket"])): cls.from_json(c) for c in data["cells"]}
+        if "walks" in data:
+            stats.walks, stats.lookup_ngram = [AnswerWalk.from_json(w) for w in data["walks"]], data.get("lookup_ngram")
         return stats
 
 
@@ -155,10 +188,10 @@ def calibration_json(stats: RankStats, source: str) -> str:
     return json.dumps({"source": source, **stats.to_json()}) + "\n"
 
 
-def read_calibration(folder, turns: int | None = None, new_tokens: int | None = None) -> tuple[RankStats, str] | None:
-    """The rank statistics saved in a heads folder and where they were measured, if any; with
-    `turns` and `new_tokens`, those of the positions such a decode makes (`RankStats.within`)."""
-    path = Path(folder) / CALIBRATION_NAME
+def read_calibration(folder, turns: int | None = None, new_tokens: int | None = None, name: str = CALIBRATION_NAME) -> tuple[RankStats, str] | None:
+    """The rank statistics saved in a heads folder (file `name`) and where they were measured, if
+    any; with `turns` and `new_tokens`, those of the positions such a decode makes (`RankStats.within`)."""
+    path = Path(folder) / name
     if not path.is_file():
         return None
     try:
@@ -177,26 +210,43 @@ def read_calibration(folder, turns: int | None = None, new_tokens: int | None = 
 
 
 @torch.inference_mode()
-def rank_stats(draft: DraftModel, sequences: list[tuple[list[int], int]], max_rank: int = 10) -> RankStats:
-    """Ranks of the true tokens under every head, at every position of the generated parts.
+def rank_stats(draft: DraftModel, sequences: list[Answer | tuple], max_rank: int = 10, keep_walks: bool = False, lookup_ngram: int = 2) -> RankStats:
+    """Ranks of the true tokens under every head, at every drafting position of the answers, with
+    cells by turn and answer offset (`RankStats.located`, located as training's held-out rows are);
+    with `keep_walks`, each answer as an `AnswerWalk` too (copies of a lookup branch of `lookup_ngram`).
 
-    `sequences` are (token ids, index of the first generated token). Positions need targets for
-    all depths, so the last K+1 positions of each sequence are skipped.
+    `sequences` are `Answer`s, or (ids, start, turn) tuples. The statistics count positions whose
+    targets at every depth lie in the answer (the last K+1 are skipped); the walks keep every
+    position, with max_rank for targets past the last token.
     """
     backbone, heads = draft.backbone, draft.heads
     depths = heads.config.num_heads
     device = backbone.lm_head.weight.device
-    parts = [torch.zeros(0, depths, dtype=torch.long)]
-    for ids, start in sequences:
-        ids_t = torch.tensor(ids, device=device)[None]
-        first, last = max(start - 1, 0), len(ids) - 2 - depths  # position t predicts t+1+k at depth k
-        if last < first:
+    parts, turns, offsets = [torch.zeros(0, depths, dtype=torch.long)], [torch.zeros(0, dtype=torch.long)], [torch.zeros(0, dtype=torch.long)]
+    walks = []
+    for ids, start, turn, past in (Answer(*s) for s in sequences):
+        end = len(ids) - past  # the answer's end
+        if start < 1 or end - start < 2:  # the first token has nothing to be drafted from; one token, nothing to draft
             continue
+        ids_t = torch.tensor(ids, device=device)[None]
         out = backbone.features(ids_t, layers=heads.config.feature_layers())
         states = heads(out.features, ids_t, depths=depths).states
-        index = torch.arange(first, last + 1, device=device)
-        parts.append(torch.stack([true_ranks(heads, k, states[k - 1][0, index], ids_t[0, index + 1 + k], backbone.lm_head, max_rank) for k in range(1, depths + 1)], 1))
-    return RankStats.from_ranks(torch.cat(parts), max_rank)
+        first = start - 1  # position t predicts t+1+k at depth k; the root is t+1
+        ranks = torch.full((len(ids) - 1 - first, depths), max_rank, dtype=torch.long)
+        for k in range(1, depths + 1):
+            index = torch.arange(first, len(ids) - 1 - k, device=device)
+            ranks[: len(index), k - 1] = true_ranks(heads, k, states[k - 1][0, index], ids_t[0, index + 1 + k], backbone.lm_head, max_rank)
+        if keep_walks:
+            walks.append(AnswerWalk(turn, ranks.tolist(), correct_copies(ids, start, lookup_ngram), end - start))
+        full = max(end - 1 - depths - first, 0)  # positions with a target at every depth within the answer
+        parts.append(ranks[:full])
+        # Located by the first drafted token (t + 2), as training locates its held-out positions.
+        offsets.append(torch.arange(full) + 1)
+        turns.append(torch.full((full,), turn))
+    stats = RankStats.located(torch.cat(parts), torch.cat(turns), torch.cat(offsets), max_rank)
+    if keep_walks:
+        stats.walks, stats.lookup_ngram = walks, lookup_ngram
+    return stats
 
 
 def true_ranks(heads: DraftHeads, depth: int, states: torch.Tensor, tokens: torch.Tensor, lm_head, max_rank: int) -> torch.Tensor:

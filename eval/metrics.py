@@ -61,16 +61,33 @@ def divergences(records: list[dict], method: str) -> tuple[int, int]:
     return sum(1 for d in found if d and not d["near_tie"]), sum(1 for d in found if d and d["near_tie"])
 
 
-def predicted_tau(tree: TreeSpec, own: RankStats, held_out, ours_turns: list[dict]) -> tuple[float | None, list[float] | None, str]:
-    """τ predicted for `tree`, its acceptance by depth (static trees), and where it comes from: the
-    held-out calibration when the heads carry one, else the eval's own answers (static) or the heads'
-    own draft probabilities (dynamic). A lookup branch's copies are not predicted: the value is the
-    heads' tree alone (none without a drafted tree)."""
+def predicted_tau(tree: TreeSpec, own: RankStats, held_out, ours_turns: list[dict], shape: tuple[int, int] | None = None) -> tuple[float | None, list[float] | None, str]:
+    """τ predicted for `tree`, its acceptance by depth, and where it comes from. A held-out
+    calibration that kept its answers (`draftheads calibrate`) replays the decode's steps on them
+    for greedy decoding of `shape` (turns, new tokens per turn), lookup branch included. Else the
+    held-out position frequencies when the heads carry a calibration, the eval's own answers (static)
+    or the heads' own draft probabilities (dynamic); a lookup branch's copies are then not predicted
+    (the value is the heads' tree alone; none without a drafted tree)."""
+    replayed = _replayed_tau(tree, held_out, shape)
+    if replayed is not None:
+        return replayed
     tau, by_depth, source = _drafted_tree_tau(tree, own, held_out, ours_turns)
     if not tree.lookup:
         return tau, by_depth, source
     note = f"the heads' tree alone, what the {tree.lookup}-token lookup branch adds is not predicted"
     return (None, None, f"not predicted ({note})") if tree.kind == "none" else (tau, by_depth, f"{note}: {source}")
+
+
+def _replayed_tau(tree: TreeSpec, held_out, shape: tuple[int, int] | None) -> tuple[float, list[float], str] | None:
+    if not held_out or shape is None or not held_out[0].walks:
+        return None
+    stats, where = held_out
+    paths = tree.paths if tree.kind == "static" else stats.best_paths(tree.budget, tree.width) if tree.kind == "dynamic" else []
+    accepted = stats.replayed(paths, *shape, tree.lookup, tree.lookup_ngram)
+    if not accepted:
+        return None  # no step, or a branch of another n-gram than the one the copies were counted with
+    branch = f" and the {tree.lookup}-token lookup branch" if tree.lookup else ""
+    return tau_of(accepted), acceptance_by_depth(accepted, max(accepted)), f"calibrated on {where}: the decode's steps replayed on its answers, with the tree's rank paths{branch}"
 
 
 def _drafted_tree_tau(tree: TreeSpec, own: RankStats, held_out, ours_turns: list[dict]) -> tuple[float | None, list[float] | None, str]:
@@ -106,8 +123,9 @@ def build_report(config, draft: DraftModel, tree: TreeSpec, records: list[dict],
     loop = sum(times[k] for k in ("draft", "verify", "accept", "other"))
     sampling = config.sampling
     greedy = sampling.temperature == 0
-    tau_predicted, predicted_by_depth, source = predicted_tau(tree, stats, held_out, ours_turns)
-    measured_depth = max([depth, *accepted])  # a lookup branch goes deeper than the heads
+    shape = (max(len(r["methods"]["ours"]) for r in records), config.max_new_tokens) if greedy else None  # replays model greedy acceptance
+    tau_predicted, predicted_by_depth, source = predicted_tau(tree, stats, held_out, ours_turns, shape)
+    measured_depth = max([depth, *accepted, len(predicted_by_depth or [])])  # a lookup branch goes deeper than the heads
     if predicted_by_depth is not None:
         predicted_by_depth += [0.0] * (measured_depth - len(predicted_by_depth))  # the tree drafts no deeper
     mismatches = {m: divergences(records, m) for m in ("ours", "hf_generate", "prompt_lookup")}

@@ -110,7 +110,7 @@ SUMMARY_NAME = "eval_report.json"
 
 SUMMARY_KEYS = (
     "prompts", "n_prompts", "n_turns", "max_new_tokens", "temperature", "dtype", "tree", "tau", "tau_predicted",
-    "acceptance_by_depth", "speedup", "speedup_vs_hf_generate", "speedup_vs_prompt_lookup", "greedy_mismatches",
+    "tau_predicted_source", "acceptance_by_depth", "speedup", "speedup_vs_hf_generate", "speedup_vs_prompt_lookup", "greedy_mismatches",
     "near_tie_divergences", "hf_generate_mismatches", "backbone_drift", "hardware", "date", "measured_by", "reference",
 )
 

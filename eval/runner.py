@@ -160,8 +160,8 @@ def calibration(draft: DraftModel, progress: bool, turns: int | None = None, new
     sequences = []
     for text in tqdm(FALLBACK_CALIBRATION_PROMPTS, desc="calibration answers", disable=not progress):
         ids = formatter.prompt_ids([{"role": "user", "content": text}])
-        sequences.append((ids + engine.generate(ids, GenerationConfig(max_new_tokens=64)).tokens, len(ids)))
-    stats = rank_stats(draft, sequences)
+        sequences.append((ids + engine.generate(ids, GenerationConfig(max_new_tokens=64)).tokens, len(ids), 0))
+    stats = rank_stats(draft, sequences, keep_walks=True)
     return stats, f"the base model's greedy answers to {len(sequences)} fixed prompts ({stats.positions} positions; the heads carry no calibration.json)"
 
 
@@ -213,7 +213,7 @@ def run_prompts(runner: Runner, prompts: list[EvalPrompt], out: Path, fingerprin
     (whose first line holds `fingerprint` and `header`)."""
     out.parent.mkdir(parents=True, exist_ok=True)
     partial = out.with_name(out.name + ".partial.jsonl")
-    records = _read_partial(partial, fingerprint)
+    records = read_partial(partial, fingerprint)
     done = {r["id"] for r in records}
     todo = [(i, p) for i, p in enumerate(prompts) if p.id not in done]
     if todo:
@@ -243,7 +243,7 @@ def run_eval(config: EvalConfig, out: Path, progress: bool = True) -> dict:
 
     # The heads' ranks on the base model's own answers (the baseline's): a measurement of the heads
     # on these prompts; the prediction comes from calibration data the eval does not see.
-    sequences = [(t["prompt_ids"] + t["tokens"], len(t["prompt_ids"])) for r in records for t in r["methods"]["baseline"]]
+    sequences = [(t["prompt_ids"] + t["tokens"], len(t["prompt_ids"]), turn) for r in records for turn, t in enumerate(r["methods"]["baseline"])]
     held_out = read_calibration(draft.folder, turns, config.max_new_tokens) if draft.folder is not None else None
     report = build_report(config, draft, tree, records, rank_stats(draft, sequences), held_out, runner.epsilon)
     report["dtype_note"] = dtype_note
@@ -266,7 +266,7 @@ def resumed_tree(partial: Path, fingerprint: str) -> tuple[TreeSpec, dict] | Non
 
 def finished_prompts(out: Path, fingerprint: str) -> list[dict]:
     """The records a run with `fingerprint` has finished so far (to report a run stopped early)."""
-    return _read_partial(out.with_name(out.name + ".partial.jsonl"), fingerprint)
+    return read_partial(out.with_name(out.name + ".partial.jsonl"), fingerprint)
 
 
 def partial_lines(path: Path) -> tuple[dict, list[str]]:
@@ -277,12 +277,14 @@ def partial_lines(path: Path) -> tuple[dict, list[str]]:
     return (json.loads(lines[0]) if lines else {}), lines
 
 
-def _read_partial(path: Path, fingerprint: str) -> list[dict]:
+def read_partial(path: Path, fingerprint: str) -> list[dict]:
+    """The records of a partial file written with `fingerprint` (refusing one of other settings);
+    a line cut by a kill is dropped from the file, and that record is made again."""
     if not path.exists():
         return []
     header, lines = partial_lines(path)
     if header.get("options") != fingerprint:
-        raise ConfigError(f"{path}: left by an eval with other settings; delete it, or rerun with the same settings to resume")
+        raise ConfigError(f"{path}: left by a run with other settings; delete it, or rerun with the same settings to resume")
     records = []
     for line in lines[1:]:
         try:

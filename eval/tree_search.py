@@ -50,7 +50,7 @@ def choose_tree(
     for prompt in tqdm(load_prompts(prompts, limit), desc="calibration answers", disable=not progress):
         ids = formatter.prompt_ids(prompt.messages([]), origin=f"prompt {prompt.id}")
         tokens = engine.generate(ids, GenerationConfig(max_new_tokens=max_new_tokens)).tokens
-        sequences.append((ids + tokens, len(ids)))
+        sequences.append((ids + tokens, len(ids), 0))
     stats = rank_stats(draft, sequences)
     sizes = sorted({s for s in (1, 2, 4, 8, 16, 32, 64) if s <= budget} | {budget + 1})
     verify = verify_costs(draft, sizes)

@@ -101,7 +101,8 @@ def _decoding_lines(evaluation: dict) -> list[str]:
         f"({evaluation.get('max_new_tokens')} new tokens per turn, temperature {evaluation.get('temperature')}, "
         f"{evaluation.get('dtype')}, {tree.get('kind')} tree), {evaluation.get('date')}:",
         "",
-        f"- acceptance length τ: {fmt(evaluation.get('tau'))} (predicted {fmt(evaluation.get('tau_predicted'))})",
+        f"- acceptance length τ: {fmt(evaluation.get('tau'))} (predicted {fmt(evaluation.get('tau_predicted'))}"
+        + (f"; {evaluation['tau_predicted_source']})" if evaluation.get("tau_predicted_source") else ")"),
         f"- speedup over autoregressive decoding (same engine): {fmt(evaluation.get('speedup'), 'x')}",
         f"- speedup over HF `generate`: {fmt(evaluation.get('speedup_vs_hf_generate'), 'x')}; over HF prompt lookup: {fmt(evaluation.get('speedup_vs_prompt_lookup'), 'x')}",
         f"- greedy mismatches against {evaluation.get('reference') or 'autoregressive decoding'}: {evaluation.get('greedy_mismatches')} "

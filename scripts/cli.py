@@ -33,6 +33,7 @@ VERBS = (
     Verb(("export",), "draftheads.scripts.export_cmd", "write heads in the layouts serving engines load (eagle: SGLang/vLLM; medusa: TensorRT-LLM, Medusa)"),
     Verb(("push",), "draftheads.scripts.push_cmd", "upload exported heads and their model card to the Hugging Face Hub"),
     Verb(("eval",), "draftheads.scripts.eval_cmd", "measure acceptance length and speedup of heads against autoregressive decoding and HF generate"),
+    Verb(("calibrate",), "draftheads.scripts.calibrate_cmd", "measure the heads' acceptance on the base model's answers to prompts like the served ones (calibration.json)"),
     Verb(("tree",), "draftheads.scripts.tree_cmd", "choose the static draft tree with the best expected speedup on this machine"),
     Verb(("config",), "draftheads.scripts.config_show", "print a recipe resolved with its defaults and overrides"),
 )

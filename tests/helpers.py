@@ -144,3 +144,19 @@ def chi_square_p_value(counts, probs, min_expected: float = 5.0) -> float:
     statistic = float(((obs - exp) ** 2 / exp).sum())
     dof = obs.numel() - 1
     return float(torch.special.gammaincc(torch.tensor(dof / 2.0), torch.tensor(statistic / 2.0)))
+
+
+def random_medusa_heads(base, folder: Path) -> Path:
+    """Three Medusa heads with random weights on `base`, saved into folder/medusa (a heads folder)."""
+    import torch
+
+    from draftheads.models.backbone import BackboneConfig, load_backbone
+    from draftheads.models.draft_model import DraftModel
+    from draftheads.models.heads.medusa import MedusaConfig
+
+    backbone = load_backbone(BackboneConfig(base=str(base)), "cpu")
+    torch.manual_seed(0)
+    draft = DraftModel.new(backbone, MedusaConfig(num_heads=3))
+    for parameter in draft.heads.parameters():
+        torch.nn.init.normal_(parameter, std=0.05)
+    return draft.save_pretrained(folder / "medusa")

@@ -20,7 +20,7 @@ from draftheads.data.features import INDEX, build_feature_cache, cached_dropped,
 from draftheads.data.generate_hf import GenAnswer
 from draftheads.data.sources import read_source
 from draftheads.eval.config import EvalConfig, TreeSettings
-from draftheads.eval.runner import _read_partial, run_eval
+from draftheads.eval.runner import read_partial, run_eval
 from draftheads.models.backbone import BackboneConfig, load_backbone
 from draftheads.models.draft_model import DraftModel
 from draftheads.models.heads.medusa import MedusaConfig
@@ -120,7 +120,7 @@ def test_eval_partial_records_read_back_whole(tiny_base, tmp_path):
     report = run_eval(options, tmp_path / "report.json", progress=False)
     partial = tmp_path / "report.json.partial.jsonl"
     before = partial.read_bytes()
-    records = _read_partial(partial, options.fingerprint())
+    records = read_partial(partial, options.fingerprint())
     assert lines_written(partial) == 1 + len(records) == 1 + N and report["n_prompts"] == N  # header + one per prompt
     assert [r["id"] for r in records] == ids and partial.read_bytes() == before  # nothing taken for a torn line
 

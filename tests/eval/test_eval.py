@@ -5,25 +5,13 @@ from __future__ import annotations
 import json
 
 import pytest
-import torch
 
 from draftheads.eval.config import EvalConfig, TreeSettings
 from draftheads.eval.runner import run_eval
-from draftheads.models.backbone import BackboneConfig, load_backbone
-from draftheads.models.draft_model import DraftModel, read_head_config
-from draftheads.models.heads.medusa import MedusaConfig
+from draftheads.models.draft_model import read_head_config
 from draftheads.scripts.cli import main
 from draftheads.utils.errors import ConfigError
-from helpers import write_jsonl
-
-
-def random_medusa_heads(base, folder):
-    backbone = load_backbone(BackboneConfig(base=str(base)), "cpu")
-    torch.manual_seed(0)
-    draft = DraftModel.new(backbone, MedusaConfig(num_heads=3))
-    for parameter in draft.heads.parameters():
-        torch.nn.init.normal_(parameter, std=0.05)
-    return draft.save_pretrained(folder / "medusa")
+from helpers import random_medusa_heads, write_jsonl
 
 
 @pytest.fixture(scope="module")

@@ -105,5 +105,5 @@ def test_eval_statistics_cover_every_drafted_depth_of_eagle1(backbone):
 
     heads = trained_looking(EagleHeads.build(EagleConfig(num_heads=3), backbone))
     assert heads.config.trained_depths() == 1
-    stats = rank_stats(DraftModel(backbone, heads), [(torch.randint(0, 128, (20,)).tolist(), 5)])
+    stats = rank_stats(DraftModel(backbone, heads), [(torch.randint(0, 128, (20,)).tolist(), 5, 0)])
     assert len(stats.depth_topk) == 3 and stats.positions > 0

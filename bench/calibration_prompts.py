@@ -1,0 +1,119 @@
+"""Claim: calibrating the heads on the base model's answers to prompts like the served ones
+(`draftheads calibrate`) predicts the τ of an MT-bench decode within 5%, where training's held-out
+rows (ShareGPT) predict it 2-6% high (issue 17).
+
+    python bench/calibration_prompts.py [--prompts bench/data/calibration_questions.jsonl]
+
+The calibration prompts: bench/data/calibration_questions.jsonl, 40 two-turn questions written for
+this purpose in MT-bench's eight categories (5 each); none is an MT-bench question. The base model
+answers them once (greedy, 128 new tokens per turn, the decode dtype; resumable), and each quality
+family's heads are calibrated on those answers with `draftheads calibrate`: it writes the heads'
+calibration.json (what `draftheads eval`, the family run's report and the model cards predict from)
+and keeps training's as calibration.previous.json, which the first column of predictions reads.
+
+Nothing is decoded here. τ measured for the heads alone is that of the family run over all 80
+MT-bench questions (bench/out/families-quality/decode.json from `python bench/families.py --set
+quality --limit 80 --reference hf_generate`), for the tree each family decoded with; with the lookup
+branch (10 tokens, n-gram 2), that of the lookup-branch runs (bench/out/lookup-branch*/ from
+`python bench/lookup_branch.py`, the questions they finished). Predictions are for 2 turns x 128 new
+tokens: from position frequencies (`RankStats.within`, training's held-out rows or the calibration
+answers) and by replaying the decode's steps on the calibration answers (`RankStats.replayed`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from draftheads.decoding.autotree import expected_tau
+from draftheads.decoding.calibration import CALIBRATION_NAME, read_calibration
+from draftheads.eval.calibrate import PREVIOUS_NAME, calibrate
+from draftheads.eval.metrics import tau_of
+from draftheads.eval.runner import partial_lines
+
+from families import SETS
+
+TRAINING_SOURCE = "held-out rows of the training data"
+"""How training's calibration.json names its source (train/loop.py)."""
+
+
+def lookup_records() -> dict[str, list[dict]]:
+    """Method name -> its turns in the lookup-branch runs (finished or stopped: the questions done)."""
+    out: dict[str, list[dict]] = {}
+    for folder in sorted(Path("bench/out").glob("lookup-branch*")):
+        done = folder / "decode.json"
+        if done.is_file():
+            records = json.loads(done.read_text())["records"]
+        else:
+            _, lines = partial_lines(folder / "decode.partial.jsonl")
+            records = [json.loads(line) for line in lines[1:]]
+        for record in records:
+            for name, turns in record["methods"].items():
+                out.setdefault(name, []).extend(turns)
+    return out
+
+
+def training_calibration(heads: Path, shape: tuple[int, int]):
+    """Training's held-out calibration of `heads`: their calibration.json, or the one `draftheads
+    calibrate` kept when it replaced it."""
+    for name in (CALIBRATION_NAME, PREVIOUS_NAME):
+        saved = read_calibration(heads, *shape, name=name)
+        if saved is not None and saved[1].startswith(TRAINING_SOURCE):
+            return saved[0]
+    raise SystemExit(f"{heads}: no calibration from training's held-out rows ({CALIBRATION_NAME} or {PREVIOUS_NAME})")
+
+
+def error(predicted: float | None, measured: float | None) -> str:
+    if predicted is None or measured is None:
+        return "-"
+    return f"{predicted:.3f} ({(predicted - measured) / measured:+.1%})"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--prompts", default="bench/data/calibration_questions.jsonl")
+    parser.add_argument("--max-new-tokens", type=int, default=128, help="as the family run decoded")
+    parser.add_argument("--lookup", type=int, default=10, help="as the lookup-branch runs decoded")
+    parser.add_argument("--out", type=Path, default=Path("bench/out/calibration"))
+    args = parser.parse_args()
+    families, family_out = SETS["quality"]
+    run_path = family_out / "decode.json"
+    if not run_path.is_file():
+        raise SystemExit(f"{run_path}: run `python bench/families.py --set quality --limit 80 --reference hf_generate` first (its τ is the one predicted)")
+    run = json.loads(run_path.read_text())
+    records, trees = run["records"], run["trees"]
+    with_lookup = lookup_records()
+    tau = {name: tau_of([a for t in turns for a in t.get("accepted", [])]) for name, turns in with_lookup.items()}
+    shape = (2, args.max_new_tokens)
+    heads_rows, lookup_rows = [], []
+    for label, recipe, folder, _ in families:
+        heads = Path("outputs") / folder / "heads"
+        held_out = training_calibration(heads, shape)
+        stats, _ = calibrate(str(heads), args.prompts, max_new_tokens=args.max_new_tokens, answers=str(args.out / "answers"))
+        prompts = stats.within(*shape)
+        tree = trees[recipe]
+        paths = prompts.best_paths(tree["budget"], tree["width"])
+        measured = tau_of([a for r in records for t in r["methods"][recipe] for a in t["accepted"]])
+        heads_rows.append((label, tree, measured, [
+            expected_tau(held_out, tree["budget"], tree["width"]), expected_tau(prompts, tree["budget"], tree["width"]), tau_of(prompts.replayed(paths, *shape)),
+        ], [held_out.depth_topk[0][0], prompts.depth_topk[0][0]]))
+        lookup_rows.append((f"{label} + lookup", tree, tau.get(f"{recipe}+lookup"), len(with_lookup.get(f"{recipe}+lookup", [])), tau_of(prompts.replayed(paths, *shape, lookup=args.lookup))))
+    lookup_rows.insert(0, ("lookup alone", None, tau.get("lookup_only"), len(with_lookup.get("lookup_only", [])), tau_of(prompts.replayed([], *shape, lookup=args.lookup))))
+    print(f"\nHeads alone; τ measured: {len(records)} MT-bench questions, both turns, {args.max_new_tokens} new tokens, greedy ({run_path})")
+    print("| heads | tree | τ measured | depth-1 top-1: held-out rows / calibration prompts "
+          "| τ predicted: held-out rows, positions | calibration prompts, positions | calibration prompts, replayed steps |")
+    print("| --- | --- | --- | --- | --- | --- | --- |")
+    for label, tree, measured, predictions, top1 in heads_rows:
+        cells = " | ".join(error(p, measured) for p in predictions)
+        print(f"| {label} | {tree['budget']} x {tree['width']} | {measured:.3f} | {top1[0]:.3f} / {top1[1]:.3f} | {cells} |")
+    print(f"\nWith the lookup branch ({args.lookup} tokens, n-gram 2); τ measured: the lookup-branch runs' finished questions")
+    print("| method | tree | turns measured | τ measured | τ predicted: calibration prompts, replayed steps |")
+    print("| --- | --- | --- | --- | --- |")
+    for label, tree, measured, turns, predicted in lookup_rows:
+        shape_text = f"{tree['budget']} x {tree['width']}" if tree else "none"
+        print(f"| {label} | {shape_text} | {turns} | {f'{measured:.3f}' if measured else '-'} | {error(predicted, measured)} |")
+
+
+if __name__ == "__main__":
+    main()

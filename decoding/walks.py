@@ -1,0 +1,82 @@
+"""Replaying a decode's steps on calibration answers, to predict τ with autocorrelation and with
+the lookup branch.
+
+Expected τ from position frequencies (`RankStats.expected_tau`) weighs every answer position
+alike. A decode does not: a step that accepts a tokens skips the next a positions, so where easy
+positions cluster (a list, a quoted phrase) it visits fewer of them than their share, and τ is the
+positions' harmonic mean of 1 + accepted rather than their arithmetic mean. A lookup branch makes
+this decisive: in a copied run of R tokens every position copies correctly, but the decode steps
+through it once. So answers the heads were calibrated on are kept position by position
+(`AnswerWalk`), and a decode of a tree is replayed on them step by step: each step accepts the
+longer of the heads' correct path (the true rank path's longest prefix in the tree) and the lookup
+copy's correct prefix (the two are one path each from the root, so the union's longest correct path
+is the longer one), then the bonus token.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from draftheads.decoding.lookup import lookup_continuation
+
+LOOKUP_CAP = 32
+"""Most correctly copied tokens recorded per position (lookup branches up to this length are predicted)."""
+
+
+@dataclass
+class AnswerWalk:
+    """One calibration answer, position by position from its first drafting position (the root is
+    the answer's first token, depth 1 drafts its second)."""
+
+    turn: int
+    """0 for a first answer, 1 for the answer to a second user turn, ..."""
+    ranks: list[list[int]]
+    """[position][depth]: rank of the true token under that depth's head (max rank: not in the top, or past the answer)."""
+    copies: list[int]
+    """[position]: how many leading tokens of the lookup copy equal the answer's next ones (at most LOOKUP_CAP)."""
+    length: int
+    """Tokens of the answer a decode emits (to EOS or its limit); the positions past it hold the base
+    model's continuation, which the last step of a decode verifies and whose acceptance τ counts."""
+
+    def to_json(self) -> dict:
+        return {"turn": self.turn, "length": self.length, "ranks": self.ranks, "copies": self.copies}
+
+    @classmethod
+    def from_json(cls, data: dict) -> "AnswerWalk":
+        return cls(int(data["turn"]), [list(map(int, row)) for row in data["ranks"]], list(map(int, data["copies"])), int(data["length"]))
+
+
+def correct_copies(ids: list[int], start: int, ngram: int) -> list[int]:
+    """For every drafting position of the answer `ids[start:]` (root at `start`, `start + 1`, ...,
+    including tokens past the answer's end):
+    how many tokens the lookup branch (`lookup_continuation` over the context up to the root) copies
+    correctly, at most LOOKUP_CAP."""
+    out = []
+    for root in range(start, len(ids)):
+        copy = lookup_continuation(ids[: root + 1], LOOKUP_CAP, ngram)
+        truth = ids[root + 1 : root + 1 + len(copy)]
+        matched = 0
+        while matched < len(truth) and copy[matched] == truth[matched]:
+            matched += 1
+        out.append(matched)
+    return out
+
+
+def replay(walks: list[AnswerWalk], paths: set[tuple[int, ...]], lookup: int, turns: int, new_tokens: int) -> list[int]:
+    """Drafted tokens accepted at each step of decoding the first `new_tokens` tokens of every
+    recorded answer of turns below `turns` greedily, with the tree of rank `paths` (prefix-closed)
+    and a lookup branch of up to `lookup` tokens (0: none). τ is 1 + their mean, as measured."""
+    accepted = []
+    for walk in walks:
+        if walk.turn >= turns:
+            continue
+        end = min(new_tokens, walk.length)
+        done = 1  # the prefill commits the answer's first token
+        while done < end:
+            row = walk.ranks[done - 1]
+            heads = 0
+            while heads < len(row) and tuple(row[: heads + 1]) in paths:
+                heads += 1
+            accepted.append(max(heads, min(walk.copies[done - 1], lookup)))
+            done += accepted[-1] + 1
+    return accepted

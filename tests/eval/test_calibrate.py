@@ -1,0 +1,122 @@
+"""`draftheads calibrate`: rank statistics on the base model's own multi-turn answers to a prompt
+set, located by turn and answer offset as training's held-out rows are, written where eval reads them."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from draftheads.decoding.calibration import OFFSET_BUCKET, Answer, RankStats, rank_stats, read_calibration
+from draftheads.decoding.walks import LOOKUP_CAP
+from draftheads.eval.calibrate import PREVIOUS_NAME, calibrate
+from draftheads.models.draft_model import DraftModel
+from draftheads.scripts.cli import main
+from helpers import random_medusa_heads, write_jsonl
+
+NEW_TOKENS = 40
+"""Long enough for answer offsets past the first bucket (32), so misplaced offsets change the cells."""
+
+
+@pytest.fixture
+def questions(tmp_path):
+    return write_jsonl(
+        tmp_path / "calibration.jsonl",
+        [
+            {"question_id": 1, "category": "writing", "turns": ["Write a haiku about rain.", "Now make it about snow."]},
+            {"question_id": 2, "category": "math", "turns": ["What is 12 times 7?", "And 13 times 7?"]},
+        ],
+    )
+
+
+def answers_of(path) -> list[Answer]:
+    lines = [json.loads(line) for line in path.read_text().splitlines()[1:]]
+    return [Answer(t["prompt_ids"] + t["tokens"] + t["past"], len(t["prompt_ids"]), turn, len(t["past"])) for r in lines for turn, t in enumerate(r["turns"])]
+
+
+def test_calibrate_locates_every_answer_position_by_turn_and_offset(varied_base, questions, tmp_path, capsys):
+    heads = random_medusa_heads(varied_base, tmp_path)
+    (heads / "calibration.json").write_text('{"source": "training", "positions": 0, "depth_topk": [], "path_counts": []}\n')
+    assert main(["calibrate", "--heads", str(heads), "--prompts", str(questions), "--max-new-tokens", str(NEW_TOKENS), "--dtype", "float32"]) == 0
+    assert json.loads((heads / PREVIOUS_NAME).read_text())["source"] == "training"
+    data = json.loads((heads / "calibration.json").read_text())
+    assert data["source"] == f"the base model's greedy answers to 2 prompts of {questions} (2 turn(s) x {NEW_TOKENS} new tokens, float32)"
+    sequences = answers_of(heads / "calibration-answers.partial.jsonl")
+    assert [a.turn for a in sequences] == [0, 1, 0, 1]
+    assert all(a.past == LOOKUP_CAP and len(a.ids) - a.past - a.start <= NEW_TOKENS for a in sequences)
+    # A decode drafts from an answer's second token: position t (offset t + 2 - start) for every t
+    # from start - 1 whose deepest target (t + 1 + depths) is still in the answer.
+    depths = 3
+    expected: dict[tuple[int, int], int] = {}
+    for ids, start, turn, past in sequences:
+        for t in range(start - 1, len(ids) - past - 1 - depths):
+            cell = (turn, (t + 2 - start) // OFFSET_BUCKET)
+            expected[cell] = expected.get(cell, 0) + 1
+    stats = RankStats.from_json(data)
+    assert {cell: c.positions for cell, c in stats.cells.items()} == expected
+    assert (1, 1) in expected  # the second bucket of a second turn is reached
+    assert stats.positions == sum(expected.values())
+    recomputed = rank_stats(DraftModel.from_pretrained(str(heads), device="cpu", dtype="float32"), sequences, keep_walks=True)
+    assert recomputed.to_json() == stats.to_json()
+    shaped, source = read_calibration(heads, 1, NEW_TOKENS)
+    assert shaped.positions == sum(c for (turn, bucket), c in expected.items() if turn == 0 and bucket * OFFSET_BUCKET < NEW_TOKENS)
+    assert f"prompts of {questions}" in source
+
+
+def test_calibrate_resumes_from_its_answers_and_refuses_other_settings(varied_base, questions, tmp_path):
+    heads = random_medusa_heads(varied_base, tmp_path)
+    out, answers = tmp_path / "cal.json", tmp_path / "answers"
+    first, _ = calibrate(str(heads), str(questions), max_new_tokens=12, dtype="float32", out=str(out), answers=str(answers), progress=False)
+    partial = tmp_path / "answers.partial.jsonl"
+    lines, answered = partial.read_text().splitlines(), answers_of(partial)
+    partial.write_text("\n".join(lines[:-1]) + "\n")  # as if stopped after the first prompt
+    again, _ = calibrate(str(heads), str(questions), max_new_tokens=12, dtype="float32", out=str(out), answers=str(answers), progress=False)
+    resumed = partial.read_text().splitlines()
+    assert resumed[:-1] == lines[:-1] and len(resumed) == len(lines)  # the first prompt kept, the second answered once
+    assert answers_of(partial) == answered
+    assert again.to_json() == first.to_json()
+    assert not (heads / "calibration.json").exists()  # --out elsewhere leaves the heads folder alone
+    code = main(["calibrate", "--heads", str(heads), "--prompts", str(questions), "--max-new-tokens", "16", "--dtype", "float32", "--out", str(out), "--answers", str(answers)])
+    assert code == 2
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--prompts", "missing.jsonl"], "missing.jsonl"),
+        (["--max-new-tokens", "1"], "--max-new-tokens must be at least 2"),
+    ],
+)
+def test_calibrate_bad_input_is_one_line_and_exit_2(varied_base, questions, tmp_path, capsys, args, message):
+    heads = random_medusa_heads(varied_base, tmp_path)
+    options = {"--prompts": str(questions), "--max-new-tokens": "8"}
+    options.update(dict(zip(args[::2], args[1::2])))
+    capsys.readouterr()  # what making the heads printed
+    code = main(["calibrate", "--heads", str(heads), "--dtype", "float32", *[w for kv in options.items() for w in kv]])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and message in err and len(err.splitlines()) == 1
+    assert not (heads / "calibration.json").exists()
+
+
+def test_calibrate_refuses_a_folder_that_is_not_heads(questions, tmp_path, capsys):
+    code = main(["calibrate", "--heads", str(tmp_path), "--prompts", str(questions)])
+    assert code == 2 and "not a local heads folder" in capsys.readouterr().err
+
+
+def test_eval_predicts_the_lookup_branch_by_replaying_its_steps_on_the_calibration_answers(tmp_path):
+    """Calibrated on the very prompt it then decodes (to check the mechanism, not a figure), the
+    replay makes the decode's own steps: predicted τ equals measured τ, lookup copies included. The
+    demo model, because a random tiny one does not repeat itself within a short answer."""
+    from draftheads.eval.config import EvalConfig, TreeSettings
+    from draftheads.eval.runner import run_eval
+
+    heads = random_medusa_heads("demo:smollm2-135m", tmp_path)
+    prompt = write_jsonl(tmp_path / "repeat.jsonl", [{"question_id": 1, "category": "writing", "turns": ["Repeat this sentence four times: the small red boat sails home at dusk."]}])
+    calibrate(str(heads), str(prompt), max_new_tokens=32, dtype="float32", progress=False)
+    config = EvalConfig(heads=str(heads), prompts=str(prompt), max_new_tokens=32, tree=TreeSettings("none", lookup=10), dtype="float32")
+    report = run_eval(config, tmp_path / "report.json", progress=False)
+    assert report["greedy_mismatches"] == 0
+    assert "replayed" in report["tau_predicted_source"] and "10-token lookup branch" in report["tau_predicted_source"]
+    assert report["tau"] > 2  # the answer repeats the sentence: long copies are accepted
+    assert report["tau_predicted"] == pytest.approx(report["tau"], abs=1e-12)
+    assert report["acceptance_by_depth_predicted"] == pytest.approx(report["acceptance_by_depth"], abs=1e-12)
