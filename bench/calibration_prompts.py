@@ -64,6 +64,19 @@ def training_calibration(heads: Path, shape: tuple[int, int]):
     raise SystemExit(f"{heads}: no calibration from training's held-out rows ({CALIBRATION_NAME} or {PREVIOUS_NAME})")
 
 
+def predictions(held_out, prompts, tree: dict, shape: tuple[int, int]) -> list[float | None]:
+    """τ predicted for the family run's dynamic tree: from training's held-out position
+    frequencies, from the calibration prompts' position frequencies, and by replaying the decode."""
+    budget, width = tree["budget"], tree["width"]
+    replayed = tau_of(prompts.replayed(prompts.best_paths(budget, width), *shape))
+    return [expected_tau(held_out, budget, width), expected_tau(prompts, budget, width), replayed]
+
+
+def lookup_row(label: str, tree: dict | None, turns: list[dict], replayed: list[int] | None) -> tuple:
+    """A row of the lookup table: measured τ over the runs' turns of that method, and the replay's."""
+    return label, tree, tau_of([a for t in turns for a in t["accepted"]]), len(turns), tau_of(replayed) if replayed else None
+
+
 def error(predicted: float | None, measured: float | None) -> str:
     if predicted is None or measured is None:
         return "-"
@@ -84,28 +97,25 @@ def main() -> None:
     run = json.loads(run_path.read_text())
     records, trees = run["records"], run["trees"]
     with_lookup = lookup_records()
-    tau = {name: tau_of([a for t in turns for a in t.get("accepted", [])]) for name, turns in with_lookup.items()}
     shape = (2, args.max_new_tokens)
     heads_rows, lookup_rows = [], []
     for label, recipe, folder, _ in families:
         heads = Path("outputs") / folder / "heads"
         held_out = training_calibration(heads, shape)
         stats, _ = calibrate(str(heads), args.prompts, max_new_tokens=args.max_new_tokens, answers=str(args.out / "answers"))
-        prompts = stats.within(*shape)
-        tree = trees[recipe]
-        paths = prompts.best_paths(tree["budget"], tree["width"])
+        prompts, tree = stats.within(*shape), trees[recipe]
         measured = tau_of([a for r in records for t in r["methods"][recipe] for a in t["accepted"]])
-        heads_rows.append((label, tree, measured, [
-            expected_tau(held_out, tree["budget"], tree["width"]), expected_tau(prompts, tree["budget"], tree["width"]), tau_of(prompts.replayed(paths, *shape)),
-        ], [held_out.depth_topk[0][0], prompts.depth_topk[0][0]]))
-        lookup_rows.append((f"{label} + lookup", tree, tau.get(f"{recipe}+lookup"), len(with_lookup.get(f"{recipe}+lookup", [])), tau_of(prompts.replayed(paths, *shape, lookup=args.lookup))))
-    lookup_rows.insert(0, ("lookup alone", None, tau.get("lookup_only"), len(with_lookup.get("lookup_only", [])), tau_of(prompts.replayed([], *shape, lookup=args.lookup))))
+        heads_rows.append((label, tree, measured, predictions(held_out, prompts, tree, shape), [held_out.depth_topk[0][0], prompts.depth_topk[0][0]]))
+        paths = prompts.best_paths(tree["budget"], tree["width"])
+        lookup_rows.append(lookup_row(f"{label} + lookup", tree, with_lookup.get(f"{recipe}+lookup", []), prompts.replayed(paths, *shape, lookup=args.lookup)))
+        if not lookup_rows[0][0].startswith("lookup alone"):  # the copies are the answers', whichever heads
+            lookup_rows.insert(0, lookup_row("lookup alone", None, with_lookup.get("lookup_only", []), prompts.replayed([], *shape, lookup=args.lookup)))
     print(f"\nHeads alone; τ measured: {len(records)} MT-bench questions, both turns, {args.max_new_tokens} new tokens, greedy ({run_path})")
     print("| heads | tree | τ measured | depth-1 top-1: held-out rows / calibration prompts "
           "| τ predicted: held-out rows, positions | calibration prompts, positions | calibration prompts, replayed steps |")
     print("| --- | --- | --- | --- | --- | --- | --- |")
-    for label, tree, measured, predictions, top1 in heads_rows:
-        cells = " | ".join(error(p, measured) for p in predictions)
+    for label, tree, measured, forecasts, top1 in heads_rows:
+        cells = " | ".join(error(p, measured) for p in forecasts)
         print(f"| {label} | {tree['budget']} x {tree['width']} | {measured:.3f} | {top1[0]:.3f} / {top1[1]:.3f} | {cells} |")
     print(f"\nWith the lookup branch ({args.lookup} tokens, n-gram 2); τ measured: the lookup-branch runs' finished questions")
     print("| method | tree | turns measured | τ measured | τ predicted: calibration prompts, replayed steps |")

@@ -130,10 +130,11 @@ class RankStats:
     def replayed(self, paths: list[list[int]], turns: int, new_tokens: int, lookup: int = 0, lookup_ngram: int = 2) -> list[int] | None:
         """Drafted tokens accepted per step when a greedy decode of the tree of rank `paths`, with a
         lookup branch of `lookup` tokens, is replayed on the kept answers (`walks.replay`); None
-        without walks, or with a branch whose n-gram is not the one the copies were counted with."""
-        if not self.walks or (lookup and lookup_ngram != self.lookup_ngram):
+        without walks, or with a branch the walks cannot replay (another n-gram than the copies were
+        counted with, or longer than the LOOKUP_CAP tokens they count)."""
+        if not self.walks or (lookup and (lookup_ngram != self.lookup_ngram or lookup > LOOKUP_CAP)):
             return None
-        return replay(self.walks, {tuple(p) for p in paths}, min(lookup, LOOKUP_CAP), turns, new_tokens)
+        return replay(self.walks, {tuple(p) for p in paths}, lookup, turns, new_tokens)
 
     @classmethod
     def located(cls, ranks: torch.Tensor, turns: torch.Tensor, offsets: torch.Tensor, max_rank: int = 10) -> "RankStats":
@@ -216,8 +217,8 @@ def rank_stats(draft: DraftModel, sequences: list[Answer | tuple], max_rank: int
     with `keep_walks`, each answer as an `AnswerWalk` too (copies of a lookup branch of `lookup_ngram`).
 
     `sequences` are `Answer`s, or (ids, start, turn) tuples. The statistics count positions whose
-    targets at every depth lie in the answer (the last K+1 are skipped); the walks keep every
-    position, with max_rank for targets past the last token.
+    targets at every depth lie in the answer (its last K tokens are drafted from no counted
+    position); the walks keep every position, with max_rank for targets past the last token.
     """
     backbone, heads = draft.backbone, draft.heads
     depths = heads.config.num_heads

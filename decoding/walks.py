@@ -31,7 +31,7 @@ class AnswerWalk:
     turn: int
     """0 for a first answer, 1 for the answer to a second user turn, ..."""
     ranks: list[list[int]]
-    """[position][depth]: rank of the true token under that depth's head (max rank: not in the top, or past the answer)."""
+    """[position][depth]: rank of the true token under that depth's head (max rank: not in the top, or past the recorded tokens)."""
     copies: list[int]
     """[position]: how many leading tokens of the lookup copy equal the answer's next ones (at most LOOKUP_CAP)."""
     length: int
@@ -43,7 +43,10 @@ class AnswerWalk:
 
     @classmethod
     def from_json(cls, data: dict) -> "AnswerWalk":
-        return cls(int(data["turn"]), [list(map(int, row)) for row in data["ranks"]], list(map(int, data["copies"])), int(data["length"]))
+        walk = cls(int(data["turn"]), [list(map(int, row)) for row in data["ranks"]], list(map(int, data["copies"])), int(data["length"]))
+        if not len(walk.copies) == len(walk.ranks) >= walk.length:
+            raise ValueError(f"a walk of length {walk.length} has {len(walk.ranks)} rank rows and {len(walk.copies)} copies")
+        return walk
 
 
 def correct_copies(ids: list[int], start: int, ngram: int) -> list[int]:

@@ -12,7 +12,6 @@ answers), so the statistics keep their cells of turn and answer offset (`RankSta
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 
 from tqdm.auto import tqdm
@@ -30,20 +29,23 @@ from draftheads.utils.device import resolve_device, resolve_dtype
 from draftheads.utils.errors import ConfigError
 
 PREVIOUS_NAME = "calibration.previous.json"
-"""Where `calibrate` keeps the heads' calibration file it replaces (training's, typically)."""
+"""Where `calibrate` keeps the first calibration file of the heads it replaces (training's, typically)."""
 
 
-def answer_sequences(backbone: Backbone, prompts: list[EvalPrompt], max_new_tokens: int, answers: Path, progress: bool = True) -> list[Answer]:
+def answer_sequences(backbone: Backbone, prompts: list[EvalPrompt], max_new_tokens: int, answers: Path, progress: bool = True, model: str | None = None) -> list[Answer]:
     """The base model's greedy answers to every turn of `prompts`, as an eval's baseline makes them
     (each turn's context holds the earlier answers), each followed by LOOKUP_CAP tokens of its
     greedy continuation past the answer's end (EOS or the limit), which is not emitted but which a
     decode's last step verifies, and whose acceptance its τ counts. Resumable through
-    `<answers>.partial.jsonl` (one line per finished prompt); a run with other settings is refused."""
+    `<answers>.partial.jsonl` (one line per finished prompt); a run with other settings, or another
+    `model` (None: the base model itself; else what the backbone is beyond it, such as a merged
+    adapter or a trained backbone), is refused."""
     engine = Engine(backbone)
     eos = engine.default_eos()
     formatter = ChatFormatter(backbone.tokenizer, model_name=backbone.location.spec)
     dtype = str(backbone.lm_head.weight.dtype).removeprefix("torch.")
-    fingerprint = json.dumps({"calibration answers of": backbone.location.spec, "dtype": dtype, "max_new_tokens": max_new_tokens, "past": LOOKUP_CAP, "prompts": [p.id for p in prompts]})
+    settings = {"max_new_tokens": max_new_tokens, "past": LOOKUP_CAP, "prompts": [p.id for p in prompts]}
+    fingerprint = json.dumps({"calibration answers of": backbone.location.spec, **({"model": model} if model else {}), "dtype": dtype, **settings})
     partial = answers.with_name(answers.name + ".partial.jsonl")
     partial.parent.mkdir(parents=True, exist_ok=True)
     records = read_partial(partial, fingerprint)
@@ -72,31 +74,36 @@ def calibrate(
     device: str = "auto", dtype: str = "auto", out: str | None = None, answers: str | None = None, progress: bool = True,
 ) -> tuple[RankStats, Path]:
     """Answer `prompts` with the base model, measure the heads' rank statistics on the answers and
-    write them to `out` (default: the heads' calibration.json; the file it replaces is kept beside it
-    as calibration.previous.json, unless it came from the same prompts and settings). Returns the
-    statistics and the file written."""
+    write them to `out` (default: the heads' calibration.json; the first file it replaces there is
+    kept beside it as calibration.previous.json). Returns the statistics and the file written."""
     folder = Path(heads)
     if out is None and not (folder / CONFIG_NAME).is_file():
         raise ConfigError(f"--heads {heads}: not a local heads folder (no {CONFIG_NAME}); give --out to write the calibration elsewhere")
     if max_new_tokens < 2:
         raise ConfigError(f"--max-new-tokens must be at least 2 (a head drafts from an answer's second token on), got {max_new_tokens}")
+    if limit is not None and limit < 1:
+        raise ConfigError(f"--limit must be at least 1, got {limit}")
     target = Path(out) if out is not None else folder / CALIBRATION_NAME
+    replaced = read_calibration(folder) if out is None else None  # a damaged file is refused before any work
     chosen = load_prompts(prompts, limit)
     resolved = resolve_device(device)
     dtype_name, note = resolve_dtype(dtype, resolved)
     print(f"dtype: {note}")
     draft = DraftModel.from_pretrained(heads, base, device=resolved, dtype=dtype_name)
     work = Path(answers) if answers is not None else target.with_name(target.stem + "-answers")
-    sequences = answer_sequences(draft.backbone, chosen, max_new_tokens, work, progress)
+    # A frozen backbone is the base model, whatever heads ride on it: their answers are shared.
+    model = None if draft.backbone_mode == "frozen" else f"the {draft.backbone_mode} backbone of {folder.resolve()}"
+    sequences = answer_sequences(draft.backbone, chosen, max_new_tokens, work, progress, model)
     stats = rank_stats(draft, sequences, keep_walks=True)
     if not stats.positions:
-        raise ConfigError(f"{prompts}: the answers are too short to draft in (every answer needs more than {draft.heads.config.num_heads + 1} tokens)")
+        raise ConfigError(f"{prompts}: the answers are too short to draft in (some answer needs more than {draft.heads.config.num_heads} tokens)")
     turns = max(len(p.turns) for p in chosen)
     source = f"the base model's greedy answers to {len(chosen)} prompts of {prompts} ({turns} turn(s) x {max_new_tokens} new tokens, {dtype_name})"
-    replaced = read_calibration(folder) if out is None else None
-    if replaced is not None and not replaced[1].startswith(source):  # a rerun of the same calibration is not kept
-        shutil.copyfile(target, folder / PREVIOUS_NAME)
-        print(f"kept the calibration it replaces as {folder / PREVIOUS_NAME}")
+    previous = folder / PREVIOUS_NAME
+    # The first calibration replaced (training's, typically) is the one kept: a later one never overwrites it.
+    if replaced is not None and not previous.exists():
+        atomic_write_text(previous, target.read_text())
+        print(f"kept the calibration it replaces as {previous}")
     atomic_write_text(target, calibration_json(stats, source))
     print(f"calibration: {stats.positions} positions; top-1 by depth: " + ", ".join(f"{row[0]:.3f}" for row in stats.depth_topk))
     print(f"wrote {target} ({source})")

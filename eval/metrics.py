@@ -79,6 +79,8 @@ def predicted_tau(tree: TreeSpec, own: RankStats, held_out, ours_turns: list[dic
 
 
 def _replayed_tau(tree: TreeSpec, held_out, shape: tuple[int, int] | None) -> tuple[float, list[float], str] | None:
+    """τ and acceptance by depth of the decode replayed on the calibration's answers (`RankStats.replayed`).
+    Exact for static trees and the lookup branch; a dynamic tree stands as its best rank paths."""
     if not held_out or shape is None or not held_out[0].walks:
         return None
     stats, where = held_out
@@ -87,7 +89,8 @@ def _replayed_tau(tree: TreeSpec, held_out, shape: tuple[int, int] | None) -> tu
     if not accepted:
         return None  # no step, or a branch of another n-gram than the one the copies were counted with
     branch = f" and the {tree.lookup}-token lookup branch" if tree.lookup else ""
-    return tau_of(accepted), acceptance_by_depth(accepted, max(accepted)), f"calibrated on {where}: the decode's steps replayed on its answers, with the tree's rank paths{branch}"
+    dynamic = f" (the best {tree.budget}, at most {tree.width} per depth)" if tree.kind == "dynamic" else ""
+    return tau_of(accepted), acceptance_by_depth(accepted, max(accepted)), f"calibrated on {where}: the decode's steps replayed on its answers, with the tree's rank paths{dynamic}{branch}"
 
 
 def _drafted_tree_tau(tree: TreeSpec, own: RankStats, held_out, ours_turns: list[dict]) -> tuple[float | None, list[float] | None, str]:
@@ -123,7 +126,7 @@ def build_report(config, draft: DraftModel, tree: TreeSpec, records: list[dict],
     loop = sum(times[k] for k in ("draft", "verify", "accept", "other"))
     sampling = config.sampling
     greedy = sampling.temperature == 0
-    shape = (max(len(r["methods"]["ours"]) for r in records), config.max_new_tokens) if greedy else None  # replays model greedy acceptance
+    shape = (max(len(r["methods"]["ours"]) for r in records), config.max_new_tokens) if greedy else None  # the replay is of greedy acceptance
     tau_predicted, predicted_by_depth, source = predicted_tau(tree, stats, held_out, ours_turns, shape)
     measured_depth = max([depth, *accepted, len(predicted_by_depth or [])])  # a lookup branch goes deeper than the heads
     if predicted_by_depth is not None:

@@ -161,7 +161,7 @@ def calibration(draft: DraftModel, progress: bool, turns: int | None = None, new
     for text in tqdm(FALLBACK_CALIBRATION_PROMPTS, desc="calibration answers", disable=not progress):
         ids = formatter.prompt_ids([{"role": "user", "content": text}])
         sequences.append((ids + engine.generate(ids, GenerationConfig(max_new_tokens=64)).tokens, len(ids), 0))
-    stats = rank_stats(draft, sequences, keep_walks=True)
+    stats = rank_stats(draft, sequences)
     return stats, f"the base model's greedy answers to {len(sequences)} fixed prompts ({stats.positions} positions; the heads carry no calibration.json)"
 
 

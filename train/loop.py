@@ -47,7 +47,7 @@ from draftheads.train.checkpoint import (
 )
 from draftheads.train.config import LossConfig, Recipe, recipe_yaml, save_resolved
 from draftheads.train.joint import FrozenBackbone, TrainableBackbone, batch_features, quantization_config
-from draftheads.train.losses import answer_coordinates, backbone_loss_sum, depth_accuracy_counts, depth_loss_sums, depth_weights, joint_positions, joint_ranks, target_counts
+from draftheads.train.losses import backbone_loss_sum, decode_positions, depth_accuracy_counts, depth_loss_sums, depth_weights, joint_ranks, target_counts
 from draftheads.train.schedules import make_scheduler
 from draftheads.utils.errors import ConfigError, DraftheadsError
 from draftheads.utils.jsonl import read_lines
@@ -190,12 +190,9 @@ def evaluate(
             drafted = output.states
             if len(drafted) < heads.config.num_heads:  # ranks of every depth the heads draft, trained or not
                 drafted = heads(features, batch["input_ids"], batch.get("position_ids"), depths=heads.config.num_heads).states
-            rows, cols = joint_positions(batch, len(drafted))
+            rows, cols, turn, offset = decode_positions(batch, len(drafted))
             ranks.append(joint_ranks(heads, drafted, batch, backbone.lm_head, rows, cols).cpu())
-            # Where each position's first drafted token (t + 2) lies in its conversation: a decode
-            # drafts answer tokens from its second on, so calibration can keep the positions like its own.
-            turn, offset = answer_coordinates(batch)
-            located.append(torch.stack([turn[rows, cols + 2], offset[rows, cols + 2]], 1).cpu())
+            located.append(torch.stack([turn, offset], 1).cpu())
             if measure_drift:
                 original = trainable.original_hidden(batch)
                 drift += drift_counts(features[LAST], original, batch, backbone.lm_head, trainable.original_lm_head(), chunk_size)

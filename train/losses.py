@@ -211,6 +211,18 @@ def joint_positions(batch: dict[str, torch.Tensor], depths: int) -> tuple[torch.
     return common // length, common % length
 
 
+def decode_positions(batch: dict[str, torch.Tensor], depths: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(rows, cols, turn, offset) of the positions a decode drafts from, among those every depth
+    1..`depths` trains on (`joint_positions`), located by their first drafted token (t + 2): its
+    turn, and its offset in its answer. A decode drafts answer tokens from the second on (the
+    prefill emits the first), so positions drafting an answer's first token are left out."""
+    rows, cols = joint_positions(batch, depths)
+    turn, offset = answer_coordinates(batch)
+    turn, offset = turn[rows, cols + 2], offset[rows, cols + 2]
+    later = offset > 0
+    return rows[later], cols[later], turn[later], offset[later]
+
+
 @torch.no_grad()
 def joint_ranks(
     heads: DraftHeads, states: list[torch.Tensor], batch: dict[str, torch.Tensor], lm_head: nn.Module, rows: torch.Tensor, cols: torch.Tensor, max_rank: int = 10

@@ -3,6 +3,7 @@ hand-made answers, the copies of the lookup branch, and the walks kept through J
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from draftheads.decoding.calibration import RankStats
@@ -86,3 +87,8 @@ def test_walks_round_trip_through_json_and_within_keeps_the_turns_a_decode_makes
     assert first_turns.replayed([[0]], 1, 128) == [1]
     assert first_turns.replayed([[0]], 1, 128, lookup=5, lookup_ngram=3) is None  # copies counted for n-gram 2
     assert RankStats.from_ranks(ranks).replayed([[0]], 1, 128) is None  # no walks kept
+    assert first_turns.replayed([[0]], 1, 128, lookup=LOOKUP_CAP + 1) is None  # copies are counted up to the cap only
+    damaged = stats.to_json()
+    damaged["walks"][0]["copies"] = [0]
+    with pytest.raises(ValueError, match="3 rank rows and 1 copies"):
+        RankStats.from_json(damaged)

@@ -6,10 +6,12 @@ from __future__ import annotations
 import json
 
 import pytest
+import torch
 
 from draftheads.decoding.calibration import OFFSET_BUCKET, Answer, RankStats, rank_stats, read_calibration
 from draftheads.decoding.walks import LOOKUP_CAP
 from draftheads.eval.calibrate import PREVIOUS_NAME, calibrate
+from draftheads.decoding.engine import Engine, GenerationConfig
 from draftheads.models.draft_model import DraftModel
 from draftheads.scripts.cli import main
 from helpers import random_medusa_heads, write_jsonl
@@ -37,12 +39,18 @@ def answers_of(path) -> list[Answer]:
 def test_calibrate_locates_every_answer_position_by_turn_and_offset(varied_base, questions, tmp_path, capsys):
     heads = random_medusa_heads(varied_base, tmp_path)
     (heads / "calibration.json").write_text('{"source": "training", "positions": 0, "depth_topk": [], "path_counts": []}\n')
-    assert main(["calibrate", "--heads", str(heads), "--prompts", str(questions), "--max-new-tokens", str(NEW_TOKENS), "--dtype", "float32"]) == 0
+    command = ["calibrate", "--heads", str(heads), "--prompts", str(questions), "--max-new-tokens", str(NEW_TOKENS), "--dtype", "float32"]
+    assert main(command) == 0
     assert json.loads((heads / PREVIOUS_NAME).read_text())["source"] == "training"
+    assert main([*command, "--limit", "1", "--answers", str(tmp_path / "one")]) == 0  # another calibration replaces this one; training's stays kept
+    assert json.loads((heads / PREVIOUS_NAME).read_text())["source"] == "training"
+    assert main(command) == 0  # the answers of the first run are read again, not made again
     data = json.loads((heads / "calibration.json").read_text())
     assert data["source"] == f"the base model's greedy answers to 2 prompts of {questions} (2 turn(s) x {NEW_TOKENS} new tokens, float32)"
     sequences = answers_of(heads / "calibration-answers.partial.jsonl")
     assert [a.turn for a in sequences] == [0, 1, 0, 1]
+    walks = RankStats.from_json(json.loads((heads / "calibration.json").read_text())).walks
+    assert [w.length for w in walks] == [len(a.ids) - a.past - a.start for a in sequences]  # what each answer emits
     assert all(a.past == LOOKUP_CAP and len(a.ids) - a.past - a.start <= NEW_TOKENS for a in sequences)
     # A decode drafts from an answer's second token: position t (offset t + 2 - start) for every t
     # from start - 1 whose deepest target (t + 1 + depths) is still in the answer.
@@ -85,6 +93,7 @@ def test_calibrate_resumes_from_its_answers_and_refuses_other_settings(varied_ba
     [
         (["--prompts", "missing.jsonl"], "missing.jsonl"),
         (["--max-new-tokens", "1"], "--max-new-tokens must be at least 2"),
+        (["--limit", "0"], "--limit must be at least 1"),
     ],
 )
 def test_calibrate_bad_input_is_one_line_and_exit_2(varied_base, questions, tmp_path, capsys, args, message):
@@ -96,6 +105,43 @@ def test_calibrate_bad_input_is_one_line_and_exit_2(varied_base, questions, tmp_
     err = capsys.readouterr().err.strip()
     assert code == 2 and message in err and len(err.splitlines()) == 1
     assert not (heads / "calibration.json").exists()
+
+
+def test_calibrate_refuses_a_damaged_calibration_before_answering_and_leaves_it(varied_base, questions, tmp_path, capsys):
+    heads = random_medusa_heads(varied_base, tmp_path)
+    (heads / "calibration.json").write_text("{not json\n")
+    capsys.readouterr()
+    assert main(["calibrate", "--heads", str(heads), "--prompts", str(questions), "--dtype", "float32"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "calibration.json: not a calibration file" in err and len(err.splitlines()) == 1
+    assert (heads / "calibration.json").read_text() == "{not json\n"
+    assert not (heads / "calibration-answers.partial.jsonl").exists() and not (heads / PREVIOUS_NAME).exists()
+
+
+def test_ranks_are_those_of_the_tokens_each_depth_drafts(varied_base, tmp_path):
+    """Medusa heads without layers, sharing the lm_head, draft every depth from the base model's own
+    next-token logits at the position. So depth k's rank at position t is the rank of token t+1+k
+    under the logits at t, and its statistics never rank the true token first the way the next token
+    (t+1, the greedy answer's own) would."""
+    from draftheads.models.backbone import BackboneConfig, load_backbone
+    from draftheads.models.heads.medusa import MedusaConfig
+
+    backbone = load_backbone(BackboneConfig(base=str(varied_base), dtype="float32"), "cpu")
+    draft = DraftModel.new(backbone, MedusaConfig(num_heads=2, head_layers=0))
+    ids = backbone.tokenizer("the boat sails home at dusk and the small red").input_ids
+    answer = Engine(backbone).generate(ids, GenerationConfig(max_new_tokens=24, eos_token_ids=())).tokens
+    sequence = ids + answer
+    stats = rank_stats(draft, [(sequence, len(ids), 0)], keep_walks=True)
+    logits = backbone.model(torch.tensor([sequence])).logits[0]
+    for i, row in enumerate(stats.walks[0].ranks):
+        t = len(ids) - 1 + i
+        for k, rank in enumerate(row, start=1):
+            if t + 1 + k < len(sequence):
+                expected = int((logits[t] > logits[t, sequence[t + 1 + k]]).sum())
+                assert rank == min(expected, 10), (i, k)
+            else:
+                assert rank == 10
+    assert stats.depth_topk[0][0] < 0.5  # ranks against the root token would all be 0
 
 
 def test_calibrate_refuses_a_folder_that_is_not_heads(questions, tmp_path, capsys):

@@ -65,6 +65,19 @@ def test_depth_weights_decay():
     assert depth_weights(3, 0.8) == [1.0, 0.8, 0.8**2]
 
 
+def test_decode_positions_leave_out_drafting_an_answers_first_token_and_locate_the_rest():
+    from draftheads.train.losses import decode_positions
+
+    # The packed row below: depth 1 trains on t = 0, 1, 2, 5, 6 | 9, 10, 11, 13 (t + 2 in an answer,
+    # same conversation). A decode never drafts an answer's first token (offset 0 at t + 2).
+    mask = torch.tensor([[0, 0, 1, 1, 1, 0, 0, 1, 1, 0, 0, 1, 1, 1, 0, 1]])
+    positions = torch.tensor([[0, 1, 2, 3, 4, 5, 6, 7, 8, 0, 1, 2, 3, 4, 5, 6]])
+    batch = {"input_ids": torch.arange(16)[None], "loss_mask": mask, "position_ids": positions}
+    rows, cols, turn, offset = decode_positions(batch, 1)
+    assert rows.tolist() == [0] * 5 and cols.tolist() == [1, 2, 6, 10, 11]
+    assert turn.tolist() == [0, 0, 1, 0, 0] and offset.tolist() == [1, 2, 1, 1, 2]
+
+
 def test_answer_coordinates_count_turns_per_conversation_and_offsets_per_answer():
     from draftheads.train.losses import answer_coordinates
 
