@@ -51,9 +51,8 @@ class AnswerWalk:
 
 def correct_copies(ids: list[int], start: int, ngram: int) -> list[int]:
     """For every drafting position of the answer `ids[start:]` (root at `start`, `start + 1`, ...,
-    including tokens past the answer's end):
-    how many tokens the lookup branch (`lookup_continuation` over the context up to the root) copies
-    correctly, at most LOOKUP_CAP."""
+    tokens past the answer's end included): how many tokens the lookup branch copies correctly
+    (`lookup_continuation` over the context up to the root), at most LOOKUP_CAP."""
     out = []
     for root in range(start, len(ids)):
         copy = lookup_continuation(ids[: root + 1], LOOKUP_CAP, ngram)
