@@ -18,6 +18,7 @@ branch (10 tokens, n-gram 2), that of the lookup-branch runs (bench/out/lookup-b
 `python bench/lookup_branch.py`, the questions they finished). Predictions are for 2 turns x 128 new
 tokens: from position frequencies (`RankStats.within`, training's held-out rows or the calibration
 answers) and by replaying the decode's steps on the calibration answers (`RankStats.replayed`).
+Static trees are checked against `bench/tau_prediction.py`'s MT-bench run (its trees and records).
 """
 
 from __future__ import annotations
@@ -77,6 +78,27 @@ def lookup_row(label: str, tree: dict | None, turns: list[dict], replayed: list[
     return label, tree, tau_of([a for t in turns for a in t["accepted"]]), len(turns), tau_of(replayed) if replayed else None
 
 
+def static_and_dynamic(families, shape: tuple[int, int]) -> None:
+    """The replay against `bench/tau_prediction.py`'s MT-bench run, whose static and dynamic trees of
+    one budget were decoded (its trees are read from the run's header; nothing is decoded here)."""
+    path = Path("bench/out/families-quality/tau_prediction-mt-bench.partial.jsonl")
+    header, lines = partial_lines(path)
+    if not lines:
+        return
+    trees = dict(json.loads(header["options"])[-1])
+    records = [json.loads(line) for line in lines[1:]]
+    folders = {recipe: Path("outputs") / folder / "heads" for _, recipe, folder, _ in families}
+    print(f"\nStatic and dynamic trees; τ measured: {len(records)} MT-bench questions ({path})")
+    print("| tree | τ measured | τ predicted: calibration prompts, replayed steps |")
+    print("| --- | --- | --- |")
+    for name, tree in sorted(trees.items()):
+        recipe, kind = name.split(":")
+        stats, _ = read_calibration(folders[recipe], *shape)
+        replayed = tau_of(stats.replayed(tree if kind == "static" else stats.best_paths(*tree), *shape))
+        measured = tau_of([a for r in records for t in r["methods"][name] for a in t["accepted"]])
+        print(f"| {name} {tree} | {measured:.3f} | {error(replayed, measured)} |")
+
+
 def error(predicted: float | None, measured: float | None) -> str:
     if predicted is None or measured is None:
         return "-"
@@ -123,6 +145,7 @@ def main() -> None:
     for label, tree, measured, turns, predicted in lookup_rows:
         shape_text = f"{tree['budget']} x {tree['width']}" if tree else "none"
         print(f"| {label} | {shape_text} | {turns} | {f'{measured:.3f}' if measured else '-'} | {error(predicted, measured)} |")
+    static_and_dynamic(families, shape)
 
 
 if __name__ == "__main__":
