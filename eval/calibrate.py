@@ -11,17 +11,16 @@ answers), so the statistics keep their cells of turn and answer offset (`RankSta
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
-
-from tqdm.auto import tqdm
 
 from draftheads.data.chat import ChatFormatter
 from draftheads.decoding.calibration import CALIBRATION_NAME, Answer, RankStats, calibration_json, rank_stats, read_calibration
 from draftheads.decoding.engine import Engine, GenerationConfig
 from draftheads.decoding.walks import LOOKUP_CAP
 from draftheads.eval.prompts import EvalPrompt, load_prompts
-from draftheads.eval.runner import read_partial
+from draftheads.eval.runner import Runner, engine_method, run_prompts
 from draftheads.models.backbone import Backbone
 from draftheads.models.draft_model import CONFIG_NAME, DraftModel
 from draftheads.utils.atomic import atomic_write_text
@@ -41,32 +40,19 @@ def answer_sequences(backbone: Backbone, prompts: list[EvalPrompt], max_new_toke
     `model` (None: the base model itself; else what the backbone is beyond it, such as a merged
     adapter or a trained backbone), is refused."""
     engine = Engine(backbone)
-    eos = engine.default_eos()
+
+    def past(prompt_ids: list[int], tokens: list[int]) -> dict:
+        return {"past": engine.generate(prompt_ids + tokens, GenerationConfig(max_new_tokens=LOOKUP_CAP, eos_token_ids=())).tokens}
+
+    method = dataclasses.replace(engine_method("baseline", engine), extra=past)
     formatter = ChatFormatter(backbone.tokenizer, model_name=backbone.location.spec)
+    runner = Runner([method], formatter, GenerationConfig(max_new_tokens=max_new_tokens, eos_token_ids=engine.default_eos()), 0.0)
     dtype = str(backbone.lm_head.weight.dtype).removeprefix("torch.")
-    settings = {"max_new_tokens": max_new_tokens, "past": LOOKUP_CAP, "prompts": [p.id for p in prompts]}
+    settings = {"max_new_tokens": max_new_tokens, "past_tokens": LOOKUP_CAP, "prompts": [p.id for p in prompts]}
     fingerprint = json.dumps({"calibration answers of": backbone.location.spec, **({"model": model} if model else {}), "dtype": dtype, **settings})
-    partial = answers.with_name(answers.name + ".partial.jsonl")
-    partial.parent.mkdir(parents=True, exist_ok=True)
-    records = read_partial(partial, fingerprint)
-    done = {r["id"] for r in records}
-    if not partial.exists():
-        partial.write_text(json.dumps({"options": fingerprint}) + "\n")
-    tokens = sum(len(t["tokens"]) for r in records for t in r["turns"])
-    bar = tqdm([p for p in prompts if p.id not in done], desc="calibration answers", unit="prompt", initial=len(done), total=len(prompts), disable=not progress)
-    for prompt in bar:
-        turns: list[dict] = []
-        for _ in prompt.turns:
-            ids = formatter.prompt_ids(prompt.messages([t["text"] for t in turns]), origin=f"prompt {prompt.id}")
-            answer = engine.generate(ids, GenerationConfig(max_new_tokens=max_new_tokens, eos_token_ids=eos)).tokens
-            past = engine.generate(ids + answer, GenerationConfig(max_new_tokens=LOOKUP_CAP, eos_token_ids=())).tokens
-            turns.append({"prompt_ids": ids, "tokens": answer, "past": past, "text": backbone.tokenizer.decode(answer, skip_special_tokens=True)})
-            tokens += len(answer)
-            bar.set_postfix(answer_tokens=tokens)
-        records.append({"id": prompt.id, "turns": turns})
-        with partial.open("a") as handle:  # one line per finished prompt: a kill loses at most one
-            handle.write(json.dumps(records[-1]) + "\n")
-    return [Answer(t["prompt_ids"] + t["tokens"] + t["past"], len(t["prompt_ids"]), turn, len(t["past"])) for r in records for turn, t in enumerate(r["turns"])]
+    records = run_prompts(runner, prompts, answers, fingerprint, 0, progress, desc="calibration answers")
+    turns = [(turn, t) for r in records for turn, t in enumerate(r["methods"]["baseline"])]
+    return [Answer(t["prompt_ids"] + t["tokens"] + t["past"], len(t["prompt_ids"]), turn, len(t["past"])) for turn, t in turns]
 
 
 def calibrate(

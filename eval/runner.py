@@ -58,6 +58,8 @@ class Method:
     """The model it decodes (the reference's top-2 gap is read from it)."""
     reference: str | None = None
     """Greedy: the method whose tokens this one must equal (None: it is a reference)."""
+    extra: Callable[[list[int], list[int]], dict] | None = None
+    """More fields to record with each turn, from its prompt ids and tokens (untimed)."""
 
 
 def engine_method(name: str, engine: Engine, reference: str | None = None) -> Method:
@@ -120,6 +122,8 @@ class Runner:
                 entry = {"prompt_ids": prompt_ids, "tokens": tokens, "seconds": seconds}
                 if result is not None:
                     entry.update(accepted=result.accepted, tree_sizes=result.tree_sizes, predicted=result.predicted, times=result.times)
+                if method.extra is not None:
+                    entry.update(method.extra(prompt_ids, tokens))
                 turns.append(entry)
                 answers.append(method.backbone.tokenizer.decode(tokens, skip_special_tokens=True))
             record["methods"][method.name] = turns
@@ -208,7 +212,9 @@ def build_runner(config: EvalConfig, draft: DraftModel, tree: TreeSpec) -> Runne
     return Runner(methods, formatter, generation, epsilon)
 
 
-def run_prompts(runner: Runner, prompts: list[EvalPrompt], out: Path, fingerprint: str, seed: int, progress: bool, header: dict | None = None) -> list[dict]:
+def run_prompts(
+    runner: Runner, prompts: list[EvalPrompt], out: Path, fingerprint: str, seed: int, progress: bool, header: dict | None = None, desc: str = "eval",
+) -> list[dict]:
     """Every prompt through every method, resuming from and appending to `<out>.partial.jsonl`
     (whose first line holds `fingerprint` and `header`)."""
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -220,7 +226,7 @@ def run_prompts(runner: Runner, prompts: list[EvalPrompt], out: Path, fingerprin
         runner.warm_up(todo[0][1])
         if not partial.exists():
             partial.write_text(json.dumps({"options": fingerprint, **(header or {})}) + "\n")
-        for index, prompt in tqdm(todo, desc="eval", unit="prompt", disable=not progress, initial=len(done), total=len(prompts)):
+        for index, prompt in tqdm(todo, desc=desc, unit="prompt", disable=not progress, initial=len(done), total=len(prompts)):
             record = runner.run_prompt(prompt, index, seed)
             with partial.open("a") as handle:  # one line per finished prompt: a kill loses at most one
                 handle.write(json.dumps(record) + "\n")

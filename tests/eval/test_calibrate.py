@@ -33,7 +33,7 @@ def questions(tmp_path):
 
 def answers_of(path) -> list[Answer]:
     lines = [json.loads(line) for line in path.read_text().splitlines()[1:]]
-    return [Answer(t["prompt_ids"] + t["tokens"] + t["past"], len(t["prompt_ids"]), turn, len(t["past"])) for r in lines for turn, t in enumerate(r["turns"])]
+    return [Answer(t["prompt_ids"] + t["tokens"] + t["past"], len(t["prompt_ids"]), turn, len(t["past"])) for r in lines for turn, t in enumerate(r["methods"]["baseline"])]
 
 
 def test_calibrate_locates_every_answer_position_by_turn_and_offset(varied_base, questions, tmp_path, capsys):
