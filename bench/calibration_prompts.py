@@ -2,7 +2,7 @@
 (`draftheads calibrate`) predicts the τ of an MT-bench decode within 5%, where training's held-out
 rows (ShareGPT) predict it 2-6% high (issue 17).
 
-    python bench/calibration_prompts.py [--prompts bench/data/calibration_questions.jsonl]
+    python bench/calibration_prompts.py [--prompts bench/data/calibration_questions.jsonl] [--sharegpt 80 --out bench/out/calibration-mixed]
 
 The calibration prompts: bench/data/calibration_questions.jsonl, 40 two-turn questions written for
 this purpose in MT-bench's eight categories (5 each); none is an MT-bench question. The base model
@@ -10,6 +10,11 @@ answers them once (greedy, 128 new tokens per turn, the decode dtype; resumable)
 family's heads are calibrated on those answers with `draftheads calibrate`: it writes the heads'
 calibration.json (what `draftheads eval`, the family run's report and the model cards predict from)
 and keeps training's as calibration.previous.json, which the first column of predictions reads.
+
+With `--sharegpt N` the set also holds N real user conversations with two user turns, from
+ShareGPT conversation 400 on (the quality heads were trained on answers to the first 275, and
+`bench/tau_prediction.py --prompts unseen-sharegpt` decodes from 300); the combined prompts are
+written to `<out>/prompts.jsonl`.
 
 Nothing is decoded here. τ measured for the heads alone is that of the family run over all 80
 MT-bench questions (bench/out/families-quality/decode.json from `python bench/families.py --set
@@ -25,6 +30,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import random
+import statistics
 from pathlib import Path
 
 from draftheads.decoding.autotree import expected_tau
@@ -34,15 +41,21 @@ from draftheads.eval.metrics import tau_of
 from draftheads.eval.runner import partial_lines
 
 from families import SETS
+from tau_prediction import unseen_sharegpt
+
+SHAREGPT_FROM = 400
+"""First ShareGPT conversation `--sharegpt` takes (past those trained on and those decoded)."""
 
 TRAINING_SOURCE = "held-out rows of the training data"
 """How training's calibration.json names its source (train/loop.py)."""
 
 
-def lookup_records() -> dict[str, list[dict]]:
-    """Method name -> its turns in the lookup-branch runs (finished or stopped: the questions done)."""
-    out: dict[str, list[dict]] = {}
+def lookup_records() -> dict[str, list[list[dict]]]:
+    """Method name -> its questions' turns in the lookup-branch runs (finished or stopped: the
+    questions done); a method several runs decoded (lookup alone) from the first of them only."""
+    out: dict[str, list[list[dict]]] = {}
     for folder in sorted(Path("bench/out").glob("lookup-branch*")):
+        earlier = set(out)
         done = folder / "decode.json"
         if done.is_file():
             records = json.loads(done.read_text())["records"]
@@ -51,7 +64,8 @@ def lookup_records() -> dict[str, list[dict]]:
             records = [json.loads(line) for line in lines[1:]]
         for record in records:
             for name, turns in record["methods"].items():
-                out.setdefault(name, []).extend(turns)
+                if name not in earlier:
+                    out.setdefault(name, []).append(turns)
     return out
 
 
@@ -73,9 +87,16 @@ def predictions(held_out, prompts, tree: dict, shape: tuple[int, int]) -> list[f
     return [expected_tau(held_out, budget, width), expected_tau(prompts, budget, width), replayed]
 
 
-def lookup_row(label: str, tree: dict | None, turns: list[dict], replayed: list[int] | None) -> tuple:
-    """A row of the lookup table: measured τ over the runs' turns of that method, and the replay's."""
-    return label, tree, tau_of([a for t in turns for a in t["accepted"]]), len(turns), tau_of(replayed) if replayed else None
+def lookup_row(label: str, tree: dict | None, questions: list[list[dict]], replayed: list[int] | None) -> tuple:
+    """A row of the lookup table: measured τ over the runs' turns of that method, its sampling
+    spread over questions, and the replay's τ."""
+    def tau(sample: list[list[dict]]) -> float | None:
+        return tau_of([a for turns in sample for t in turns for a in t["accepted"]])
+
+    rng = random.Random(0)
+    resampled = [tau(rng.choices(questions, k=len(questions))) for _ in range(1000)] if questions else []
+    spread = statistics.pstdev(resampled) if resampled else None
+    return label, tree, tau(questions), sum(map(len, questions)), spread, tau_of(replayed) if replayed else None
 
 
 def static_and_dynamic(families, shape: tuple[int, int]) -> None:
@@ -99,6 +120,16 @@ def static_and_dynamic(families, shape: tuple[int, int]) -> None:
         print(f"| {name} {tree} | {measured:.3f} | {error(replayed, measured)} |")
 
 
+def with_sharegpt(written: Path, count: int, out: Path) -> Path:
+    """`written` prompts and `count` unseen two-turn ShareGPT conversations, in one JSONL file."""
+    rows = [json.loads(line) for line in written.read_text().splitlines() if line.strip()]
+    rows += [{"question_id": p.id, "category": p.category, "turns": p.turns} for p in unseen_sharegpt(count, SHAREGPT_FROM, two_turns=True)]
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / "prompts.jsonl"
+    path.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    return path
+
+
 def error(predicted: float | None, measured: float | None) -> str:
     if predicted is None or measured is None:
         return "-"
@@ -110,8 +141,11 @@ def main() -> None:
     parser.add_argument("--prompts", default="bench/data/calibration_questions.jsonl")
     parser.add_argument("--max-new-tokens", type=int, default=128, help="as the family run decoded")
     parser.add_argument("--lookup", type=int, default=10, help="as the lookup-branch runs decoded")
+    parser.add_argument("--sharegpt", type=int, default=0, help="add this many unseen two-turn ShareGPT conversations to the prompts")
     parser.add_argument("--out", type=Path, default=Path("bench/out/calibration"))
     args = parser.parse_args()
+    if args.sharegpt:
+        args.prompts = str(with_sharegpt(Path(args.prompts), args.sharegpt, args.out))
     families, family_out = SETS["quality"]
     run_path = family_out / "decode.json"
     if not run_path.is_file():
@@ -140,11 +174,12 @@ def main() -> None:
         cells = " | ".join(error(p, measured) for p in forecasts)
         print(f"| {label} | {tree['budget']} x {tree['width']} | {measured:.3f} | {top1[0]:.3f} / {top1[1]:.3f} | {cells} |")
     print(f"\nWith the lookup branch ({args.lookup} tokens, n-gram 2); τ measured: the lookup-branch runs' finished questions")
-    print("| method | tree | turns measured | τ measured | τ predicted: calibration prompts, replayed steps |")
+    print("| method | tree | turns measured | τ measured (bootstrap SD over questions) | τ predicted: calibration prompts, replayed steps |")
     print("| --- | --- | --- | --- | --- |")
-    for label, tree, measured, turns, predicted in lookup_rows:
+    for label, tree, measured, turns, spread, predicted in lookup_rows:
         shape_text = f"{tree['budget']} x {tree['width']}" if tree else "none"
-        print(f"| {label} | {shape_text} | {turns} | {f'{measured:.3f}' if measured else '-'} | {error(predicted, measured)} |")
+        measured_text = f"{measured:.3f} ({spread / measured:.1%})" if measured else "-"
+        print(f"| {label} | {shape_text} | {turns} | {measured_text} | {error(predicted, measured)} |")
     static_and_dynamic(families, shape)
 
 

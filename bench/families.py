@@ -1,10 +1,11 @@
 """Claim: every head family, trained at the same data and budget on the demo model, decodes faster
 than HF `generate` in bf16 on this CPU; one interleaved run gives each family's τ, time per step
 (draft / verify), ours / our AR, ours / HF generate and ours / prompt lookup, with the tree `--tree
-auto` chose for it from costs measured at start-up.
+auto` chose for it from costs measured at start-up (and the lookup branch it chose with the tree,
+for heads calibrated by `draftheads calibrate`).
 
     python bench/families.py [--run] [--only medusa1-distill hydra ...] [--limit 16] [--max-new-tokens 128]
-    python bench/families.py --set quality --run --limit 80 --reference hf_generate
+    python bench/families.py --set quality --run --limit 80 --reference hf_generate [--out bench/out/families-auto]
 
 `--set quality` takes the `*-quality` recipes (the quality budget: bench/RESULTS.md) instead of the
 demo ones; `--reference hf_generate` checks greedy outputs against HF `generate` and leaves our
@@ -22,6 +23,7 @@ apart). It resumes from `bench/out/families/decode.partial.jsonl` and prints the
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import datetime
 import hashlib
 import json
@@ -98,8 +100,12 @@ def main() -> None:
     parser.add_argument("--set", choices=sorted(SETS), default="demo", help="which recipes: the demo ones or the *-quality ones")
     parser.add_argument("--reference", choices=["baseline", "hf_generate"], default="baseline",
                         help="what greedy outputs must equal: our autoregressive decoding, or HF generate (our AR is then not run)")
+    parser.add_argument("--out", type=Path, help="where the run's records go (default: the set's folder under bench/out); "
+                        "a run elsewhere leaves the heads' eval_report.json and model cards alone")
     args = parser.parse_args()
     families, out = SETS[args.set]
+    args.cards = args.out is None  # the set's own run is the one the heads' cards show
+    out = args.out or out
     out.mkdir(parents=True, exist_ok=True)
     chosen = [f for f in families if not args.only or f[1] in args.only]
     if args.run or args.train_only:
@@ -172,14 +178,15 @@ def spec_of(choice: dict) -> TreeSpec | None:
     the entry does not record)."""
     if "budget" not in choice:
         return None
-    return TreeSpec("dynamic", budget=choice["budget"], width=choice["width"]) if choice["budget"] else TreeSpec("none")
+    spec = TreeSpec("dynamic", budget=choice["budget"], width=choice["width"]) if choice["budget"] else TreeSpec("none")
+    return dataclasses.replace(spec, lookup=choice.get("lookup", 0))  # the branch the auto tree chose with it
 
 
 def fingerprint_of(args, dtype: str, chosen, trees: dict) -> str:
     """The settings a resumed run must share, the heads' weights included (retrained heads start a
     new run): a stopped run with other settings is refused by `run_prompts` (delete
     decode.partial.jsonl to start over)."""
-    shapes = {recipe: {k: choice[k] for k in ("budget", "width", "paths") if k in choice} for recipe, choice in sorted(trees.items())}
+    shapes = {recipe: {k: choice[k] for k in ("budget", "width", "paths", "lookup") if k in choice} for recipe, choice in sorted(trees.items())}
     weights = {recipe: weights_identity(Path("outputs") / folder / "heads") for _, recipe, folder, _ in chosen}
     return json.dumps([args.limit, args.max_new_tokens, dtype, method_names(chosen, args.reference), shapes, weights])
 
@@ -218,9 +225,11 @@ def predicted(folder: str, tree: dict, args) -> tuple[float | None, str | None]:
 
 def report(chosen, records: list[dict], trees: dict, dtype: str, args, out: Path) -> None:
     """The table, and each family's summary in its heads folder and model card."""
-    times_path = out / "train_seconds.json"
+    times_path = SETS[args.set][1] / "train_seconds.json"  # written by the set's training, wherever this run's records go
     predictions = {recipe: predicted(folder, trees[recipe], args) for _, recipe, folder, _ in chosen}
     print_table(chosen, records, trees, json.loads(times_path.read_text()) if times_path.is_file() else {}, predictions)
+    if not args.cards:
+        return
     for label, recipe, folder, _ in chosen:
         heads = Path("outputs") / folder / "heads"
         write_summary(family_summary(records, recipe, trees[recipe], dtype, args, *predictions[recipe]), heads)
@@ -250,7 +259,7 @@ def family_summary(records: list[dict], recipe: str, tree: dict, dtype: str, arg
         "measured_by": f"`python bench/families.py --set {args.set} --limit {args.limit} --reference {reference}` (one interleaved run of every family)",
         "reference": "HF generate" if reference == "hf_generate" else "autoregressive decoding (same engine)",
         "prompts": "mt-bench", "n_prompts": len(records), "n_turns": len(turns), "max_new_tokens": args.max_new_tokens,
-        "temperature": 0.0, "dtype": dtype, "tree": {"kind": "dynamic" if "budget" in tree else "none", **tree},
+        "temperature": 0.0, "dtype": dtype, "tree": {"kind": spec_of(tree).kind if spec_of(tree) else "static", **tree},
         "tau": tau_of(accepted), "tau_predicted": tau_predicted, "tau_predicted_source": source,
         "acceptance_by_depth": acceptance_by_depth(accepted, max(accepted, default=1)),
         "speedup": ours / speed(records, "baseline") if "baseline" in records[0]["methods"] else None,
@@ -282,6 +291,7 @@ def print_table(chosen, records: list[dict], trees: dict, train_seconds: dict, p
         own_ar = speed(records, f"baseline:{recipe}") if f"baseline:{recipe}" in records[0]["methods"] else ar
         tree = trees[recipe]
         shape = f"{tree.get('budget')} x {tree.get('width')}" if "budget" in tree else tree["reason"]
+        shape += f" + {tree['lookup']}-token lookup" if tree.get("lookup") else ""
         real, near = divergences(records, recipe)
         ours = speed(records, recipe)
         by_depth = " / ".join(f"{x:.3f}" for x in acceptance_by_depth(accepted, max(accepted, default=1)))

@@ -43,15 +43,15 @@ UNSEEN_SHAREGPT = 300
 """First ShareGPT conversation of `--prompts unseen-sharegpt` (the quality data answered 226)."""
 
 
-def unseen_sharegpt(limit: int) -> list[EvalPrompt]:
-    """`limit` ShareGPT conversations from UNSEEN_SHAREGPT on, their first two user turns (as
-    MT-bench has); records without a user turn, and openings over 3,000 characters (gen-data skips
-    long prompts too), are passed over."""
-    conversations, _ = read_source(SourceConfig(path="demo:sharegpt", limit=UNSEEN_SHAREGPT + 4 * limit), require_assistant=False, skip_invalid=True)
+def unseen_sharegpt(limit: int, first: int = UNSEEN_SHAREGPT, two_turns: bool = False) -> list[EvalPrompt]:
+    """`limit` ShareGPT conversations from the `first` on, their first two user turns (as MT-bench
+    has; with `two_turns`, only conversations that have two); records without a user turn, and
+    turns over 3,000 characters (gen-data skips long prompts too), are passed over."""
+    conversations, _ = read_source(SourceConfig(path="demo:sharegpt", limit=first + 4 * limit), require_assistant=False, skip_invalid=True)
     prompts = []
-    for conv in conversations[UNSEEN_SHAREGPT:]:
+    for conv in conversations[first:]:
         turns = [m["content"] for m in conv.messages if m["role"] == "user"][:2]
-        if turns and len(turns[0]) <= 3000:
+        if turns and all(len(t) <= 3000 for t in turns[: 2 if two_turns else 1]) and (len(turns) == 2 or not two_turns):
             prompts.append(EvalPrompt(conv.id, "sharegpt", turns))
     return prompts[:limit]
 

@@ -30,7 +30,7 @@ import torch
 
 from draftheads.decoding.cache import KVCache, install_tree_attention
 from draftheads.decoding.tree import Tree
-from draftheads.decoding.walks import LOOKUP_CAP, AnswerWalk, correct_copies, replay
+from draftheads.decoding.walks import LOOKUP_CAP, AnswerWalk, Steps, lookup_copies, replay
 from draftheads.models.draft_model import DraftModel
 from draftheads.models.heads.base import DraftHeads
 from draftheads.utils.device import synchronize
@@ -132,9 +132,19 @@ class RankStats:
         lookup branch of `lookup` tokens, is replayed on the kept answers (`walks.replay`); None
         without walks, or with a branch the walks cannot replay (another n-gram than the copies were
         counted with, or longer than the LOOKUP_CAP tokens they count)."""
+        steps = self.replay_steps(paths, turns, new_tokens, lookup, lookup_ngram)
+        return steps.accepted if steps is not None else None
+
+    def replay_steps(self, paths: list[list[int]], turns: int, new_tokens: int, lookup: int = 0, lookup_ngram: int = 2) -> Steps | None:
+        """`replayed`, with the tokens the branch proposed at each step too."""
         if not self.walks or (lookup and (lookup_ngram != self.lookup_ngram or lookup > LOOKUP_CAP)):
             return None
         return replay(self.walks, {tuple(p) for p in paths}, lookup, turns, new_tokens)
+
+    def costs_branches(self) -> bool:
+        """Whether the walks recorded what the lookup proposed at each position (so a branch's
+        verification cost can be replayed, not only its acceptance)."""
+        return bool(self.walks) and all(w.proposed is not None for w in self.walks)
 
     @classmethod
     def located(cls, ranks: torch.Tensor, turns: torch.Tensor, offsets: torch.Tensor, max_rank: int = 10) -> "RankStats":
@@ -238,7 +248,8 @@ def rank_stats(draft: DraftModel, sequences: list[Answer | tuple], max_rank: int
             index = torch.arange(first, len(ids) - 1 - k, device=device)
             ranks[: len(index), k - 1] = true_ranks(heads, k, states[k - 1][0, index], ids_t[0, index + 1 + k], backbone.lm_head, max_rank)
         if keep_walks:
-            walks.append(AnswerWalk(turn, ranks.tolist(), correct_copies(ids, start, lookup_ngram), end - start))
+            correct, proposed = lookup_copies(ids, start, lookup_ngram)
+            walks.append(AnswerWalk(turn, ranks.tolist(), correct, end - start, proposed))
         full = max(end - 1 - depths - first, 0)  # positions with a target at every depth within the answer
         parts.append(ranks[:full])
         # Located by the first drafted token (t + 2), as training locates its held-out positions.

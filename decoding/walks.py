@@ -16,6 +16,7 @@ is the longer one), then the bonus token.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import NamedTuple
 
 from draftheads.decoding.lookup import lookup_continuation
 
@@ -37,38 +38,56 @@ class AnswerWalk:
     length: int
     """Tokens of the answer a decode emits (to EOS or its limit); the positions past it hold the base
     model's continuation, which the last step of a decode verifies and whose acceptance τ counts."""
+    proposed: list[int] | None = None
+    """[position]: how many tokens the lookup proposes there, right or wrong (at most LOOKUP_CAP): what
+    the branch adds to the verified tree. None in calibrations written before it was recorded (their
+    branches are predicted, not costed)."""
 
     def to_json(self) -> dict:
-        return {"turn": self.turn, "length": self.length, "ranks": self.ranks, "copies": self.copies}
+        data = {"turn": self.turn, "length": self.length, "ranks": self.ranks, "copies": self.copies}
+        return data if self.proposed is None else {**data, "proposed": self.proposed}
 
     @classmethod
     def from_json(cls, data: dict) -> "AnswerWalk":
-        walk = cls(int(data["turn"]), [list(map(int, row)) for row in data["ranks"]], list(map(int, data["copies"])), int(data["length"]))
-        if not len(walk.copies) == len(walk.ranks) >= walk.length:
-            raise ValueError(f"a walk of length {walk.length} has {len(walk.ranks)} rank rows and {len(walk.copies)} copies")
+        proposed = list(map(int, data["proposed"])) if "proposed" in data else None
+        walk = cls(int(data["turn"]), [list(map(int, row)) for row in data["ranks"]], list(map(int, data["copies"])), int(data["length"]), proposed)
+        if not len(walk.copies) == len(walk.ranks) >= walk.length or (proposed is not None and len(proposed) != len(walk.copies)):
+            raise ValueError(f"a walk of length {walk.length} has {len(walk.ranks)} rank rows, {len(walk.copies)} copies and {len(proposed or [])} proposals")
         return walk
 
 
-def correct_copies(ids: list[int], start: int, ngram: int) -> list[int]:
+class Steps(NamedTuple):
+    """A replayed decode, step by step."""
+
+    accepted: list[int]
+    """Drafted tokens accepted at each step (the bonus token not counted): τ is 1 + their mean."""
+    copied: list[int]
+    """Tokens the lookup branch proposed at each step (0 without a branch, or where the walks did not
+    record proposals): the verified tree grows by at most this many nodes."""
+
+
+def lookup_copies(ids: list[int], start: int, ngram: int) -> tuple[list[int], list[int]]:
     """For every drafting position of the answer `ids[start:]` (root at `start`, `start + 1`, ...,
     tokens past the answer's end included): how many tokens the lookup branch copies correctly
-    (`lookup_continuation` over the context up to the root), at most LOOKUP_CAP."""
-    out = []
+    (`lookup_continuation` over the context up to the root), and how many it proposes, at most
+    LOOKUP_CAP each."""
+    correct, proposed = [], []
     for root in range(start, len(ids)):
         copy = lookup_continuation(ids[: root + 1], LOOKUP_CAP, ngram)
         truth = ids[root + 1 : root + 1 + len(copy)]
         matched = 0
         while matched < len(truth) and copy[matched] == truth[matched]:
             matched += 1
-        out.append(matched)
-    return out
+        correct.append(matched)
+        proposed.append(len(copy))
+    return correct, proposed
 
 
-def replay(walks: list[AnswerWalk], paths: set[tuple[int, ...]], lookup: int, turns: int, new_tokens: int) -> list[int]:
-    """Drafted tokens accepted at each step of decoding the first `new_tokens` tokens of every
-    recorded answer of turns below `turns` greedily, with the tree of rank `paths` (prefix-closed)
-    and a lookup branch of up to `lookup` tokens (0: none). τ is 1 + their mean, as measured."""
-    accepted = []
+def replay(walks: list[AnswerWalk], paths: set[tuple[int, ...]], lookup: int, turns: int, new_tokens: int) -> Steps:
+    """The steps of decoding the first `new_tokens` tokens of every recorded answer of turns below
+    `turns` greedily, with the tree of rank `paths` (prefix-closed) and a lookup branch of up to
+    `lookup` tokens (0: none)."""
+    accepted, copied = [], []
     for walk in walks:
         if walk.turn >= turns:
             continue
@@ -80,5 +99,6 @@ def replay(walks: list[AnswerWalk], paths: set[tuple[int, ...]], lookup: int, tu
             while heads < len(row) and tuple(row[: heads + 1]) in paths:
                 heads += 1
             accepted.append(max(heads, min(walk.copies[done - 1], lookup)))
+            copied.append(min(walk.proposed[done - 1], lookup) if walk.proposed is not None else 0)
             done += accepted[-1] + 1
-    return accepted
+    return Steps(accepted, copied)

@@ -41,17 +41,18 @@ class TreeSettings:
     """Drafted nodes per step (dynamic trees, and static trees without a saved one)."""
     width: int = 8
     """Dynamic trees: most nodes added per depth."""
-    lookup: int = 0
+    lookup: int | None = None
     """Greedy decoding: also verify up to this many tokens copied from the context (prompt lookup)
-    as one more path of every step's tree, on top of the tree chosen above; 0: off. The auto tree's
-    expected tokens/s does not count it."""
+    as one more path of every step's tree; 0: off. null: chosen with the auto tree (none or 4-16
+    tokens, by expected tokens/s) when the heads' calibration kept its answers (`draftheads
+    calibrate`), else off. A number with the auto tree sizes the tree for that branch."""
     lookup_ngram: int = 2
     """The longest context suffix the lookup matches (then shorter ones, down to 1)."""
 
     def __post_init__(self) -> None:
         if self.budget < 1 or self.width < 1:
             raise ValueError(f"tree budget and width must be at least 1, got {self.budget} and {self.width}")
-        if self.lookup < 0 or self.lookup_ngram < 1:
+        if (self.lookup is not None and self.lookup < 0) or self.lookup_ngram < 1:
             raise ValueError(f"tree.lookup must be at least 0 and tree.lookup_ngram at least 1, got {self.lookup} and {self.lookup_ngram}")
 
 

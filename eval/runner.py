@@ -22,7 +22,7 @@ import torch
 from tqdm.auto import tqdm
 
 from draftheads.data.chat import ChatFormatter
-from draftheads.decoding.autotree import choose_auto_tree, measure_costs
+from draftheads.decoding.autotree import LOOKUPS, choose_auto_tree, measure_costs
 from draftheads.decoding.calibration import RankStats, rank_stats, read_calibration
 from draftheads.decoding.divergence import first_divergence, near_tie_epsilon
 from draftheads.decoding.engine import Engine, GenerationConfig, GenerationResult
@@ -174,7 +174,8 @@ def resolve_tree(config: EvalConfig, draft: DraftModel, progress: bool = True, t
     the report); see `TreeSettings`. `turns`: the most turns a prompt has (the auto tree is chosen
     for that decode's positions)."""
     spec, choice = _drafted_tree(config, draft, progress, turns)
-    return dataclasses.replace(spec, lookup=config.tree.lookup, lookup_ngram=config.tree.lookup_ngram), choice
+    lookup = config.tree.lookup if config.tree.lookup is not None else spec.lookup  # the auto tree's choice, else none
+    return dataclasses.replace(spec, lookup=lookup, lookup_ngram=config.tree.lookup_ngram), choice
 
 
 def _drafted_tree(config: EvalConfig, draft: DraftModel, progress: bool, turns: int | None) -> tuple[TreeSpec, dict]:
@@ -188,10 +189,22 @@ def _drafted_tree(config: EvalConfig, draft: DraftModel, progress: bool, turns: 
     if settings.kind == "static":
         return TreeSpec("static", paths=default_static_paths(draft.heads.config.num_heads, settings.budget)), {"reason": "default static tree (no saved one)"}
     stats, source = calibration(draft, progress, turns, config.max_new_tokens)
-    choice = choose_auto_tree(stats, measure_costs(draft), source)
+    lookups = lookup_choices(config)
+    costs = measure_costs(draft, lookups=tuple(t for t in lookups if t), ngram=settings.lookup_ngram)
+    shape = (turns, config.max_new_tokens) if turns else None
+    choice = choose_auto_tree(stats, costs, source, shape, lookups, settings.lookup_ngram)
     for line in choice.lines():
         print(line)
     return choice.spec, {"reason": "auto: the highest expected tokens/s from costs measured at start-up", **choice.to_json()}
+
+
+def lookup_choices(config: EvalConfig) -> tuple[int, ...]:
+    """The lookup-branch lengths the auto tree weighs (0: none): the one asked for, else none and
+    LOOKUPS for greedy decoding (copied tokens have no draft distribution: sampling cannot verify
+    them losslessly)."""
+    if config.tree.lookup is not None:
+        return (config.tree.lookup,)
+    return (0, *LOOKUPS) if config.sampling.temperature == 0 else (0,)
 
 
 def build_runner(config: EvalConfig, draft: DraftModel, tree: TreeSpec) -> Runner:

@@ -32,7 +32,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--tree", choices=("auto", "static", "dynamic", "none"), help="auto (default): the saved tree, else the dynamic tree with the highest expected tokens/s measured at start-up")
     parser.add_argument("--tree-budget", type=int, help="drafted nodes per step (dynamic trees, and static trees without a saved one)")
     parser.add_argument("--tree-width", type=int, help="dynamic trees: most nodes added per depth")
-    parser.add_argument("--tree-lookup", type=int, help="greedy: also verify up to N tokens copied from the context (prompt lookup) as one more path of the tree (default 0: off)")
+    parser.add_argument("--tree-lookup", type=int, help="greedy: also verify up to N tokens copied from the context (prompt lookup) as one more path of the tree; 0: off; default: "
+                        "chosen with --tree auto when the heads were calibrated with `draftheads calibrate`, else off")
     parser.add_argument("--limit", type=int, help="N prompts, spread over the prompt set's categories")
     parser.add_argument("--seed", type=int)
     parser.add_argument("--device", help="auto (cuda when available), cpu, cuda, cuda:1, ...")

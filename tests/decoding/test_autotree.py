@@ -6,6 +6,7 @@ from __future__ import annotations
 from collections import Counter
 
 import pytest
+import torch
 
 from draftheads.decoding.autotree import TreeCosts, choose_auto_tree, expected_tau, measure_costs
 from draftheads.decoding.calibration import RankStats
@@ -56,11 +57,12 @@ def test_costs_are_measured_for_every_candidate(tiny_llama, demo_tokenizer):
     measured = measure_costs(draft, budgets=(1, 4), widths=(1, 2), prefix_length=16)
     assert sorted(measured.verify) == [1, 2, 5] and sorted(measured.draft) == [(1, 1), (4, 1), (4, 2)]
     assert all(v > 0 for v in [*measured.verify.values(), *measured.draft.values()])
+    with_branches = measure_costs(draft, budgets=(1, 4), widths=(1,), prefix_length=16, lookups=(4, 8))
+    assert sorted(with_branches.verify) == [1, 2, 5, 9, 13] and sorted(with_branches.lookup) == [4, 8]  # the largest tree + half and all of the longest branch
+    assert all(v > 0 for v in with_branches.lookup.values())
 
 
 def test_a_decode_is_predicted_from_the_positions_it_makes(tmp_path):
-    import torch
-
     from draftheads.decoding.calibration import CALIBRATION_NAME, calibration_json, read_calibration
 
     # Early answer tokens of turns 0-1 are drafted badly (rank 5), late ones and third turns well (rank 0).
@@ -89,3 +91,49 @@ def test_a_decode_is_predicted_from_the_positions_it_makes(tmp_path):
     (tmp_path / CALIBRATION_NAME).write_text(calibration_json(RankStats.from_ranks(ranks), "held-out rows"))
     shaped, source = read_calibration(tmp_path, 2, 64)
     assert shaped.positions == 8 and "rerun bench/recalibrate.py" in source
+
+
+def test_verify_cost_between_and_past_the_measured_sizes_is_linear():
+    measured = TreeCosts({1: 0.040, 5: 0.048, 9: 0.060})
+    assert measured.verify_seconds(5) == 0.048
+    assert measured.verify_seconds(3) == pytest.approx(0.044)
+    assert measured.verify_seconds(7) == pytest.approx(0.054)
+    assert measured.verify_seconds(13) == pytest.approx(0.072)  # the last slope, 3 ms a node
+
+
+def walked(copies: int, proposed: int) -> RankStats:
+    """Calibration whose answers the heads draft right at depth 1 in every other position, and where
+    the lookup proposes `proposed` tokens at every position, `copies` of them right."""
+    from draftheads.decoding.walks import AnswerWalk
+
+    ranks = [[0] if i % 2 == 0 else [9] for i in range(64)]
+    s = RankStats.from_ranks(torch.tensor(ranks))
+    s.walks, s.lookup_ngram = [AnswerWalk(0, ranks, [copies] * 64, 64, [proposed] * 64)], 2
+    return s
+
+
+def branch_costs(per_node: float) -> TreeCosts:
+    verify = {n: 0.040 + per_node * (n - 1) for n in (1, 2, 3, 5, 17, 25)}
+    return TreeCosts(verify, {(1, 1): 0.001, (2, 1): 0.002}, {8: 0.0005, 16: 0.001})
+
+
+def test_the_branch_is_chosen_where_its_copies_pay_for_the_nodes_it_adds():
+    # Copies right 6 tokens at a time: the 8-token branch (the cheaper one) pays at 1 ms a node.
+    quoting = choose_auto_tree(walked(6, 8), branch_costs(0.001), "test", (1, 64), (0, 8, 16))
+    assert quoting.chosen.lookup == 8 and quoting.spec.lookup == 8 and quoting.spec.lookup_ngram == 2
+    steps = walked(6, 8).replay_steps([[0]] if quoting.chosen.budget else [], 1, 64, 8)
+    assert quoting.chosen.expected_tau == pytest.approx(1 + sum(steps.accepted) / len(steps.accepted))
+    assert "8-token lookup branch" in quoting.lines()[0] and quoting.to_json()["lookup"] == 8
+    # Proposals that are always wrong add nodes and nothing else: no branch.
+    wrong = choose_auto_tree(walked(0, 16), branch_costs(0.001), "test", (1, 64), (0, 8, 16))
+    assert wrong.chosen.lookup == 0 and wrong.spec.lookup == 0
+    # 7 tokens a step do not pay for 8 nodes at 200 ms each when the heads make 2 a step at 41 ms.
+    dear = choose_auto_tree(walked(6, 8), branch_costs(0.200), "test", (1, 64), (0, 8, 16))
+    assert dear.chosen.lookup == 0
+    # Without a decode shape, with other n-gram copies, or with walks that never recorded the
+    # proposals, branches are not weighed at all.
+    assert {c.lookup for c in choose_auto_tree(walked(6, 8), branch_costs(0.001), "test", None, (0, 8)).candidates} == {0}
+    assert {c.lookup for c in choose_auto_tree(walked(6, 8), branch_costs(0.001), "test", (1, 64), (0, 8), ngram=3).candidates} == {0}
+    unrecorded = walked(6, 8)
+    unrecorded.walks[0].proposed = None
+    assert {c.lookup for c in choose_auto_tree(unrecorded, branch_costs(0.001), "test", (1, 64), (0, 8)).candidates} == {0}

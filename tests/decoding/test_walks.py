@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from draftheads.decoding.calibration import RankStats
-from draftheads.decoding.walks import LOOKUP_CAP, AnswerWalk, correct_copies, replay
+from draftheads.decoding.walks import LOOKUP_CAP, AnswerWalk, lookup_copies, replay
 
 M = 10  # max rank: not in the heads' top
 
@@ -29,16 +29,16 @@ def test_each_step_accepts_the_longest_correct_tree_path_and_skips_what_it_accep
         [0, 0, 0],  # position 10: the answer's last; a decode of 11 tokens never drafts here
     ]
     walk = AnswerWalk(0, ranks, [0] * len(ranks), len(ranks))
-    assert replay([walk], paths, 0, 1, 100) == [3, 1, 1, 0, 0]
-    assert replay([walk], paths, 0, 1, 6) == [3, 1]  # 6 new tokens: the steps that make them
-    assert replay([walk], paths, 0, 0, 100) == []  # turn 0 is not below 0 turns
+    assert replay([walk], paths, 0, 1, 100).accepted == [3, 1, 1, 0, 0]
+    assert replay([walk], paths, 0, 1, 6).accepted == [3, 1]  # 6 new tokens: the steps that make them
+    assert replay([walk], paths, 0, 0, 100).accepted == []  # turn 0 is not below 0 turns
 
 
 def test_clustered_acceptance_gives_fewer_steps_their_share_than_position_frequencies_say():
     # Half the positions accept 1 and half 0, in two runs: by positions τ = 1.5, but the decode
     # steps over the easy run two positions at a time (τ = 1 + 6 / 17 = 1.35).
     ranks = [[0]] * 12 + [[M]] * 12
-    accepted = replay([AnswerWalk(0, ranks, [0] * 24, 24)], {(0,)}, 0, 1, 100)
+    accepted = replay([AnswerWalk(0, ranks, [0] * 24, 24)], {(0,)}, 0, 1, 100).accepted
     assert accepted == [1] * 6 + [0] * 11  # the last position is the answer's end
     assert 1 + sum(accepted) / len(accepted) == 1 + 6 / 17
 
@@ -46,38 +46,48 @@ def test_clustered_acceptance_gives_fewer_steps_their_share_than_position_freque
 def test_the_lookup_copy_wins_where_it_is_longer_and_is_cut_to_the_branch_length():
     ranks = [[0, 0], [M, M], [M, M], [M, M], [M, M], [M, M], [M, M], [M, M], [M, M], [M, M]]
     copies = [1, 0, 0, 6, 0, 0, 0, 0, 0, 0]
-    walk = AnswerWalk(0, ranks, copies, len(ranks))
+    proposed = [3, 0, 2, 8, 1, 0, 5, 0, 0, 0]
+    walk = AnswerWalk(0, ranks, copies, len(ranks), proposed)
     paths = {(0,), (0, 0)}
     # position 0: heads 2 > copy 1; position 3: copy 6, cut to 4 by a 4-token branch
-    assert replay([walk], paths, 4, 1, 100) == [2, 4, 0]
-    assert replay([walk], paths, 10, 1, 100) == [2, 6]
-    assert replay([walk], paths, 0, 1, 100) == [2] + [0] * 6
+    assert replay([walk], paths, 4, 1, 100).accepted == [2, 4, 0]
+    assert replay([walk], paths, 10, 1, 100).accepted == [2, 6]
+    assert replay([walk], paths, 0, 1, 100).accepted == [2] + [0] * 6
+    # what the branch adds to each step's tree: the proposal at the step's root, cut to the branch
+    assert replay([walk], paths, 4, 1, 100).copied == [3, 4, 0]  # steps at positions 0, 3, 8
+    assert replay([walk], paths, 10, 1, 100).copied == [3, 8]
+    assert replay([walk], paths, 0, 1, 100).copied == [0] * 7
+    assert replay([AnswerWalk(0, ranks, copies, len(ranks))], paths, 10, 1, 100).copied == [0, 0]  # not recorded
     # An answer that ends (EOS) after 5 tokens: the last step still accepts the copy past its end,
     # as a decode's last verification does and its τ counts.
     ended = AnswerWalk(0, ranks, copies, 5)
-    assert replay([ended], paths, 10, 1, 100) == [2, 6]
-    assert replay([ended], paths, 0, 1, 100) == [2, 0]
+    assert replay([ended], paths, 10, 1, 100).accepted == [2, 6]
+    assert replay([ended], paths, 0, 1, 100).accepted == [2, 0]
 
 
-def test_correct_copies_counts_the_copied_tokens_the_answer_repeats():
+def test_lookup_copies_counts_the_copied_tokens_the_answer_repeats():
     prompt = [7, 1, 2, 3, 4, 9]
     answer = [1, 2, 3, 5, 1, 2]
     ids = prompt + answer
-    copies = correct_copies(ids, len(prompt), 2)
+    copies, proposed = lookup_copies(ids, len(prompt), 2)
     # root 1 (context ...9, 1): no bigram "9 1" earlier, unigram "1" -> copies 2, 3, 4, 9: 2, 3 right
     # root 2 (context ... 1, 2): bigram "1 2" at the prompt -> 3, 4, ...: 3 right, 4 wrong (5)
     # root 3: "2 3" -> 4 ...: wrong (5); root 5: no earlier 5, no "3 5": nothing
     # root 1 (again, after 5): "5 1" no; "1" latest earlier at the answer's start -> 2, 3, 5, 1: 1 right, then the answer ends
     # root 2 (the last): nothing left to copy against
     assert copies == [2, 1, 0, 0, 1, 0]
+    # proposed: what followed the matched occurrence, up to the root (root 1: 2, 3, 4, 9, 1; the
+    # root after 5: 2, 3, 5, 1)
+    assert proposed == [5, 5, 5, 0, 4, 4]
     quoted = list(range(1, 41))  # an answer that quotes its 40-token prompt copies as far as the cap
-    assert max(correct_copies(quoted + [99] + quoted, 41, 2)) == LOOKUP_CAP
+    copies, proposed = lookup_copies(quoted + [99] + quoted, 41, 2)
+    assert max(copies) == max(proposed) == LOOKUP_CAP
 
 
 def test_walks_round_trip_through_json_and_within_keeps_the_turns_a_decode_makes():
     ranks = torch.tensor([[0, 1], [2, 0], [0, 0]])
     stats = RankStats.located(ranks, torch.tensor([0, 0, 1]), torch.tensor([1, 2, 1]))
-    stats.walks = [AnswerWalk(0, [[0, 1], [2, 0], [M, M]], [0, 3, 0], 3), AnswerWalk(1, [[0, 0], [M, M]], [1, 0], 2)]
+    stats.walks = [AnswerWalk(0, [[0, 1], [2, 0], [M, M]], [0, 3, 0], 3, [1, 4, 0]), AnswerWalk(1, [[0, 0], [M, M]], [1, 0], 2, [2, 2])]
     stats.lookup_ngram = 2
     again = RankStats.from_json(stats.to_json())
     assert again.to_json() == stats.to_json()
@@ -90,5 +100,14 @@ def test_walks_round_trip_through_json_and_within_keeps_the_turns_a_decode_makes
     assert first_turns.replayed([[0]], 1, 128, lookup=LOOKUP_CAP + 1) is None  # copies are counted up to the cap only
     damaged = stats.to_json()
     damaged["walks"][0]["copies"] = [0]
-    with pytest.raises(ValueError, match="3 rank rows and 1 copies"):
+    with pytest.raises(ValueError, match="3 rank rows, 1 copies and 3 proposals"):
         RankStats.from_json(damaged)
+    damaged = stats.to_json()
+    damaged["walks"][1]["proposed"] = [2]
+    with pytest.raises(ValueError, match="2 rank rows, 2 copies and 1 proposals"):
+        RankStats.from_json(damaged)
+    assert again.costs_branches()
+    older = stats.to_json()  # written before proposals were recorded: replayed, not costed
+    for walk in older["walks"]:
+        del walk["proposed"]
+    assert RankStats.from_json(older).replayed([[0]], 1, 128) == [1] and not RankStats.from_json(older).costs_branches()

@@ -166,3 +166,31 @@ def test_eval_predicts_the_lookup_branch_by_replaying_its_steps_on_the_calibrati
     assert report["tau"] > 2  # the answer repeats the sentence: long copies are accepted
     assert report["tau_predicted"] == pytest.approx(report["tau"], abs=1e-12)
     assert report["acceptance_by_depth_predicted"] == pytest.approx(report["acceptance_by_depth"], abs=1e-12)
+
+
+def test_the_auto_tree_weighs_the_lookup_branch_from_the_calibration(tmp_path, capsys):
+    """With heads calibrated on answers that repeat themselves, `--tree auto` (no --tree-lookup)
+    weighs lookup branches by their replayed copies and measured costs; the branch it picks is the
+    one decoded."""
+    from draftheads.eval.config import EvalConfig
+    from draftheads.eval.runner import resolve_tree
+
+    heads = random_medusa_heads("demo:smollm2-135m", tmp_path)
+    prompt = write_jsonl(tmp_path / "repeat.jsonl", [{"question_id": 1, "category": "writing", "turns": ["Repeat this sentence four times: the small red boat sails home at dusk."]}])
+    calibrate(str(heads), str(prompt), max_new_tokens=32, dtype="float32", progress=False)
+    draft = DraftModel.from_pretrained(str(heads), dtype="float32")
+    tree, choice = resolve_tree(EvalConfig(heads=str(heads), prompts=str(prompt), max_new_tokens=32, dtype="float32"), draft, progress=False, turns=1)
+    # random heads never pay for their nodes; copies of a sentence said four times do
+    assert tree.lookup == choice["lookup"] in (4, 8, 12, 16) and choice["expected_tau"] > 2
+    assert {c["lookup"] for c in choice["candidates"]} == {0, 4, 8, 12, 16}
+    assert "lookup branch" in capsys.readouterr().out
+
+
+def test_a_fixed_lookup_branch_is_kept_and_sampling_weighs_none():
+    from draftheads.eval.config import EvalConfig, SamplingSettings, TreeSettings
+    from draftheads.eval.runner import lookup_choices
+
+    assert lookup_choices(EvalConfig(heads="h")) == (0, 4, 8, 12, 16)
+    assert lookup_choices(EvalConfig(heads="h", tree=TreeSettings(lookup=0))) == (0,)
+    assert lookup_choices(EvalConfig(heads="h", tree=TreeSettings(lookup=10))) == (10,)
+    assert lookup_choices(EvalConfig(heads="h", sampling=SamplingSettings(temperature=0.7))) == (0,)

@@ -14,7 +14,7 @@ from draftheads.decoding.engine import Engine, GenerationConfig
 from draftheads.decoding.lookup import lookup_continuation
 from draftheads.decoding.sampling import SamplingConfig
 from draftheads.decoding.tree import TreeSpec
-from draftheads.decoding.walks import AnswerWalk, correct_copies, replay
+from draftheads.decoding.walks import AnswerWalk, lookup_copies, replay
 from draftheads.eval.prompts import EvalPrompt
 from draftheads.eval.runner import Method, Runner, engine_method, hf_method
 from draftheads.models.backbone import BackboneConfig, load_backbone
@@ -152,8 +152,11 @@ def test_lookup_decoding_accepts_exactly_what_the_copied_tokens_get_right(demo):
         assert result.accepted == expected, text
         accepted[text] = expected
         # The calibration replay (decoding/walks.py) makes the same steps from the answer alone.
-        walk = AnswerWalk(0, [[10]] * len(reference), correct_copies(prompt + reference, len(prompt), 3), new)
-        assert replay([walk], set(), lookup, 1, new) == expected, text
+        copies, proposed = lookup_copies(prompt + reference, len(prompt), 3)
+        walk = AnswerWalk(0, [[10]] * len(reference), copies, new, proposed)
+        steps = replay([walk], set(), lookup, 1, new)
+        assert steps.accepted == expected, text
+        assert steps.copied == result.tree_sizes, text  # and verifies as many copied nodes each step
         # The cache holds a whole copied branch even when few tokens are left to make.
         short = Engine(demo, tree=TreeSpec("none", lookup=lookup)).generate(prompt, GenerationConfig(max_new_tokens=2, eos_token_ids=()))
         assert short.tokens == reference[:2]
