@@ -100,11 +100,12 @@ def main() -> None:
     parser.add_argument("--set", choices=sorted(SETS), default="demo", help="which recipes: the demo ones or the *-quality ones")
     parser.add_argument("--reference", choices=["baseline", "hf_generate"], default="baseline",
                         help="what greedy outputs must equal: our autoregressive decoding, or HF generate (our AR is then not run)")
-    parser.add_argument("--out", type=Path, help="where the run's records go (default: the set's folder under bench/out); "
-                        "a run elsewhere leaves the heads' eval_report.json and model cards alone")
+    parser.add_argument("--out", type=Path, help="where the run's records go (default: the set's folder under bench/out)")
+    parser.add_argument("--cards", action=argparse.BooleanOptionalAction,
+                        help="write each family's numbers into its heads folder (eval_report.json) and model card (default: only for a run in the set's folder)")
     args = parser.parse_args()
     families, out = SETS[args.set]
-    args.cards = args.out is None  # the set's own run is the one the heads' cards show
+    args.cards = args.out is None if args.cards is None else args.cards
     out = args.out or out
     out.mkdir(parents=True, exist_ok=True)
     chosen = [f for f in families if not args.only or f[1] in args.only]
@@ -256,7 +257,7 @@ def family_summary(records: list[dict], recipe: str, tree: dict, dtype: str, arg
     ours, reference = speed(records, recipe), args.reference
     real, near = divergences(records, recipe)
     return {
-        "measured_by": f"`python bench/families.py --set {args.set} --limit {args.limit} --reference {reference}` (one interleaved run of every family)",
+        "measured_by": f"`python bench/families.py --set {args.set} --limit {args.limit} --reference {reference}{f' --out {args.out}' if args.out else ''}` (one interleaved run of every family)",
         "reference": "HF generate" if reference == "hf_generate" else "autoregressive decoding (same engine)",
         "prompts": "mt-bench", "n_prompts": len(records), "n_turns": len(turns), "max_new_tokens": args.max_new_tokens,
         "temperature": 0.0, "dtype": dtype, "tree": {"kind": spec_of(tree).kind if spec_of(tree) else "static", **tree},

@@ -168,12 +168,18 @@ def test_eval_predicts_the_lookup_branch_by_replaying_its_steps_on_the_calibrati
     assert report["acceptance_by_depth_predicted"] == pytest.approx(report["acceptance_by_depth"], abs=1e-12)
 
 
-def test_the_auto_tree_weighs_the_lookup_branch_from_the_calibration(tmp_path, capsys):
+def test_the_auto_tree_weighs_the_lookup_branch_from_the_calibration(tmp_path, capsys, monkeypatch):
     """With heads calibrated on answers that repeat themselves, `--tree auto` (no --tree-lookup)
     weighs lookup branches by their replayed copies and measured costs; the branch it picks is the
-    one decoded."""
+    one decoded. (Costs are measured for two tree shapes only, to keep the test short.)"""
+    import functools
+
+    from draftheads.decoding.autotree import measure_costs
+    from draftheads.eval import runner
     from draftheads.eval.config import EvalConfig
     from draftheads.eval.runner import resolve_tree
+
+    monkeypatch.setattr(runner, "measure_costs", functools.partial(measure_costs, budgets=(1, 2), widths=(1,)))
 
     heads = random_medusa_heads("demo:smollm2-135m", tmp_path)
     prompt = write_jsonl(tmp_path / "repeat.jsonl", [{"question_id": 1, "category": "writing", "turns": ["Repeat this sentence four times: the small red boat sails home at dusk."]}])
