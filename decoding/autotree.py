@@ -94,6 +94,8 @@ class AutoTree:
     costs: TreeCosts
     calibration: str
     """Where the acceptance statistics came from."""
+    unweighed: str | None = None
+    """Why lookup branches that were asked to be weighed were not (None: they were, or none was)."""
 
     @property
     def expected_speedup(self) -> float:
@@ -111,7 +113,7 @@ class AutoTree:
             f"tree auto: {what}: expected τ {c.expected_tau:.3f}, {1000 * c.step_seconds:.1f} ms per step, "
             f"expected {self.expected_speedup:.2f}x autoregressive ({1000 * ar.step_seconds:.1f} ms per token)",
             f"tree auto: verify ms by nodes {verify}; acceptance from {self.calibration}",
-        ]
+        ] + ([f"tree auto: no lookup branch weighed: {self.unweighed}"] if self.unweighed else [])
 
     def to_json(self) -> dict:
         """JSON-ready, for reports."""
@@ -190,7 +192,8 @@ def choose_auto_tree(stats: RankStats, costs: TreeCosts, calibration: str, shape
     and the costs hold them, else the trees are chosen without a branch."""
     if shape is None or not stats.replayed([], *shape):
         shape = None  # nothing to replay: position frequencies, no branch
-    if shape is None or not stats.costs_branches() or stats.lookup_ngram != ngram or any(t and t not in costs.lookup for t in lookups):
+    unweighed = _why_no_branches(stats, costs, shape, lookups, ngram)
+    if unweighed:
         lookups = (0,)
     ar = Candidate(0, 0, 1.0, costs.verify[1])
     candidates = [ar]
@@ -201,7 +204,21 @@ def choose_auto_tree(stats: RankStats, costs: TreeCosts, calibration: str, shape
     best = max(candidates, key=lambda c: c.tokens_per_second)
     spec = TreeSpec("dynamic", budget=best.budget, width=best.width) if best.budget else TreeSpec("none")
     spec = dataclasses.replace(spec, lookup=best.lookup, lookup_ngram=ngram)
-    return AutoTree(spec, best, ar, candidates, costs, calibration)
+    return AutoTree(spec, best, ar, candidates, costs, calibration, unweighed)
+
+
+def _why_no_branches(stats: RankStats, costs: TreeCosts, shape, lookups: tuple[int, ...], ngram: int) -> str | None:
+    """Why the branches of `lookups` cannot be weighed (None: they can, or none was asked for)."""
+    if not any(lookups):
+        return None
+    if shape is None:
+        return "the calibration kept no answers to replay the decode on (`draftheads calibrate` writes one that does)"
+    if not stats.costs_branches():
+        return "the calibration's answers do not record what the lookup proposes (rerun `draftheads calibrate`)"
+    if stats.lookup_ngram != ngram:
+        return f"the calibration counted copies of n-gram {stats.lookup_ngram}, not {ngram}"
+    missing = [t for t in lookups if t and t not in costs.lookup]
+    return f"no measured cost for branches of {missing} tokens" if missing else None
 
 
 def _candidate(stats: RankStats, costs: TreeCosts, budget: int, width: int, lookup: int, shape: tuple[int, int] | None, ngram: int) -> Candidate:

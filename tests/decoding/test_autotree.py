@@ -132,8 +132,13 @@ def test_the_branch_is_chosen_where_its_copies_pay_for_the_nodes_it_adds():
     assert dear.chosen.lookup == 0
     # Without a decode shape, with other n-gram copies, or with walks that never recorded the
     # proposals, branches are not weighed at all.
-    assert {c.lookup for c in choose_auto_tree(walked(6, 8), branch_costs(0.001), "test", None, (0, 8)).candidates} == {0}
-    assert {c.lookup for c in choose_auto_tree(walked(6, 8), branch_costs(0.001), "test", (1, 64), (0, 8), ngram=3).candidates} == {0}
     unrecorded = walked(6, 8)
     unrecorded.walks[0].proposed = None
-    assert {c.lookup for c in choose_auto_tree(unrecorded, branch_costs(0.001), "test", (1, 64), (0, 8)).candidates} == {0}
+    for stats_, shape, ngram, why in [
+        (walked(6, 8), None, 2, "kept no answers"),
+        (walked(6, 8), (1, 64), 3, "n-gram 2, not 3"),
+        (unrecorded, (1, 64), 2, "do not record what the lookup proposes"),
+    ]:
+        choice = choose_auto_tree(stats_, branch_costs(0.001), "test", shape, (0, 8), ngram=ngram)
+        assert {c.lookup for c in choice.candidates} == {0} and why in choice.lines()[-1]
+    assert "no lookup branch" not in " ".join(choose_auto_tree(walked(6, 8), branch_costs(0.001), "test", None).lines())  # none asked for
