@@ -18,6 +18,7 @@ there, so a branch is chosen only where its copies pay for the nodes they add.
 from __future__ import annotations
 
 import dataclasses
+from collections import Counter
 from dataclasses import dataclass, field
 
 import torch
@@ -228,5 +229,6 @@ def _candidate(stats: RankStats, costs: TreeCosts, budget: int, width: int, look
     if shape is None:
         return Candidate(budget, width, expected_tau(stats, budget, width), costs.verify[budget + 1] + drafting)
     steps = stats.replay_steps(stats.best_paths(budget, width) if budget else [], *shape, lookup, ngram)
-    verify = sum(costs.verify_seconds(budget + 1 + copied) for copied in steps.copied) / len(steps.copied)
+    # a few distinct branch sizes over thousands of steps: each size's cost is interpolated once
+    verify = sum(n * costs.verify_seconds(budget + 1 + copied) for copied, n in Counter(steps.copied).items()) / len(steps.copied)
     return Candidate(budget, width, 1 + sum(steps.accepted) / len(steps.accepted), verify + drafting, lookup)
