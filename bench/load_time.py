@@ -9,6 +9,7 @@ a chat prompt bit for bit and prints the load-time ratio.
 
 from __future__ import annotations
 
+import argparse
 import platform
 import statistics
 import time
@@ -53,4 +54,5 @@ def main() -> None:
 
 
 if __name__ == "__main__":
+    argparse.ArgumentParser(description="Load time of the demo model: from its GGUF vs from the converted cache.").parse_args()
     main()

@@ -12,8 +12,8 @@ nothing is written (the check allows 1e-3: evaluation order may differ in the la
 
 from __future__ import annotations
 
+import argparse
 import json
-import sys
 from pathlib import Path
 
 from draftheads.data.features import open_feature_cache
@@ -51,5 +51,7 @@ def recalibrate(recipe_path: str) -> None:
 
 
 if __name__ == "__main__":
-    for path in sys.argv[1:]:
+    parser = argparse.ArgumentParser(description="Rewrite trained heads' calibration.json from their recipe's held-out rows.")
+    parser.add_argument("recipes", nargs="+", help="training recipes whose train.output_dir/heads exist")
+    for path in parser.parse_args().recipes:
         recalibrate(path)

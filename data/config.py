@@ -139,8 +139,9 @@ class DistillConfig:
     max_batch_tokens: int | None = 8192
     """hf: most padded prompt tokens per generate call; long prompts get smaller batches (null = no cap)."""
     chunk_size: int = 128
-    """Conversations in flight at once: each round answers the next turn of each, and finished ones
-    are written and replaced by new ones. A kill loses at most these per process."""
+    """Consecutive inputs answered together (turn by turn, each round the next turn of every open
+    one). Chunks are fixed by input order, so batches, and with them the answers, are the same in
+    every run; a kill redoes at most one chunk per process."""
     skip_invalid: bool = True
     """Skip (and count) records that cannot be read, instead of stopping at the first."""
     max_minutes: float | None = None

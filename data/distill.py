@@ -13,9 +13,14 @@ Layout of `output_dir`:
 - `data.jsonl`: every finished conversation in input order (ShareGPT `conversations` of
   from/value), written once every input is accounted for. Training recipes read it directly.
 
-Under `accelerate launch` process r of n takes the inputs i with i % n == r. A restart skips every
-input found in any shard (whatever the number of processes was), so after a `kill -9` at most the
-conversations in flight are generated again, and none twice.
+Inputs are answered in chunks of `chunk_size` consecutive inputs (chunk j holds inputs
+j*chunk_size ..), and a chunk's requests are batched by a rule of the chunk alone. Padding and batch
+shapes change floating-point results, so what an answer is depends on its batch-mates: fixing the
+chunks by input order makes them the same in every run. Under `accelerate launch` process r of n
+takes the chunks j with j % n == r. A restart redoes, whole, every chunk with an input missing from
+all shards (whatever the number of processes was) and appends only the missing records, so after a
+`kill -9` the output equals the uninterrupted run's (same settings, same batching, same machine),
+with nothing lost and nothing twice. The `openai` backend batches on the server, beyond our rule.
 """
 
 from __future__ import annotations
@@ -27,7 +32,7 @@ import os
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Callable, Protocol
+from typing import Callable, Iterator, Protocol
 
 from tqdm.auto import tqdm
 
@@ -152,6 +157,8 @@ def settings(recipe, formatter: ChatFormatter, tokenizer, context: int) -> dict:
     }
     if cfg.backend == "openai":
         data["server_model"] = cfg.openai.model or recipe.model.base
+    else:  # an answer's numerics depend on its batch: a resume with other batching would change them
+        data["batching"] = {"chunk_size": cfg.chunk_size, "batch_size": cfg.batch_size, "max_batch_tokens": cfg.max_batch_tokens}
     return data
 
 
@@ -162,7 +169,9 @@ def _check_or_write_settings(out: Path, current: dict) -> None:
             saved = json.loads(path.read_text())["settings"]
         except (json.JSONDecodeError, KeyError):
             raise ConfigError(f"{path}: not a gen-data metadata file; choose another distill.output_dir") from None
-        changed = [f"{k}: {saved.get(k)!r} -> {current.get(k)!r}" for k in current if _comparable(saved, k) != _comparable(current, k)]
+        # Outputs from before batching was recorded resume under the batching given now.
+        compared = [k for k in current if k in saved or k != "batching"]
+        changed = [f"{k}: {saved.get(k)!r} -> {current.get(k)!r}" for k in compared if _comparable(saved, k) != _comparable(current, k)]
         if changed:
             raise ConfigError(
                 f"{out} holds gen-data output made with other settings ({'; '.join(changed)}): rerun with the same "
@@ -248,57 +257,35 @@ def run_distill(recipe, progress: bool = True) -> DistillResult:
         _check_or_write_settings(out, current)
 
     done = done_keys(out)
-    mine = [c for i, c in enumerate(conversations) if i % world == rank and c.origin not in done]
+    chunks = [conversations[i : i + cfg.chunk_size] for i in range(0, len(conversations), cfg.chunk_size)][rank::world]
+    share = sum(len(chunk) for chunk in chunks)
     result = DistillResult(output_dir=out, main_process=state.is_main_process)
     try:
         writer = AppendLog(out / SHARDS / f"rank-{rank:05d}.jsonl")
     except LogBusy:
         raise ConfigError(f"{out}: another gen-data process is writing this output; wait for it or stop it") from None
-    share = sum(1 for i in range(len(conversations)) if i % world == rank)
-    bar = tqdm(total=share, initial=share - len(mine), desc=f"gen-data{f' [{rank}/{world}]' if world > 1 else ''}",
-               unit="conv", disable=not progress, mininterval=1.0)
+    bar = tqdm(total=share, initial=sum(c.origin in done for chunk in chunks for c in chunk),
+               desc=f"gen-data{f' [{rank}/{world}]' if world > 1 else ''}", unit="conv", disable=not progress, mininterval=1.0)
     started = time.perf_counter()
     shown = [0]
 
     def show_tokens(count: int) -> None:
         shown[0] += count
+        result.generated_tokens += count
         bar.set_postfix_str(f"{shown[0] / max(time.perf_counter() - started, 1e-9):.1f} tok/s")
 
-    queue = iter(mine)
-    active: list[_Conversation] = []
     deadline = started + 60 * cfg.max_minutes if cfg.max_minutes else None
     try:
-        while True:
-            # A rolling pool: finished conversations are written at once and replaced, so every
-            # round answers about `chunk_size` turns (first turns of new conversations beside later
-            # turns of older ones) and batches stay full.
-            for conv in [c for c in active if c.done]:
-                writer.append(conv.record())
-                result.generated_records += 1
-                bar.update(1)
-            active = [c for c in active if not c.done]
-            # Past the time budget no conversation is begun; those in flight are finished.
-            open_ = deadline is None or time.perf_counter() < deadline
-            while open_ and len(active) < cfg.chunk_size and (conv := next(queue, None)) is not None:
-                active.append(_Conversation(conv, answer_groups(conv.messages)))
-            if not active:
-                break
-            requests, asked = [], []
-            for conv in active:
-                if conv.done:  # nothing to answer (no user turn): written next round
-                    continue
-                request = _next_request(conv, formatter, cfg, limit, context)
-                if request is not None:
-                    requests.append(request)
-                    asked.append(conv)
-            for conv, answer in zip(asked, generator.generate(requests, show_tokens) if requests else []):
-                if answer.finish_reason.startswith("rejected"):
-                    conv.stopped = answer.finish_reason
-                    continue
-                conv.messages.append({"role": "assistant", "content": answer.text})
-                conv.finish_reasons.append(answer.finish_reason)
-                conv.tokens.append(answer.tokens)
-                result.generated_tokens += answer.tokens
+        for chunk in chunks:
+            if all(c.origin in done for c in chunk):
+                continue
+            if deadline is not None and time.perf_counter() >= deadline:
+                break  # past the time budget no chunk is begun; the one in flight was finished
+            for record in answer_chunk(chunk, generator, formatter, cfg, limit, context, show_tokens):
+                if record["key"] not in done:  # a redone chunk's earlier records are already written
+                    writer.append(record)
+                    result.generated_records += 1
+                    bar.update(1)
     finally:
         writer.close()
         bar.close()
@@ -313,6 +300,32 @@ def run_distill(recipe, progress: bool = True) -> DistillResult:
     if not state.is_main_process:
         result.complete = (out / OUTPUT).exists()
     return result
+
+
+def answer_chunk(chunk: list[Conversation], generator: Generator, formatter: ChatFormatter, cfg: DistillConfig,
+                 limit: int, context: int, on_tokens: Callable[[int], None]) -> Iterator[dict]:
+    """Answer every conversation of a chunk, turn by turn: each round asks the next turn of every
+    conversation still open, so the batches are a function of the chunk alone. Yields each
+    conversation's record as soon as it is finished."""
+    active = [_Conversation(conv, answer_groups(conv.messages)) for conv in chunk]
+    while active:
+        for conv in active:
+            if conv.done:
+                yield conv.record()
+        active = [conv for conv in active if not conv.done]
+        requests, asked = [], []
+        for conv in active:
+            request = _next_request(conv, formatter, cfg, limit, context)  # None: it stopped (done next round)
+            if request is not None:
+                requests.append(request)
+                asked.append(conv)
+        for conv, answer in zip(asked, generator.generate(requests, on_tokens) if requests else []):
+            if answer.finish_reason.startswith("rejected"):
+                conv.stopped = answer.finish_reason
+                continue
+            conv.messages.append({"role": "assistant", "content": answer.text})
+            conv.finish_reasons.append(answer.finish_reason)
+            conv.tokens.append(answer.tokens)
 
 
 def _next_request(conv: _Conversation, formatter: ChatFormatter, cfg: DistillConfig, limit: int, context: int) -> GenRequest | None:

@@ -6,7 +6,6 @@ import argparse
 import os
 import subprocess
 import sys
-from importlib import resources
 from pathlib import Path
 
 from draftheads.scripts.recipe_args import recipe_and_overrides
@@ -26,15 +25,16 @@ def add_launch_arguments(parser: argparse.ArgumentParser, what: str) -> None:
 def accelerate_config_path(name: str) -> Path:
     """A shipped accelerate config by name, or a path as given."""
     from draftheads.utils.errors import ConfigError
+    from draftheads.utils.paths import recipes_dir
 
     path = Path(name)
     if path.is_file():
         return path
-    shipped = resources.files("draftheads.recipes") / "accelerate" / f"{name}.yaml"
+    shipped = recipes_dir() / "accelerate" / f"{name}.yaml"
     if not shipped.is_file():
-        known = sorted(p.name[:-5] for p in (resources.files("draftheads.recipes") / "accelerate").iterdir() if p.name.endswith(".yaml"))
+        known = sorted(p.stem for p in (recipes_dir() / "accelerate").glob("*.yaml"))
         raise ConfigError(f"--accelerate-config {name}: not a file and not a shipped config ({', '.join(known)})")
-    return Path(str(shipped))
+    return shipped
 
 
 def launch_command(args: argparse.Namespace, verb: str) -> tuple[list[str], dict[str, str]]:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import copy
 from dataclasses import dataclass, field
-from importlib import resources
 from pathlib import Path
 from typing import Literal
 
@@ -18,6 +17,7 @@ from draftheads.models.backbone import BackboneConfig
 from draftheads.models.heads.base import HeadConfig
 from draftheads.utils.atomic import atomic_write_text
 from draftheads.utils.errors import ConfigError
+from draftheads.utils.paths import recipes_dir
 from draftheads.utils.typed_config import apply_overrides, dump_yaml, from_dict, merge, read_yaml, to_dict
 
 
@@ -200,9 +200,9 @@ def find_recipe(name_or_path: str) -> Path:
     path = Path(name_or_path).expanduser()
     if path.is_file():
         return path
-    shipped = resources.files("draftheads.recipes") / (name_or_path if name_or_path.endswith(".yaml") else f"{name_or_path}.yaml")
+    shipped = recipes_dir() / (name_or_path if name_or_path.endswith(".yaml") else f"{name_or_path}.yaml")
     if shipped.is_file():
-        return Path(str(shipped))
+        return shipped
     raise ConfigError(f"{name_or_path}: no such recipe file, and no shipped recipe of that name")
 
 

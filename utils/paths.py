@@ -1,7 +1,8 @@
-"""Where draftheads keeps converted models and other caches."""
+"""Where draftheads keeps converted models and other caches, and where its shipped files are."""
 
 from __future__ import annotations
 
+import importlib.util
 import os
 from pathlib import Path
 
@@ -13,3 +14,12 @@ def cache_dir() -> Path:
         return Path(explicit).expanduser()
     base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
     return Path(base).expanduser() / "draftheads"
+
+
+def recipes_dir() -> Path:
+    """The folder of the shipped recipes (installed, or this checkout's in an editable install).
+
+    `draftheads.recipes` is a namespace package, and an editable install adds a placeholder entry
+    to its path that is no folder, which `importlib.resources` (Python 3.11) refuses."""
+    spec = importlib.util.find_spec("draftheads.recipes")
+    return next(Path(p) for p in spec.submodule_search_locations if Path(p).is_dir())

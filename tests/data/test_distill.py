@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import time
@@ -158,39 +159,78 @@ def test_a_spent_time_budget_writes_what_is_answered_and_a_later_run_continues(v
 
 def _gen_data(base: Path, data: Path, out: Path, *extra: str) -> list[str]:
     return ["draftheads", "gen-data", "--base", str(base), "--data", str(data), "--out", str(out),
-            "distill.max_new_tokens=24", "distill.temperature=0.8", "distill.batch_size=4", "distill.chunk_size=4", *extra]
+            "distill.max_new_tokens=16", "distill.temperature=0.8", "distill.batch_size=4", "distill.chunk_size=4", *extra]
 
 
 def _records(out: Path) -> list[dict]:
     return [json.loads(line) for line in (out / "data.jsonl").read_text().splitlines()]
 
 
+def test_a_chunk_cut_short_is_redone_whole_and_equals_the_uninterrupted_run(varied_base, tmp_path, monkeypatch):
+    """What a kill leaves, made exactly: chunk 0 written, chunk 1 half written, a torn last line. The
+    rerun answers chunk 1 with the same batch-mates as before, so its answers are bit for bit those of
+    the run that was never interrupted, and only the missing records are appended."""
+    # Prompts of many lengths, in bf16: padding then changes the numerics, so batch-mates matter.
+    convs = [conversation(i, turns=1 + i % 3) for i in range(10)]
+    for i, conv in enumerate(convs):
+        conv["conversations"][0]["value"] += " tell me more" * (i * 7 % 23)
+    data = write_jsonl(tmp_path / "p.jsonl", convs)
+    settings = ("distill.max_new_tokens=24", "distill.temperature=0.8", "distill.batch_size=4", "distill.chunk_size=4", "model.dtype=bfloat16")
+    calls: list[list[int]] = []  # the seeds of each generate call: its batch-mates
+    real_generate = HFGenerator.generate
+    monkeypatch.setattr(HFGenerator, "generate", lambda self, requests, *a: calls.append([r.seed for r in requests]) or real_generate(self, requests, *a))
+    run_distill(recipe_for(varied_base, data, tmp_path / "ref", *settings), progress=False)
+    reference, reference_calls = _records(tmp_path / "ref"), calls[:]
+    calls.clear()
+
+    out = tmp_path / "out"
+    (out / "shards").mkdir(parents=True)
+    shutil.copy(tmp_path / "ref" / "metadata.json", out / "metadata.json")
+    kept = [line for line in (tmp_path / "ref" / "shards" / "rank-00000.jsonl").read_text().splitlines()
+            if json.loads(line)["id"] in {"c0", "c1", "c2", "c3", "c4", "c6"}]  # chunk 0, and c4 and c6 of chunk 1
+    (out / "shards" / "rank-00000.jsonl").write_text("\n".join(kept) + '\n{"key": "torn by a kill", "conversa')
+    resumed = run_distill(recipe_for(varied_base, data, out, *settings), progress=False)
+    assert resumed.generated_records == 4 and resumed.complete  # c5, c7 (chunk 1 redone whole), c8, c9
+    assert _records(out) == reference
+    keys = [json.loads(line)["key"] for line in (out / "shards" / "rank-00000.jsonl").read_text().splitlines()]
+    assert len(keys) == len(set(keys)) == 10
+    chunk_0 = {record_seed(0, r["key"], turn) for r in map(json.loads, kept) if r["id"] in {"c0", "c1", "c2", "c3"} for turn in range(3)}
+    assert calls == [c for c in reference_calls if not chunk_0 & set(c)]  # chunks 1 and 2 asked exactly as before
+
+
+def test_a_resume_with_other_batching_is_refused(varied_base, tmp_path):
+    data = write_jsonl(tmp_path / "p.jsonl", [conversation(0)])
+    run_distill(recipe_for(varied_base, data, tmp_path / "out", "distill.max_new_tokens=4"), progress=False)
+    with pytest.raises(ConfigError, match=r"other settings \(batching: .*'chunk_size': 128.* -> .*'chunk_size': 3"):
+        run_distill(recipe_for(varied_base, data, tmp_path / "out", "distill.max_new_tokens=4", "distill.chunk_size=3"), progress=False)
+
+
 def test_kill_9_then_resume_loses_nothing_and_duplicates_nothing(varied_base, tmp_path):
-    data = write_jsonl(tmp_path / "p.jsonl", [conversation(i, turns=1 + i % 3) for i in range(120)])
+    data = write_jsonl(tmp_path / "p.jsonl", [conversation(i, turns=1 + i % 3) for i in range(40)])
     reference = subprocess.run(_gen_data(varied_base, data, tmp_path / "ref"), capture_output=True, text=True)
     assert reference.returncode == 0, reference.stderr[-2000:]
 
     out = tmp_path / "out"
     shard = out / "shards" / "rank-00000.jsonl"
     process = subprocess.Popen(_gen_data(varied_base, data, out), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.time() + 120
-    while time.time() < deadline and (not shard.exists() or shard.read_text().count("\n") < 12):
-        time.sleep(0.05)
+    # No deadline to race: wait for the run to be a few conversations in (or to end by itself).
+    while process.poll() is None and (not shard.exists() or shard.read_text().count("\n") < 6):
+        time.sleep(0.01)
     os.kill(process.pid, signal.SIGKILL)
     process.wait()
     finished = shard.read_text().count("\n")
-    assert 12 <= finished < 120, "the kill must land mid-run"
+    assert 6 <= finished < 40, f"the kill must land mid-run ({finished} of 40 written)"
     assert not (out / "data.jsonl").exists()
     with shard.open("a") as f:
         f.write('{"key": "torn by a kill", "conversa')  # what a kill inside a write would leave
     resumed = subprocess.run(_gen_data(varied_base, data, out), capture_output=True, text=True)
     assert resumed.returncode == 0, resumed.stderr[-2000:]
-    assert f"this run: {120 - finished} conversations" in resumed.stdout
+    assert f"this run: {40 - finished} conversations" in resumed.stdout
     records = _records(out)
-    assert [r["id"] for r in records] == [f"c{i}" for i in range(120)]  # every input once, in input order
-    assert records == _records(tmp_path / "ref")  # per-record seeds: identical to the uninterrupted run
+    assert [r["id"] for r in records] == [f"c{i}" for i in range(40)]  # every input once, in input order
+    assert records == _records(tmp_path / "ref")  # fixed chunks, per-record seeds: identical to the uninterrupted run
     keys = [json.loads(line)["key"] for line in shard.read_text().splitlines()]  # every line is whole JSON
-    assert "torn by a kill" not in keys and len(keys) == len(set(keys)) == 120
+    assert "torn by a kill" not in keys and len(keys) == len(set(keys)) == 40
 
 
 def test_two_processes_split_the_inputs_and_merge_them_exactly_once(varied_base, tmp_path):

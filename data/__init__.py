@@ -1,1 +1,0 @@
-"""Data: sources (ShareGPT, MT-bench, JSONL, datasets), chat templates and loss masks, datasets, collation."""

@@ -1,1 +1,0 @@
-"""Decoding: the one tree-verification engine (tree build, verify, accept, KV compaction)."""

@@ -1,1 +1,0 @@
-"""Evaluation: acceptance length, per-depth acceptance, throughput and speedup reports."""

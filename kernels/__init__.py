@@ -1,1 +1,0 @@
-"""Kernels for tree verification: Triton on CUDA, each with a PyTorch reference twin and a dispatcher."""

@@ -1,1 +1,0 @@
-"""Command line: `draftheads <verb>`, a thin dispatch table over importable functions."""

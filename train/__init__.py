@@ -1,1 +1,0 @@
-"""Training: recipe configs, losses, the accelerate loop, schedules and checkpoints."""
