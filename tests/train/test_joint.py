@@ -208,8 +208,10 @@ def test_gradient_checkpointing_computes_the_same_updates(varied_base, tmp_path)
 
 @pytest.mark.parametrize(
     "config, extra",
-    # ZeRO-2 runs in the slow set (here and in the frozen-backbone test) to keep the default run short; ZeRO-3 stays
-    [pytest.param("deepspeed-zero2", {}, marks=pytest.mark.slow), ("deepspeed-zero3", {}), ("cpu-2proc", {"train.backbone.heads_only_steps": 2})],
+    # Two processes of joint training take about 25 s each: the slow set runs them (the default run keeps the
+    # frozen-backbone DDP test in tests/train/test_loop.py).
+    [pytest.param(config, extra, marks=pytest.mark.slow)
+     for config, extra in [("deepspeed-zero2", {}), ("deepspeed-zero3", {}), ("cpu-2proc", {"train.backbone.heads_only_steps": 2})]],
 )
 def test_two_processes_agree_with_one(config, extra, varied_base, tmp_path):
     """LoRA joint training on 2 processes (DeepSpeed ZeRO-2 and ZeRO-3; DDP through a heads-only
