@@ -5,19 +5,17 @@ auto` chose for it from costs measured at start-up (and the lookup branch it cho
 for heads calibrated by `draftheads calibrate`).
 
     python bench/families.py [--run] [--only medusa1-distill hydra ...] [--limit 16] [--max-new-tokens 128]
-    python bench/families.py --set quality --run --limit 80 --reference hf_generate [--out bench/out/families-auto]
+    python bench/families.py --set quality --run --limit 80 [--out bench/out/families-auto]
 
 `--set quality` takes the `*-quality` recipes (the quality budget: bench/RESULTS.md) instead of the
-demo ones; `--reference hf_generate` checks greedy outputs against HF `generate` and leaves our
-autoregressive decoding out of the run (it equals HF generate in speed, RESULTS: our AR / HF 1.000),
-which saves a sixth of a long run.
+demo ones.
 
 With `--run` it first trains each family's recipe that has no exported heads yet (timing it). The
 decode run then loads the base model once, puts every family's heads on it (Medusa-2 brings its
 own merged backbone and its own autoregressive reference) and runs, prompt by prompt and turn by
 turn, our autoregressive decoding, HF `generate`, HF prompt lookup and every family's tree decoding,
-all in the same dtype; greedy outputs are checked against our autoregressive decoding (near ties
-apart). It resumes from `bench/out/families/decode.partial.jsonl` and prints the table.
+all in the same dtype; every greedy token of every method is re-scored by the model in that dtype
+and in fp32 (real mismatches apart from near ties, `decoding/verify.py`). It resumes from `bench/out/families/decode.partial.jsonl` and prints the table.
 """
 
 from __future__ import annotations
@@ -35,11 +33,11 @@ import torch
 
 from draftheads.data.chat import ChatFormatter
 from draftheads.decoding.calibration import read_calibration
-from draftheads.decoding.divergence import near_tie_epsilon
 from draftheads.decoding.engine import Engine, GenerationConfig
 from draftheads.decoding.tree import TreeSpec
+from draftheads.decoding.verify import fp32_twin, near_tie_epsilon
 from draftheads.eval.config import EvalConfig
-from draftheads.eval.metrics import acceptance_by_depth, divergences, hardware, predicted_tau, tau_of
+from draftheads.eval.metrics import acceptance_by_depth, hardware, predicted_tau, real_mismatches, tau_of, verification
 from draftheads.eval.report import write_summary
 from draftheads.eval.prompts import load_prompts
 from draftheads.eval.runner import Runner, engine_method, finished_prompts, hf_method, partial_lines, resolve_tree, run_prompts
@@ -98,8 +96,6 @@ def main() -> None:
     parser.add_argument("--train-only", action="store_true", help="train the families that have no heads yet, then stop")
     parser.add_argument("--report-only", action="store_true", help="report the prompts a stopped run finished (no decoding)")
     parser.add_argument("--set", choices=sorted(SETS), default="demo", help="which recipes: the demo ones or the *-quality ones")
-    parser.add_argument("--reference", choices=["baseline", "hf_generate"], default="baseline",
-                        help="what greedy outputs must equal: our autoregressive decoding, or HF generate (our AR is then not run)")
     parser.add_argument("--out", type=Path, help="where the run's records go (default: the set's folder under bench/out)")
     parser.add_argument("--cards", action=argparse.BooleanOptionalAction,
                         help="write each family's numbers into its heads folder (eval_report.json) and model card (default: only for a run in the set's folder)")
@@ -127,18 +123,13 @@ def main() -> None:
         return
     base = load_backbone(BackboneConfig(base="demo:smollm2-135m", dtype=dtype))
     eos = Engine(base).default_eos()
-    methods = [hf_method("hf_generate", base, eos, None, None), hf_method("prompt_lookup", base, eos, 10, args.reference)]
-    if args.reference == "baseline":
-        methods.insert(0, engine_method("baseline", Engine(base)))
-        methods[1] = hf_method("hf_generate", base, eos, None, "baseline")
+    methods = [engine_method("baseline", Engine(base)), hf_method("hf_generate", base, eos, None), hf_method("prompt_lookup", base, eos, 10)]
     stopped = stopped_run_trees(out, args, dtype, chosen)
     trees = {}
     for label, recipe, folder, _ in chosen:
         draft = load_family(Path("outputs") / folder / "heads", base, dtype)
-        ref = args.reference
-        if draft.backbone is not base:  # a trained backbone: its own autoregressive decoding is the reference
-            ref = f"baseline:{recipe}"
-            methods.append(engine_method(ref, Engine(draft.backbone)))
+        if draft.backbone is not base:  # a trained backbone: its own autoregressive decoding is its baseline
+            methods.append(engine_method(f"baseline:{recipe}", Engine(draft.backbone)))
         print(f"{label}:")
         tree = spec_of(stopped[recipe]) if stopped is not None else None
         if tree is not None:
@@ -146,10 +137,11 @@ def main() -> None:
             print(f"  resumed with the tree the stopped run began with: {tree.describe()}")
         else:  # a new run, or a tree saved with the heads (read again from them)
             tree, trees[recipe] = resolve_tree(EvalConfig(heads=str(draft.folder), max_new_tokens=args.max_new_tokens), draft, turns=2)  # MT-bench: 2 turns
-        methods.append(engine_method(recipe, Engine(draft.backbone, draft.heads, tree), ref))
-    assert [m.name for m in methods] == method_names(chosen, args.reference)
+        methods.append(engine_method(recipe, Engine(draft.backbone, draft.heads, tree)))
+    assert [m.name for m in methods] == method_names(chosen)
     config = GenerationConfig(max_new_tokens=args.max_new_tokens, eos_token_ids=eos, seed=0)
-    runner = Runner(methods, ChatFormatter(base.tokenizer, model_name=base.location.spec), config, near_tie_epsilon(base.lm_head.weight.dtype))
+    # Every token re-scored by the base model (a trained backbone's methods too: they decode another model, which shows as mismatches).
+    runner = Runner(methods, ChatFormatter(base.tokenizer, model_name=base.location.spec), config, near_tie_epsilon(base.lm_head.weight.dtype), (base, fp32_twin(base)))
     prompts = interleaved_categories(load_prompts("mt-bench", args.limit))
     fingerprint = fingerprint_of(args, dtype, chosen, trees)
     finished_prompts(out / "decode", fingerprint)  # refuses a stopped run with other trees before trees.json is replaced
@@ -189,7 +181,7 @@ def fingerprint_of(args, dtype: str, chosen, trees: dict) -> str:
     decode.partial.jsonl to start over)."""
     shapes = {recipe: {k: choice[k] for k in ("budget", "width", "paths", "lookup") if k in choice} for recipe, choice in sorted(trees.items())}
     weights = {recipe: weights_identity(Path("outputs") / folder / "heads") for _, recipe, folder, _ in chosen}
-    return json.dumps([args.limit, args.max_new_tokens, dtype, method_names(chosen, args.reference), shapes, weights])
+    return json.dumps([args.limit, args.max_new_tokens, dtype, method_names(chosen), shapes, weights])
 
 
 def weights_identity(folder: Path) -> str:
@@ -200,9 +192,9 @@ def weights_identity(folder: Path) -> str:
     return hashlib.sha256(json.dumps(listing).encode()).hexdigest()[:16]
 
 
-def method_names(chosen, reference: str) -> list[str]:
+def method_names(chosen) -> list[str]:
     """The run's methods in order (a family with its own trained backbone brings its own AR)."""
-    names = (["baseline"] if reference == "baseline" else []) + ["hf_generate", "prompt_lookup"]
+    names = ["baseline", "hf_generate", "prompt_lookup"]
     for _, recipe, folder, _ in chosen:
         heads = Path("outputs") / folder / "heads"
         if (heads / "adapter").is_dir() or (heads / "backbone").is_dir():
@@ -228,7 +220,7 @@ def report(chosen, records: list[dict], trees: dict, dtype: str, args, out: Path
     """The table, and each family's summary in its heads folder and model card."""
     times_path = SETS[args.set][1] / "train_seconds.json"  # written by the set's training, wherever this run's records go
     predictions = {recipe: predicted(folder, trees[recipe], args) for _, recipe, folder, _ in chosen}
-    print_table(chosen, records, trees, json.loads(times_path.read_text()) if times_path.is_file() else {}, predictions)
+    print_table(chosen, records, trees, json.loads(times_path.read_text()) if times_path.is_file() else {}, predictions, dtype)
     if not args.cards:
         return
     for label, recipe, folder, _ in chosen:
@@ -254,19 +246,24 @@ def family_summary(records: list[dict], recipe: str, tree: dict, dtype: str, arg
     card reads it)."""
     turns = [t for r in records for t in r["methods"][recipe]]
     accepted = [a for t in turns for a in t["accepted"]]
-    ours, reference = speed(records, recipe), args.reference
-    real, near = divergences(records, recipe)
+    ours = speed(records, recipe)
+    real, near = mismatches(records, recipe, dtype)
     return {
-        "measured_by": f"`python bench/families.py --set {args.set} --limit {args.limit} --reference {reference}{f' --out {args.out}' if args.out else ''}` (one interleaved run of every family)",
-        "reference": "HF generate" if reference == "hf_generate" else "autoregressive decoding (same engine)",
+        "measured_by": f"`python bench/families.py --set {args.set} --limit {args.limit}{f' --out {args.out}' if args.out else ''}` (one interleaved run of every family)",
         "prompts": "mt-bench", "n_prompts": len(records), "n_turns": len(turns), "max_new_tokens": args.max_new_tokens,
         "temperature": 0.0, "dtype": dtype, "tree": {"kind": spec_of(tree).kind if spec_of(tree) else "static", **tree},
         "tau": tau_of(accepted), "tau_predicted": tau_predicted, "tau_predicted_source": source,
         "acceptance_by_depth": acceptance_by_depth(accepted, max(accepted, default=1)),
         "speedup": ours / speed(records, "baseline") if "baseline" in records[0]["methods"] else None,
         "speedup_vs_hf_generate": ours / speed(records, "hf_generate"), "speedup_vs_prompt_lookup": ours / speed(records, "prompt_lookup"),
-        "greedy_mismatches": real, "near_tie_divergences": near, "hardware": hardware(), "date": datetime.date.today().isoformat(),
+        "greedy_mismatches": real, "near_ties": near, "hardware": hardware(), "date": datetime.date.today().isoformat(),
     }
+
+
+def mismatches(records: list[dict], method: str, dtype: str) -> tuple[int | None, int | None]:
+    """Real mismatches and near ties of a method's tokens re-scored in the decode dtype."""
+    table = verification(records, method, near_tie_epsilon(getattr(torch, dtype)))
+    return real_mismatches(table, dtype), table.get(dtype, {}).get("near_ties")
 
 
 def speed(records: list[dict], method: str) -> float:
@@ -274,13 +271,13 @@ def speed(records: list[dict], method: str) -> float:
     return sum(len(t["tokens"]) for t in turns) / sum(t["seconds"] for t in turns)
 
 
-def print_table(chosen, records: list[dict], trees: dict, train_seconds: dict, predictions: dict) -> None:
+def print_table(chosen, records: list[dict], trees: dict, train_seconds: dict, predictions: dict, dtype: str) -> None:
     hf, lookup = speed(records, "hf_generate"), speed(records, "prompt_lookup")
     ar = speed(records, "baseline") if "baseline" in records[0]["methods"] else None
     print(f"HF generate {hf:.2f} tok/s, prompt lookup {lookup:.2f} tok/s" + (f", our AR {ar:.2f} tok/s (our AR / HF {ar / hf:.3f})" if ar else ""))
     print(
         "| heads | train min | tree (budget x width) | τ | τ predicted (error) | accepted per step by depth | draft ms / verify ms per step "
-        "| ours / our AR | ours / HF generate | ours / prompt lookup | mismatches (real / near-tie) |"
+        "| ours / our AR | ours / HF generate | ours / prompt lookup | tokens re-scored: real mismatches / near ties |"
     )
     print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
     for label, recipe, _, _ in chosen:
@@ -293,7 +290,7 @@ def print_table(chosen, records: list[dict], trees: dict, train_seconds: dict, p
         tree = trees[recipe]
         shape = f"{tree.get('budget')} x {tree.get('width')}" if "budget" in tree else tree["reason"]
         shape += f" + {tree['lookup']}-token lookup" if tree.get("lookup") else ""
-        real, near = divergences(records, recipe)
+        real, near = mismatches(records, recipe, dtype)
         ours = speed(records, recipe)
         by_depth = " / ".join(f"{x:.3f}" for x in acceptance_by_depth(accepted, max(accepted, default=1)))
         minutes = f"{train_seconds[label] / 60:.1f}" if label in train_seconds else "n/a"

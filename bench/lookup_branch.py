@@ -21,16 +21,16 @@ from pathlib import Path
 import torch
 
 from draftheads.data.chat import ChatFormatter
-from draftheads.decoding.divergence import near_tie_epsilon
 from draftheads.decoding.engine import Engine, GenerationConfig
 from draftheads.decoding.tree import TreeSpec
-from draftheads.eval.metrics import acceptance_by_depth, divergences, tau_of
+from draftheads.decoding.verify import fp32_twin, near_tie_epsilon
+from draftheads.eval.metrics import acceptance_by_depth, tau_of
 from draftheads.eval.prompts import load_prompts
 from draftheads.eval.runner import Runner, engine_method, finished_prompts, hf_method, run_prompts
 from draftheads.models.backbone import BackboneConfig, load_backbone
 from draftheads.utils.device import resolve_dtype
 
-from families import SETS, interleaved_categories, load_family, spec_of, speed, weights_identity
+from families import SETS, interleaved_categories, load_family, mismatches, spec_of, speed, weights_identity
 
 
 def main() -> None:
@@ -57,17 +57,17 @@ def main() -> None:
     eos = Engine(base).default_eos()
     branch = {"lookup": args.lookup, "lookup_ngram": args.ngram}
     methods = [
-        hf_method("hf_generate", base, eos, None, None),
-        hf_method("prompt_lookup", base, eos, 10, "hf_generate"),
-        engine_method("lookup_only", Engine(base, tree=TreeSpec("none", **branch)), "hf_generate"),
+        hf_method("hf_generate", base, eos, None),
+        hf_method("prompt_lookup", base, eos, 10),
+        engine_method("lookup_only", Engine(base, tree=TreeSpec("none", **branch))),
     ]
     for _, recipe, folder, _ in chosen:
         draft = load_family(Path("outputs") / folder / "heads", base, dtype)
         tree = spec_of(trees.get(recipe, {}))
         if tree is None or draft.backbone is not base:
             raise SystemExit(f"{recipe}: this bench takes heads on the shared base whose dynamic tree {trees_path} records")
-        methods.append(engine_method(recipe, Engine(base, draft.heads, tree), "hf_generate"))
-        methods.append(engine_method(f"{recipe}+lookup", Engine(base, draft.heads, dataclasses.replace(tree, **branch)), "hf_generate"))
+        methods.append(engine_method(recipe, Engine(base, draft.heads, tree)))
+        methods.append(engine_method(f"{recipe}+lookup", Engine(base, draft.heads, dataclasses.replace(tree, **branch))))
     shapes = {recipe: trees[recipe] for _, recipe, _, _ in chosen}
     fingerprint = json.dumps([args.limit, args.max_new_tokens, dtype, [m.name for m in methods], branch,
                               {r: [t["budget"], t["width"]] for r, t in sorted(shapes.items())},
@@ -77,22 +77,22 @@ def main() -> None:
         if not records:
             raise SystemExit(f"{args.out / 'decode.partial.jsonl'}: no finished questions of a run with these settings")
         print(f"{len(records)} questions finished" + (" (the run was stopped early: it resumes with the same command)" if len(records) < args.limit else ""))
-        print_table([m.name for m in methods[2:]], records, shapes)
+        print_table([m.name for m in methods[2:]], records, shapes, dtype)
         return
     config = GenerationConfig(max_new_tokens=args.max_new_tokens, eos_token_ids=eos, seed=0)
-    runner = Runner(methods, ChatFormatter(base.tokenizer, model_name=base.location.spec), config, near_tie_epsilon(base.lm_head.weight.dtype))
+    runner = Runner(methods, ChatFormatter(base.tokenizer, model_name=base.location.spec), config, near_tie_epsilon(base.lm_head.weight.dtype), (base, fp32_twin(base)))
     prompts = interleaved_categories(load_prompts("mt-bench", args.limit))
     args.out.mkdir(parents=True, exist_ok=True)
     records = run_prompts(runner, prompts, args.out / "decode", fingerprint, 0, progress=True)
     (args.out / "decode.json").write_text(json.dumps({"branch": branch, "trees": shapes, "records": records}) + "\n")
-    print_table([m.name for m in methods[2:]], records, shapes)
+    print_table([m.name for m in methods[2:]], records, shapes, dtype)
 
 
-def print_table(names: list[str], records: list[dict], shapes: dict) -> None:
+def print_table(names: list[str], records: list[dict], shapes: dict, dtype: str) -> None:
     hf, lookup = speed(records, "hf_generate"), speed(records, "prompt_lookup")
     print(f"{len(records)} questions; HF generate {hf:.2f} tok/s, HF prompt lookup {lookup:.2f} tok/s ({lookup / hf:.2f}x HF generate)")
     print("| method | tree | τ | τ turn 1 / turn 2 | accepted per step by depth (1-4) | longest accepted | verified nodes per step "
-          "| ours / HF generate | ours / HF prompt lookup | mismatches (real / near-tie) |")
+          "| ours / HF generate | ours / HF prompt lookup | tokens re-scored: real mismatches / near ties |")
     print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
     for name in names:
         turns = [t for r in records for t in r["methods"][name]]
@@ -101,7 +101,7 @@ def print_table(names: list[str], records: list[dict], shapes: dict) -> None:
         recipe = name.removesuffix("+lookup")
         tree = f"{shapes[recipe]['budget']} x {shapes[recipe]['width']}" if recipe in shapes else "none"
         by_depth = " / ".join(f"{x:.3f}" for x in acceptance_by_depth(accepted, 4))
-        real, near = divergences(records, name)
+        real, near = mismatches(records, name, dtype)
         ours = speed(records, name)
         by_turn = " / ".join(f"{tau_of([a for r in records for a in r['methods'][name][k]['accepted']]):.3f}" for k in (0, 1))
         print(f"| {name} | {tree} | {tau_of(accepted):.3f} | {by_turn} | {by_depth} | {max(accepted, default=0)} | {nodes:.1f} | {ours / hf:.2f}x | {ours / lookup:.2f}x | {real} / {near} |")

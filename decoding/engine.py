@@ -65,7 +65,8 @@ class GenerationResult:
     finish_reason: str
     """eos, stop_string or length."""
     accepted: list[int] = field(default_factory=list)
-    """Drafted tokens accepted at each verification step (the bonus token not counted)."""
+    """Per verification step, the tokens it emitted less one: the accepted drafts, or at the last step
+    those before the stop (an EOS, a stop string or the token limit). So 1 + sum + steps = tokens."""
     tree_sizes: list[int] = field(default_factory=list)
     """Drafted nodes (root excluded) verified at each step."""
     predicted: list[float] = field(default_factory=list)
@@ -80,7 +81,7 @@ class GenerationResult:
 
     @property
     def tau(self) -> float:
-        """Mean tokens committed per verification step, the bonus token included."""
+        """Mean tokens emitted per verification step, the bonus token included."""
         return 1 + sum(self.accepted) / len(self.accepted) if self.accepted else 1.0
 
 
@@ -203,14 +204,16 @@ class Engine:
             self.cache.commit(accepted.nodes)
             synchronize(self.device)
             t3 = time.perf_counter()
-            result.accepted.append(len(accepted.nodes) - 1)
             result.tree_sizes.append(draft.tree.size - 1)
+            emitted = len(result.tokens)
             for node in accepted.nodes[1:]:
                 done = stopper.emit(int(draft.tokens[node]))
                 if done:
                     break
             if not done:
                 done = stopper.emit(accepted.bonus)
+            # τ counts what the step emitted: drafts accepted past an EOS, a stop string or the limit are not output.
+            result.accepted.append(len(result.tokens) - emitted - 1)
             root = accepted.bonus
             t4 = time.perf_counter()
             if not done and self.heads is not None:

@@ -37,7 +37,7 @@ class AnswerWalk:
     """[position]: how many leading tokens of the lookup copy equal the answer's next ones (at most LOOKUP_CAP)."""
     length: int
     """Tokens of the answer a decode emits (to EOS or its limit); the positions past it hold the base
-    model's continuation, which the last step of a decode verifies and whose acceptance τ counts."""
+    model's continuation, which the last step of a decode verifies but does not emit."""
     proposed: list[int] | None = None
     """[position]: how many tokens the lookup proposes there, right or wrong (at most LOOKUP_CAP): what
     the branch adds to the verified tree. None in calibrations written before it was recorded (their
@@ -60,7 +60,7 @@ class Steps(NamedTuple):
     """A replayed decode, step by step."""
 
     accepted: list[int]
-    """Drafted tokens accepted at each step (the bonus token not counted): τ is 1 + their mean."""
+    """Tokens emitted at each step less one (the engine's `GenerationResult.accepted`): τ is 1 + their mean."""
     copied: list[int]
     """Tokens the lookup branch proposed at each step (0 without a branch, or where the walks did not
     record proposals): the verified tree grows by at most this many nodes."""
@@ -98,7 +98,8 @@ def replay(walks: list[AnswerWalk], paths: set[tuple[int, ...]], lookup: int, tu
             heads = 0
             while heads < len(row) and tuple(row[: heads + 1]) in paths:
                 heads += 1
-            accepted.append(max(heads, min(walk.copies[done - 1], lookup)))
+            # as the engine counts: a step emits its accepted drafts and the bonus, up to the answer's end
+            accepted.append(min(max(heads, min(walk.copies[done - 1], lookup)), end - done - 1))
             copied.append(min(walk.proposed[done - 1], lookup) if walk.proposed is not None else 0)
             done += accepted[-1] + 1
     return Steps(accepted, copied)

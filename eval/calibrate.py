@@ -34,8 +34,8 @@ PREVIOUS_NAME = "calibration.previous.json"
 def answer_sequences(backbone: Backbone, prompts: list[EvalPrompt], max_new_tokens: int, answers: Path, progress: bool = True, model: str | None = None) -> list[Answer]:
     """The base model's greedy answers to every turn of `prompts`, as an eval's baseline makes them
     (each turn's context holds the earlier answers), each followed by LOOKUP_CAP tokens of its
-    greedy continuation past the answer's end (EOS or the limit), which is not emitted but which a
-    decode's last step verifies, and whose acceptance its τ counts. Resumable through
+    greedy continuation past the answer's end (EOS or the limit), which a decode's last step verifies
+    but does not emit (τ counts emitted tokens only). Resumable through
     `<answers>.partial.jsonl` (one line per finished prompt); a run with other settings, or another
     `model` (None: the base model itself; else what the backbone is beyond it, such as a merged
     adapter or a trained backbone), is refused."""

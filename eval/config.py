@@ -85,9 +85,11 @@ class EvalConfig:
     drift_batches: int | None = 8
     """Held-out batches (of 4 rows) for a jointly trained backbone's drift; null for all."""
     near_tie_epsilon: float | None = None
-    """A greedy divergence from our autoregressive decoding counts as a near tie (not a mismatch)
-    when the reference's top-2 logit gap there is at most this; null: by dtype (fp32 1e-3, bf16 0.5,
-    fp16 0.05)."""
+    """Greedy: an emitted token whose re-scored logit lies below its position's best by at most this
+    is a near tie, by more a real mismatch; null: by the decode dtype (fp32 1e-3, bf16 0.5, fp16 0.05)."""
+    verify_fp32: bool = True
+    """Greedy: re-score every emitted token in fp32 too (an upcast copy of the weights), beside the
+    decode dtype; false saves the copy's memory on large models."""
     write_summary: bool = True
     """Write the report's summary into a local heads folder as eval_report.json (the model card and
     `draftheads push` show it)."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
+import math
 import platform
 import sys
 from collections import defaultdict
@@ -14,11 +15,12 @@ import torch
 from draftheads.decoding.autotree import expected_tau
 from draftheads.decoding.tree import Tree, TreeSpec
 from draftheads.decoding.calibration import RankStats
+from draftheads.decoding.verify import TokenCheck
 from draftheads.models.draft_model import DraftModel
 
 
 def tau_of(accepted: list[int]) -> float | None:
-    """Mean tokens committed per verification step (bonus included)."""
+    """Mean tokens emitted per verification step (bonus included; `GenerationResult.accepted`)."""
     return 1 + sum(accepted) / len(accepted) if accepted else None
 
 
@@ -55,10 +57,44 @@ def versions() -> dict:
     return {"python": sys.version.split()[0], "torch": torch.__version__, "transformers": transformers.__version__, "accelerate": accelerate.__version__, "draftheads": ours}
 
 
-def divergences(records: list[dict], method: str) -> tuple[int, int]:
-    """(real mismatches, near-tie divergences) of `method` against its reference, in prompts."""
-    found = [r.get("divergence", {}).get(method) for r in records]
-    return sum(1 for d in found if d and not d["near_tie"]), sum(1 for d in found if d and d["near_tie"])
+def verification(records: list[dict], method: str, epsilon: float) -> dict[str, dict]:
+    """Per re-scoring dtype, `method`'s emitted tokens as the model re-scored them: how many were
+    emitted and re-scored, real mismatches (gap > epsilon, with where), near ties and the gap's
+    distribution over every re-scored token (`decoding/verify.py`). Empty when nothing was re-scored
+    (sampling)."""
+    checks: dict[str, list[tuple[str, TokenCheck]]] = defaultdict(list)
+    for r in records:
+        for dtype, data in r.get("verify", {}).get(method, {}).items():
+            checks[dtype].append((r["id"], TokenCheck.from_json(data)))
+    emitted = sum(len(t["tokens"]) for r in records for t in r["methods"][method])
+    table = {}
+    for dtype, found in checks.items():
+        verified = sum(check.tokens for _, check in found)
+        gaps = sorted(gap for _, check in found for _, _, gap in check.gaps)
+        table[dtype] = {
+            "tokens_emitted": emitted,
+            "tokens_verified": verified,
+            "mismatches": sum(check.mismatches(epsilon) for _, check in found),
+            "near_ties": sum(check.near_ties(epsilon) for _, check in found),
+            "gap_max": gaps[-1] if gaps else 0.0,
+            "gap_p99": _quantile(gaps, verified, 0.99),
+            "mismatch_sites": [{"id": rid, "turn": t, "position": p, "gap": g} for rid, check in found for t, p, g in check.gaps if g > epsilon],
+        }
+    return table
+
+
+def _quantile(nonzero: list[float], total: int, q: float) -> float:
+    """The q-quantile of `total` values of which all but the sorted `nonzero` ones are 0."""
+    if not total:
+        return 0.0
+    index = max(math.ceil(q * total) - 1, 0) - (total - len(nonzero))
+    return nonzero[index] if index >= 0 else 0.0
+
+
+def real_mismatches(table: dict[str, dict], dtype: str) -> int | None:
+    """Real mismatches when re-scored in the decode `dtype` (None: nothing re-scored): what lossless
+    greedy decoding must keep at 0 (the fp32 rows are read against the autoregressive methods')."""
+    return table[dtype]["mismatches"] if dtype in table else None
 
 
 def predicted_tau(tree: TreeSpec, own: RankStats, held_out, ours_turns: list[dict], shape: tuple[int, int] | None = None) -> tuple[float | None, list[float] | None, str]:
@@ -131,7 +167,8 @@ def build_report(config, draft: DraftModel, tree: TreeSpec, records: list[dict],
     measured_depth = max([depth, *accepted, len(predicted_by_depth or [])])  # a lookup branch goes deeper than the heads
     if predicted_by_depth is not None:
         predicted_by_depth += [0.0] * (measured_depth - len(predicted_by_depth))  # the tree drafts no deeper
-    mismatches = {m: divergences(records, m) for m in ("ours", "hf_generate", "prompt_lookup")}
+    verified = {m: verification(records, m, epsilon) for m in ("baseline", "ours", "hf_generate", "prompt_lookup")}
+    dtype = str(draft.backbone.lm_head.weight.dtype).removeprefix("torch.")
     ours_tps, base_tps = totals["ours"]["tokens_per_s"], totals["baseline"]["tokens_per_s"]
 
     def ratio(a, b):
@@ -174,13 +211,13 @@ def build_report(config, draft: DraftModel, tree: TreeSpec, records: list[dict],
         "speedup_vs_prompt_lookup": ratio(ours_tps, totals["prompt_lookup"]["tokens_per_s"]),
         "baseline_vs_hf_generate": ratio(base_tps, totals["hf_generate"]["tokens_per_s"]),
         "methods": totals,
-        "greedy_mismatches": mismatches["ours"][0] if greedy else None,
-        "near_tie_divergences": mismatches["ours"][1] if greedy else None,
-        "hf_generate_mismatches": mismatches["hf_generate"][0] if greedy else None,
-        "hf_generate_near_ties": mismatches["hf_generate"][1] if greedy else None,
-        "prompt_lookup_mismatches": mismatches["prompt_lookup"][0] if greedy else None,
+        "greedy_mismatches": real_mismatches(verified["ours"], dtype),
+        "near_ties": verified["ours"].get(dtype, {}).get("near_ties"),
+        "hf_generate_mismatches": real_mismatches(verified["hf_generate"], dtype),
         "near_tie_epsilon": epsilon,
-        "divergences": {m: [{"id": r["id"], **r["divergence"][m]} for r in records if r.get("divergence", {}).get(m)] for m in mismatches} if greedy else None,
+        "verification": verified if greedy else None,
+        "answers": [{"id": r["id"], "methods": {m: [{"prompt_ids": t["prompt_ids"], "tokens": t["tokens"]} for t in turns] for m, turns in r["methods"].items()}}
+                    for r in records],
         "time_breakdown": {
             "seconds": times,
             "fraction_of_decode_loop": {k: times[k] / loop if loop else None for k in ("draft", "verify", "accept", "other")},
@@ -190,7 +227,7 @@ def build_report(config, draft: DraftModel, tree: TreeSpec, records: list[dict],
         "seed": sampling.seed,
         "config": dataclasses.asdict(config),
         "device": str(draft.backbone.lm_head.weight.device),
-        "dtype": str(draft.backbone.lm_head.weight.dtype).replace("torch.", ""),
+        "dtype": dtype,
         "hardware": hardware(),
         "versions": versions(),
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),

@@ -44,6 +44,19 @@ def markdown(report: dict) -> str:
         "| depth | accepted (measured) | accepted (predicted) |",
         "|---:|---:|---:|",
     ]
+    if report.get("verification"):
+        lines += [
+            "",
+            f"Every emitted token re-scored teacher-forced by the model; a real mismatch lies more than {report['near_tie_epsilon']} below its position's best logit.",
+            "",
+            "| method | re-scored in | tokens emitted | tokens verified | real mismatches | near ties | max gap | p99 gap |",
+            "|---|---|---:|---:|---:|---:|---:|---:|",
+        ]
+        for name, table in report["verification"].items():
+            for dtype, row in table.items():
+                lines.append(f"| {name} | {dtype} | {row['tokens_emitted']} | {row['tokens_verified']} | {row['mismatches']} | {row['near_ties']} | "
+                             f"{_fmt(row['gap_max'])} | {_fmt(row['gap_p99'])} |")
+        lines += [""]
     predicted = report.get("acceptance_by_depth_predicted") or []
     for d, value in enumerate(report["acceptance_by_depth"]):
         lines.append(f"| {d + 1} | {_fmt(value)} | {_fmt(predicted[d] if d < len(predicted) else None)} |")
@@ -111,7 +124,7 @@ SUMMARY_NAME = "eval_report.json"
 SUMMARY_KEYS = (
     "prompts", "n_prompts", "n_turns", "max_new_tokens", "temperature", "dtype", "tree", "tau", "tau_predicted",
     "tau_predicted_source", "acceptance_by_depth", "speedup", "speedup_vs_hf_generate", "speedup_vs_prompt_lookup", "greedy_mismatches",
-    "near_tie_divergences", "hf_generate_mismatches", "backbone_drift", "hardware", "date", "measured_by", "reference",
+    "near_ties", "hf_generate_mismatches", "backbone_drift", "hardware", "date", "measured_by", "reference",
 )
 
 

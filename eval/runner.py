@@ -3,9 +3,9 @@ prompt-lookup decoding on the same prompts in one run, and the report numbers.
 
 Methods run interleaved prompt by prompt (so drifting machine load hits all of them alike), each
 turn after one warm-up of every method, all in the same dtype. Every method answers multi-turn
-prompts with its own previous answers. With greedy decoding every method's tokens are compared
-with our autoregressive decoding's, and a divergence is classified as a near tie or a real mismatch
-by the reference's top-2 logit gap there. Finished prompts are appended to `<out>.partial.jsonl`,
+prompts with its own previous answers. With greedy decoding every token every method emitted is
+re-scored teacher-forced by the model (`decoding/verify.py`), in the eval dtype and in fp32, and
+each is the model's argmax, a near tie or a real mismatch. Finished prompts are appended to `<out>.partial.jsonl`,
 so an interrupted eval resumes where it stopped; the file is removed once the report is written.
 """
 
@@ -24,10 +24,10 @@ from tqdm.auto import tqdm
 from draftheads.data.chat import ChatFormatter
 from draftheads.decoding.autotree import LOOKUPS, choose_auto_tree, measure_costs
 from draftheads.decoding.calibration import RankStats, rank_stats, read_calibration
-from draftheads.decoding.divergence import first_divergence, near_tie_epsilon
 from draftheads.decoding.engine import Engine, GenerationConfig, GenerationResult
 from draftheads.decoding.sampling import SamplingConfig
 from draftheads.decoding.tree import TreeSpec, default_static_paths
+from draftheads.decoding.verify import check_turns, dtype_name, fp32_twin, near_tie_epsilon
 from draftheads.eval.config import EvalConfig
 from draftheads.eval.drift import report_drift
 from draftheads.eval.prompts import EvalPrompt, load_prompts
@@ -55,24 +55,22 @@ class Method:
     name: str
     run: Callable[[list[int], GenerationConfig], tuple[list[int], GenerationResult | None]]
     backbone: Backbone
-    """The model it decodes (the reference's top-2 gap is read from it)."""
-    reference: str | None = None
-    """Greedy: the method whose tokens this one must equal (None: it is a reference)."""
+    """The model it decodes."""
     extra: Callable[[list[int], list[int]], dict] | None = None
     """More fields to record with each turn, from its prompt ids and tokens (untimed)."""
 
 
-def engine_method(name: str, engine: Engine, reference: str | None = None) -> Method:
+def engine_method(name: str, engine: Engine) -> Method:
     """A method decoding with `engine`."""
 
     def run(prompt_ids: list[int], config: GenerationConfig):
         result = engine.generate(prompt_ids, config)
         return result.tokens, result
 
-    return Method(name, run, engine.backbone, reference)
+    return Method(name, run, engine.backbone)
 
 
-def hf_method(name: str, backbone: Backbone, eos: tuple[int, ...], lookup_tokens: int | None, reference: str | None) -> Method:
+def hf_method(name: str, backbone: Backbone, eos: tuple[int, ...], lookup_tokens: int | None) -> Method:
     """HF `generate` (or prompt-lookup decoding with `lookup_tokens`) on `backbone`."""
 
     @torch.inference_mode()
@@ -91,14 +89,17 @@ def hf_method(name: str, backbone: Backbone, eos: tuple[int, ...], lookup_tokens
             kwargs["prompt_lookup_num_tokens"] = lookup_tokens
         return backbone.model.generate(ids, **kwargs)[0, len(prompt_ids) :].tolist(), None
 
-    return Method(name, run, backbone, reference)
+    return Method(name, run, backbone)
 
 
 class Runner:
     """Runs methods interleaved over prompts and turns, and records what each produced."""
 
-    def __init__(self, methods: list[Method], formatter: ChatFormatter, config: GenerationConfig, epsilon: float):
-        self.methods, self.formatter, self.config, self.epsilon = methods, formatter, config, epsilon
+    def __init__(self, methods: list[Method], formatter: ChatFormatter, config: GenerationConfig, epsilon: float,
+                 verifiers: tuple[Backbone, ...] = ()):
+        """`verifiers`: the models (one per dtype) that re-score every token of greedy answers;
+        `epsilon`: the near-tie threshold they are judged by."""
+        self.methods, self.formatter, self.config, self.epsilon, self.verifiers = methods, formatter, config, epsilon, verifiers
 
     def generate(self, method: Method, prompt_ids: list[int], max_new: int, seed: int) -> tuple[list[int], float, GenerationResult | None]:
         config = dataclasses.replace(self.config, max_new_tokens=max_new, seed=seed)
@@ -111,7 +112,7 @@ class Runner:
 
     def run_prompt(self, prompt: EvalPrompt, index: int, base_seed: int) -> dict:
         """All methods on one prompt (all turns); JSON-ready."""
-        record = {"id": prompt.id, "category": prompt.category, "methods": {}, "divergence": {}}
+        record = {"id": prompt.id, "category": prompt.category, "methods": {}, "verify": {}}
         for method in self.methods:
             answers: list[str] = []
             turns = []
@@ -127,17 +128,10 @@ class Runner:
                 turns.append(entry)
                 answers.append(method.backbone.tokenizer.decode(tokens, skip_special_tokens=True))
             record["methods"][method.name] = turns
-            if method.reference is not None and self.config.sampling.greedy:
-                record["divergence"][method.name] = self._divergence(method, turns, record["methods"][method.reference])
+            if self.config.sampling.greedy:  # untimed: after the method's last turn
+                answer = [(t["prompt_ids"], t["tokens"]) for t in turns]
+                record["verify"][method.name] = {dtype_name(v): check_turns(v, answer).to_json() for v in self.verifiers}
         return record
-
-    def _divergence(self, method: Method, turns: list[dict], reference: list[dict]) -> dict | None:
-        """The first turn where `method` parts from its reference, with the gap there."""
-        for turn_index, (ours, theirs) in enumerate(zip(turns, reference)):
-            found = first_divergence(method.backbone, theirs["prompt_ids"], theirs["tokens"], ours["tokens"], self.epsilon)
-            if found is not None:
-                return {"turn": turn_index, **found.to_dict()}
-        return None
 
     def warm_up(self, prompt: EvalPrompt) -> None:
         ids = self.formatter.prompt_ids(prompt.messages([]))
@@ -214,15 +208,16 @@ def build_runner(config: EvalConfig, draft: DraftModel, tree: TreeSpec) -> Runne
     eos = baseline.default_eos()
     methods = [
         engine_method("baseline", baseline),
-        engine_method("ours", Engine(backbone, draft.heads, tree), "baseline"),
-        hf_method("hf_generate", backbone, eos, None, "baseline"),
-        hf_method("prompt_lookup", backbone, eos, config.prompt_lookup_tokens, "baseline"),
+        engine_method("ours", Engine(backbone, draft.heads, tree)),
+        hf_method("hf_generate", backbone, eos, None),
+        hf_method("prompt_lookup", backbone, eos, config.prompt_lookup_tokens),
     ]
     s = config.sampling
     generation = GenerationConfig(max_new_tokens=config.max_new_tokens, sampling=SamplingConfig(s.temperature, s.top_p, s.top_k), eos_token_ids=eos, seed=s.seed)
     epsilon = config.near_tie_epsilon if config.near_tie_epsilon is not None else near_tie_epsilon(backbone.lm_head.weight.dtype)
     formatter = ChatFormatter(backbone.tokenizer, model_name=backbone.location.spec)
-    return Runner(methods, formatter, generation, epsilon)
+    verifiers = (backbone,) if not config.verify_fp32 or dtype_name(backbone) == "float32" else (backbone, fp32_twin(backbone))
+    return Runner(methods, formatter, generation, epsilon, verifiers)
 
 
 def run_prompts(

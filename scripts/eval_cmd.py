@@ -76,12 +76,12 @@ def run(args: argparse.Namespace) -> int:
     out.with_name(out.name + ".partial.jsonl").unlink(missing_ok=True)
     if config.write_summary and Path(config.heads).is_dir():
         paths.append(write_summary(report, Path(config.heads)))
-    near = report.get("near_tie_divergences")
+    near = report.get("near_ties")
     print(
         f"tau {report['tau']:.3f} (predicted {report['tau_predicted'] or float('nan'):.3f}); "
         f"{report['tokens_per_s']:.2f} tok/s = {report['speedup']:.2f}x our autoregressive, "
         f"{report['speedup_vs_hf_generate']:.2f}x HF generate, {report['speedup_vs_prompt_lookup']:.2f}x prompt lookup ({report['dtype']}); "
-        f"greedy mismatches: {report['greedy_mismatches']}" + (f" (+{near} near-tie divergences)" if near else "")
+        f"greedy mismatches: {report['greedy_mismatches']} of {report['new_tokens']} tokens re-scored" + (f" (+{near} near ties)" if near else "")
     )
     drift = report.get("backbone_drift")
     if drift and "error" in drift:

@@ -97,8 +97,10 @@ def test_eos_inside_an_accepted_path(backbone):
     result = Engine(backbone, heads, STATIC).generate(prompt, GenerationConfig(max_new_tokens=30, eos_token_ids=(eos,)))
     assert result.tokens == reference[:stop]
     assert result.finish_reason == "eos"
-    # the EOS came from inside an accepted path, not as a bonus token: steps accept 4 drafts each
-    assert stop % 5 != 1 and result.accepted[-1] == 4
+    # the EOS came from inside an accepted path, not as a bonus token: steps emit 4 drafts and a bonus
+    # each, the last one only the drafts up to the EOS (τ counts emitted tokens)
+    assert stop % 5 != 1 and result.accepted[:-1] == [4] * (len(result.accepted) - 1)
+    assert result.accepted[-1] == (stop - 1) % 5 - 1 and 1 + sum(result.accepted) + result.steps == len(result.tokens)
 
 
 def test_max_new_tokens_inside_an_accepted_path(backbone):
@@ -108,6 +110,7 @@ def test_max_new_tokens_inside_an_accepted_path(backbone):
         result = Engine(backbone, heads, STATIC).generate(prompt, GenerationConfig(max_new_tokens=limit, eos_token_ids=()))
         assert result.tokens == hf_greedy(backbone, prompt, limit)
         assert result.finish_reason == "length"
+        assert 1 + sum(result.accepted) + result.steps == limit  # no accepted draft past the limit counts
         heads.context.clear()
 
 

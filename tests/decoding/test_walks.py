@@ -30,7 +30,7 @@ def test_each_step_accepts_the_longest_correct_tree_path_and_skips_what_it_accep
     ]
     walk = AnswerWalk(0, ranks, [0] * len(ranks), len(ranks))
     assert replay([walk], paths, 0, 1, 100).accepted == [3, 1, 1, 0, 0]
-    assert replay([walk], paths, 0, 1, 6).accepted == [3, 1]  # 6 new tokens: the steps that make them
+    assert replay([walk], paths, 0, 1, 6).accepted == [3, 0]  # 6 new tokens: the second step emits only its bonus
     assert replay([walk], paths, 0, 0, 100).accepted == []  # turn 0 is not below 0 turns
 
 
@@ -51,17 +51,17 @@ def test_the_lookup_copy_wins_where_it_is_longer_and_is_cut_to_the_branch_length
     paths = {(0,), (0, 0)}
     # position 0: heads 2 > copy 1; position 3: copy 6, cut to 4 by a 4-token branch
     assert replay([walk], paths, 4, 1, 100).accepted == [2, 4, 0]
-    assert replay([walk], paths, 10, 1, 100).accepted == [2, 6]
+    assert replay([walk], paths, 10, 1, 100).accepted == [2, 5]  # the copy of 6 is cut at the answer's end
     assert replay([walk], paths, 0, 1, 100).accepted == [2] + [0] * 6
     # what the branch adds to each step's tree: the proposal at the step's root, cut to the branch
     assert replay([walk], paths, 4, 1, 100).copied == [3, 4, 0]  # steps at positions 0, 3, 8
     assert replay([walk], paths, 10, 1, 100).copied == [3, 8]
     assert replay([walk], paths, 0, 1, 100).copied == [0] * 7
     assert replay([AnswerWalk(0, ranks, copies, len(ranks))], paths, 10, 1, 100).copied == [0, 0]  # not recorded
-    # An answer that ends (EOS) after 5 tokens: the last step still accepts the copy past its end,
-    # as a decode's last verification does and its τ counts.
+    # An answer that ends (EOS) after 5 tokens: the last step verifies the copy past its end but
+    # emits nothing of it, and τ counts emitted tokens only, as the engine does.
     ended = AnswerWalk(0, ranks, copies, 5)
-    assert replay([ended], paths, 10, 1, 100).accepted == [2, 6]
+    assert replay([ended], paths, 10, 1, 100).accepted == [2, 0]
     assert replay([ended], paths, 0, 1, 100).accepted == [2, 0]
 
 

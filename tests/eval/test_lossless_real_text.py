@@ -14,6 +14,7 @@ from draftheads.decoding.engine import Engine, GenerationConfig
 from draftheads.decoding.lookup import lookup_continuation
 from draftheads.decoding.sampling import SamplingConfig
 from draftheads.decoding.tree import TreeSpec
+from draftheads.decoding.verify import TokenCheck
 from draftheads.decoding.walks import AnswerWalk, lookup_copies, replay
 from draftheads.eval.prompts import EvalPrompt
 from draftheads.eval.runner import Method, Runner, engine_method, hf_method
@@ -40,7 +41,14 @@ def recording(method: Method, heads: ScriptedHeads) -> Method:
         heads.references.append(list(prompt_ids) + tokens)
         return tokens, result
 
-    return Method(method.name, run, method.backbone, method.reference)
+    return Method(method.name, run, method.backbone)
+
+
+def assert_every_token_verified(record: dict, name: str) -> None:
+    """Every token `name` emitted, every turn, re-scored by the model: each its greedy choice."""
+    check = TokenCheck.from_json(record["verify"][name]["float32"])
+    assert check.tokens == sum(len(t["tokens"]) for t in record["methods"][name])
+    assert check.mismatches(1e-3) == 0, check.gaps
 
 
 def test_our_greedy_decoding_equals_hf_generate_on_real_multi_turn_text(demo):
@@ -48,11 +56,11 @@ def test_our_greedy_decoding_equals_hf_generate_on_real_multi_turn_text(demo):
     heads = ScriptedHeads(demo, num_heads=4)
     tree = Engine(demo, heads, TreeSpec("dynamic", budget=8, width=2))
     methods = [
-        recording(hf_method("hf_generate", demo, eos, None, None), heads),
-        engine_method("ours_ar", Engine(demo), "hf_generate"),
-        engine_method("ours_tree", tree, "hf_generate"),
+        recording(hf_method("hf_generate", demo, eos, None), heads),
+        engine_method("ours_ar", Engine(demo)),
+        engine_method("ours_tree", tree),
     ]
-    runner = Runner(methods, ChatFormatter(demo.tokenizer), GenerationConfig(max_new_tokens=MAX_NEW, eos_token_ids=eos), 1e-3)
+    runner = Runner(methods, ChatFormatter(demo.tokenizer), GenerationConfig(max_new_tokens=MAX_NEW, eos_token_ids=eos), 1e-3, (demo,))
     records = [runner.run_prompt(prompt, index, 0) for index, prompt in enumerate(PROMPTS)]
     answers = []
     for record in records:
@@ -61,7 +69,7 @@ def test_our_greedy_decoding_equals_hf_generate_on_real_multi_turn_text(demo):
             assert [t["tokens"] for t in record["methods"][name]] == [t["tokens"] for t in reference], (record["id"], name)
             # ... and from the same prompts: the second turn's prompt holds each method's own first answer
             assert [t["prompt_ids"] for t in record["methods"][name]] == [t["prompt_ids"] for t in reference]
-            assert record["divergence"][name] is None
+            assert_every_token_verified(record, name)
         answers += [t["tokens"] for t in reference]
     # Real text that varies: four different answers, some ended by the model's EOS, some by the limit.
     assert len({tuple(a) for a in answers}) == 4 and all(len(set(a)) > 3 for a in answers)
@@ -69,9 +77,9 @@ def test_our_greedy_decoding_equals_hf_generate_on_real_multi_turn_text(demo):
     assert any(ended) and not all(ended), [demo.tokenizer.decode(a) for a in answers]
     tree_turns = [turn for record in records for turn in record["methods"]["ours_tree"]]
     assert {0, 1, 2, 3, 4} <= {n for turn in tree_turns for n in turn["accepted"]}  # every acceptance length, the full path included
-    # A turn whose EOS was an accepted draft: every step but the last added a bonus token after its
-    # accepted drafts; the last stopped at the EOS it accepted (first token: the prompt's forward).
-    assert any(t["tokens"][-1] in eos and len(t["tokens"]) == 1 + sum(t["accepted"]) + len(t["accepted"]) - 1 for t in tree_turns), \
+    # τ counts emitted tokens: every step's count plus one sums, with the prompt's forward's first
+    # token, to the answer, also where an EOS inside an accepted path or the limit ended it.
+    assert all(len(t["tokens"]) == 1 + sum(t["accepted"]) + len(t["accepted"]) for t in tree_turns), \
         [(len(t["tokens"]), t["accepted"]) for t in tree_turns]
 
 
@@ -110,17 +118,17 @@ def test_a_lookup_branch_keeps_greedy_decoding_exact_and_accepts_copied_runs(dem
     eos = Engine(demo).default_eos()
     heads = ScriptedHeads(demo, num_heads=4)
     methods = [
-        recording(hf_method("hf_generate", demo, eos, None, None), heads),
-        engine_method("lookup", Engine(demo, tree=TreeSpec("none", lookup=8)), "hf_generate"),
-        engine_method("tree_lookup", Engine(demo, heads, TreeSpec("dynamic", budget=6, width=2, lookup=8)), "hf_generate"),
+        recording(hf_method("hf_generate", demo, eos, None), heads),
+        engine_method("lookup", Engine(demo, tree=TreeSpec("none", lookup=8))),
+        engine_method("tree_lookup", Engine(demo, heads, TreeSpec("dynamic", budget=6, width=2, lookup=8))),
     ]
     prompt = EvalPrompt("again", "copy", [PROMPTS[1].turns[0], "Repeat your previous answer exactly, word for word."])
-    runner = Runner(methods, ChatFormatter(demo.tokenizer), GenerationConfig(max_new_tokens=MAX_NEW, eos_token_ids=eos), 1e-3)
+    runner = Runner(methods, ChatFormatter(demo.tokenizer), GenerationConfig(max_new_tokens=MAX_NEW, eos_token_ids=eos), 1e-3, (demo,))
     record = runner.run_prompt(prompt, 0, 0)
     reference = record["methods"]["hf_generate"]
     for name in ("lookup", "tree_lookup"):
         assert [t["tokens"] for t in record["methods"][name]] == [t["tokens"] for t in reference], name
-        assert record["divergence"][name] is None
+        assert_every_token_verified(record, name)
         accepted = [a for t in record["methods"][name] for a in t["accepted"]]
         assert max(accepted) > 4, (name, accepted)  # deeper than the heads draft: a copied run
         assert 0 in accepted, (name, accepted)  # and steps where nothing (or a wrong copy) was accepted
@@ -147,8 +155,8 @@ def test_lookup_decoding_accepts_exactly_what_the_copied_tokens_get_right(demo):
         while emitted < new:
             chain = lookup_continuation(prompt + reference[:emitted], lookup, 3)
             right = next((i for i, token in enumerate(chain) if token != reference[emitted + i]), len(chain))
-            expected.append(right)
-            emitted += right + 1
+            expected.append(min(right, new - emitted - 1))  # τ counts emitted tokens: none past the limit
+            emitted += expected[-1] + 1
         assert result.accepted == expected, text
         accepted[text] = expected
         # The calibration replay (decoding/walks.py) makes the same steps from the answer alone.
