@@ -57,6 +57,35 @@ class TreeSettings:
 
 
 @dataclass
+class BaselineSettings:
+    """The prompt-lookup baselines every speedup is also measured against, each at its best setting:
+    HF `generate` with prompt lookup, and our engine's lookup alone (the heads' increment over
+    copying). A setting left null is tuned: the fastest of a sweep on `tune_prompts`."""
+
+    prompt_lookup_tokens: int | None = None
+    """HF prompt lookup: tokens it copies per step (`prompt_lookup_num_tokens`); null: tuned."""
+    prompt_lookup_ngram: int | None = None
+    """HF prompt lookup: longest n-gram it matches (`max_matching_ngram_size`); null: tuned."""
+    lookup_tokens: int | None = None
+    """Our lookup alone: most tokens copied per step; null: tuned."""
+    lookup_ngram: int | None = None
+    """Our lookup alone: longest context suffix it matches; null: tuned."""
+    tune_prompts: str = "sharegpt"
+    """Prompts the sweep runs on (first turns), like the served ones and never the eval's own."""
+    tune_limit: int = 4
+    """How many of them."""
+
+    def __post_init__(self) -> None:
+        values = (self.prompt_lookup_tokens, self.prompt_lookup_ngram, self.lookup_tokens, self.lookup_ngram)
+        if any(v is not None and v < 1 for v in values) or self.tune_limit < 1:
+            raise ValueError(f"baselines: lookup tokens, n-grams and tune_limit must be at least 1, got {values} and {self.tune_limit}")
+
+    def tuned(self) -> bool:
+        """Whether any setting is left to the sweep."""
+        return None in (self.prompt_lookup_tokens, self.prompt_lookup_ngram, self.lookup_tokens, self.lookup_ngram)
+
+
+@dataclass
 class EvalConfig:
     """Everything `draftheads eval` takes."""
 
@@ -80,8 +109,12 @@ class EvalConfig:
     """Greedy or sampled decoding."""
     tree: TreeSettings = field(default_factory=TreeSettings)
     """The draft tree."""
-    prompt_lookup_tokens: int = 10
-    """HF prompt-lookup decoding: tokens it copies per step."""
+    baselines: BaselineSettings = field(default_factory=BaselineSettings)
+    """The prompt-lookup baselines (HF's and our lookup alone), at their best settings."""
+    repeats: int = 3
+    """Times every method answers every prompt, interleaved (the method order rotates each time):
+    each speed ratio is reported as the median of the repeats with a 95% bootstrap interval over
+    prompts and repeats; tokens are verified on the first (every repeat must emit the same)."""
     drift_batches: int | None = 8
     """Held-out batches (of 4 rows) for a jointly trained backbone's drift; null for all."""
     near_tie_epsilon: float | None = None
@@ -99,6 +132,10 @@ class EvalConfig:
             raise ValueError(f"max_new_tokens must be at least 1, got {self.max_new_tokens}")
         if self.limit is not None and self.limit < 1:
             raise ValueError(f"limit must be at least 1, got {self.limit}")
+        if self.repeats < 1:
+            raise ValueError(f"repeats must be at least 1, got {self.repeats}")
+        if self.baselines.tuned() and self.baselines.tune_prompts == self.prompts:
+            raise ValueError(f"baselines.tune_prompts: the eval's own prompts ({self.prompts}); tune the baselines on others")
         if self.drift_batches is not None and self.drift_batches < 1:
             raise ValueError(f"drift_batches must be at least 1, got {self.drift_batches}")
         if self.tree.lookup and self.sampling.temperature > 0:

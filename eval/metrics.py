@@ -7,6 +7,8 @@ import dataclasses
 import datetime
 import math
 import platform
+import random
+import statistics
 import sys
 from collections import defaultdict
 
@@ -97,6 +99,34 @@ def real_mismatches(table: dict[str, dict], dtype: str) -> int | None:
     return table[dtype]["mismatches"] if dtype in table else None
 
 
+def repeat_seconds(record: dict, method: str) -> list[float]:
+    """Seconds `method` took on the record's prompt (all turns), one value per repeat."""
+    timed = record.get("seconds", {}).get(method) or [[t["seconds"] for t in record["methods"][method]]]
+    return [sum(turns) for turns in timed]
+
+
+def speed_ratio(records: list[dict], a: str, b: str, resamples: int = 2000, seed: int = 0) -> dict:
+    """`a`'s tokens/s over `b`'s: per repeat (over all prompts), their median, min and max, and a 95%
+    bootstrap interval that resamples prompts and, for each, one of its repeats (both methods' times
+    from that same interleaved repeat)."""
+    tokens = {m: [sum(len(t["tokens"]) for t in r["methods"][m]) for r in records] for m in (a, b)}
+    seconds = {m: [repeat_seconds(r, m) for r in records] for m in (a, b)}
+    repeats = min(len(s) for m in (a, b) for s in seconds[m])
+
+    def ratio(prompts: list[int], reps: list[int]) -> float:
+        speed = {m: sum(tokens[m][i] for i in prompts) / sum(seconds[m][i][k] for i, k in zip(prompts, reps)) for m in (a, b)}
+        return speed[a] / speed[b]
+
+    everyone = list(range(len(records)))
+    per_repeat = [ratio(everyone, [k] * len(records)) for k in range(repeats)]
+    rng = random.Random(seed)
+    draws = sorted(ratio([rng.randrange(len(records)) for _ in everyone], [rng.randrange(repeats) for _ in everyone]) for _ in range(resamples))
+    return {
+        "median": statistics.median(per_repeat), "min": min(per_repeat), "max": max(per_repeat), "per_repeat": per_repeat,
+        "ci95": [draws[int(0.025 * resamples)], draws[int(0.975 * resamples) - 1]], "repeats": repeats, "prompts": len(records),
+    }
+
+
 def predicted_tau(tree: TreeSpec, own: RankStats, held_out, ours_turns: list[dict], shape: tuple[int, int] | None = None) -> tuple[float | None, list[float] | None, str]:
     """τ predicted for `tree`, its acceptance by depth, and where it comes from. A held-out
     calibration that kept its answers (`draftheads calibrate`) replays the decode's steps on them
@@ -142,16 +172,23 @@ def _drafted_tree_tau(tree: TreeSpec, own: RankStats, held_out, ours_turns: list
     return 1.0, None, "autoregressive: one token per step"
 
 
+SPEED_PAIRS = (("ours", "baseline"), ("ours", "hf_generate"), ("ours", "prompt_lookup"), ("ours", "lookup"), ("baseline", "hf_generate"), ("lookup", "prompt_lookup"))
+"""The speed ratios every report states (median over repeats, with their spread and interval), and
+ours over the fastest baseline, named in the report."""
+BASELINES = ("baseline", "hf_generate", "prompt_lookup", "lookup")
+"""The methods a speedup is claimed over: the fastest of them is the best baseline."""
+
+
 def build_report(config, draft: DraftModel, tree: TreeSpec, records: list[dict], stats: RankStats, held_out=None, epsilon: float = 0.0) -> dict:
     """The report dictionary (report.json); `stats` are the heads' ranks on the baseline's answers,
     `held_out` the (stats, source) of calibration data the eval did not see, if any."""
     depth = draft.heads.config.num_heads
     totals = {}
-    for method in ("baseline", "ours", "hf_generate", "prompt_lookup"):
-        turns = [t for r in records for t in r["methods"][method]]
-        tokens = sum(len(t["tokens"]) for t in turns)
-        seconds = sum(t["seconds"] for t in turns)
-        totals[method] = {"tokens": tokens, "seconds": seconds, "tokens_per_s": tokens / seconds if seconds else None}
+    for method in records[0]["methods"]:
+        tokens = sum(len(t["tokens"]) for r in records for t in r["methods"][method])
+        per_repeat = [sum(seconds) for seconds in zip(*(repeat_seconds(r, method) for r in records))]
+        seconds = statistics.median(per_repeat)  # one repeat's time: each repeat answers every prompt once
+        totals[method] = {"tokens": tokens, "seconds": seconds, "seconds_per_repeat": per_repeat, "tokens_per_s": tokens / seconds if seconds else None}
     ours_turns = [t for r in records for t in r["methods"]["ours"]]
     accepted = [a for t in ours_turns for a in t["accepted"]]
     by_category = defaultdict(list)
@@ -167,12 +204,15 @@ def build_report(config, draft: DraftModel, tree: TreeSpec, records: list[dict],
     measured_depth = max([depth, *accepted, len(predicted_by_depth or [])])  # a lookup branch goes deeper than the heads
     if predicted_by_depth is not None:
         predicted_by_depth += [0.0] * (measured_depth - len(predicted_by_depth))  # the tree drafts no deeper
-    verified = {m: verification(records, m, epsilon) for m in ("baseline", "ours", "hf_generate", "prompt_lookup")}
+    verified = {m: verification(records, m, epsilon) for m in records[0]["methods"]}
     dtype = str(draft.backbone.lm_head.weight.dtype).removeprefix("torch.")
     ours_tps, base_tps = totals["ours"]["tokens_per_s"], totals["baseline"]["tokens_per_s"]
 
+    best = max((m for m in totals if m in BASELINES), key=lambda m: totals[m]["tokens_per_s"] or 0.0)
+    ratios = {f"{a}/{b}": speed_ratio(records, a, b) for a, b in dict.fromkeys([*SPEED_PAIRS, ("ours", best)]) if a in totals and b in totals}
+
     def ratio(a, b):
-        return a / b if a and b else None
+        return ratios[f"{a}/{b}"]["median"] if f"{a}/{b}" in ratios else None
 
     tree_info = tree.describe()
     if tree.kind == "dynamic":
@@ -206,10 +246,14 @@ def build_report(config, draft: DraftModel, tree: TreeSpec, records: list[dict],
         "baseline_tokens_per_s": base_tps,
         "hf_generate_tokens_per_s": totals["hf_generate"]["tokens_per_s"],
         "prompt_lookup_tokens_per_s": totals["prompt_lookup"]["tokens_per_s"],
-        "speedup": ratio(ours_tps, base_tps),
-        "speedup_vs_hf_generate": ratio(ours_tps, totals["hf_generate"]["tokens_per_s"]),
-        "speedup_vs_prompt_lookup": ratio(ours_tps, totals["prompt_lookup"]["tokens_per_s"]),
-        "baseline_vs_hf_generate": ratio(base_tps, totals["hf_generate"]["tokens_per_s"]),
+        "speedup": ratio("ours", "baseline"),
+        "speedup_vs_hf_generate": ratio("ours", "hf_generate"),
+        "speedup_vs_prompt_lookup": ratio("ours", "prompt_lookup"),
+        "baseline_vs_hf_generate": ratio("baseline", "hf_generate"),
+        "speed_ratios": ratios,
+        "best_baseline": best,
+        "speedup_vs_best_baseline": ratio("ours", best),
+        "repeats_differ": sorted({m for r in records for m in r.get("repeats_differ", [])}),
         "methods": totals,
         "greedy_mismatches": real_mismatches(verified["ours"], dtype),
         "near_ties": verified["ours"].get(dtype, {}).get("near_ties"),

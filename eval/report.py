@@ -31,10 +31,31 @@ def markdown(report: dict) -> str:
     ]
     ours = report["methods"]["ours"]["tokens_per_s"]
     hf_label = "HF generate (greedy)" if report["temperature"] == 0 else "HF generate (sampling)"
-    for name, label in (("ours", "draftheads tree decoding"), ("baseline", "draftheads autoregressive"), ("hf_generate", hf_label), ("prompt_lookup", "HF prompt lookup")):
-        m = report["methods"][name]
+    settings = report.get("baselines") or {}
+
+    def tuned(name: str) -> str:
+        return f" ({settings[name]['tokens']} tokens, {settings[name]['ngram']}-gram: {settings[name]['chosen']})" if name in settings else ""
+
+    names = {"ours": "draftheads tree decoding", "baseline": "draftheads autoregressive", "hf_generate": hf_label,
+             "prompt_lookup": "HF prompt lookup" + tuned("prompt_lookup"), "lookup": "draftheads lookup alone" + tuned("lookup")}
+    for name, m in report["methods"].items():
+        label = names.get(name, name)
         ratio = ours / m["tokens_per_s"] if ours and m["tokens_per_s"] else None
         lines.append(f"| {label} | {m['tokens']} | {_fmt(m['seconds'], 2)} | {_fmt(m['tokens_per_s'], 2)} | {_fmt(ratio, 2)}x |")
+    labels = {"ours": "ours", "baseline": "our autoregressive", "hf_generate": "HF generate", "prompt_lookup": "HF prompt lookup", "lookup": "our lookup alone"}
+    ratios = report.get("speed_ratios") or {}
+    if ratios:
+        lines += [
+            "",
+            f"Speed ratios: median of {next(iter(ratios.values()))['repeats']} interleaved repeats, their range, and a 95% bootstrap interval over prompts and repeats.",
+            "",
+            "| ratio | median | min - max | 95% interval |",
+            "|---|---:|---:|---:|",
+        ]
+        for pair, r in ratios.items():
+            a, b = pair.split("/")
+            best = " (the best baseline)" if a == "ours" and b == report.get("best_baseline") else ""
+            lines.append(f"| {labels.get(a, a)} / {labels.get(b, b)}{best} | {r['median']:.3f}x | {r['min']:.3f} - {r['max']:.3f} | {r['ci95'][0]:.3f} - {r['ci95'][1]:.3f} |")
     lines += [
         "",
         "| τ (measured) | τ predicted | greedy mismatches | HF mismatches | steps |",
@@ -123,7 +144,8 @@ SUMMARY_NAME = "eval_report.json"
 
 SUMMARY_KEYS = (
     "prompts", "n_prompts", "n_turns", "max_new_tokens", "temperature", "dtype", "tree", "tau", "tau_predicted",
-    "tau_predicted_source", "acceptance_by_depth", "speedup", "speedup_vs_hf_generate", "speedup_vs_prompt_lookup", "greedy_mismatches",
+    "tau_predicted_source", "acceptance_by_depth", "speedup", "speedup_vs_hf_generate", "speedup_vs_prompt_lookup", "speed_ratios",
+    "best_baseline", "speedup_vs_best_baseline", "baselines", "greedy_mismatches",
     "near_ties", "hf_generate_mismatches", "backbone_drift", "hardware", "date", "measured_by", "reference",
 )
 

@@ -70,8 +70,9 @@ def engine_method(name: str, engine: Engine) -> Method:
     return Method(name, run, engine.backbone)
 
 
-def hf_method(name: str, backbone: Backbone, eos: tuple[int, ...], lookup_tokens: int | None) -> Method:
-    """HF `generate` (or prompt-lookup decoding with `lookup_tokens`) on `backbone`."""
+def hf_method(name: str, backbone: Backbone, eos: tuple[int, ...], lookup_tokens: int | None, lookup_ngram: int | None = None) -> Method:
+    """HF `generate` (or prompt-lookup decoding with `lookup_tokens`, matching n-grams of up to
+    `lookup_ngram` tokens: HF's default 2 when None) on `backbone`."""
 
     @torch.inference_mode()
     def run(prompt_ids: list[int], config: GenerationConfig):
@@ -87,6 +88,8 @@ def hf_method(name: str, backbone: Backbone, eos: tuple[int, ...], lookup_tokens
             torch.manual_seed(config.seed or 0)
         if lookup_tokens:
             kwargs["prompt_lookup_num_tokens"] = lookup_tokens
+            if lookup_ngram:
+                kwargs["max_matching_ngram_size"] = lookup_ngram
         return backbone.model.generate(ids, **kwargs)[0, len(prompt_ids) :].tolist(), None
 
     return Method(name, run, backbone)
@@ -96,10 +99,11 @@ class Runner:
     """Runs methods interleaved over prompts and turns, and records what each produced."""
 
     def __init__(self, methods: list[Method], formatter: ChatFormatter, config: GenerationConfig, epsilon: float,
-                 verifiers: tuple[Backbone, ...] = ()):
+                 verifiers: tuple[Backbone, ...] = (), repeats: int = 1):
         """`verifiers`: the models (one per dtype) that re-score every token of greedy answers;
-        `epsilon`: the near-tie threshold they are judged by."""
-        self.methods, self.formatter, self.config, self.epsilon, self.verifiers = methods, formatter, config, epsilon, verifiers
+        `epsilon`: the near-tie threshold they are judged by; `repeats`: answers per method and prompt."""
+        self.methods, self.formatter, self.config, self.epsilon = methods, formatter, config, epsilon
+        self.verifiers, self.repeats = verifiers, repeats
 
     def generate(self, method: Method, prompt_ids: list[int], max_new: int, seed: int) -> tuple[list[int], float, GenerationResult | None]:
         config = dataclasses.replace(self.config, max_new_tokens=max_new, seed=seed)
@@ -111,27 +115,41 @@ class Runner:
         return tokens, time.perf_counter() - start, result
 
     def run_prompt(self, prompt: EvalPrompt, index: int, base_seed: int) -> dict:
-        """All methods on one prompt (all turns); JSON-ready."""
-        record = {"id": prompt.id, "category": prompt.category, "methods": {}, "verify": {}}
-        for method in self.methods:
-            answers: list[str] = []
-            turns = []
-            for turn_index in range(len(prompt.turns)):
-                prompt_ids = self.formatter.prompt_ids(prompt.messages(answers), origin=f"prompt {prompt.id}")
-                seed = base_seed * 1_000_003 + index * 101 + turn_index
-                tokens, seconds, result = self.generate(method, prompt_ids, self.config.max_new_tokens, seed)
-                entry = {"prompt_ids": prompt_ids, "tokens": tokens, "seconds": seconds}
-                if result is not None:
-                    entry.update(accepted=result.accepted, tree_sizes=result.tree_sizes, predicted=result.predicted, times=result.times)
-                if method.extra is not None:
-                    entry.update(method.extra(prompt_ids, tokens))
-                turns.append(entry)
-                answers.append(method.backbone.tokenizer.decode(tokens, skip_special_tokens=True))
-            record["methods"][method.name] = turns
-            if self.config.sampling.greedy:  # untimed: after the method's last turn
+        """Every method on one prompt (all turns), `repeats` times with the method order rotated
+        each time; JSON-ready. `methods` holds the first repeat's turns, `seconds` every repeat's
+        time per turn, `repeats_differ` the methods whose later repeats emitted other tokens."""
+        record = {"id": prompt.id, "category": prompt.category, "methods": {}, "verify": {}, "seconds": {m.name: [] for m in self.methods},
+                  "repeats_differ": []}
+        for repeat in range(self.repeats):
+            shift = repeat % len(self.methods)
+            for method in self.methods[shift:] + self.methods[:shift]:
+                turns = self._answer(method, prompt, index, base_seed)
+                record["seconds"][method.name].append([t["seconds"] for t in turns])
+                first = record["methods"].setdefault(method.name, turns)
+                if [t["tokens"] for t in turns] != [t["tokens"] for t in first] and method.name not in record["repeats_differ"]:
+                    record["repeats_differ"].append(method.name)
+        if self.config.sampling.greedy:  # untimed: after every answer
+            for name, turns in record["methods"].items():
                 answer = [(t["prompt_ids"], t["tokens"]) for t in turns]
-                record["verify"][method.name] = {dtype_name(v): check_turns(v, answer).to_json() for v in self.verifiers}
+                record["verify"][name] = {dtype_name(v): check_turns(v, answer).to_json() for v in self.verifiers}
         return record
+
+    def _answer(self, method: Method, prompt: EvalPrompt, index: int, base_seed: int) -> list[dict]:
+        """One method's answer to every turn of a prompt, each turn after its own earlier answers."""
+        answers: list[str] = []
+        turns = []
+        for turn_index in range(len(prompt.turns)):
+            prompt_ids = self.formatter.prompt_ids(prompt.messages(answers), origin=f"prompt {prompt.id}")
+            seed = base_seed * 1_000_003 + index * 101 + turn_index
+            tokens, seconds, result = self.generate(method, prompt_ids, self.config.max_new_tokens, seed)
+            entry = {"prompt_ids": prompt_ids, "tokens": tokens, "seconds": seconds}
+            if result is not None:
+                entry.update(accepted=result.accepted, tree_sizes=result.tree_sizes, predicted=result.predicted, times=result.times)
+            if method.extra is not None:
+                entry.update(method.extra(prompt_ids, tokens))
+            turns.append(entry)
+            answers.append(method.backbone.tokenizer.decode(tokens, skip_special_tokens=True))
+        return turns
 
     def warm_up(self, prompt: EvalPrompt) -> None:
         ids = self.formatter.prompt_ids(prompt.messages([]))
@@ -201,23 +219,19 @@ def lookup_choices(config: EvalConfig) -> tuple[int, ...]:
     return (0, *LOOKUPS) if config.sampling.temperature == 0 else (0,)
 
 
-def build_runner(config: EvalConfig, draft: DraftModel, tree: TreeSpec) -> Runner:
-    """The four methods of `draftheads eval` on the draft model's backbone."""
+def build_runner(config: EvalConfig, draft: DraftModel, tree: TreeSpec, baselines: list[Method]) -> Runner:
+    """The methods of `draftheads eval` on the draft model's backbone: ours, our autoregressive
+    decoding, HF generate, and the lookup `baselines` (`eval/baselines.py`)."""
     backbone = draft.backbone
     baseline = Engine(backbone)
     eos = baseline.default_eos()
-    methods = [
-        engine_method("baseline", baseline),
-        engine_method("ours", Engine(backbone, draft.heads, tree)),
-        hf_method("hf_generate", backbone, eos, None),
-        hf_method("prompt_lookup", backbone, eos, config.prompt_lookup_tokens),
-    ]
+    methods = [engine_method("baseline", baseline), engine_method("ours", Engine(backbone, draft.heads, tree)), hf_method("hf_generate", backbone, eos, None), *baselines]
     s = config.sampling
     generation = GenerationConfig(max_new_tokens=config.max_new_tokens, sampling=SamplingConfig(s.temperature, s.top_p, s.top_k), eos_token_ids=eos, seed=s.seed)
     epsilon = config.near_tie_epsilon if config.near_tie_epsilon is not None else near_tie_epsilon(backbone.lm_head.weight.dtype)
     formatter = ChatFormatter(backbone.tokenizer, model_name=backbone.location.spec)
     verifiers = (backbone,) if not config.verify_fp32 or dtype_name(backbone) == "float32" else (backbone, fp32_twin(backbone))
-    return Runner(methods, formatter, generation, epsilon, verifiers)
+    return Runner(methods, formatter, generation, epsilon, verifiers, config.repeats)
 
 
 def run_prompts(
@@ -250,8 +264,12 @@ def run_eval(config: EvalConfig, out: Path, progress: bool = True) -> dict:
     turns = max(len(p.turns) for p in prompts)
     partial = out.with_name(out.name + ".partial.jsonl")
     tree, tree_choice = resumed_tree(partial, config.fingerprint()) or resolve_tree(config, draft, progress, turns)
-    runner = build_runner(config, draft, tree)
-    header = {"tree": tree.describe(), "tree_choice": tree_choice}
+    from draftheads.eval.baselines import lookup_methods, tune_baselines
+
+    eos = Engine(draft.backbone).default_eos()
+    settings = resumed_header(partial, config.fingerprint()).get("baselines") or tune_baselines(config, draft.backbone, eos, progress)
+    runner = build_runner(config, draft, tree, lookup_methods(draft.backbone, eos, settings))
+    header = {"tree": tree.describe(), "tree_choice": tree_choice, "baselines": settings}
     records = run_prompts(runner, prompts, out, config.fingerprint(), config.sampling.seed, progress, header)
     from draftheads.eval.metrics import build_report
 
@@ -262,16 +280,24 @@ def run_eval(config: EvalConfig, out: Path, progress: bool = True) -> dict:
     report = build_report(config, draft, tree, records, rank_stats(draft, sequences), held_out, runner.epsilon)
     report["dtype_note"] = dtype_note
     report["tree_choice"] = tree_choice
+    report["baselines"] = settings
     report["backbone_mode"] = draft.backbone_mode
     report["backbone_drift"] = report_drift(draft, config.drift_batches, draft.backbone.lm_head.weight.device, str(draft.backbone.lm_head.weight.dtype).removeprefix("torch."))
     return report
 
 
-def resumed_tree(partial: Path, fingerprint: str) -> tuple[TreeSpec, dict] | None:
-    """The tree a stopped run with these settings began with: a resumed run decodes with it again
-    (an auto tree chosen anew from costs measured now could differ, and the records would mix)."""
+def resumed_header(partial: Path, fingerprint: str) -> dict:
+    """The header of a stopped run with these settings ({} when there is none): what it chose at
+    start-up from measurements (the auto tree, the tuned baselines), which a resumed run keeps, since
+    choices made anew from timings taken now could differ and the records would mix."""
     header, _ = partial_lines(partial)
-    if header.get("options") != fingerprint or "tree" not in header:
+    return header if header.get("options") == fingerprint else {}
+
+
+def resumed_tree(partial: Path, fingerprint: str) -> tuple[TreeSpec, dict] | None:
+    """The tree a stopped run with these settings began with (`resumed_header`)."""
+    header = resumed_header(partial, fingerprint)
+    if "tree" not in header:
         return None  # run_prompts refuses other settings; a run from before trees were kept starts as it did
     spec = TreeSpec.from_description(header["tree"])
     choice = header.get("tree_choice", {})

@@ -77,10 +77,17 @@ def run(args: argparse.Namespace) -> int:
     if config.write_summary and Path(config.heads).is_dir():
         paths.append(write_summary(report, Path(config.heads)))
     near = report.get("near_ties")
+    ratios = report["speed_ratios"]
+
+    def ratio(pair: str) -> str:
+        r = ratios[pair]
+        return f"{r['median']:.2f}x [{r['ci95'][0]:.2f}, {r['ci95'][1]:.2f}]"
+
     print(
         f"tau {report['tau']:.3f} (predicted {report['tau_predicted'] or float('nan'):.3f}); "
-        f"{report['tokens_per_s']:.2f} tok/s = {report['speedup']:.2f}x our autoregressive, "
-        f"{report['speedup_vs_hf_generate']:.2f}x HF generate, {report['speedup_vs_prompt_lookup']:.2f}x prompt lookup ({report['dtype']}); "
+        f"{report['tokens_per_s']:.2f} tok/s = {ratio('ours/baseline')} our autoregressive, {ratio('ours/hf_generate')} HF generate, "
+        f"{ratio('ours/prompt_lookup')} HF prompt lookup, {ratio('ours/' + report['best_baseline'])} the best baseline ({report['best_baseline']}) "
+        f"(median of {ratios['ours/baseline']['repeats']} repeats [95% interval], {report['dtype']}); "
         f"greedy mismatches: {report['greedy_mismatches']} of {report['new_tokens']} tokens re-scored" + (f" (+{near} near ties)" if near else "")
     )
     drift = report.get("backbone_drift")

@@ -160,3 +160,15 @@ def random_medusa_heads(base, folder: Path) -> Path:
     for parameter in draft.heads.parameters():
         torch.nn.init.normal_(parameter, std=0.05)
     return draft.save_pretrained(folder / "medusa")
+
+
+FIXED_BASELINES = ["baselines.prompt_lookup_tokens=10", "baselines.prompt_lookup_ngram=2", "baselines.lookup_tokens=8", "baselines.lookup_ngram=2", "repeats=1"]
+"""`draftheads eval` overrides for tests that are not about the baselines' sweep or the repeats:
+fixed lookup settings (no sweep at start-up) and one repeat."""
+
+
+def fixed_baselines():
+    """`EvalConfig` fields of FIXED_BASELINES."""
+    from draftheads.eval.config import BaselineSettings
+
+    return {"baselines": BaselineSettings(10, 2, 8, 2), "repeats": 1}

@@ -9,6 +9,8 @@ from pathlib import Path
 
 import pytest
 
+from helpers import FIXED_BASELINES
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -28,7 +30,7 @@ def test_readme_main_job_trains_heads_that_beat_untrained_ones_and_decode_lossle
     report_path = tmp_path / "report.json"
     evaluated = subprocess.run(
         ["draftheads", "eval", "--heads", str(tmp_path / "run" / "heads"), "--prompts", "mt-bench", "--limit", "1",
-         "--max-new-tokens", "24", "--tree-budget", "4", "--out", str(report_path)],
+         "--max-new-tokens", "24", "--tree-budget", "4", "baselines.tune_limit=2", "--out", str(report_path)],
         cwd=ROOT, capture_output=True, text=True, timeout=900,
     )
     assert evaluated.returncode == 0, evaluated.stderr[-3000:]
@@ -36,6 +38,11 @@ def test_readme_main_job_trains_heads_that_beat_untrained_ones_and_decode_lossle
     # Real mismatches are 0 in any dtype; in bf16 a near tie may flip (counted apart, with its gap).
     assert report["greedy_mismatches"] == 0 and report["hf_generate_mismatches"] == 0 and report["n_turns"] == 2
     assert report["tau"] >= 1 and report["steps"] > 0 and report["tree_choice"]["reason"]
+    # the lookup baselines at their best on ShareGPT prompts: the sweeps ran, the fastest was chosen
+    for name in ("prompt_lookup", "lookup"):
+        sweep = report["baselines"][name]["sweep"]
+        assert len(sweep) == 9 and max(sweep, key=lambda row: row["tokens_per_s"])["tokens"] == report["baselines"][name]["tokens"]
+    assert all(row["tokens_verified"] == row["tokens_emitted"] for table in report["verification"].values() for row in table.values())
 
 
 @pytest.mark.slow
@@ -70,7 +77,7 @@ def test_medusa2_lora_recipe_on_the_demo_model_reports_how_far_the_backbone_move
     evaluated = subprocess.run(
         # fp32 like training, so the drift is measured as training measured it (bf16 moves agreement by about 1%)
         ["draftheads", "eval", "--heads", str(heads), "--prompts", "mt-bench", "--limit", "1", "--max-new-tokens", "16",
-         "--tree-budget", "4", "--drift-batches", "2", "--dtype", "float32", "--out", str(report_path)],
+         "--tree-budget", "4", "--drift-batches", "2", "--dtype", "float32", *FIXED_BASELINES, "--out", str(report_path)],
         cwd=ROOT, capture_output=True, text=True, timeout=900,
     )
     assert evaluated.returncode == 0, evaluated.stderr[-3000:]

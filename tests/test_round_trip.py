@@ -27,7 +27,7 @@ from draftheads.models.heads.medusa import MedusaConfig
 from draftheads.scripts.cli import main
 from draftheads.train.config import load_recipe
 from draftheads.utils.append_log import read_records
-from helpers import AWKWARD_TEXT, write_awkward_jsonl
+from helpers import AWKWARD_TEXT, fixed_baselines, write_awkward_jsonl
 
 N = 3
 
@@ -116,7 +116,7 @@ def test_eval_partial_records_read_back_whole(tiny_base, tmp_path):
     heads = draft.save_pretrained(tmp_path / "heads")
     ids = [f"q{i}\u2028\x85" for i in range(N)]
     prompts = write_awkward_jsonl(tmp_path / "prompts.jsonl", [{"question_id": ids[i], "turns": [question(i)]} for i in range(N)])
-    options = EvalConfig(heads=str(heads), prompts=str(prompts), max_new_tokens=2, tree=TreeSettings("dynamic", budget=2), device="cpu", dtype="float32")
+    options = EvalConfig(heads=str(heads), prompts=str(prompts), **fixed_baselines(), max_new_tokens=2, tree=TreeSettings("dynamic", budget=2), device="cpu", dtype="float32")
     report = run_eval(options, tmp_path / "report.json", progress=False)
     partial = tmp_path / "report.json.partial.jsonl"
     before = partial.read_bytes()

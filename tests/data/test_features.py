@@ -128,6 +128,7 @@ def test_a_cache_without_the_layers_a_family_reads_is_refused(tiny_base, tmp_pat
         open_feature_cache(recipe, load_backbone(BackboneConfig(base=str(tiny_base))))
 
 
+@pytest.mark.slow  # two joint trainings, about 12 s
 def test_joint_training_with_the_cached_teacher_equals_the_adapter_disabled_teacher(tiny_base, tmp_path):
     """Medusa-2 with train.backbone.teacher=cache: the original's distribution comes from the cache
     (whole vocabulary here, so it is exact) and the backbone's stale cached features are not used."""

@@ -14,7 +14,7 @@ from draftheads.eval.calibrate import PREVIOUS_NAME, calibrate
 from draftheads.decoding.engine import Engine, GenerationConfig
 from draftheads.models.draft_model import DraftModel
 from draftheads.scripts.cli import main
-from helpers import random_medusa_heads, write_jsonl
+from helpers import fixed_baselines, random_medusa_heads, write_jsonl
 
 NEW_TOKENS = 40
 """Long enough for answer offsets past the first bucket (32), so misplaced offsets change the cells."""
@@ -159,7 +159,7 @@ def test_eval_predicts_the_lookup_branch_by_replaying_its_steps_on_the_calibrati
     heads = random_medusa_heads("demo:smollm2-135m", tmp_path)
     prompt = write_jsonl(tmp_path / "repeat.jsonl", [{"question_id": 1, "category": "writing", "turns": ["Repeat this sentence four times: the small red boat sails home at dusk."]}])
     calibrate(str(heads), str(prompt), max_new_tokens=32, dtype="float32", progress=False)
-    config = EvalConfig(heads=str(heads), prompts=str(prompt), max_new_tokens=32, tree=TreeSettings("none", lookup=10), dtype="float32")
+    config = EvalConfig(heads=str(heads), prompts=str(prompt), **fixed_baselines(), max_new_tokens=32, tree=TreeSettings("none", lookup=10), dtype="float32")
     report = run_eval(config, tmp_path / "report.json", progress=False)
     assert report["greedy_mismatches"] == 0
     assert "replayed" in report["tau_predicted_source"] and "10-token lookup branch" in report["tau_predicted_source"]

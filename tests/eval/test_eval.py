@@ -11,7 +11,7 @@ from draftheads.eval.runner import run_eval
 from draftheads.models.draft_model import read_head_config
 from draftheads.scripts.cli import main
 from draftheads.utils.errors import ConfigError
-from helpers import random_medusa_heads, write_jsonl
+from helpers import FIXED_BASELINES, fixed_baselines, random_medusa_heads, write_jsonl
 
 
 @pytest.fixture(scope="module")
@@ -40,7 +40,8 @@ def prompts(tmp_path):
 
 def test_eval_writes_a_complete_report_and_is_lossless(heads_dir, prompts, tmp_path, capsys):
     out = tmp_path / "reports" / "demo" / "report.json"  # eval makes the folders it writes into
-    code = main(["eval", "--dtype", "float32", "--heads", str(heads_dir), "--prompts", str(prompts), "--max-new-tokens", "12", "--tree", "dynamic", "--tree-budget", "6", "--out", str(out)])
+    code = main(["eval", *FIXED_BASELINES[:-1], "--dtype", "float32", "--heads", str(heads_dir), "--prompts", str(prompts), "--max-new-tokens", "12",
+                 "--tree", "dynamic", "--tree-budget", "6", "--out", str(out)])
     assert code == 0
     report = json.loads(out.read_text())
     for key in (
@@ -52,6 +53,19 @@ def test_eval_writes_a_complete_report_and_is_lossless(heads_dir, prompts, tmp_p
         assert report[key] is not None, key
     assert report["n_prompts"] == 2 and report["n_turns"] == 3 and report["head_type"] == "medusa"
     assert report["greedy_mismatches"] == 0
+    # every token of every method re-scored (fp32 eval: one re-scoring), with the emitted ids in the report
+    assert list(report["methods"]) == ["baseline", "ours", "hf_generate", "prompt_lookup", "lookup"]
+    assert report["baselines"]["lookup"] == {"tokens": 8, "ngram": 2, "chosen": "as configured"}
+    assert report["best_baseline"] in ("baseline", "hf_generate", "prompt_lookup", "lookup")
+    assert report["speedup_vs_best_baseline"] == report["speed_ratios"][f"ours/{report['best_baseline']}"]["median"]
+    for name in report["methods"]:
+        (row,) = report["verification"][name].values()
+        assert row["tokens_verified"] == row["tokens_emitted"] == report["methods"][name]["tokens"] > 0 and row["mismatches"] == 0
+        assert sum(len(t["tokens"]) for a in report["answers"] for t in a["methods"][name]) == row["tokens_emitted"]
+    # three interleaved repeats: each ratio with its spread and interval; the median is the headline
+    ratio = report["speed_ratios"]["ours/baseline"]
+    assert ratio["repeats"] == 3 and len(ratio["per_repeat"]) == 3 and ratio["min"] <= ratio["median"] <= ratio["max"]
+    assert ratio["ci95"][0] <= ratio["ci95"][1] and report["speedup"] == ratio["median"] and report["repeats_differ"] == []
     assert report["tau"] == pytest.approx(1 + sum(report["acceptance_by_depth"]))
     assert set(report["tau_by_category"]) == {"writing", "math"}
     assert out.with_suffix(".md").read_text().startswith("# draftheads eval")
@@ -62,7 +76,7 @@ def test_eval_writes_a_complete_report_and_is_lossless(heads_dir, prompts, tmp_p
 
 def test_eval_resumes_from_its_partial_file_and_refuses_other_settings(heads_dir, prompts, tmp_path):
     out = tmp_path / "report.json"
-    options = EvalConfig(heads=str(heads_dir), prompts=str(prompts), max_new_tokens=6, tree=TreeSettings("static", budget=4), dtype="float32")
+    options = EvalConfig(heads=str(heads_dir), prompts=str(prompts), **fixed_baselines(), max_new_tokens=6, tree=TreeSettings("static", budget=4), dtype="float32")
     first = run_eval(options, out, progress=False)
     partial = out.with_name("report.json.partial.jsonl")
     lines = partial.read_text().splitlines()
@@ -73,12 +87,12 @@ def test_eval_resumes_from_its_partial_file_and_refuses_other_settings(heads_dir
     kept = json.loads(partial.read_text().splitlines()[1])
     assert kept["methods"]["ours"][0]["seconds"] == json.loads(lines[1])["methods"]["ours"][0]["seconds"]
     with pytest.raises(ConfigError, match="other settings"):
-        run_eval(EvalConfig(heads=str(heads_dir), prompts=str(prompts), max_new_tokens=7), out, progress=False)
+        run_eval(EvalConfig(heads=str(heads_dir), prompts=str(prompts), **fixed_baselines(), max_new_tokens=7), out, progress=False)
 
 
 def test_a_resumed_auto_tree_eval_decodes_with_the_tree_it_began_with(heads_dir, prompts, tmp_path):
     out = tmp_path / "report.json"
-    options = EvalConfig(heads=str(heads_dir), prompts=str(prompts), max_new_tokens=6, dtype="float32")  # tree auto
+    options = EvalConfig(heads=str(heads_dir), prompts=str(prompts), **fixed_baselines(), max_new_tokens=6, dtype="float32")  # tree auto
     run_eval(options, out, progress=False)
     partial = out.with_name("report.json.partial.jsonl")
     lines = partial.read_text().splitlines()
@@ -99,7 +113,7 @@ def test_tree_search_saves_a_tree_that_eval_uses_by_default(repeating_heads_dir,
     choice = read_head_config(heads_dir).tree
     assert choice is not None and 1 <= len(choice.paths) <= 4
     out = tmp_path / "report.json"
-    assert main(["eval", "--dtype", "float32", "--heads", str(heads_dir), "--prompts", str(prompts), "--max-new-tokens", "8", "--out", str(out)]) == 0
+    assert main(["eval", *FIXED_BASELINES, "--dtype", "float32", "--heads", str(heads_dir), "--prompts", str(prompts), "--max-new-tokens", "8", "--out", str(out)]) == 0
     report = json.loads(out.read_text())
     assert report["tree"]["kind"] == "static"
     assert report["tree"]["paths"] == choice.paths
@@ -108,10 +122,10 @@ def test_tree_search_saves_a_tree_that_eval_uses_by_default(repeating_heads_dir,
 
 def test_bad_eval_inputs_are_named(heads_dir, tmp_path, capsys):
     bad = write_jsonl(tmp_path / "bad.jsonl", [{"turns": ["ok"]}, {"question": "no turns"}])
-    assert main(["eval", "--dtype", "float32", "--heads", str(heads_dir), "--prompts", str(bad), "--out", str(tmp_path / "r.json")]) == 2
+    assert main(["eval", *FIXED_BASELINES, "--dtype", "float32", "--heads", str(heads_dir), "--prompts", str(bad), "--out", str(tmp_path / "r.json")]) == 2
     err = capsys.readouterr().err
     assert "bad.jsonl" in err and "line 2" in err
-    assert main(["eval", "--dtype", "float32", "--heads", str(tmp_path / "missing"), "--prompts", str(bad)]) == 2
+    assert main(["eval", *FIXED_BASELINES, "--dtype", "float32", "--heads", str(tmp_path / "missing"), "--prompts", str(bad)]) == 2
     assert not (tmp_path / "r.json").exists()
 
 
@@ -124,7 +138,7 @@ def test_eval_of_jointly_trained_heads_reports_the_backbone_drift_and_stays_loss
     settings = {"train.backbone.mode": "lora", "train.backbone.lora.rank": 4, "train.lr": 0.003, "train.max_steps": 6}
     train(load_recipe(None, overrides(varied_base, run, **settings)), progress=False)
     out = tmp_path / "report.json"
-    assert main(["eval", "--dtype", "float32", "--heads", str(run / "heads"), "--prompts", str(prompts), "--max-new-tokens", "12", "--tree-budget", "6", "--out", str(out)]) == 0
+    assert main(["eval", *FIXED_BASELINES, "--dtype", "float32", "--heads", str(run / "heads"), "--prompts", str(prompts), "--max-new-tokens", "12", "--tree-budget", "6", "--out", str(out)]) == 0
     report = json.loads(out.read_text())
     # The autoregressive baseline and HF generate run the trained (merged) backbone: still lossless.
     assert report["backbone_mode"] == "lora" and report["greedy_mismatches"] == 0 and report["hf_generate_mismatches"] == 0
@@ -140,16 +154,16 @@ def test_eval_of_jointly_trained_heads_reports_the_backbone_drift_and_stays_loss
     assert "backbone (lora): agrees with the original on" in capsys.readouterr().out
     assert "it is not the original model" in out.with_suffix(".md").read_text()
 
-    assert main(["eval", "--dtype", "float32", "--heads", str(run / "heads"), "--prompts", str(prompts), "--drift-batches", "0"]) == 2
+    assert main(["eval", *FIXED_BASELINES, "--dtype", "float32", "--heads", str(run / "heads"), "--prompts", str(prompts), "--drift-batches", "0"]) == 2
     assert "drift_batches must be at least 1" in capsys.readouterr().err
     (run / "heads" / "recipe.yaml").unlink()
-    assert main(["eval", "--dtype", "float32", "--heads", str(run / "heads"), "--prompts", str(prompts), "--max-new-tokens", "4", "--out", str(tmp_path / "again.json")]) == 0
+    assert main(["eval", *FIXED_BASELINES, "--dtype", "float32", "--heads", str(run / "heads"), "--prompts", str(prompts), "--max-new-tokens", "4", "--out", str(tmp_path / "again.json")]) == 0
     assert "drift was not measured" in capsys.readouterr().out
 
 
 def test_auto_tree_measures_costs_and_eval_writes_its_summary_into_the_heads(heads_dir, prompts, tmp_path, capsys):
     out = tmp_path / "auto.json"
-    assert main(["eval", "--dtype", "float32", "--heads", str(heads_dir), "--prompts", str(prompts), "--max-new-tokens", "8", "--out", str(out)]) == 0
+    assert main(["eval", *FIXED_BASELINES, "--dtype", "float32", "--heads", str(heads_dir), "--prompts", str(prompts), "--max-new-tokens", "8", "--out", str(out)]) == 0
     printed = capsys.readouterr().out
     report = json.loads(out.read_text())
     choice = report["tree_choice"]
@@ -170,21 +184,21 @@ def test_eval_config_files_and_bad_settings(heads_dir, prompts, tmp_path, capsys
     config = tmp_path / "eval.yaml"
     config.write_text(f"heads: {heads_dir}\nprompts: {prompts}\nmax_new_tokens: 4\ntree: {{kind: dynamic, budget: 3}}\ndtype: float32\n")
     out = tmp_path / "r.json"
-    assert main(["eval", str(config), "tree.width=2", "--out", str(out)]) == 0
+    assert main(["eval", *FIXED_BASELINES, str(config), "tree.width=2", "--out", str(out)]) == 0
     report = json.loads(out.read_text())
     assert report["tree"] == {"kind": "dynamic", "budget": 3, "width": 2, "mean_nodes": report["tree"]["mean_nodes"]}
     config.write_text(f"heads: {heads_dir}\ntree: {{knd: dynamic}}\n")
-    assert main(["eval", str(config)]) == 2
+    assert main(["eval", *FIXED_BASELINES, str(config)]) == 2
     assert "tree.knd: unknown key (did you mean 'kind'?)" in capsys.readouterr().err
-    assert main(["eval", "--heads", str(heads_dir), "--prompts", str(prompts), "--dtype", "float16", "--device", "cpu"]) == 2
+    assert main(["eval", *FIXED_BASELINES, "--heads", str(heads_dir), "--prompts", str(prompts), "--dtype", "float16", "--device", "cpu"]) == 2
     assert "float16 on a CPU" in capsys.readouterr().err
-    assert main(["eval", "--heads", str(heads_dir), "--prompts", str(prompts), "--temperature", "0.7", "--tree-lookup", "8"]) == 2
+    assert main(["eval", *FIXED_BASELINES, "--heads", str(heads_dir), "--prompts", str(prompts), "--temperature", "0.7", "--tree-lookup", "8"]) == 2
     assert "tree.lookup needs greedy decoding" in capsys.readouterr().err
 
 
 def test_eval_with_a_lookup_branch_reports_it_and_stays_lossless(heads_dir, prompts, tmp_path):
     out = tmp_path / "report.json"
-    code = main(["eval", "--dtype", "float32", "--heads", str(heads_dir), "--prompts", str(prompts), "--max-new-tokens", "24",
+    code = main(["eval", *FIXED_BASELINES, "--dtype", "float32", "--heads", str(heads_dir), "--prompts", str(prompts), "--max-new-tokens", "24",
                  "--tree", "dynamic", "--tree-budget", "4", "--tree-lookup", "6", "--out", str(out)])
     assert code == 0
     report = json.loads(out.read_text())

@@ -88,8 +88,9 @@ def test_loading_on_a_different_base_is_refused(tiny_base, tmp_path, demo_tokeni
         DraftModel.from_pretrained(out / "heads", base=str(other_template))
 
 
-# DeepSpeed is also run by the joint-training test (ZeRO-3); ZeRO-2 here is slow-only to keep the default run short
-@pytest.mark.parametrize("config", ["cpu-2proc", pytest.param("deepspeed-zero2", marks=pytest.mark.slow)])
+# Two processes take about 25 s a run: with every other multi-process test they are in the slow set, which CI runs too.
+@pytest.mark.slow
+@pytest.mark.parametrize("config", ["cpu-2proc", "deepspeed-zero2"])
 def test_two_processes_agree_with_one(config, tiny_base, tmp_path):
     """2 processes x batch 2 computes the same updates as 1 process x batch 2 x 2 accumulation steps."""
     steps = {"train.max_steps": 4, "train.seed": 7}
