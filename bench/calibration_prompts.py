@@ -18,7 +18,7 @@ written to `<out>/prompts.jsonl`.
 
 Nothing is decoded here. τ measured for the heads alone is that of the family run over all 80
 MT-bench questions (bench/out/families-quality/decode.json from `python bench/families.py --set
-quality --limit 80 --reference hf_generate`), for the tree each family decoded with; with the lookup
+quality --limit 80`), for the tree each family decoded with; with the lookup
 branch (10 tokens, n-gram 2), that of the lookup-branch runs (bench/out/lookup-branch*/ from
 `python bench/lookup_branch.py`, the questions they finished). Predictions are for 2 turns x 128 new
 tokens: from position frequencies (`RankStats.within`, training's held-out rows or the calibration
@@ -149,7 +149,7 @@ def main() -> None:
     families, family_out = SETS["quality"]
     run_path = family_out / "decode.json"
     if not run_path.is_file():
-        raise SystemExit(f"{run_path}: run `python bench/families.py --set quality --limit 80 --reference hf_generate` first (its τ is the one predicted)")
+        raise SystemExit(f"{run_path}: run `python bench/families.py --set quality --limit 80` first (its τ is the one predicted)")
     run = json.loads(run_path.read_text())
     records, trees = run["records"], run["trees"]
     with_lookup = lookup_records()

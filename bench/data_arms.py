@@ -98,7 +98,7 @@ def main() -> None:
         methods.append(engine_method(label, Engine(draft.backbone, draft.heads, tree)))
     eos = Engine(base).default_eos()
     runner = Runner(methods, ChatFormatter(base.tokenizer, model_name=base.location.spec), GenerationConfig(max_new_tokens=args.max_new_tokens, eos_token_ids=eos, seed=0), 0.0)
-    fingerprint = json.dumps([args.limit, args.max_new_tokens, dtype, args.conversations, args.budget, args.width])
+    fingerprint = json.dumps(["records 2", args.limit, args.max_new_tokens, dtype, args.conversations, args.budget, args.width])
     records = run_prompts(runner, load_prompts("mt-bench", args.limit), out / "decode", fingerprint, 0, progress=True)
     print(f"\n{len(records)} MT-bench questions, both turns, {args.max_new_tokens} new tokens, greedy, {dtype}, dynamic tree {args.budget} x {args.width}")
     print("| arm | held-out top-1 by depth (own held-out rows) | τ | accepted per step by depth |")

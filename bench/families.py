@@ -35,7 +35,7 @@ from draftheads.data.chat import ChatFormatter
 from draftheads.decoding.calibration import read_calibration
 from draftheads.decoding.engine import Engine, GenerationConfig
 from draftheads.decoding.tree import TreeSpec
-from draftheads.decoding.verify import fp32_twin, near_tie_epsilon
+from draftheads.decoding.verify import near_tie_epsilon
 from draftheads.eval.config import EvalConfig
 from draftheads.eval.metrics import acceptance_by_depth, hardware, predicted_tau, real_mismatches, tau_of, verification
 from draftheads.eval.report import write_summary
@@ -140,8 +140,8 @@ def main() -> None:
         methods.append(engine_method(recipe, Engine(draft.backbone, draft.heads, tree)))
     assert [m.name for m in methods] == method_names(chosen)
     config = GenerationConfig(max_new_tokens=args.max_new_tokens, eos_token_ids=eos, seed=0)
-    # Every token re-scored by the base model (a trained backbone's methods too: they decode another model, which shows as mismatches).
-    runner = Runner(methods, ChatFormatter(base.tokenizer, model_name=base.location.spec), config, near_tie_epsilon(base.lm_head.weight.dtype), (base, fp32_twin(base)))
+    # Every token re-scored by the model its method decodes (a trained backbone's family by that backbone), and by its fp32 twin.
+    runner = Runner(methods, ChatFormatter(base.tokenizer, model_name=base.location.spec), config, near_tie_epsilon(base.lm_head.weight.dtype), verify=True, verify_fp32=True)
     prompts = interleaved_categories(load_prompts("mt-bench", args.limit))
     fingerprint = fingerprint_of(args, dtype, chosen, trees)
     finished_prompts(out / "decode", fingerprint)  # refuses a stopped run with other trees before trees.json is replaced
@@ -181,7 +181,8 @@ def fingerprint_of(args, dtype: str, chosen, trees: dict) -> str:
     decode.partial.jsonl to start over)."""
     shapes = {recipe: {k: choice[k] for k in ("budget", "width", "paths", "lookup") if k in choice} for recipe, choice in sorted(trees.items())}
     weights = {recipe: weights_identity(Path("outputs") / folder / "heads") for _, recipe, folder, _ in chosen}
-    return json.dumps([args.limit, args.max_new_tokens, dtype, method_names(chosen), shapes, weights])
+    # records 2: every token verified, τ on emitted tokens (runs stopped before that start over)
+    return json.dumps(["records 2", args.limit, args.max_new_tokens, dtype, method_names(chosen), shapes, weights])
 
 
 def weights_identity(folder: Path) -> str:

@@ -25,7 +25,7 @@ if [ -n "$gpu" ]; then
   # Compiled kernels (no interpreter) against the PyTorch references, fp32/fp16/bf16, stated tolerances.
   step kernel-tests 240 env -u TRITON_INTERPRET python -m pytest -q tests/kernels
   for dtype in float32 float16 bfloat16; do
-    step "kernels-$dtype" 120 python bench/kernels.py --dtype "$dtype"
+    step "kernels-$dtype" 120 python bench/kernel_speed.py --dtype "$dtype"
   done
   step verify-cost 120 python bench/verify_cost.py --dtypes bfloat16 --nodes 1 2 4 8 16 32 64 128 --prefix 1024
   step greedy-equality 240 draftheads eval --heads "${HEADS:-outputs/smollm2-135m-medusa1-distill/heads}" --prompts mt-bench --limit 8 \

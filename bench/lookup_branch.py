@@ -23,7 +23,7 @@ import torch
 from draftheads.data.chat import ChatFormatter
 from draftheads.decoding.engine import Engine, GenerationConfig
 from draftheads.decoding.tree import TreeSpec
-from draftheads.decoding.verify import fp32_twin, near_tie_epsilon
+from draftheads.decoding.verify import near_tie_epsilon
 from draftheads.eval.metrics import acceptance_by_depth, tau_of
 from draftheads.eval.prompts import load_prompts
 from draftheads.eval.runner import Runner, engine_method, finished_prompts, hf_method, run_prompts
@@ -69,7 +69,7 @@ def main() -> None:
         methods.append(engine_method(recipe, Engine(base, draft.heads, tree)))
         methods.append(engine_method(f"{recipe}+lookup", Engine(base, draft.heads, dataclasses.replace(tree, **branch))))
     shapes = {recipe: trees[recipe] for _, recipe, _, _ in chosen}
-    fingerprint = json.dumps([args.limit, args.max_new_tokens, dtype, [m.name for m in methods], branch,
+    fingerprint = json.dumps(["records 2", args.limit, args.max_new_tokens, dtype, [m.name for m in methods], branch,
                               {r: [t["budget"], t["width"]] for r, t in sorted(shapes.items())},
                               {recipe: weights_identity(Path("outputs") / folder / "heads") for _, recipe, folder, _ in chosen}])
     if args.report_only:
@@ -80,7 +80,7 @@ def main() -> None:
         print_table([m.name for m in methods[2:]], records, shapes, dtype)
         return
     config = GenerationConfig(max_new_tokens=args.max_new_tokens, eos_token_ids=eos, seed=0)
-    runner = Runner(methods, ChatFormatter(base.tokenizer, model_name=base.location.spec), config, near_tie_epsilon(base.lm_head.weight.dtype), (base, fp32_twin(base)))
+    runner = Runner(methods, ChatFormatter(base.tokenizer, model_name=base.location.spec), config, near_tie_epsilon(base.lm_head.weight.dtype), verify=True, verify_fp32=True)
     prompts = interleaved_categories(load_prompts("mt-bench", args.limit))
     args.out.mkdir(parents=True, exist_ok=True)
     records = run_prompts(runner, prompts, args.out / "decode", fingerprint, 0, progress=True)

@@ -98,7 +98,7 @@ def main() -> None:
     eos = Engine(base).default_eos()
     config = GenerationConfig(max_new_tokens=args.max_new_tokens, eos_token_ids=eos, seed=0)
     runner = Runner(methods, ChatFormatter(base.tokenizer, model_name=base.location.spec), config, 0.0)
-    fingerprint = json.dumps([args.limit, args.max_new_tokens, dtype, args.budget, args.width, [m.name for m in methods], sorted(trees.items())])
+    fingerprint = json.dumps(["records 2", args.limit, args.max_new_tokens, dtype, args.budget, args.width, [m.name for m in methods], sorted(trees.items())])
     if args.prompts == "mt-bench":
         prompts = load_prompts("mt-bench", args.limit)
     else:

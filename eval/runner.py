@@ -99,11 +99,23 @@ class Runner:
     """Runs methods interleaved over prompts and turns, and records what each produced."""
 
     def __init__(self, methods: list[Method], formatter: ChatFormatter, config: GenerationConfig, epsilon: float,
-                 verifiers: tuple[Backbone, ...] = (), repeats: int = 1):
-        """`verifiers`: the models (one per dtype) that re-score every token of greedy answers;
-        `epsilon`: the near-tie threshold they are judged by; `repeats`: answers per method and prompt."""
+                 verify: bool = False, verify_fp32: bool = False, repeats: int = 1):
+        """`verify`: re-score every token of greedy answers with the model each method decodes (and,
+        with `verify_fp32`, with its fp32 twin too), judged by the near-tie threshold `epsilon`;
+        `repeats`: answers per method and prompt."""
         self.methods, self.formatter, self.config, self.epsilon = methods, formatter, config, epsilon
-        self.verifiers, self.repeats = verifiers, repeats
+        self.verify, self.verify_fp32, self.repeats = verify, verify_fp32, repeats
+        self._twins: dict[int, Backbone] = {}
+
+    def verifiers(self, method: Method) -> tuple[Backbone, ...]:
+        """The models that re-score `method`'s tokens: the one it decodes, and its fp32 twin (made
+        once per model, on first use)."""
+        if not self.verify_fp32 or dtype_name(method.backbone) == "float32":
+            return (method.backbone,)
+        key = id(method.backbone)
+        if key not in self._twins:
+            self._twins[key] = fp32_twin(method.backbone)
+        return (method.backbone, self._twins[key])
 
     def generate(self, method: Method, prompt_ids: list[int], max_new: int, seed: int) -> tuple[list[int], float, GenerationResult | None]:
         config = dataclasses.replace(self.config, max_new_tokens=max_new, seed=seed)
@@ -128,10 +140,10 @@ class Runner:
                 first = record["methods"].setdefault(method.name, turns)
                 if [t["tokens"] for t in turns] != [t["tokens"] for t in first] and method.name not in record["repeats_differ"]:
                     record["repeats_differ"].append(method.name)
-        if self.config.sampling.greedy:  # untimed: after every answer
-            for name, turns in record["methods"].items():
-                answer = [(t["prompt_ids"], t["tokens"]) for t in turns]
-                record["verify"][name] = {dtype_name(v): check_turns(v, answer).to_json() for v in self.verifiers}
+        if self.verify and self.config.sampling.greedy:  # untimed: after every answer
+            for method in self.methods:
+                answer = [(t["prompt_ids"], t["tokens"]) for t in record["methods"][method.name]]
+                record["verify"][method.name] = {dtype_name(v): check_turns(v, answer).to_json() for v in self.verifiers(method)}
         return record
 
     def _answer(self, method: Method, prompt: EvalPrompt, index: int, base_seed: int) -> list[dict]:
@@ -230,8 +242,7 @@ def build_runner(config: EvalConfig, draft: DraftModel, tree: TreeSpec, baseline
     generation = GenerationConfig(max_new_tokens=config.max_new_tokens, sampling=SamplingConfig(s.temperature, s.top_p, s.top_k), eos_token_ids=eos, seed=s.seed)
     epsilon = config.near_tie_epsilon if config.near_tie_epsilon is not None else near_tie_epsilon(backbone.lm_head.weight.dtype)
     formatter = ChatFormatter(backbone.tokenizer, model_name=backbone.location.spec)
-    verifiers = (backbone,) if not config.verify_fp32 or dtype_name(backbone) == "float32" else (backbone, fp32_twin(backbone))
-    return Runner(methods, formatter, generation, epsilon, verifiers, config.repeats)
+    return Runner(methods, formatter, generation, epsilon, verify=True, verify_fp32=config.verify_fp32, repeats=config.repeats)
 
 
 def run_prompts(
@@ -263,6 +274,7 @@ def run_eval(config: EvalConfig, out: Path, progress: bool = True) -> dict:
     print(f"dtype: {dtype_note}")
     turns = max(len(p.turns) for p in prompts)
     partial = out.with_name(out.name + ".partial.jsonl")
+    read_partial(partial, config.fingerprint())  # a stopped run with other settings is refused before any start-up work
     tree, tree_choice = resumed_tree(partial, config.fingerprint()) or resolve_tree(config, draft, progress, turns)
     from draftheads.eval.baselines import lookup_methods, tune_baselines
 

@@ -106,7 +106,7 @@ def _decoding_lines(evaluation: dict) -> list[str]:
         f"- speedup over autoregressive decoding (same engine): {fmt(evaluation.get('speedup'), 'x')}",
         f"- speedup over HF `generate`: {fmt(evaluation.get('speedup_vs_hf_generate'), 'x')}; over HF prompt lookup: {fmt(evaluation.get('speedup_vs_prompt_lookup'), 'x')}",
         f"- emitted tokens that are real mismatches, every token re-scored by the model: {evaluation.get('greedy_mismatches')} "
-        f"(near ties: {evaluation.get('near_ties')})",
+        f"(near ties: {evaluation.get('near_ties', evaluation.get('near_tie_divergences'))})",
         f"- accepted drafts per step by depth: {' / '.join(f'{a:.3f}' for a in evaluation.get('acceptance_by_depth') or [])}",
     ]
     return lines

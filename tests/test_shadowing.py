@@ -16,8 +16,9 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-SEARCHED = (ROOT, ROOT / "tests")
-"""The folders that reach the front of `sys.path` when Python or pytest runs from the root."""
+SEARCHED = (ROOT, ROOT / "tests", ROOT / "bench")
+"""The folders that reach the front of `sys.path` when Python or pytest runs from the root, or a
+bench script runs (`python bench/x.py` puts bench/ first)."""
 
 
 def importable_names(folder: Path) -> set[str]:
@@ -61,7 +62,9 @@ def test_the_check_sees_a_shadowing_package(tmp_path):
     (tmp_path / "kernels" / "__init__.py").write_text("")
     (tmp_path / "yaml.py").write_text("")
     (tmp_path / "tests").mkdir()
-    assert [line.split(" ->")[0] for line in shadowed((tmp_path, tmp_path / "tests"))] == ["kernels", "yaml"]
+    (tmp_path / "bench").mkdir()
+    (tmp_path / "bench" / "safetensors.py").write_text("")  # a bench script: `python bench/x.py` puts bench/ first
+    assert [line.split(" ->")[0] for line in shadowed((tmp_path, tmp_path / "tests", tmp_path / "bench"))] == ["kernels", "safetensors", "yaml"]
 
 
 def test_an_installed_kernels_package_imports_from_the_root():

@@ -60,7 +60,7 @@ def test_our_greedy_decoding_equals_hf_generate_on_real_multi_turn_text(demo):
         engine_method("ours_ar", Engine(demo)),
         engine_method("ours_tree", tree),
     ]
-    runner = Runner(methods, ChatFormatter(demo.tokenizer), GenerationConfig(max_new_tokens=MAX_NEW, eos_token_ids=eos), 1e-3, (demo,))
+    runner = Runner(methods, ChatFormatter(demo.tokenizer), GenerationConfig(max_new_tokens=MAX_NEW, eos_token_ids=eos), 1e-3, verify=True)
     records = [runner.run_prompt(prompt, index, 0) for index, prompt in enumerate(PROMPTS)]
     answers = []
     for record in records:
@@ -123,7 +123,7 @@ def test_a_lookup_branch_keeps_greedy_decoding_exact_and_accepts_copied_runs(dem
         engine_method("tree_lookup", Engine(demo, heads, TreeSpec("dynamic", budget=6, width=2, lookup=8))),
     ]
     prompt = EvalPrompt("again", "copy", [PROMPTS[1].turns[0], "Repeat your previous answer exactly, word for word."])
-    runner = Runner(methods, ChatFormatter(demo.tokenizer), GenerationConfig(max_new_tokens=MAX_NEW, eos_token_ids=eos), 1e-3, (demo,))
+    runner = Runner(methods, ChatFormatter(demo.tokenizer), GenerationConfig(max_new_tokens=MAX_NEW, eos_token_ids=eos), 1e-3, verify=True)
     record = runner.run_prompt(prompt, 0, 0)
     reference = record["methods"]["hf_generate"]
     for name in ("lookup", "tree_lookup"):

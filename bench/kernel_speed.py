@@ -6,7 +6,7 @@ On a GPU: times tree attention (ours, the reference, and SDPA with a dense mask)
 verifying 64 nodes to 1 node, and times compaction of a whole all-layer cache. On CPU it only
 checks the kernels (in the Triton interpreter, small shapes) and says so.
 
-    python bench/kernels.py [--heads 32 --kv-heads 8 --dim 128 --dtype bfloat16 --layers 32]
+    python bench/kernel_speed.py [--heads 32 --kv-heads 8 --dim 128 --dtype bfloat16 --layers 32]
 """
 
 from __future__ import annotations
