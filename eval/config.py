@@ -78,7 +78,7 @@ class BaselineSettings:
     def __post_init__(self) -> None:
         values = (self.prompt_lookup_tokens, self.prompt_lookup_ngram, self.lookup_tokens, self.lookup_ngram)
         if any(v is not None and v < 1 for v in values) or self.tune_limit < 1:
-            raise ValueError(f"baselines: lookup tokens, n-grams and tune_limit must be at least 1, got {values} and {self.tune_limit}")
+            raise ValueError(f"lookup tokens, n-grams and tune_limit must be at least 1, got {values} and {self.tune_limit}")
 
     def tuned(self) -> bool:
         """Whether any setting is left to the sweep."""

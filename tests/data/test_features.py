@@ -62,6 +62,7 @@ def test_training_from_the_cache_follows_the_online_loss_curve(tiny_base, tmp_pa
         torch.testing.assert_close(torch.tensor(b["loss"]), torch.tensor(a["loss"]), rtol=tolerance, atol=0)
 
 
+@pytest.mark.slow  # two trainings, about 10 s
 def test_cached_teacher_top_k_over_the_whole_vocabulary_equals_online_soft_labels(tiny_base, tmp_path):
     vocab = load_backbone(BackboneConfig(base=str(tiny_base))).vocab_size
     extra = {"data.feature_cache.dtype": "float32", "data.feature_cache.teacher_topk": vocab, "train.loss.soft_label_weight": 1.0}
@@ -149,6 +150,7 @@ def test_joint_training_with_the_cached_teacher_equals_the_adapter_disabled_teac
         train(no_teacher, progress=False)
 
 
+@pytest.mark.slow  # two trainings, about 8 s
 def test_a_reduced_draft_vocabulary_trains_the_same_from_the_cache_as_online(tiny_base, tmp_path):
     # The map is counted from the cache's token rows in one case and from the tokenised rows in the
     # other, and the cached teacher top-k is renormalised over it as the online teacher is: the same

@@ -63,6 +63,7 @@ def served_base(tmp_path_factory, demo_tokenizer):
     server.wait(timeout=30)
 
 
+@pytest.mark.slow  # starts a real `transformers serve` process: about 20 s
 def test_a_real_server_answers_exactly_what_the_hf_backend_generates(served_base, tmp_path):
     folder, url = served_base
     records = [{"id": f"p{i}", "conversations": [{"from": "human", "value": f"Tell me {i} things."},

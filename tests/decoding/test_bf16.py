@@ -55,13 +55,12 @@ TREES = (TreeSpec("dynamic", budget=6, width=2), TreeSpec("static", paths=[[0], 
 def test_every_family_decodes_only_the_models_greedy_tokens_in_bf16(backbone, family, options):
     heads = random_heads(backbone, family, options)
     config = GenerationConfig(max_new_tokens=24, eos_token_ids=())
-    for seed in (3, 5):
-        prompt = prompt_of(seed)
-        for tree in TREES:
-            result = Engine(backbone, heads, tree).generate(prompt, config)
-            assert len(result.tokens) == 24 and all(size > 0 for size in result.tree_sizes)
-            check = check_turns(backbone, [(prompt, result.tokens)])  # every emitted token
-            assert check.tokens == 24 and check.mismatches(EPSILON) == 0, (tree.kind, check.gaps)
+    prompt = prompt_of(3)
+    for tree in TREES:
+        result = Engine(backbone, heads, tree).generate(prompt, config)
+        assert len(result.tokens) == 24 and all(size > 0 for size in result.tree_sizes)
+        check = check_turns(backbone, [(prompt, result.tokens)])  # every emitted token
+        assert check.tokens == 24 and check.mismatches(EPSILON) == 0, (tree.kind, check.gaps)
 
 
 def test_the_fp32_twin_computes_the_same_weights_in_fp32(backbone):
