@@ -105,6 +105,7 @@ def test_two_processes_agree_with_one(config, tiny_base, tmp_path):
     assert any(a[k].abs().sum() > 0 for k in a)  # the heads did move from their zero init
 
 
+@pytest.mark.slow  # three training processes, 14-29 s (a new virtualenv's first imports compile); test_crash_and_resume stays in the default run
 def test_kill_9_and_resume_reproduce_the_uninterrupted_run(tiny_base, tmp_path):
     import signal
     import time
