@@ -37,7 +37,7 @@ from draftheads.decoding.engine import Engine, GenerationConfig
 from draftheads.decoding.tree import TreeSpec
 from draftheads.decoding.verify import near_tie_epsilon
 from draftheads.eval.config import EvalConfig
-from draftheads.eval.metrics import acceptance_by_depth, hardware, predicted_tau, real_mismatches, tau_of, verification
+from draftheads.eval.metrics import acceptance_by_depth, hardware, predicted_tau, real_mismatches, tau_of, tokens_per_s, verification
 from draftheads.eval.report import write_summary
 from draftheads.eval.prompts import load_prompts
 from draftheads.eval.runner import Runner, engine_method, finished_prompts, hf_method, partial_lines, resolve_tree, run_prompts
@@ -247,7 +247,7 @@ def family_summary(records: list[dict], recipe: str, tree: dict, dtype: str, arg
     card reads it)."""
     turns = [t for r in records for t in r["methods"][recipe]]
     accepted = [a for t in turns for a in t["accepted"]]
-    ours = speed(records, recipe)
+    ours = tokens_per_s(records, recipe)
     real, near = mismatches(records, recipe, dtype)
     return {
         "measured_by": f"`python bench/families.py --set {args.set} --limit {args.limit}{f' --out {args.out}' if args.out else ''}` (one interleaved run of every family)",
@@ -255,8 +255,8 @@ def family_summary(records: list[dict], recipe: str, tree: dict, dtype: str, arg
         "temperature": 0.0, "dtype": dtype, "tree": {"kind": spec_of(tree).kind if spec_of(tree) else "static", **tree},
         "tau": tau_of(accepted), "tau_predicted": tau_predicted, "tau_predicted_source": source,
         "acceptance_by_depth": acceptance_by_depth(accepted, max(accepted, default=1)),
-        "speedup": ours / speed(records, "baseline") if "baseline" in records[0]["methods"] else None,
-        "speedup_vs_hf_generate": ours / speed(records, "hf_generate"), "speedup_vs_prompt_lookup": ours / speed(records, "prompt_lookup"),
+        "speedup": ours / tokens_per_s(records, "baseline") if "baseline" in records[0]["methods"] else None,
+        "speedup_vs_hf_generate": ours / tokens_per_s(records, "hf_generate"), "speedup_vs_prompt_lookup": ours / tokens_per_s(records, "prompt_lookup"),
         "greedy_mismatches": real, "near_ties": near, "hardware": hardware(), "date": datetime.date.today().isoformat(),
     }
 
@@ -267,14 +267,9 @@ def mismatches(records: list[dict], method: str, dtype: str) -> tuple[int | None
     return real_mismatches(table, dtype), table.get(dtype, {}).get("near_ties")
 
 
-def speed(records: list[dict], method: str) -> float:
-    turns = [t for r in records for t in r["methods"][method]]
-    return sum(len(t["tokens"]) for t in turns) / sum(t["seconds"] for t in turns)
-
-
 def print_table(chosen, records: list[dict], trees: dict, train_seconds: dict, predictions: dict, dtype: str) -> None:
-    hf, lookup = speed(records, "hf_generate"), speed(records, "prompt_lookup")
-    ar = speed(records, "baseline") if "baseline" in records[0]["methods"] else None
+    hf, lookup = tokens_per_s(records, "hf_generate"), tokens_per_s(records, "prompt_lookup")
+    ar = tokens_per_s(records, "baseline") if "baseline" in records[0]["methods"] else None
     print(f"HF generate {hf:.2f} tok/s, prompt lookup {lookup:.2f} tok/s" + (f", our AR {ar:.2f} tok/s (our AR / HF {ar / hf:.3f})" if ar else ""))
     print(
         "| heads | train min | tree (budget x width) | τ | τ predicted (error) | accepted per step by depth | draft ms / verify ms per step "
@@ -287,12 +282,12 @@ def print_table(chosen, records: list[dict], trees: dict, train_seconds: dict, p
         steps = max(len(accepted), 1)
         draft_ms = 1000 * sum(t["times"]["draft"] for t in turns) / steps
         verify_ms = 1000 * sum(t["times"]["verify"] for t in turns) / steps
-        own_ar = speed(records, f"baseline:{recipe}") if f"baseline:{recipe}" in records[0]["methods"] else ar
+        own_ar = tokens_per_s(records, f"baseline:{recipe}") if f"baseline:{recipe}" in records[0]["methods"] else ar
         tree = trees[recipe]
         shape = f"{tree.get('budget')} x {tree.get('width')}" if "budget" in tree else tree["reason"]
         shape += f" + {tree['lookup']}-token lookup" if tree.get("lookup") else ""
         real, near = mismatches(records, recipe, dtype)
-        ours = speed(records, recipe)
+        ours = tokens_per_s(records, recipe)
         by_depth = " / ".join(f"{x:.3f}" for x in acceptance_by_depth(accepted, max(accepted, default=1)))
         minutes = f"{train_seconds[label] / 60:.1f}" if label in train_seconds else "n/a"
         versus_ar = f"{ours / own_ar:.2f}x" if own_ar else "n/a"

@@ -24,13 +24,13 @@ from draftheads.data.chat import ChatFormatter
 from draftheads.decoding.engine import Engine, GenerationConfig
 from draftheads.decoding.tree import TreeSpec
 from draftheads.decoding.verify import near_tie_epsilon
-from draftheads.eval.metrics import acceptance_by_depth, tau_of
+from draftheads.eval.metrics import acceptance_by_depth, tau_of, tokens_per_s
 from draftheads.eval.prompts import load_prompts
 from draftheads.eval.runner import Runner, engine_method, finished_prompts, hf_method, run_prompts
 from draftheads.models.backbone import BackboneConfig, load_backbone
 from draftheads.utils.device import resolve_dtype
 
-from families import SETS, interleaved_categories, load_family, mismatches, spec_of, speed, weights_identity
+from families import SETS, interleaved_categories, load_family, mismatches, spec_of, weights_identity
 
 
 def main() -> None:
@@ -89,7 +89,7 @@ def main() -> None:
 
 
 def print_table(names: list[str], records: list[dict], shapes: dict, dtype: str) -> None:
-    hf, lookup = speed(records, "hf_generate"), speed(records, "prompt_lookup")
+    hf, lookup = tokens_per_s(records, "hf_generate"), tokens_per_s(records, "prompt_lookup")
     print(f"{len(records)} questions; HF generate {hf:.2f} tok/s, HF prompt lookup {lookup:.2f} tok/s ({lookup / hf:.2f}x HF generate)")
     print("| method | tree | τ | τ turn 1 / turn 2 | accepted per step by depth (1-4) | longest accepted | verified nodes per step "
           "| ours / HF generate | ours / HF prompt lookup | tokens re-scored: real mismatches / near ties |")
@@ -102,7 +102,7 @@ def print_table(names: list[str], records: list[dict], shapes: dict, dtype: str)
         tree = f"{shapes[recipe]['budget']} x {shapes[recipe]['width']}" if recipe in shapes else "none"
         by_depth = " / ".join(f"{x:.3f}" for x in acceptance_by_depth(accepted, 4))
         real, near = mismatches(records, name, dtype)
-        ours = speed(records, name)
+        ours = tokens_per_s(records, name)
         by_turn = " / ".join(f"{tau_of([a for r in records for a in r['methods'][name][k]['accepted']]):.3f}" for k in (0, 1))
         print(f"| {name} | {tree} | {tau_of(accepted):.3f} | {by_turn} | {by_depth} | {max(accepted, default=0)} | {nodes:.1f} | {ours / hf:.2f}x | {ours / lookup:.2f}x | {real} / {near} |")
 

@@ -14,6 +14,7 @@ from draftheads.data.chat import ChatFormatter
 from draftheads.decoding.engine import Engine, GenerationConfig
 from draftheads.decoding.tree import TreeSpec
 from draftheads.eval.config import EvalConfig
+from draftheads.eval.metrics import tokens_per_s
 from draftheads.eval.prompts import EvalPrompt, load_prompts
 from draftheads.eval.runner import Method, Runner, engine_method, hf_method
 from draftheads.models.backbone import Backbone
@@ -61,7 +62,7 @@ def tune_baselines(config: EvalConfig, backbone: Backbone, eos: tuple[int, ...],
         records.append(runner.run_prompt(prompt, index, 0))
         if progress:
             print(f"baselines: tuned on {index + 1}/{len(prompts)} prompts of {b.tune_prompts}", flush=True)
-    speeds = {m.name: _tokens_per_s(records, m.name) for m in methods}
+    speeds = {m.name: tokens_per_s(records, m.name) for m in methods}
     chosen = {}
     for name, grid in candidates.items():
         sweep = [{"tokens": t, "ngram": n, "tokens_per_s": speeds[f"{name}:{t}:{n}"]} for t, n in grid]
@@ -75,8 +76,3 @@ def _grid(grid: tuple[tuple[int, int], ...], tokens: int | None, ngram: int | No
     if tokens is not None and ngram is not None:
         return [(tokens, ngram)]
     return sorted({(tokens or t, ngram or n) for t, n in grid})
-
-
-def _tokens_per_s(records: list[dict], name: str) -> float:
-    turns = [t for r in records for t in r["methods"][name]]
-    return sum(len(t["tokens"]) for t in turns) / sum(t["seconds"] for t in turns)

@@ -18,6 +18,7 @@ from pathlib import Path
 from draftheads.data.chat import ChatFormatter
 from draftheads.decoding.calibration import CALIBRATION_NAME, Answer, RankStats, calibration_json, rank_stats, read_calibration
 from draftheads.decoding.engine import Engine, GenerationConfig
+from draftheads.decoding.verify import dtype_name
 from draftheads.decoding.walks import LOOKUP_CAP
 from draftheads.eval.prompts import EvalPrompt, load_prompts
 from draftheads.eval.runner import Runner, engine_method, run_prompts
@@ -47,7 +48,7 @@ def answer_sequences(backbone: Backbone, prompts: list[EvalPrompt], max_new_toke
     method = dataclasses.replace(engine_method("baseline", engine), extra=past)
     formatter = ChatFormatter(backbone.tokenizer, model_name=backbone.location.spec)
     runner = Runner([method], formatter, GenerationConfig(max_new_tokens=max_new_tokens, eos_token_ids=engine.default_eos()), 0.0)
-    dtype = str(backbone.lm_head.weight.dtype).removeprefix("torch.")
+    dtype = dtype_name(backbone)
     settings = {"max_new_tokens": max_new_tokens, "past_tokens": LOOKUP_CAP, "prompts": [p.id for p in prompts]}
     fingerprint = json.dumps({"calibration answers of": backbone.location.spec, **({"model": model} if model else {}), "dtype": dtype, **settings})
     records = run_prompts(runner, prompts, answers, fingerprint, 0, progress, desc="calibration answers")

@@ -17,7 +17,7 @@ import torch
 from draftheads.decoding.autotree import expected_tau
 from draftheads.decoding.tree import Tree, TreeSpec
 from draftheads.decoding.calibration import RankStats
-from draftheads.decoding.verify import TokenCheck
+from draftheads.decoding.verify import TokenCheck, dtype_name
 from draftheads.models.draft_model import DraftModel
 
 
@@ -99,10 +99,15 @@ def real_mismatches(table: dict[str, dict], dtype: str) -> int | None:
     return table[dtype]["mismatches"] if dtype in table else None
 
 
+def tokens_per_s(records: list[dict], method: str) -> float:
+    """`method`'s tokens over its seconds, all prompts and turns of its first answers."""
+    turns = [t for r in records for t in r["methods"][method]]
+    return sum(len(t["tokens"]) for t in turns) / sum(t["seconds"] for t in turns)
+
+
 def repeat_seconds(record: dict, method: str) -> list[float]:
     """Seconds `method` took on the record's prompt (all turns), one value per repeat."""
-    timed = record.get("seconds", {}).get(method) or [[t["seconds"] for t in record["methods"][method]]]
-    return [sum(turns) for turns in timed]
+    return [sum(turns) for turns in record["seconds"][method]]
 
 
 def speed_ratio(records: list[dict], a: str, b: str, resamples: int = 2000, seed: int = 0) -> dict:
@@ -206,7 +211,7 @@ def build_report(config, draft: DraftModel, tree: TreeSpec, records: list[dict],
     if predicted_by_depth is not None:
         predicted_by_depth += [0.0] * (measured_depth - len(predicted_by_depth))  # the tree drafts no deeper
     verified = {m: verification(records, m, epsilon) for m in records[0]["methods"]}
-    dtype = str(draft.backbone.lm_head.weight.dtype).removeprefix("torch.")
+    dtype = dtype_name(draft.backbone)
     ours_tps, base_tps = totals["ours"]["tokens_per_s"], totals["baseline"]["tokens_per_s"]
 
     best = max((m for m in totals if m in BASELINES), key=lambda m: totals[m]["tokens_per_s"] or 0.0)

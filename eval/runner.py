@@ -275,11 +275,12 @@ def run_eval(config: EvalConfig, out: Path, progress: bool = True) -> dict:
     turns = max(len(p.turns) for p in prompts)
     partial = out.with_name(out.name + ".partial.jsonl")
     read_partial(partial, config.fingerprint())  # a stopped run with other settings is refused before any start-up work
-    tree, tree_choice = resumed_tree(partial, config.fingerprint()) or resolve_tree(config, draft, progress, turns)
+    resumed = resumed_header(partial, config.fingerprint())
+    tree, tree_choice = resumed_tree(resumed) or resolve_tree(config, draft, progress, turns)
     from draftheads.eval.baselines import lookup_methods, tune_baselines
 
     eos = Engine(draft.backbone).default_eos()
-    settings = resumed_header(partial, config.fingerprint()).get("baselines") or tune_baselines(config, draft.backbone, eos, progress)
+    settings = resumed.get("baselines") or tune_baselines(config, draft.backbone, eos, progress)
     runner = build_runner(config, draft, tree, lookup_methods(draft.backbone, eos, settings))
     header = {"tree": tree.describe(), "tree_choice": tree_choice, "baselines": settings}
     records = run_prompts(runner, prompts, out, config.fingerprint(), config.sampling.seed, progress, header)
@@ -294,7 +295,7 @@ def run_eval(config: EvalConfig, out: Path, progress: bool = True) -> dict:
     report["tree_choice"] = tree_choice
     report["baselines"] = settings
     report["backbone_mode"] = draft.backbone_mode
-    report["backbone_drift"] = report_drift(draft, config.drift_batches, draft.backbone.lm_head.weight.device, str(draft.backbone.lm_head.weight.dtype).removeprefix("torch."))
+    report["backbone_drift"] = report_drift(draft, config.drift_batches, draft.backbone.lm_head.weight.device, dtype_name(draft.backbone))
     return report
 
 
@@ -306,9 +307,8 @@ def resumed_header(partial: Path, fingerprint: str) -> dict:
     return header if header.get("options") == fingerprint else {}
 
 
-def resumed_tree(partial: Path, fingerprint: str) -> tuple[TreeSpec, dict] | None:
-    """The tree a stopped run with these settings began with (`resumed_header`)."""
-    header = resumed_header(partial, fingerprint)
+def resumed_tree(header: dict) -> tuple[TreeSpec, dict] | None:
+    """The tree a stopped run began with, from its `resumed_header`."""
     if "tree" not in header:
         return None  # run_prompts refuses other settings; a run from before trees were kept starts as it did
     spec = TreeSpec.from_description(header["tree"])
