@@ -37,7 +37,8 @@ from draftheads.decoding.engine import Engine, GenerationConfig
 from draftheads.decoding.tree import TreeSpec
 from draftheads.decoding.verify import near_tie_epsilon
 from draftheads.eval.config import EvalConfig
-from draftheads.eval.metrics import acceptance_by_depth, hardware, predicted_tau, real_mismatches, tau_of, tokens_per_s, verification
+from draftheads.eval.metrics import acceptance_by_depth, hardware, near_ties, predicted_tau, real_mismatches, tau_of, tokens_per_s, verification
+from draftheads.eval.schema import SCHEMA_VERSION, MethodName
 from draftheads.eval.report import write_summary
 from draftheads.eval.prompts import load_prompts
 from draftheads.eval.runner import Runner, engine_method, finished_prompts, hf_method, partial_lines, resolve_tree, run_prompts
@@ -123,13 +124,14 @@ def main() -> None:
         return
     base = load_backbone(BackboneConfig(base="demo:smollm2-135m", dtype=dtype))
     eos = Engine(base).default_eos()
-    methods = [engine_method("baseline", Engine(base)), hf_method("hf_generate", base, eos, None), hf_method("prompt_lookup", base, eos, 10)]
+    methods = [engine_method(MethodName.AUTOREGRESSIVE, Engine(base)), hf_method(MethodName.HF_GENERATE, base, eos, None),
+               hf_method(MethodName.HF_PROMPT_LOOKUP, base, eos, 10)]
     stopped = stopped_run_trees(out, args, dtype, chosen)
     trees = {}
     for label, recipe, folder, _ in chosen:
         draft = load_family(Path("outputs") / folder / "heads", base, dtype)
         if draft.backbone is not base:  # a trained backbone: its own autoregressive decoding is its baseline
-            methods.append(engine_method(f"baseline:{recipe}", Engine(draft.backbone)))
+            methods.append(engine_method(f"{MethodName.AUTOREGRESSIVE}:{recipe}", Engine(draft.backbone)))
         print(f"{label}:")
         tree = spec_of(stopped[recipe]) if stopped is not None else None
         if tree is not None:
@@ -195,11 +197,11 @@ def weights_identity(folder: Path) -> str:
 
 def method_names(chosen) -> list[str]:
     """The run's methods in order (a family with its own trained backbone brings its own AR)."""
-    names = ["baseline", "hf_generate", "prompt_lookup"]
+    names = [MethodName.AUTOREGRESSIVE, MethodName.HF_GENERATE, MethodName.HF_PROMPT_LOOKUP]
     for _, recipe, folder, _ in chosen:
         heads = Path("outputs") / folder / "heads"
         if (heads / "adapter").is_dir() or (heads / "backbone").is_dir():
-            names.append(f"baseline:{recipe}")
+            names.append(f"{MethodName.AUTOREGRESSIVE}:{recipe}")
         names.append(recipe)
     return names
 
@@ -250,13 +252,15 @@ def family_summary(records: list[dict], recipe: str, tree: dict, dtype: str, arg
     ours = tokens_per_s(records, recipe)
     real, near = mismatches(records, recipe, dtype)
     return {
+        "schema_version": SCHEMA_VERSION,
         "measured_by": f"`python bench/families.py --set {args.set} --limit {args.limit}{f' --out {args.out}' if args.out else ''}` (one interleaved run of every family)",
         "prompts": "mt-bench", "n_prompts": len(records), "n_turns": len(turns), "max_new_tokens": args.max_new_tokens,
         "temperature": 0.0, "dtype": dtype, "tree": {"kind": spec_of(tree).kind if spec_of(tree) else "static", **tree},
         "tau": tau_of(accepted), "tau_predicted": tau_predicted, "tau_predicted_source": source,
         "acceptance_by_depth": acceptance_by_depth(accepted, max(accepted, default=1)),
-        "speedup": ours / tokens_per_s(records, "baseline") if "baseline" in records[0]["methods"] else None,
-        "speedup_vs_hf_generate": ours / tokens_per_s(records, "hf_generate"), "speedup_vs_prompt_lookup": ours / tokens_per_s(records, "prompt_lookup"),
+        "speedup": ours / tokens_per_s(records, MethodName.AUTOREGRESSIVE) if MethodName.AUTOREGRESSIVE in records[0]["methods"] else None,
+        "speedup_vs_hf_generate": ours / tokens_per_s(records, MethodName.HF_GENERATE),
+        "speedup_vs_prompt_lookup": ours / tokens_per_s(records, MethodName.HF_PROMPT_LOOKUP),
         "greedy_mismatches": real, "near_ties": near, "hardware": hardware(), "date": datetime.date.today().isoformat(),
     }
 
@@ -264,12 +268,12 @@ def family_summary(records: list[dict], recipe: str, tree: dict, dtype: str, arg
 def mismatches(records: list[dict], method: str, dtype: str) -> tuple[int | None, int | None]:
     """Real mismatches and near ties of a method's tokens re-scored in the decode dtype."""
     table = verification(records, method, near_tie_epsilon(getattr(torch, dtype)))
-    return real_mismatches(table, dtype), table.get(dtype, {}).get("near_ties")
+    return real_mismatches(table, dtype), near_ties(table, dtype)
 
 
 def print_table(chosen, records: list[dict], trees: dict, train_seconds: dict, predictions: dict, dtype: str) -> None:
-    hf, lookup = tokens_per_s(records, "hf_generate"), tokens_per_s(records, "prompt_lookup")
-    ar = tokens_per_s(records, "baseline") if "baseline" in records[0]["methods"] else None
+    hf, lookup = tokens_per_s(records, MethodName.HF_GENERATE), tokens_per_s(records, MethodName.HF_PROMPT_LOOKUP)
+    ar = tokens_per_s(records, MethodName.AUTOREGRESSIVE) if MethodName.AUTOREGRESSIVE in records[0]["methods"] else None
     print(f"HF generate {hf:.2f} tok/s, prompt lookup {lookup:.2f} tok/s" + (f", our AR {ar:.2f} tok/s (our AR / HF {ar / hf:.3f})" if ar else ""))
     print(
         "| heads | train min | tree (budget x width) | τ | τ predicted (error) | accepted per step by depth | draft ms / verify ms per step "
@@ -282,7 +286,8 @@ def print_table(chosen, records: list[dict], trees: dict, train_seconds: dict, p
         steps = max(len(accepted), 1)
         draft_ms = 1000 * sum(t["times"]["draft"] for t in turns) / steps
         verify_ms = 1000 * sum(t["times"]["verify"] for t in turns) / steps
-        own_ar = tokens_per_s(records, f"baseline:{recipe}") if f"baseline:{recipe}" in records[0]["methods"] else ar
+        own = f"{MethodName.AUTOREGRESSIVE}:{recipe}"
+        own_ar = tokens_per_s(records, own) if own in records[0]["methods"] else ar
         tree = trees[recipe]
         shape = f"{tree.get('budget')} x {tree.get('width')}" if "budget" in tree else tree["reason"]
         shape += f" + {tree['lookup']}-token lookup" if tree.get("lookup") else ""

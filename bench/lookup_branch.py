@@ -27,6 +27,7 @@ from draftheads.decoding.verify import near_tie_epsilon
 from draftheads.eval.metrics import acceptance_by_depth, tau_of, tokens_per_s
 from draftheads.eval.prompts import load_prompts
 from draftheads.eval.runner import Runner, engine_method, finished_prompts, hf_method, run_prompts
+from draftheads.eval.schema import MethodName
 from draftheads.models.backbone import BackboneConfig, load_backbone
 from draftheads.utils.device import resolve_dtype
 
@@ -57,8 +58,8 @@ def main() -> None:
     eos = Engine(base).default_eos()
     branch = {"lookup": args.lookup, "lookup_ngram": args.ngram}
     methods = [
-        hf_method("hf_generate", base, eos, None),
-        hf_method("prompt_lookup", base, eos, 10),
+        hf_method(MethodName.HF_GENERATE, base, eos, None),
+        hf_method(MethodName.HF_PROMPT_LOOKUP, base, eos, 10),
         engine_method("lookup_only", Engine(base, tree=TreeSpec("none", **branch))),
     ]
     for _, recipe, folder, _ in chosen:
@@ -89,7 +90,7 @@ def main() -> None:
 
 
 def print_table(names: list[str], records: list[dict], shapes: dict, dtype: str) -> None:
-    hf, lookup = tokens_per_s(records, "hf_generate"), tokens_per_s(records, "prompt_lookup")
+    hf, lookup = tokens_per_s(records, MethodName.HF_GENERATE), tokens_per_s(records, MethodName.HF_PROMPT_LOOKUP)
     print(f"{len(records)} questions; HF generate {hf:.2f} tok/s, HF prompt lookup {lookup:.2f} tok/s ({lookup / hf:.2f}x HF generate)")
     print("| method | tree | τ | τ turn 1 / turn 2 | accepted per step by depth (1-4) | longest accepted | verified nodes per step "
           "| ours / HF generate | ours / HF prompt lookup | tokens re-scored: real mismatches / near ties |")

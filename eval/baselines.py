@@ -16,13 +16,10 @@ from draftheads.decoding.tree import TreeSpec
 from draftheads.eval.config import EvalConfig
 from draftheads.eval.metrics import tokens_per_s
 from draftheads.eval.prompts import EvalPrompt, load_prompts
+from draftheads.eval.schema import MethodName
 from draftheads.eval.runner import Method, Runner, engine_method, hf_method
 from draftheads.models.backbone import Backbone
 
-HF_LOOKUP = "prompt_lookup"
-"""HF `generate` with prompt lookup."""
-OUR_LOOKUP = "lookup"
-"""Our engine with the lookup branch and no heads."""
 HF_GRID = tuple((tokens, ngram) for tokens in (5, 10, 20) for ngram in (1, 2, 3))
 """(prompt_lookup_num_tokens, max_matching_ngram_size) swept for HF prompt lookup (HF's default: 10, 2)."""
 OUR_GRID = tuple((tokens, ngram) for tokens in (4, 8, 16) for ngram in (1, 2, 3))
@@ -32,12 +29,12 @@ OUR_GRID = tuple((tokens, ngram) for tokens in (4, 8, 16) for ngram in (1, 2, 3)
 def lookup_methods(backbone: Backbone, eos: tuple[int, ...], settings: dict[str, dict]) -> list[Method]:
     """The lookup baselines at `settings` ({name: {"tokens", "ngram"}}, as `tune_baselines` gives)."""
     methods = []
-    if HF_LOOKUP in settings:
-        hf = settings[HF_LOOKUP]
-        methods.append(hf_method(HF_LOOKUP, backbone, eos, hf["tokens"], hf["ngram"]))
-    if OUR_LOOKUP in settings:
-        ours = settings[OUR_LOOKUP]
-        methods.append(engine_method(OUR_LOOKUP, Engine(backbone, tree=TreeSpec("none", lookup=ours["tokens"], lookup_ngram=ours["ngram"]))))
+    if MethodName.HF_PROMPT_LOOKUP in settings:
+        hf = settings[MethodName.HF_PROMPT_LOOKUP]
+        methods.append(hf_method(MethodName.HF_PROMPT_LOOKUP, backbone, eos, hf["tokens"], hf["ngram"]))
+    if MethodName.LOOKUP in settings:
+        ours = settings[MethodName.LOOKUP]
+        methods.append(engine_method(MethodName.LOOKUP, Engine(backbone, tree=TreeSpec("none", lookup=ours["tokens"], lookup_ngram=ours["ngram"]))))
     return methods
 
 
@@ -47,9 +44,9 @@ def tune_baselines(config: EvalConfig, backbone: Backbone, eos: tuple[int, ...],
     (copied tokens have no draft distribution to sample against)."""
     b = config.baselines
     greedy = config.sampling.temperature == 0
-    candidates = {HF_LOOKUP: _grid(HF_GRID, b.prompt_lookup_tokens, b.prompt_lookup_ngram)}
+    candidates = {MethodName.HF_PROMPT_LOOKUP: _grid(HF_GRID, b.prompt_lookup_tokens, b.prompt_lookup_ngram)}
     if greedy:
-        candidates[OUR_LOOKUP] = _grid(OUR_GRID, b.lookup_tokens, b.lookup_ngram)
+        candidates[MethodName.LOOKUP] = _grid(OUR_GRID, b.lookup_tokens, b.lookup_ngram)
     if all(len(grid) == 1 for grid in candidates.values()):
         return {name: {"tokens": grid[0][0], "ngram": grid[0][1], "chosen": "as configured"} for name, grid in candidates.items()}
     prompts = [EvalPrompt(p.id, p.category, p.turns[:1], p.system) for p in load_prompts(b.tune_prompts, b.tune_limit)]

@@ -22,6 +22,7 @@ from draftheads.decoding.verify import dtype_name
 from draftheads.decoding.walks import LOOKUP_CAP
 from draftheads.eval.prompts import EvalPrompt, load_prompts
 from draftheads.eval.runner import Runner, engine_method, run_prompts
+from draftheads.eval.schema import MethodName
 from draftheads.models.backbone import Backbone
 from draftheads.models.draft_model import CONFIG_NAME, DraftModel
 from draftheads.utils.atomic import atomic_write_text
@@ -45,14 +46,14 @@ def answer_sequences(backbone: Backbone, prompts: list[EvalPrompt], max_new_toke
     def past(prompt_ids: list[int], tokens: list[int]) -> dict:
         return {"past": engine.generate(prompt_ids + tokens, GenerationConfig(max_new_tokens=LOOKUP_CAP, eos_token_ids=())).tokens}
 
-    method = dataclasses.replace(engine_method("baseline", engine), extra=past)
+    method = dataclasses.replace(engine_method(MethodName.AUTOREGRESSIVE, engine), extra=past)
     formatter = ChatFormatter(backbone.tokenizer, model_name=backbone.location.spec)
     runner = Runner([method], formatter, GenerationConfig(max_new_tokens=max_new_tokens, eos_token_ids=engine.default_eos()), 0.0)
     dtype = dtype_name(backbone)
     settings = {"max_new_tokens": max_new_tokens, "past_tokens": LOOKUP_CAP, "prompts": [p.id for p in prompts]}
     fingerprint = json.dumps({"calibration answers of": backbone.location.spec, **({"model": model} if model else {}), "dtype": dtype, **settings})
     records = run_prompts(runner, prompts, answers, fingerprint, 0, progress, desc="calibration answers")
-    turns = [(turn, t) for r in records for turn, t in enumerate(r["methods"]["baseline"])]
+    turns = [(turn, t) for r in records for turn, t in enumerate(r["methods"][MethodName.AUTOREGRESSIVE])]
     return [Answer(t["prompt_ids"] + t["tokens"] + t["past"], len(t["prompt_ids"]), turn, len(t["past"])) for turn, t in turns]
 
 

@@ -11,6 +11,7 @@ import random
 import statistics
 import sys
 from collections import defaultdict
+from dataclasses import dataclass
 
 import torch
 
@@ -18,6 +19,7 @@ from draftheads.decoding.autotree import expected_tau
 from draftheads.decoding.tree import Tree, TreeSpec
 from draftheads.decoding.calibration import RankStats
 from draftheads.decoding.verify import TokenCheck, dtype_name
+from draftheads.eval.schema import BASELINES, SPEED_PAIRS, EvalReport, MethodName, MethodTotals, SpeedRatio, TimeBreakdown, VerificationRow, pair_key
 from draftheads.models.draft_model import DraftModel
 
 
@@ -59,7 +61,7 @@ def versions() -> dict:
     return {"python": sys.version.split()[0], "torch": torch.__version__, "transformers": transformers.__version__, "accelerate": accelerate.__version__, "draftheads": ours}
 
 
-def verification(records: list[dict], method: str, epsilon: float) -> dict[str, dict]:
+def verification(records: list[dict], method: str, epsilon: float) -> dict[str, VerificationRow]:
     """Per re-scoring dtype, `method`'s emitted tokens as the model re-scored them: how many were
     emitted and re-scored, real mismatches (gap > epsilon, with where), near ties and the gap's
     distribution over every re-scored token (`decoding/verify.py`). Empty when nothing was re-scored
@@ -73,15 +75,15 @@ def verification(records: list[dict], method: str, epsilon: float) -> dict[str, 
     for dtype, found in checks.items():
         verified = sum(check.tokens for _, check in found)
         gaps = sorted(gap for _, check in found for _, _, gap in check.gaps)
-        table[dtype] = {
-            "tokens_emitted": emitted,
-            "tokens_verified": verified,
-            "mismatches": sum(check.mismatches(epsilon) for _, check in found),
-            "near_ties": sum(check.near_ties(epsilon) for _, check in found),
-            "gap_max": gaps[-1] if gaps else 0.0,
-            "gap_p99": _quantile(gaps, verified, 0.99),
-            "mismatch_sites": [{"id": rid, "turn": t, "position": p, "gap": g} for rid, check in found for t, p, g in check.gaps if g > epsilon],
-        }
+        table[dtype] = VerificationRow(
+            tokens_emitted=emitted,
+            tokens_verified=verified,
+            mismatches=sum(check.mismatches(epsilon) for _, check in found),
+            near_ties=sum(check.near_ties(epsilon) for _, check in found),
+            gap_max=gaps[-1] if gaps else 0.0,
+            gap_p99=_quantile(gaps, verified, 0.99),
+            mismatch_sites=[{"id": rid, "turn": t, "position": p, "gap": g} for rid, check in found for t, p, g in check.gaps if g > epsilon],
+        )
     return table
 
 
@@ -93,10 +95,15 @@ def _quantile(nonzero: list[float], total: int, q: float) -> float:
     return nonzero[index] if index >= 0 else 0.0
 
 
-def real_mismatches(table: dict[str, dict], dtype: str) -> int | None:
+def real_mismatches(table: dict[str, VerificationRow], dtype: str) -> int | None:
     """Real mismatches when re-scored in the decode `dtype` (None: nothing re-scored): what lossless
     greedy decoding must keep at 0 (the fp32 rows are read against the autoregressive methods')."""
-    return table[dtype]["mismatches"] if dtype in table else None
+    return table[dtype].mismatches if dtype in table else None
+
+
+def near_ties(table: dict[str, VerificationRow], dtype: str) -> int | None:
+    """Near ties when re-scored in the decode `dtype` (None: nothing re-scored)."""
+    return table[dtype].near_ties if dtype in table else None
 
 
 def tokens_per_s(records: list[dict], method: str) -> float:
@@ -110,7 +117,7 @@ def repeat_seconds(record: dict, method: str) -> list[float]:
     return [sum(turns) for turns in record["seconds"][method]]
 
 
-def speed_ratio(records: list[dict], a: str, b: str, resamples: int = 2000, seed: int = 0) -> dict:
+def speed_ratio(records: list[dict], a: str, b: str, resamples: int = 2000, seed: int = 0) -> SpeedRatio:
     """`a`'s tokens/s over `b`'s: per repeat (over all prompts), their median, min and max, and a 95%
     bootstrap interval of the ratio that resamples prompts and, for each, one of its repeats (both
     methods' times from that same interleaved repeat): the interval of one run's ratio over prompts
@@ -127,10 +134,10 @@ def speed_ratio(records: list[dict], a: str, b: str, resamples: int = 2000, seed
     per_repeat = [ratio(everyone, [k] * len(records)) for k in range(repeats)]
     rng = random.Random(seed)
     draws = sorted(ratio([rng.randrange(len(records)) for _ in everyone], [rng.randrange(repeats) for _ in everyone]) for _ in range(resamples))
-    return {
-        "median": statistics.median(per_repeat), "min": min(per_repeat), "max": max(per_repeat), "per_repeat": per_repeat,
-        "ci95": [draws[int(0.025 * resamples)], draws[int(0.975 * resamples) - 1]], "repeats": repeats, "prompts": len(records),
-    }
+    return SpeedRatio(
+        median=statistics.median(per_repeat), min=min(per_repeat), max=max(per_repeat), per_repeat=per_repeat,
+        ci95=[draws[int(0.025 * resamples)], draws[int(0.975 * resamples) - 1]], repeats=repeats, prompts=len(records),
+    )
 
 
 def predicted_tau(tree: TreeSpec, own: RankStats, held_out, ours_turns: list[dict], shape: tuple[int, int] | None = None) -> tuple[float | None, list[float] | None, str]:
@@ -178,107 +185,87 @@ def _drafted_tree_tau(tree: TreeSpec, own: RankStats, held_out, ours_turns: list
     return 1.0, None, "autoregressive: one token per step"
 
 
-SPEED_PAIRS = (("ours", "baseline"), ("ours", "hf_generate"), ("ours", "prompt_lookup"), ("ours", "lookup"), ("baseline", "hf_generate"), ("lookup", "prompt_lookup"))
-"""The speed ratios every report states (median over repeats, with their spread and interval), and
-ours over the fastest baseline, named in the report."""
-BASELINES = ("baseline", "hf_generate", "prompt_lookup", "lookup")
-"""The methods a speedup is claimed over: the fastest of them is the best baseline."""
+@dataclass
+class ReportContext:
+    """What the runner decided and measured besides the records, for `build_report`."""
+
+    tree_choice: dict
+    """How the tree was chosen."""
+    baselines: dict[str, dict]
+    """The lookup baselines' settings and sweeps."""
+    dtype_note: str
+    """Why the eval's dtype."""
+    backbone_drift: dict | None
+    """A trained backbone's drift from the original (None: frozen)."""
 
 
-def build_report(config, draft: DraftModel, tree: TreeSpec, records: list[dict], stats: RankStats, held_out=None, epsilon: float = 0.0) -> dict:
-    """The report dictionary (report.json); `stats` are the heads' ranks on the baseline's answers,
-    `held_out` the (stats, source) of calibration data the eval did not see, if any."""
+def method_totals(records: list[dict], method: str) -> MethodTotals:
+    """`method`'s tokens and the median repeat's seconds over every prompt."""
+    tokens = sum(len(t["tokens"]) for r in records for t in r["methods"][method])
+    per_repeat = [sum(seconds) for seconds in zip(*(repeat_seconds(r, method) for r in records))]
+    seconds = statistics.median(per_repeat)  # one repeat's time: each repeat answers every prompt once
+    return MethodTotals(tokens, seconds, per_repeat, tokens / seconds if seconds else None)
+
+
+def time_breakdown(turns: list[dict], steps: int) -> TimeBreakdown:
+    """Where the engine's time went over `turns` of `steps` verification steps."""
+    times = {k: sum(t["times"][k] for t in turns) for k in ("prefill", "draft", "verify", "accept", "other")}
+    loop = sum(times[k] for k in ("draft", "verify", "accept", "other"))
+    return TimeBreakdown(
+        seconds=times,
+        fraction_of_decode_loop={k: times[k] / loop if loop else None for k in ("draft", "verify", "accept", "other")},
+        engine_overhead_fraction=(times["accept"] + times["other"]) / loop if loop else None,
+        ms_per_step={k: 1000 * times[k] / max(steps, 1) for k in ("draft", "verify", "accept", "other")},
+    )
+
+
+def build_report(config, draft: DraftModel, tree: TreeSpec, records: list[dict], stats: RankStats, context: ReportContext, held_out=None,
+                 epsilon: float = 0.0) -> EvalReport:
+    """The report; `stats` are the heads' ranks on the autoregressive answers, `held_out` the
+    (stats, source) of calibration data the eval did not see, if any."""
     depth = draft.heads.config.num_heads
-    totals = {}
-    for method in records[0]["methods"]:
-        tokens = sum(len(t["tokens"]) for r in records for t in r["methods"][method])
-        per_repeat = [sum(seconds) for seconds in zip(*(repeat_seconds(r, method) for r in records))]
-        seconds = statistics.median(per_repeat)  # one repeat's time: each repeat answers every prompt once
-        totals[method] = {"tokens": tokens, "seconds": seconds, "seconds_per_repeat": per_repeat, "tokens_per_s": tokens / seconds if seconds else None}
-    ours_turns = [t for r in records for t in r["methods"]["ours"]]
+    totals = {method: method_totals(records, method) for method in records[0]["methods"]}
+    ours_turns = [t for r in records for t in r["methods"][MethodName.OURS]]
     accepted = [a for t in ours_turns for a in t["accepted"]]
     by_category = defaultdict(list)
     for r in records:
-        for t in r["methods"]["ours"]:
+        for t in r["methods"][MethodName.OURS]:
             by_category[r["category"]].extend(t["accepted"])
-    times = {k: sum(t["times"][k] for t in ours_turns) for k in ("prefill", "draft", "verify", "accept", "other")}
-    loop = sum(times[k] for k in ("draft", "verify", "accept", "other"))
     sampling = config.sampling
     greedy = sampling.temperature == 0
-    shape = (max(len(r["methods"]["ours"]) for r in records), config.max_new_tokens) if greedy else None  # the replay is of greedy acceptance
+    shape = (max(len(r["methods"][MethodName.OURS]) for r in records), config.max_new_tokens) if greedy else None  # the replay is of greedy acceptance
     tau_predicted, predicted_by_depth, source = predicted_tau(tree, stats, held_out, ours_turns, shape)
     measured_depth = max([depth, *accepted, len(predicted_by_depth or [])])  # a lookup branch goes deeper than the heads
     if predicted_by_depth is not None:
         predicted_by_depth += [0.0] * (measured_depth - len(predicted_by_depth))  # the tree drafts no deeper
     verified = {m: verification(records, m, epsilon) for m in records[0]["methods"]}
     dtype = dtype_name(draft.backbone)
-    ours_tps, base_tps = totals["ours"]["tokens_per_s"], totals["baseline"]["tokens_per_s"]
-
-    best = max((m for m in totals if m in BASELINES), key=lambda m: totals[m]["tokens_per_s"] or 0.0)
-    ratios = {f"{a}/{b}": speed_ratio(records, a, b) for a, b in dict.fromkeys([*SPEED_PAIRS, ("ours", best)]) if a in totals and b in totals}
-
-    def ratio(a, b):
-        return ratios[f"{a}/{b}"]["median"] if f"{a}/{b}" in ratios else None
-
+    best = max((m for m in totals if m in BASELINES), key=lambda m: totals[m].tokens_per_s or 0.0)
+    pairs = dict.fromkeys([*SPEED_PAIRS, (MethodName.OURS, best)])
+    ratios = {pair_key(a, b): speed_ratio(records, a, b) for a, b in pairs if a in totals and b in totals}
     tree_info = tree.describe()
     if tree.kind == "dynamic":
         sizes = [s for t in ours_turns for s in t["tree_sizes"]]
         tree_info["mean_nodes"] = sum(sizes) / max(len(sizes), 1)  # drafted and copied nodes
     base = draft.heads.config.base
-    return {
-        "base_model": base.hub_id or draft.backbone.location.spec,
-        "heads": config.heads,
-        "head_type": draft.heads.config.head_type,
-        "prompts": config.prompts,
-        "n_prompts": len(records),
-        "n_turns": len(ours_turns),
-        "max_new_tokens": config.max_new_tokens,
-        "new_tokens": totals["ours"]["tokens"],
-        "temperature": sampling.temperature,
-        "top_p": sampling.top_p,
-        "top_k": sampling.top_k,
-        "acceptance": "greedy" if greedy else "sampling",
-        "tree": tree_info,
-        "steps": len(accepted),
-        "tau": tau_of(accepted),
-        "acceptance_by_depth": acceptance_by_depth(accepted, measured_depth),
-        "tau_by_category": {c: tau_of(a) for c, a in sorted(by_category.items())},
-        "tau_predicted": tau_predicted,
-        "tau_predicted_source": source,
-        "acceptance_by_depth_predicted": predicted_by_depth,
-        "depth_topk_accuracy": {f"depth_{d + 1}": {f"top{k}": stats.depth_topk[d][k - 1] for k in (1, 3, 5, 10)} for d in range(depth)},
-        "calibration_positions": stats.positions,
-        "tokens_per_s": ours_tps,
-        "baseline_tokens_per_s": base_tps,
-        "hf_generate_tokens_per_s": totals["hf_generate"]["tokens_per_s"],
-        "prompt_lookup_tokens_per_s": totals["prompt_lookup"]["tokens_per_s"],
-        "speedup": ratio("ours", "baseline"),
-        "speedup_vs_hf_generate": ratio("ours", "hf_generate"),
-        "speedup_vs_prompt_lookup": ratio("ours", "prompt_lookup"),
-        "baseline_vs_hf_generate": ratio("baseline", "hf_generate"),
-        "speed_ratios": ratios,
-        "best_baseline": best,
-        "speedup_vs_best_baseline": ratio("ours", best),
-        "repeats_differ": sorted({m for r in records for m in r.get("repeats_differ", [])}),
-        "methods": totals,
-        "greedy_mismatches": real_mismatches(verified["ours"], dtype),
-        "near_ties": verified["ours"].get(dtype, {}).get("near_ties"),
-        "hf_generate_mismatches": real_mismatches(verified["hf_generate"], dtype),
-        "near_tie_epsilon": epsilon,
-        "verification": verified if greedy else None,
-        "answers": [{"id": r["id"], "methods": {m: [{"prompt_ids": t["prompt_ids"], "tokens": t["tokens"]} for t in turns] for m, turns in r["methods"].items()}}
-                    for r in records],
-        "time_breakdown": {
-            "seconds": times,
-            "fraction_of_decode_loop": {k: times[k] / loop if loop else None for k in ("draft", "verify", "accept", "other")},
-            "engine_overhead_fraction": (times["accept"] + times["other"]) / loop if loop else None,
-            "ms_per_step": {k: 1000 * times[k] / max(len(accepted), 1) for k in ("draft", "verify", "accept", "other")},
-        },
-        "seed": sampling.seed,
-        "config": dataclasses.asdict(config),
-        "device": str(draft.backbone.lm_head.weight.device),
-        "dtype": dtype,
-        "hardware": hardware(),
-        "versions": versions(),
-        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-    }
+    return EvalReport(
+        base_model=base.hub_id or draft.backbone.location.spec, heads=config.heads, head_type=draft.heads.config.head_type,
+        prompts=config.prompts, n_prompts=len(records), n_turns=len(ours_turns), max_new_tokens=config.max_new_tokens,
+        new_tokens=totals[MethodName.OURS].tokens, temperature=sampling.temperature, top_p=sampling.top_p, top_k=sampling.top_k,
+        acceptance="greedy" if greedy else "sampling", tree=tree_info, tree_choice=context.tree_choice, steps=len(accepted),
+        tau=tau_of(accepted), acceptance_by_depth=acceptance_by_depth(accepted, measured_depth),
+        tau_by_category={c: tau_of(a) for c, a in sorted(by_category.items())},
+        tau_predicted=tau_predicted, tau_predicted_source=source, acceptance_by_depth_predicted=predicted_by_depth,
+        depth_topk_accuracy={f"depth_{d + 1}": {f"top{k}": stats.depth_topk[d][k - 1] for k in (1, 3, 5, 10)} for d in range(depth)},
+        calibration_positions=stats.positions, methods={str(m): v for m, v in totals.items()}, speed_ratios=ratios, best_baseline=str(best),
+        repeats_differ=sorted({m for r in records for m in r.get("repeats_differ", [])}),
+        greedy_mismatches=real_mismatches(verified[MethodName.OURS], dtype), near_ties=near_ties(verified[MethodName.OURS], dtype),
+        hf_generate_mismatches=real_mismatches(verified[MethodName.HF_GENERATE], dtype), near_tie_epsilon=epsilon,
+        verification=verified if greedy else None,
+        answers=[{"id": r["id"], "methods": {m: [{"prompt_ids": t["prompt_ids"], "tokens": t["tokens"]} for t in turns] for m, turns in r["methods"].items()}}
+                 for r in records],
+        time_breakdown=time_breakdown(ours_turns, len(accepted)), baselines=context.baselines, seed=sampling.seed,
+        config=dataclasses.asdict(config), device=str(draft.backbone.lm_head.weight.device), dtype=dtype, dtype_note=context.dtype_note,
+        backbone_mode=draft.backbone_mode, backbone_drift=context.backbone_drift, hardware=hardware(), versions=versions(),
+        date=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+    )

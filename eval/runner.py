@@ -31,6 +31,7 @@ from draftheads.decoding.verify import check_turns, dtype_name, fp32_twin, near_
 from draftheads.eval.config import EvalConfig
 from draftheads.eval.drift import report_drift
 from draftheads.eval.prompts import EvalPrompt, load_prompts
+from draftheads.eval.schema import EvalReport, MethodName
 from draftheads.models.backbone import Backbone
 from draftheads.models.draft_model import DraftModel
 from draftheads.utils.atomic import atomic_write_text
@@ -237,7 +238,8 @@ def build_runner(config: EvalConfig, draft: DraftModel, tree: TreeSpec, baseline
     backbone = draft.backbone
     baseline = Engine(backbone)
     eos = baseline.default_eos()
-    methods = [engine_method("baseline", baseline), engine_method("ours", Engine(backbone, draft.heads, tree)), hf_method("hf_generate", backbone, eos, None), *baselines]
+    methods = [engine_method(MethodName.AUTOREGRESSIVE, baseline), engine_method(MethodName.OURS, Engine(backbone, draft.heads, tree)),
+               hf_method(MethodName.HF_GENERATE, backbone, eos, None), *baselines]
     s = config.sampling
     generation = GenerationConfig(max_new_tokens=config.max_new_tokens, sampling=SamplingConfig(s.temperature, s.top_p, s.top_k), eos_token_ids=eos, seed=s.seed)
     epsilon = config.near_tie_epsilon if config.near_tie_epsilon is not None else near_tie_epsilon(backbone.lm_head.weight.dtype)
@@ -267,7 +269,7 @@ def run_prompts(
     return records
 
 
-def run_eval(config: EvalConfig, out: Path, progress: bool = True) -> dict:
+def run_eval(config: EvalConfig, out: Path, progress: bool = True) -> EvalReport:
     """Run the evaluation and return the report (also resumable through `<out>.partial.jsonl`)."""
     prompts = load_prompts(config.prompts, config.limit)
     draft, dtype_note = load_draft(config)
@@ -284,19 +286,15 @@ def run_eval(config: EvalConfig, out: Path, progress: bool = True) -> dict:
     runner = build_runner(config, draft, tree, lookup_methods(draft.backbone, eos, settings))
     header = {"tree": tree.describe(), "tree_choice": tree_choice, "baselines": settings}
     records = run_prompts(runner, prompts, out, config.fingerprint(), config.sampling.seed, progress, header)
-    from draftheads.eval.metrics import build_report
+    from draftheads.eval.metrics import ReportContext, build_report
 
-    # The heads' ranks on the base model's own answers (the baseline's): a measurement of the heads
-    # on these prompts; the prediction comes from calibration data the eval does not see.
-    sequences = [(t["prompt_ids"] + t["tokens"], len(t["prompt_ids"]), turn) for r in records for turn, t in enumerate(r["methods"]["baseline"])]
+    # The heads' ranks on the base model's own answers (the autoregressive ones): a measurement of the
+    # heads on these prompts; the prediction comes from calibration data the eval does not see.
+    sequences = [(t["prompt_ids"] + t["tokens"], len(t["prompt_ids"]), turn) for r in records for turn, t in enumerate(r["methods"][MethodName.AUTOREGRESSIVE])]
     held_out = read_calibration(draft.folder, turns, config.max_new_tokens) if draft.folder is not None else None
-    report = build_report(config, draft, tree, records, rank_stats(draft, sequences), held_out, runner.epsilon)
-    report["dtype_note"] = dtype_note
-    report["tree_choice"] = tree_choice
-    report["baselines"] = settings
-    report["backbone_mode"] = draft.backbone_mode
-    report["backbone_drift"] = report_drift(draft, config.drift_batches, draft.backbone.lm_head.weight.device, dtype_name(draft.backbone))
-    return report
+    drift = report_drift(draft, config.drift_batches, draft.backbone.lm_head.weight.device, dtype_name(draft.backbone))
+    context = ReportContext(tree_choice=tree_choice, baselines=settings, dtype_note=dtype_note, backbone_drift=drift)
+    return build_report(config, draft, tree, records, rank_stats(draft, sequences), context, held_out, runner.epsilon)
 
 
 def resumed_header(partial: Path, fingerprint: str) -> dict:

@@ -64,6 +64,24 @@ def config_from_args(args: argparse.Namespace):
         raise ConfigError(f"{label}: {exc}") from None
 
 
+def headline(report) -> str:
+    """The report's line on the terminal: τ, and ours over each baseline with its interval."""
+    from draftheads.eval.schema import MethodName as M, pair_key
+
+    def ratio(b: str) -> str:
+        r = report.speed_ratios[pair_key(M.OURS, b)]
+        return f"{r.median:.2f}x [{r.ci95[0]:.2f}, {r.ci95[1]:.2f}]"
+
+    near = f" (+{report.near_ties} near ties)" if report.near_ties else ""
+    predicted = f"{report.tau_predicted:.3f}" if report.tau_predicted is not None else "n/a"
+    return (
+        f"tau {report.tau:.3f} (predicted {predicted}); {report.methods[M.OURS].tokens_per_s:.2f} tok/s = {ratio(M.AUTOREGRESSIVE)} our autoregressive, "
+        f"{ratio(M.HF_GENERATE)} HF generate, {ratio(M.HF_PROMPT_LOOKUP)} HF prompt lookup, {ratio(report.best_baseline)} the best baseline ({report.best_baseline}) "
+        f"(median of {report.speed_ratios[pair_key(M.OURS, M.AUTOREGRESSIVE)].repeats} repeats [95% interval], {report.dtype}); "
+        f"greedy mismatches: {report.greedy_mismatches} of {report.new_tokens} tokens re-scored{near}"
+    )
+
+
 def run(args: argparse.Namespace) -> int:
     """Run the evaluation and write the report."""
     from draftheads.eval.report import write_report, write_summary
@@ -75,27 +93,14 @@ def run(args: argparse.Namespace) -> int:
     paths = write_report(report, out)
     out.with_name(out.name + ".partial.jsonl").unlink(missing_ok=True)
     if config.write_summary and Path(config.heads).is_dir():
-        paths.append(write_summary(report, Path(config.heads)))
-    near = report.get("near_ties")
-    ratios = report["speed_ratios"]
-
-    def ratio(pair: str) -> str:
-        r = ratios[pair]
-        return f"{r['median']:.2f}x [{r['ci95'][0]:.2f}, {r['ci95'][1]:.2f}]"
-
-    print(
-        f"tau {report['tau']:.3f} (predicted {report['tau_predicted'] or float('nan'):.3f}); "
-        f"{report['tokens_per_s']:.2f} tok/s = {ratio('ours/baseline')} our autoregressive, {ratio('ours/hf_generate')} HF generate, "
-        f"{ratio('ours/prompt_lookup')} HF prompt lookup, {ratio('ours/' + report['best_baseline'])} the best baseline ({report['best_baseline']}) "
-        f"(median of {ratios['ours/baseline']['repeats']} repeats [95% interval], {report['dtype']}); "
-        f"greedy mismatches: {report['greedy_mismatches']} of {report['new_tokens']} tokens re-scored" + (f" (+{near} near ties)" if near else "")
-    )
-    drift = report.get("backbone_drift")
+        paths.append(write_summary(report.summary(), Path(config.heads)))
+    print(headline(report))
+    drift = report.backbone_drift
     if drift and "error" in drift:
-        print(f"warning: the backbone was trained ({report['backbone_mode']}) but its drift was not measured: {drift['error']}")
+        print(f"warning: the backbone was trained ({report.backbone_mode}) but its drift was not measured: {drift['error']}")
     elif drift:
         print(
-            f"backbone ({report['backbone_mode']}): agrees with the original on {drift['agreement']:.2%} of {drift['positions']} held-out tokens; "
+            f"backbone ({report.backbone_mode}): agrees with the original on {drift['agreement']:.2%} of {drift['positions']} held-out tokens; "
             f"perplexity {drift['perplexity_original']:.3f} (original) -> {drift['perplexity_trained']:.3f} (trained)"
         )
     print("wrote " + ", ".join(str(p) for p in paths))

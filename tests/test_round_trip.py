@@ -121,7 +121,7 @@ def test_eval_partial_records_read_back_whole(tiny_base, tmp_path):
     partial = tmp_path / "report.json.partial.jsonl"
     before = partial.read_bytes()
     records = read_partial(partial, options.fingerprint())
-    assert lines_written(partial) == 1 + len(records) == 1 + N and report["n_prompts"] == N  # header + one per prompt
+    assert lines_written(partial) == 1 + len(records) == 1 + N and report.n_prompts == N  # header + one per prompt
     assert [r["id"] for r in records] == ids and partial.read_bytes() == before  # nothing taken for a torn line
 
 

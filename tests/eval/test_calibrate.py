@@ -161,11 +161,11 @@ def test_eval_predicts_the_lookup_branch_by_replaying_its_steps_on_the_calibrati
     calibrate(str(heads), str(prompt), max_new_tokens=32, dtype="float32", progress=False)
     config = EvalConfig(heads=str(heads), prompts=str(prompt), **fixed_baselines(), max_new_tokens=32, tree=TreeSettings("none", lookup=10), dtype="float32")
     report = run_eval(config, tmp_path / "report.json", progress=False)
-    assert report["greedy_mismatches"] == 0
-    assert "replayed" in report["tau_predicted_source"] and "10-token lookup branch" in report["tau_predicted_source"]
-    assert report["tau"] > 2  # the answer repeats the sentence: long copies are accepted
-    assert report["tau_predicted"] == pytest.approx(report["tau"], abs=1e-12)
-    assert report["acceptance_by_depth_predicted"] == pytest.approx(report["acceptance_by_depth"], abs=1e-12)
+    assert report.greedy_mismatches == 0
+    assert "replayed" in report.tau_predicted_source and "10-token lookup branch" in report.tau_predicted_source
+    assert report.tau > 2  # the answer repeats the sentence: long copies are accepted
+    assert report.tau_predicted == pytest.approx(report.tau, abs=1e-12)
+    assert report.acceptance_by_depth_predicted == pytest.approx(report.acceptance_by_depth, abs=1e-12)
 
 
 def test_the_auto_tree_weighs_the_lookup_branch_from_the_calibration(tmp_path, capsys, monkeypatch):

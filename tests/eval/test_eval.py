@@ -7,7 +7,9 @@ import json
 import pytest
 
 from draftheads.eval.config import EvalConfig, TreeSettings
+from draftheads.eval.report import read_report
 from draftheads.eval.runner import run_eval
+from draftheads.eval.schema import BASELINES, SCHEMA_VERSION, MethodName
 from draftheads.models.draft_model import read_head_config
 from draftheads.scripts.cli import main
 from draftheads.utils.errors import ConfigError
@@ -43,29 +45,24 @@ def test_eval_writes_a_complete_report_and_is_lossless(heads_dir, prompts, tmp_p
     code = main(["eval", *FIXED_BASELINES[:-1], "--dtype", "float32", "--heads", str(heads_dir), "--prompts", str(prompts), "--max-new-tokens", "12",
                  "--tree", "dynamic", "--tree-budget", "6", "--out", str(out)])
     assert code == 0
-    report = json.loads(out.read_text())
-    for key in (
-        "base_model", "heads", "head_type", "n_prompts", "new_tokens", "temperature", "tree", "tau",
-        "acceptance_by_depth", "tokens_per_s", "baseline_tokens_per_s", "hf_generate_tokens_per_s",
-        "prompt_lookup_tokens_per_s", "speedup", "greedy_mismatches", "tau_predicted", "time_breakdown",
-        "hardware", "versions",
-    ):
-        assert report[key] is not None, key
-    assert report["n_prompts"] == 2 and report["n_turns"] == 3 and report["head_type"] == "medusa"
-    assert report["greedy_mismatches"] == 0
+    report = read_report(out)  # typed: every field present, of this schema version
+    assert report.schema_version == SCHEMA_VERSION and report.to_json() == json.loads(out.read_text())
+    assert report.n_prompts == 2 and report.n_turns == 3 and report.head_type == "medusa"
+    assert report.greedy_mismatches == 0 and report.hardware and report.versions and report.tau_predicted is not None
     # every token of every method re-scored (fp32 eval: one re-scoring), with the emitted ids in the report
-    assert list(report["methods"]) == ["baseline", "ours", "hf_generate", "prompt_lookup", "lookup"]
-    assert report["baselines"]["lookup"] == {"tokens": 8, "ngram": 2, "chosen": "as configured"}
-    assert report["best_baseline"] in ("baseline", "hf_generate", "prompt_lookup", "lookup")
-    assert report["speedup_vs_best_baseline"] == report["speed_ratios"][f"ours/{report['best_baseline']}"]["median"]
-    for name in report["methods"]:
-        (row,) = report["verification"][name].values()
-        assert row["tokens_verified"] == row["tokens_emitted"] == report["methods"][name]["tokens"] > 0 and row["mismatches"] == 0
-        assert sum(len(t["tokens"]) for a in report["answers"] for t in a["methods"][name]) == row["tokens_emitted"]
+    assert list(report.methods) == [MethodName.AUTOREGRESSIVE, MethodName.OURS, MethodName.HF_GENERATE, MethodName.HF_PROMPT_LOOKUP, MethodName.LOOKUP]
+    assert report.baselines["lookup"] == {"tokens": 8, "ngram": 2, "chosen": "as configured"}
+    assert report.best_baseline in BASELINES
+    for name in report.methods:
+        (row,) = report.verification[name].values()
+        assert row.tokens_verified == row.tokens_emitted == report.methods[name].tokens > 0 and row.mismatches == 0
+        assert sum(len(t["tokens"]) for a in report.answers for t in a["methods"][name]) == row.tokens_emitted
     # three interleaved repeats: each ratio with its spread and interval; the median is the headline
-    ratio = report["speed_ratios"]["ours/baseline"]
-    assert ratio["repeats"] == 3 and len(ratio["per_repeat"]) == 3 and ratio["min"] <= ratio["median"] <= ratio["max"]
-    assert ratio["ci95"][0] <= ratio["ci95"][1] and report["speedup"] == ratio["median"] and report["repeats_differ"] == []
+    ratio = report.speed_ratios["ours/baseline"]
+    assert ratio.repeats == 3 and len(ratio.per_repeat) == 3 and ratio.min <= ratio.median <= ratio.max
+    assert ratio.ci95[0] <= ratio.ci95[1] and report.ratio("ours", "baseline") == ratio.median and report.repeats_differ == []
+    assert report.summary()["speedup_vs_best_baseline"] == report.speed_ratios[f"ours/{report.best_baseline}"].median
+    report = report.to_json()
     assert report["tau"] == pytest.approx(1 + sum(report["acceptance_by_depth"]))
     assert set(report["tau_by_category"]) == {"writing", "math"}
     assert out.with_suffix(".md").read_text().startswith("# draftheads eval")
@@ -83,7 +80,7 @@ def test_eval_resumes_from_its_partial_file_and_refuses_other_settings(heads_dir
     assert len(lines) == 3  # header + one line per prompt
     partial.write_text("\n".join(lines[:2]) + "\n" + lines[2][:40])  # the last prompt was cut by a kill
     second = run_eval(options, out, progress=False)
-    assert second["methods"]["baseline"]["tokens"] == first["methods"]["baseline"]["tokens"]
+    assert second.methods["baseline"].tokens == first.methods["baseline"].tokens
     kept = json.loads(partial.read_text().splitlines()[1])
     assert kept["methods"]["ours"][0]["seconds"] == json.loads(lines[1])["methods"]["ours"][0]["seconds"]
     with pytest.raises(ConfigError, match="other settings"):
@@ -101,8 +98,8 @@ def test_a_resumed_auto_tree_eval_decodes_with_the_tree_it_began_with(heads_dir,
     header["tree"] = {"kind": "dynamic", "budget": 3, "width": 2}
     partial.write_text("\n".join([json.dumps(header), lines[1]]) + "\n")  # stopped after the first prompt
     report = run_eval(options, out, progress=False)
-    assert {k: report["tree"][k] for k in ("kind", "budget", "width")} == {"kind": "dynamic", "budget": 3, "width": 2}
-    assert report["tree_choice"]["reason"].startswith("resumed with the tree the run began with")
+    assert {k: report.tree[k] for k in ("kind", "budget", "width")} == {"kind": "dynamic", "budget": 3, "width": 2}
+    assert report.tree_choice["reason"].startswith("resumed with the tree the run began with")
 
 
 def test_tree_search_saves_a_tree_that_eval_uses_by_default(repeating_heads_dir, prompts, tmp_path, capsys):
