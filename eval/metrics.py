@@ -9,9 +9,11 @@ import math
 import platform
 import random
 import statistics
+import subprocess
 import sys
 from collections import defaultdict
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 
@@ -58,7 +60,22 @@ def versions() -> dict:
         ours = version("draftheads")
     except PackageNotFoundError:
         ours = "source"
-    return {"python": sys.version.split()[0], "torch": torch.__version__, "transformers": transformers.__version__, "accelerate": accelerate.__version__, "draftheads": ours}
+    return {"python": sys.version.split()[0], "torch": torch.__version__, "transformers": transformers.__version__, "accelerate": accelerate.__version__, "draftheads": ours,
+            "commit": source_commit()}
+
+
+def source_commit() -> str | None:
+    """The git commit of the checkout this draftheads runs from, `-dirty` with uncommitted changes
+    to tracked files (None: not a git checkout, e.g. a wheel install)."""
+    root = Path(__file__).resolve().parents[1]
+    try:
+        head = subprocess.run(["git", "-C", str(root), "rev-parse", "--short=12", "HEAD"], capture_output=True, text=True, timeout=10)
+        dirty = subprocess.run(["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"], capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    if head.returncode != 0:
+        return None
+    return head.stdout.strip() + ("-dirty" if dirty.stdout.strip() else "")
 
 
 def verification(records: list[dict], method: str, epsilon: float) -> dict[str, VerificationRow]:
