@@ -24,7 +24,8 @@ ROOT = Path(__file__).resolve().parents[1]
 RECORDS = ROOT / "bench" / "records"
 DOCS = (ROOT / "README.md", ROOT / "bench" / "RESULTS.md")
 BLOCK = re.compile(r"(<!-- record: (?P<name>[\w.-]+)/(?P<table>[\w.-]+) -->\n)(?P<body>.*?)(<!-- /record -->)", re.S)
-FIGURE_ROW = re.compile(r"^\|.*\d\.\d")
+FIGURE_ROW = re.compile(r"^\|.*(?<![\d.])\d+\.\d+(?![\d.])")  # a decimal number, not a version such as 0.34.0
+SEPARATOR = re.compile(r"^\|[\s:|-]+\|$")
 NO_RECORD = "<!-- no record:"
 RECORD_VERSION = 1
 
@@ -108,11 +109,13 @@ def unrecorded_rows(text: str) -> list[tuple[int, str]]:
         first = text.count("\n", 0, match.start())
         inside.update(range(first, first + match.group(0).count("\n") + 1))
     found, section_marked = [], False
-    for number, line in enumerate(text.splitlines()):
+    lines = text.splitlines()
+    for number, line in enumerate(lines):
         if line.startswith("## "):
             section_marked = False
         section_marked = section_marked or line.startswith(NO_RECORD)
-        if FIGURE_ROW.match(line) and number not in inside and not section_marked:
+        header = number + 1 < len(lines) and SEPARATOR.match(lines[number + 1])
+        if FIGURE_ROW.match(line) and not header and number not in inside and not section_marked:
             found.append((number + 1, line))
     return found
 

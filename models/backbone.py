@@ -19,7 +19,7 @@ from typing import Literal, Sequence
 import torch
 from torch import nn
 
-from draftheads.utils.atomic import atomic_directory
+from draftheads.utils.atomic import atomic_directory, atomic_write_text
 from draftheads.utils.errors import ConfigError, ModelLoadError
 from draftheads.utils.paths import cache_dir
 
@@ -138,6 +138,7 @@ def convert_gguf(gguf: Path) -> Path:
     key = hashlib.sha256(f"{gguf}|{stat.st_size}|{stat.st_mtime_ns}".encode()).hexdigest()[:12]
     final = cache_dir() / "gguf" / f"{gguf.stem}-{key}"
     if (final / "config.json").is_file():
+        write_weights_index(final)  # folders converted before the index was written
         return final
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -155,9 +156,24 @@ def convert_gguf(gguf: Path) -> Path:
         plain.generation_config = quantised.generation_config
         plain.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
+        write_weights_index(tmp)
         provenance = {"gguf_file": str(gguf), "size": stat.st_size, "seconds": time.perf_counter() - start}
         (tmp / "draftheads_source.json").write_text(json.dumps(provenance, indent=2))
     return final
+
+
+def write_weights_index(folder: Path) -> None:
+    """`model.safetensors.index.json` beside a single `model.safetensors`, as sharded checkpoints
+    have: SafeAILab's EAGLE reads the base embedding only through an index, and fails without one."""
+    weights, index = folder / "model.safetensors", folder / "model.safetensors.index.json"
+    if not weights.is_file() or index.is_file():
+        return
+    with weights.open("rb") as handle:  # the safetensors header: 8-byte length, then JSON of each tensor's byte range
+        header = json.loads(handle.read(int.from_bytes(handle.read(8), "little")))
+    tensors = {name: entry for name, entry in header.items() if name != "__metadata__"}
+    total = sum(end - start for start, end in (entry["data_offsets"] for entry in tensors.values()))
+    content = {"metadata": {"total_size": total}, "weight_map": {name: weights.name for name in sorted(tensors)}}
+    atomic_write_text(index, json.dumps(content, indent=2) + "\n")
 
 
 def load_tokenizer(spec: str, revision: str | None = None, location: ModelLocation | None = None):

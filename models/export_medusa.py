@@ -1,7 +1,8 @@
 """Export Medusa heads to the FasterDecoding layout (the inverse of import_medusa), which Medusa's
 own inference code and TensorRT-LLM's Medusa conversion read: `config.json` with
 `medusa_num_heads`, `medusa_num_layers` and `base_model_name_or_path`, and
-`medusa_lm_head.safetensors` holding head i as `{i}.{j}.linear.weight|bias` (blocks) and
+`medusa_lm_head.pt` (a torch state dict: FasterDecoding's loader reads that file only, TensorRT-LLM's
+conversion reads it first) holding head i as `{i}.{j}.linear.weight|bias` (blocks) and
 `{i}.{L}.weight` (its vocabulary projection; a shared lm_head is materialised per head).
 
 The reference repeats ONE block object L times per head, so heads whose blocks differ (L > 1,
@@ -11,17 +12,20 @@ trained separately) cannot be written exactly and are refused, as are reduced dr
 
 from __future__ import annotations
 
+import json
+
 import torch
 
 from draftheads.models.draft_model import DraftModel
+from draftheads.models.engines import EngineRules
 from draftheads.utils.errors import ModelLoadError
 
-WEIGHTS = "medusa_lm_head.safetensors"
+WEIGHTS = "medusa_lm_head.pt"
 
 
-def export_medusa(draft: DraftModel) -> tuple[dict, dict[str, torch.Tensor], str, dict]:
-    """(config.json, tensors, weights file name, fields of the serving commands: none) of the
-    FasterDecoding layout."""
+def export_medusa(draft: DraftModel, engines: list[EngineRules]) -> tuple[dict, dict[str, torch.Tensor], str, dict]:
+    """(config.json, tensors, weights file name, fields of the serving commands) of the
+    FasterDecoding layout (the engines that load it agree on it)."""
     heads = draft.heads
     config = heads.config
     if config.head_type != "medusa":
@@ -51,4 +55,5 @@ def export_medusa(draft: DraftModel) -> tuple[dict, dict[str, torch.Tensor], str
         "hidden_size": draft.backbone.hidden_size,
         "vocab_size": draft.backbone.vocab_size,
     }
-    return out, tensors, WEIGHTS, {}
+    tree = config.tree.paths if config.tree is not None else [[0] * depth for depth in range(1, config.num_heads + 1)]
+    return out, tensors, WEIGHTS, {"layers": layers, "choices": json.dumps(tree, separators=(", ", ": "))}

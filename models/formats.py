@@ -14,11 +14,14 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 from types import MappingProxyType
+from typing import Mapping
 
+import torch
 from safetensors.torch import save_file
 
-from draftheads.models.backbone import DTYPES
+from draftheads.models.backbone import DTYPES, write_weights_index
 from draftheads.models.draft_model import DraftModel
+from draftheads.models.engines import ALL, targets
 from draftheads.utils.atomic import atomic_directory
 from draftheads.utils.errors import ModelLoadError
 
@@ -34,10 +37,10 @@ class Format:
     importer: str
     """`module:function` converting such a checkpoint into our heads folder."""
     exporter: str
-    """`module:function(draft) -> (config, tensors, weights name, serving fields)`."""
-    serve: str
-    """How to serve an export (README text; {out}, {base}, {heads} and the exporter's serving
-    fields are filled in)."""
+    """`module:function(draft, engines) -> (config, tensors, weights name, serving fields)`."""
+    serve: Mapping[str, str]
+    """Per engine (`models/engines.py`), how to serve an export (README text; {out}, {base},
+    {heads}, {dtype} and the exporter's serving fields are filled in)."""
 
     def load(self, which: str):
         module, name = getattr(self, which).split(":")
@@ -48,16 +51,27 @@ FORMATS = MappingProxyType({
     "medusa": Format(
         "FasterDecoding Medusa-1 heads (Medusa's inference, TensorRT-LLM's Medusa conversion)",
         "draftheads.models.import_medusa:import_medusa", "draftheads.models.export_medusa:export_medusa",
-        "- Medusa: `MedusaModel.from_pretrained(\"{out}\")` (FasterDecoding/Medusa), base `{base}`.\n"
-        "- TensorRT-LLM: `python examples/medusa/convert_checkpoint.py --model_dir {base} --medusa_model_dir {out} "
-        "--num_medusa_heads {heads} --output_dir trt_ckpt`, then `trtllm-build`.\n",
+        MappingProxyType({
+            "reference": "- Medusa (PyPI `medusa-llm` 0.1): `MedusaModel.from_pretrained(\"{out}\")`, base `{base}`. FasterDecoding's GitHub code "
+                         "(e2a5d20) builds 5 heads whatever `medusa_num_heads` says and loads non-strictly: with {heads} heads use the PyPI release.\n",
+            "trtllm": "- TensorRT-LLM: `python examples/medusa/convert_checkpoint.py --model_dir {base} --medusa_model_dir {out} "
+                      "--num_medusa_heads {heads} --num_medusa_layers {layers} --dtype {dtype} --output_dir trt_ckpt` (the head count must be given: "
+                      "its default is 4), then `trtllm-build --checkpoint_dir trt_ckpt --output_dir trt_engine --speculative_decoding_mode medusa "
+                      "--max_batch_size 4`, then `python examples/run.py --engine_dir trt_engine --tokenizer_dir {base} --temperature 1.0 "
+                      "--medusa_choices=\"{choices}\"` (the tree, at most {heads} deep).\n",
+        }),
     ),
     "eagle": Format(
-        "SafeAILab EAGLE-1 / EAGLE-3 draft models (SGLang, vLLM)",
+        "SafeAILab EAGLE-1 / EAGLE-3 draft models (SGLang, vLLM, SafeAILab's EAGLE)",
         "draftheads.models.import_eagle:import_eagle", "draftheads.models.export_eagle:export_eagle",
-        "- SGLang: `python -m sglang.launch_server --model-path {base} --speculative-algorithm {algorithm} "
-        "--speculative-draft-model-path {out} --speculative-num-steps {heads} --speculative-eagle-topk 4 --speculative-num-draft-tokens 8`.\n"
-        "- vLLM: `vllm serve {base} --speculative-config '{{\"method\": \"{method}\", \"model\": \"{out}\", \"num_speculative_tokens\": {heads}}}'`.\n",
+        MappingProxyType({
+            "sglang": "- SGLang: `python -m sglang.launch_server --model-path {base} --speculative-algorithm {algorithm} "
+                      "--speculative-draft-model-path {out} --speculative-num-steps {heads} --speculative-eagle-topk 4 --speculative-num-draft-tokens 8`.\n",
+            "vllm": "- vLLM: `vllm serve {base} --speculative-config '{{\"method\": \"{method}\", \"model\": \"{out}\", \"num_speculative_tokens\": {heads}}}'` "
+                    "(vLLM drafts a chain of {heads} tokens, no tree).\n",
+            "reference": "- SafeAILab EAGLE: `EaModel.from_pretrained(base_model_path=\"{base}\", ea_model_path=\"{out}\", use_eagle3={eagle3})`; it reads "
+                         "the base embedding through `model.safetensors.index.json`, which the base folder must have.\n",
+        }),
     ),
 })
 
@@ -69,40 +83,51 @@ def get_format(name: str) -> Format:
     return FORMATS[name]
 
 
-def export_heads(heads: str | Path, name: str, out: str | Path, dtype: str = "float32", base: str | None = None) -> Path:
-    """Write `heads` in format `name` to `out` (replaced atomically), tensors in `dtype`."""
+def export_heads(heads: str | Path, name: str, out: str | Path, dtype: str = "float32", base: str | None = None, engine: str = ALL) -> Path:
+    """Write `heads` in format `name` for `engine` (`models/engines.py`; all: every engine that
+    loads the layout) to `out` (replaced atomically), tensors in `dtype`."""
     fmt = get_format(name)
     if dtype not in DTYPES:
         raise ModelLoadError(f"--dtype {dtype}: one of {', '.join(DTYPES)}")
+    try:
+        engines = targets(engine, name)
+    except ValueError as exc:
+        raise ModelLoadError(str(exc)) from None
     draft = DraftModel.from_pretrained(heads, base, dtype="float32")  # exact weights; cast once at the end
-    config, tensors, weights, serving = fmt.load("exporter")(draft)
+    config, tensors, weights, serving = fmt.load("exporter")(draft, engines)
     target = DTYPES[dtype]
     tensors = {k: (v.to(target) if v.is_floating_point() else v).contiguous().cpu() for k, v in tensors.items()}
     config["torch_dtype"] = dtype
     trained = draft.backbone_mode != "frozen"
+    out = Path(out).resolve()
     with atomic_directory(out, replace=True) as tmp:
         if trained:  # the engines need the backbone these heads were trained with
             draft.backbone.model.to(target).save_pretrained(tmp / BASE_DIR)
             draft.backbone.tokenizer.save_pretrained(tmp / BASE_DIR)
-            config["base_model_name_or_path"] = BASE_DIR
+            write_weights_index(tmp / BASE_DIR)
+            config["base_model_name_or_path"] = str(out / BASE_DIR)  # absolute: loaders resolve a relative one against the working folder
         (tmp / "config.json").write_text(json.dumps(config, indent=2) + "\n")
-        save_file(tensors, str(tmp / weights), metadata={"format": "pt"})
-        (tmp / "README.md").write_text(_readme(fmt, name, draft, config, Path(out), trained, serving))
-    return Path(out)
+        if weights.endswith(".pt"):
+            torch.save(tensors, tmp / weights)
+        else:
+            save_file(tensors, str(tmp / weights), metadata={"format": "pt"})
+        (tmp / "README.md").write_text(_readme(fmt, name, draft, config, out, engines, {**serving, "dtype": dtype}))
+    return out
 
 
-def _readme(fmt: Format, name: str, draft: DraftModel, config: dict, out: Path, trained: bool, serving: dict) -> str:
+def _readme(fmt: Format, name: str, draft: DraftModel, config: dict, out: Path, engines: list, serving: dict) -> str:
     heads = draft.heads.config
-    base = f"{out}/{BASE_DIR}" if trained else config["base_model_name_or_path"]
+    trained = draft.backbone_mode != "frozen"
+    fields = {"out": out, "base": config["base_model_name_or_path"], "heads": heads.num_heads, "eagle3": heads.head_type == "eagle" and heads.fused, **serving}
     lines = [
         f"# {heads.head_type} draft heads in the {name} layout",
         "",
         f"{fmt.description}. Exported by `draftheads export {name}` from `{draft.folder}`; base model `{heads.base.hub_id or heads.base.model}`"
         + (" as trained with the heads (merged into `base_model/`, which must be served instead of the original)" if trained else "") + ".",
         "",
-        "## Serving",
+        f"## Serving ({', '.join(r.version for r in engines)})",
         "",
-        fmt.serve.format(out=out, base=base, heads=heads.num_heads, **serving),
+        *(fmt.serve[r.name].format(**fields) for r in engines),
     ]
     report = draft.folder / "eval_report.json" if draft.folder is not None else None
     if report is not None and report.is_file():

@@ -40,15 +40,15 @@ def push_heads(folder: str | Path, repo_id: str, private: bool = False, commit_m
     return _upload(folder, repo_id, private, commit_message or f"Upload {config.head_type} draft heads for {config.base.model}", list(UPLOADED))
 
 
-def push_export(folder: str | Path, name: str, repo_id: str, dtype: str, private: bool = False, commit_message: str | None = None) -> str:
-    """Export the heads folder in layout `name` (`draftheads export`) and upload the whole export."""
+def push_export(folder: str | Path, name: str, repo_id: str, dtype: str, private: bool = False, commit_message: str | None = None, engine: str = "all") -> str:
+    """Export the heads folder in layout `name` for `engine` (`draftheads export`) and upload the whole export."""
     import tempfile
 
     from draftheads.models.formats import export_heads
 
     config = read_head_config(Path(folder))
     with tempfile.TemporaryDirectory() as tmp:
-        out = export_heads(folder, name, Path(tmp) / "export", dtype)
+        out = export_heads(folder, name, Path(tmp) / "export", dtype, engine=engine)
         return _upload(out, repo_id, private, commit_message or f"Upload {config.head_type} draft heads for {config.base.model} ({name} layout)", None)
 
 

@@ -72,7 +72,7 @@ def eagle_state(weights: dict[str, torch.Tensor], where: Path) -> tuple[dict[str
         state |= _layer(weights, "midlayer.", where)
         names = (
             ("midlayer.input_layernorm.weight", "layer.embed_norm.weight"), ("midlayer.hidden_norm.weight", "layer.feature_norm.weight"),
-            ("norm.weight", "norm.weight"), ("lm_head.weight", "lm_head.weight"), ("d2t", None),
+            ("norm.weight", "norm.weight"), ("lm_head.weight", "lm_head.weight"),
         )
         for theirs, mine in names:
             if theirs not in weights:
@@ -81,9 +81,10 @@ def eagle_state(weights: dict[str, torch.Tensor], where: Path) -> tuple[dict[str
                 state[mine] = weights[theirs]
         state["fuse.weight"] = weights["fc.weight"]
         draft = weights["lm_head.weight"].shape[0]
-        if weights["d2t"].shape != (draft,):
-            raise ModelLoadError(f"{where}: d2t has shape {tuple(weights['d2t'].shape)}, expected ({draft},) to match lm_head")
-        state["draft_to_token"] = torch.arange(draft) + weights["d2t"].long()
+        d2t = weights.get("d2t", torch.zeros(draft, dtype=torch.long))  # none: the whole vocabulary, in token order
+        if d2t.shape != (draft,):
+            raise ModelLoadError(f"{where}: d2t has shape {tuple(d2t.shape)}, expected ({draft},) to match lm_head")
+        state["draft_to_token"] = torch.arange(draft) + d2t.long()
         fields = {"draft_vocab_size": draft, "fc_bias": False}
         known = {f"midlayer.{k}" for k in LAYER_NAMES} | {"midlayer.input_layernorm.weight", "midlayer.hidden_norm.weight", "norm.weight", "lm_head.weight", "d2t", "fc.weight"}
     else:
@@ -118,6 +119,8 @@ def import_eagle(
     _check_shape(config, backbone, config_path)
     weights, weights_path = read_source_weights(folder, WEIGHT_FILES)
     state, fields = eagle_state(weights, weights_path)
+    if "draft_vocab_size" in fields and "d2t" not in weights and fields["draft_vocab_size"] != backbone.vocab_size:
+        raise ModelLoadError(f"{weights_path}: an lm_head of {fields['draft_vocab_size']} rows and no d2t: a reduced draft vocabulary needs its d2t")
     if "draft_vocab_size" in fields:
         fields["fuse_layers"] = fuse_layers or default_fuse_layers(backbone.num_layers)
         fields["training_time_test"] = True

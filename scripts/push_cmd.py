@@ -13,6 +13,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--message", help="commit message")
     parser.add_argument("--format", default="draftheads", help="draftheads (default: the heads folder as it is), or a serving layout: eagle, medusa (exported first)")
     parser.add_argument("--dtype", choices=("bf16", "fp16", "fp32"), default="fp32", help="tensor dtype of an exported layout")
+    parser.add_argument("--engine", default="all", help="an exported layout's target engine, as `draftheads export --engine`")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -24,6 +25,6 @@ def run(args: argparse.Namespace) -> int:
     else:
         from draftheads.scripts.export_cmd import DTYPES
 
-        url = push_export(args.folder, args.format, args.repo_id, DTYPES[args.dtype], args.private, args.message)
+        url = push_export(args.folder, args.format, args.repo_id, DTYPES[args.dtype], args.private, args.message, args.engine)
     print(f"uploaded: {url}")
     return 0

@@ -10,7 +10,6 @@ import json
 import pytest
 import torch
 from safetensors.torch import load_file
-from transformers import LlamaForCausalLM
 
 from draftheads.models.draft_model import DraftModel
 from draftheads.models.formats import export_heads
@@ -23,16 +22,6 @@ from draftheads.scripts.cli import main
 from draftheads.utils.errors import ModelLoadError
 from helpers import spread_vocabulary, tiny_llama_config
 from reference_eagle import Eagle3Reference
-
-
-@pytest.fixture(scope="module")
-def base8(tmp_path_factory, demo_tokenizer):
-    """An 8-layer tiny base: EAGLE-3's default fused layers (1, 3, 4) are distinct there."""
-    folder = tmp_path_factory.mktemp("base8")
-    torch.manual_seed(0)
-    LlamaForCausalLM(tiny_llama_config(vocab_size=len(demo_tokenizer), layers=8, init_std=0.3)).save_pretrained(folder)
-    demo_tokenizer.save_pretrained(folder)
-    return folder
 
 
 def saved_heads(base, config, folder):
@@ -90,8 +79,11 @@ def test_eagle3_exports_reimports_and_a_reference_reproduces_its_first_draft(bas
         state = original.heads.begin_draft({k: v[:, :10] for k, v in features.items()}, ids[None, :10])
         ours = original.heads.draft_step(state, ids[None, 10:11], original.backbone.lm_head)[0]
     torch.testing.assert_close(ours, theirs, rtol=1e-4, atol=1e-4)
-    d2t = weights["d2t"]
-    assert torch.equal(torch.arange(d2t.numel()) + d2t, original.heads.to_tokens(torch.arange(d2t.numel())))
+    if vocab:
+        d2t = weights["d2t"]
+        assert torch.equal(torch.arange(d2t.numel()) + d2t, original.heads.to_tokens(torch.arange(d2t.numel())))
+    else:  # the whole vocabulary: vLLM keeps no d2t parameter then and refuses a file that has one
+        assert "d2t" not in weights and "t2d" not in weights
 
 
 def reference_state(weights: dict) -> dict:
@@ -105,8 +97,9 @@ def reference_state(weights: dict) -> dict:
 
 
 def test_eagle1_and_medusa_round_trip_and_bf16_exports(tiny_base, tmp_path):
-    eagle1 = saved_heads(tiny_base, EagleConfig(num_heads=3), tmp_path / "e1")
-    assert main(["export", "eagle", str(eagle1), "--out", str(tmp_path / "e1x")]) == 0
+    eagle1 = saved_heads(tiny_base, EagleConfig(num_heads=3), tmp_path / "e1")  # a trained fc bias: vLLM cannot hold it
+    assert main(["export", "eagle", str(eagle1), "--out", str(tmp_path / "e1x")]) == 2
+    assert main(["export", "eagle", str(eagle1), "--out", str(tmp_path / "e1x"), "--engine", "sglang"]) == 0
     assert main(["import", "eagle", str(tmp_path / "e1x"), "--out", str(tmp_path / "e1b"), "--num-heads", "3"]) == 0
     assert_same_drafts(DraftModel.from_pretrained(eagle1), DraftModel.from_pretrained(tmp_path / "e1b"))
     for shared in (True, False):
@@ -115,7 +108,7 @@ def test_eagle1_and_medusa_round_trip_and_bf16_exports(tiny_base, tmp_path):
         assert main(["import", "medusa", str(tmp_path / f"mx{shared}"), "--out", str(tmp_path / f"mb{shared}")]) == 0
         assert_same_drafts(DraftModel.from_pretrained(medusa), DraftModel.from_pretrained(tmp_path / f"mb{shared}"))
     assert main(["export", "medusa", str(medusa), "--out", str(tmp_path / "bf16"), "--dtype", "bf16"]) == 0
-    assert {v.dtype for v in load_file(str(tmp_path / "bf16" / "medusa_lm_head.safetensors")).values()} == {torch.bfloat16}
+    assert {v.dtype for v in torch.load(tmp_path / "bf16" / "medusa_lm_head.pt", weights_only=True).values()} == {torch.bfloat16}
 
 
 def test_what_a_layout_cannot_express_is_refused(tiny_base, base8, tmp_path, capsys):
