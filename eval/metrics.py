@@ -189,6 +189,24 @@ def _replayed_tau(tree: TreeSpec, held_out, shape: tuple[int, int] | None) -> tu
     return tau_of(accepted), acceptance_by_depth(accepted, max(accepted)), f"calibrated on {where}: the decode's steps replayed on its answers, with the tree's rank paths{dynamic}{branch}"
 
 
+def prediction_spread(tree: TreeSpec, held_out, shape: tuple[int, int] | None, resamples: int = 100, seed: int = 0) -> float | None:
+    """The SD of the replayed τ prediction (`_replayed_tau`) over the calibration's answers resampled
+    with replacement: how far the prediction moves with which answers calibrated it (None when the
+    prediction is not a replay, or rests on one answer)."""
+    if not held_out or shape is None or not held_out[0].walks:
+        return None
+    stats = held_out[0]
+    walks = [w for w in stats.walks if w.turn < shape[0]]
+    paths = tree.paths if tree.kind == "static" else stats.best_paths(tree.budget, tree.width) if tree.kind == "dynamic" else []
+    rng = random.Random(seed)
+    taus = []
+    for _ in range(resamples if len(walks) > 1 else 0):
+        accepted = dataclasses.replace(stats, walks=[rng.choice(walks) for _ in walks]).replayed(paths, *shape, tree.lookup, tree.lookup_ngram)
+        if accepted:
+            taus.append(tau_of(accepted))
+    return statistics.pstdev(taus) if len(taus) > 1 else None
+
+
 def _drafted_tree_tau(tree: TreeSpec, own: RankStats, held_out, ours_turns: list[dict]) -> tuple[float | None, list[float] | None, str]:
     stats, where = (held_out[0], f"calibrated on {held_out[1]}") if held_out else (own, "calibrated on the baseline's answers to these prompts")
     if tree.kind == "static":
@@ -272,7 +290,8 @@ def build_report(config, draft: DraftModel, tree: TreeSpec, records: list[dict],
         acceptance="greedy" if greedy else "sampling", tree=tree_info, tree_choice=context.tree_choice, steps=len(accepted),
         tau=tau_of(accepted), acceptance_by_depth=acceptance_by_depth(accepted, measured_depth),
         tau_by_category={c: tau_of(a) for c, a in sorted(by_category.items())},
-        tau_predicted=tau_predicted, tau_predicted_source=source, acceptance_by_depth_predicted=predicted_by_depth,
+        tau_predicted=tau_predicted, tau_predicted_sd=prediction_spread(tree, held_out, shape) if tau_predicted is not None else None,
+        tau_predicted_source=source, acceptance_by_depth_predicted=predicted_by_depth,
         depth_topk_accuracy={f"depth_{d + 1}": {f"top{k}": stats.depth_topk[d][k - 1] for k in (1, 3, 5, 10)} for d in range(depth)},
         calibration_positions=stats.positions, methods={str(m): v for m, v in totals.items()}, speed_ratios=ratios, best_baseline=str(best),
         repeats_differ=sorted({m for r in records for m in r.get("repeats_differ", [])}),

@@ -177,33 +177,37 @@ def load_draft(config: EvalConfig) -> tuple[DraftModel, str]:
     return DraftModel.from_pretrained(config.heads, config.base, device=device, dtype=dtype), note
 
 
-def calibration(draft: DraftModel, progress: bool, turns: int | None = None, new_tokens: int | None = None) -> tuple[RankStats, str]:
+def calibration(draft: DraftModel, progress: bool, turns: int | None = None, new_tokens: int | None = None, lookup_ngram: int = 2) -> tuple[RankStats, str]:
     """The heads' rank statistics on data the eval does not see: the calibration.json written by
-    training (held-out rows; with `turns` and `new_tokens`, the positions such a decode makes), else
-    the base model's own greedy answers to a few fixed prompts."""
+    training or `draftheads calibrate` (with `turns` and `new_tokens`, the positions such a decode
+    makes), else the base model's own greedy answers to a few fixed prompts, kept whole so the
+    decode is replayed on them and the prediction's spread over them is stated."""
     saved = read_calibration(draft.folder, turns, new_tokens) if draft.folder is not None else None
     if saved is not None:
         return saved
     formatter = ChatFormatter(draft.backbone.tokenizer, model_name=draft.backbone.location.spec)
     engine = Engine(draft.backbone)
+    length = min(new_tokens or 128, 256)  # as long as the eval's answers: acceptance varies along an answer
     sequences = []
     for text in tqdm(FALLBACK_CALIBRATION_PROMPTS, desc="calibration answers", disable=not progress):
         ids = formatter.prompt_ids([{"role": "user", "content": text}])
-        sequences.append((ids + engine.generate(ids, GenerationConfig(max_new_tokens=64)).tokens, len(ids), 0))
-    stats = rank_stats(draft, sequences)
-    return stats, f"the base model's greedy answers to {len(sequences)} fixed prompts ({stats.positions} positions; the heads carry no calibration.json)"
+        sequences.append((ids + engine.generate(ids, GenerationConfig(max_new_tokens=length)).tokens, len(ids), 0))
+    stats = rank_stats(draft, sequences, keep_walks=True, lookup_ngram=lookup_ngram)
+    return stats, (f"the base model's greedy answers to {len(sequences)} fixed prompts ({stats.positions} positions; the heads carry no "
+                   "calibration.json: `draftheads calibrate` on prompts like the served ones predicts better)")
 
 
-def resolve_tree(config: EvalConfig, draft: DraftModel, progress: bool = True, turns: int | None = None) -> tuple[TreeSpec, dict]:
+def resolve_tree(config: EvalConfig, draft: DraftModel, progress: bool = True, turns: int | None = None,
+                 held_out: tuple[RankStats, str] | None = None) -> tuple[TreeSpec, dict]:
     """The tree our decoder drafts (with the lookup branch asked for), and how it was chosen (for
     the report); see `TreeSettings`. `turns`: the most turns a prompt has (the auto tree is chosen
-    for that decode's positions)."""
-    spec, choice = _drafted_tree(config, draft, progress, turns)
+    for that decode's positions); `held_out`: the `calibration` to choose it with (made if None)."""
+    spec, choice = _drafted_tree(config, draft, progress, turns, held_out)
     lookup = config.tree.lookup if config.tree.lookup is not None else spec.lookup  # the auto tree's choice, else none
     return dataclasses.replace(spec, lookup=lookup, lookup_ngram=config.tree.lookup_ngram), choice
 
 
-def _drafted_tree(config: EvalConfig, draft: DraftModel, progress: bool, turns: int | None) -> tuple[TreeSpec, dict]:
+def _drafted_tree(config: EvalConfig, draft: DraftModel, progress: bool, turns: int | None, held_out) -> tuple[TreeSpec, dict]:
     settings, saved = config.tree, draft.heads.config.tree
     if settings.kind == "none":
         return TreeSpec("none"), {"reason": "asked for (--tree none)"}
@@ -213,7 +217,7 @@ def _drafted_tree(config: EvalConfig, draft: DraftModel, progress: bool, turns: 
         return TreeSpec("static", paths=saved.paths), {"reason": f"saved by `draftheads tree` ({saved.measured_on})"}
     if settings.kind == "static":
         return TreeSpec("static", paths=default_static_paths(draft.heads.config.num_heads, settings.budget)), {"reason": "default static tree (no saved one)"}
-    stats, source = calibration(draft, progress, turns, config.max_new_tokens)
+    stats, source = held_out or calibration(draft, progress, turns, config.max_new_tokens, settings.lookup_ngram)
     lookups = lookup_choices(config)
     costs = measure_costs(draft, lookups=tuple(t for t in lookups if t), ngram=settings.lookup_ngram)
     shape = (turns, config.max_new_tokens) if turns else None
@@ -278,7 +282,9 @@ def run_eval(config: EvalConfig, out: Path, progress: bool = True) -> EvalReport
     partial = out.with_name(out.name + ".partial.jsonl")
     read_partial(partial, config.fingerprint())  # a stopped run with other settings is refused before any start-up work
     resumed = resumed_header(partial, config.fingerprint())
-    tree, tree_choice = resumed_tree(resumed) or resolve_tree(config, draft, progress, turns)
+    # what the tree is chosen with and τ predicted from: data the eval does not see
+    held_out = calibration(draft, progress, turns, config.max_new_tokens, config.tree.lookup_ngram)
+    tree, tree_choice = resumed_tree(resumed) or resolve_tree(config, draft, progress, turns, held_out)
     from draftheads.eval.baselines import lookup_methods, tune_baselines
 
     eos = Engine(draft.backbone).default_eos()
@@ -291,7 +297,6 @@ def run_eval(config: EvalConfig, out: Path, progress: bool = True) -> EvalReport
     # The heads' ranks on the base model's own answers (the autoregressive ones): a measurement of the
     # heads on these prompts; the prediction comes from calibration data the eval does not see.
     sequences = [(t["prompt_ids"] + t["tokens"], len(t["prompt_ids"]), turn) for r in records for turn, t in enumerate(r["methods"][MethodName.AUTOREGRESSIVE])]
-    held_out = read_calibration(draft.folder, turns, config.max_new_tokens) if draft.folder is not None else None
     drift = report_drift(draft, config.drift_batches, draft.backbone.lm_head.weight.device, dtype_name(draft.backbone))
     context = ReportContext(tree_choice=tree_choice, baselines=settings, dtype_note=dtype_note, backbone_drift=drift)
     return build_report(config, draft, tree, records, rank_stats(draft, sequences), context, held_out, runner.epsilon)

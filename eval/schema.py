@@ -162,6 +162,8 @@ class EvalReport:
     """τ per prompt category."""
     tau_predicted: float | None
     """τ predicted before decoding (None: not predicted)."""
+    tau_predicted_sd: float | None
+    """Bootstrap SD of `tau_predicted` over the calibration's answers (None: not a replay of answers)."""
     tau_predicted_source: str
     """What the prediction rests on."""
     acceptance_by_depth_predicted: list[float] | None
@@ -224,7 +226,7 @@ class EvalReport:
 
     def summary(self) -> dict:
         """The numbers a heads folder keeps (eval_report.json: the model card and `push` read it)."""
-        keys = ("prompts", "n_prompts", "n_turns", "max_new_tokens", "temperature", "dtype", "tree", "tau", "tau_predicted", "tau_predicted_source",
+        keys = ("prompts", "n_prompts", "n_turns", "max_new_tokens", "temperature", "dtype", "tree", "tau", "tau_predicted", "tau_predicted_sd", "tau_predicted_source",
                 "acceptance_by_depth", "best_baseline", "greedy_mismatches", "near_ties", "hf_generate_mismatches", "backbone_drift", "hardware", "date")
         ratios = {name: self.ratio(MethodName.OURS, b) for name, b in (("speedup", MethodName.AUTOREGRESSIVE), ("speedup_vs_hf_generate", MethodName.HF_GENERATE),
                                                                        ("speedup_vs_prompt_lookup", MethodName.HF_PROMPT_LOOKUP), ("speedup_vs_best_baseline", self.best_baseline))}
@@ -240,7 +242,7 @@ class EvalReport:
         """The report `to_json` wrote; one of another schema version is refused, naming `origin`."""
         version = data.get("schema_version", 1)
         if version == 1 and "speed_ratios" in data:
-            data = {k: v for k, v in data.items() if k not in V1_COPIES} | {"schema_version": SCHEMA_VERSION}
+            data = {"tau_predicted_sd": None} | {k: v for k, v in data.items() if k not in V1_COPIES} | {"schema_version": SCHEMA_VERSION}
             version = SCHEMA_VERSION
         if version != SCHEMA_VERSION:
             raise ConfigError(f"{origin}: schema_version {version}, this draftheads reads {SCHEMA_VERSION}; rerun `draftheads eval` to write it anew")
