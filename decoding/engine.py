@@ -114,17 +114,24 @@ class Engine:
         self.drafter: StaticDrafter | DynamicDrafter
         self.static_mask: torch.Tensor | None = None
         if tree.kind == "dynamic":
-            self.drafter = DynamicDrafter(tree.budget, tree.width, heads.config.num_heads)
+            self.drafter = DynamicDrafter(tree.budget, tree.width, self._depth_allowed(tree.depth or heads.config.num_heads))
         else:
             # autoregressive decoding is the static tree made of the root alone
             if tree.kind == "static" and not tree.paths:
                 raise ValueError("a static tree needs at least one path")
             template = Tree.from_paths(tree.paths if tree.kind == "static" else [])
-            self.drafter = StaticDrafter(template, heads.config.num_heads if self.heads is not None else 0)
+            self.drafter = StaticDrafter(template, self._depth_allowed(int(template.depth.max())) if self.heads is not None else 0)
             self.static_mask = template.ancestor_mask().to(self.device)  # once, not per step
         self.max_nodes = self.drafter.max_nodes + tree.lookup
         """Most nodes (root included) a step verifies: the drafted tree and the lookup branch."""
         self.cache = KVCache(0, backbone.num_layers, kernels)
+
+    def _depth_allowed(self, depth: int) -> int:
+        """`depth`, when the heads can draft that deep (else the reason)."""
+        limit = self.heads.max_draft_depth()
+        if limit is not None and depth > limit:
+            raise ValueError(f"a tree {depth} deep: {self.heads.config.head_type} heads draft one head per depth, {limit} deep")
+        return depth
 
     def default_eos(self) -> tuple[int, ...]:
         """EOS tokens of the tokenizer and of the model's generation config."""

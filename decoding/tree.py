@@ -96,6 +96,9 @@ class TreeSpec:
     """Dynamic trees: most drafted nodes per step (root excluded)."""
     width: int = 8
     """Dynamic trees: most nodes added per depth."""
+    depth: int = 0
+    """Dynamic trees: most depths drafted; 0: the heads' `num_heads`. Heads that draft by repeating
+    one module over its own outputs (EAGLE) go deeper than they were trained, as EAGLE-2 drafts."""
     lookup: int = 0
     """Also verify up to this many tokens copied from the context after the latest earlier
     occurrence of its last n-gram, as one more path under the root (decoding/lookup.py); 0: off.
@@ -106,6 +109,8 @@ class TreeSpec:
     no earlier occurrence; HF prompt lookup's max_matching_ngram_size)."""
 
     def __post_init__(self) -> None:
+        if self.depth < 0:
+            raise ValueError(f"tree depth must be at least 0 (0: the heads' own), got {self.depth}")
         if self.lookup < 0 or self.lookup_ngram < 1:
             raise ValueError(f"tree lookup must be at least 0 and lookup_ngram at least 1, got {self.lookup} and {self.lookup_ngram}")
 
@@ -114,7 +119,7 @@ class TreeSpec:
         if self.kind == "static":
             shape = {"kind": "static", "budget": Tree.from_paths(self.paths or []).size - 1, "paths": self.paths}
         elif self.kind == "dynamic":
-            shape = {"kind": "dynamic", "budget": self.budget, "width": self.width}
+            shape = {"kind": "dynamic", "budget": self.budget, "width": self.width} | ({"depth": self.depth} if self.depth else {})
         else:
             shape = {"kind": "none", "budget": 0}
         return {**shape, "lookup": self.lookup, "lookup_ngram": self.lookup_ngram} if self.lookup else shape
@@ -122,7 +127,7 @@ class TreeSpec:
     @classmethod
     def from_description(cls, tree: dict) -> "TreeSpec":
         """The spec `describe` wrote."""
-        return cls(tree["kind"], paths=tree.get("paths"), budget=tree.get("budget", 16), width=tree.get("width", 8),
+        return cls(tree["kind"], paths=tree.get("paths"), budget=tree.get("budget", 16), width=tree.get("width", 8), depth=tree.get("depth", 0),
                    lookup=tree.get("lookup", 0), lookup_ngram=tree.get("lookup_ngram", 2))
 
 

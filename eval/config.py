@@ -41,6 +41,9 @@ class TreeSettings:
     """Drafted nodes per step (dynamic trees, and static trees without a saved one)."""
     width: int = 8
     """Dynamic trees: most nodes added per depth."""
+    depth: int = 0
+    """Dynamic trees: most depths drafted; 0: the heads' `num_heads`. EAGLE heads draft deeper than
+    they were trained (EAGLE-2 drafts 5-6 deep); heads with one head per depth refuse more."""
     lookup: int | None = None
     """Greedy decoding: also verify up to this many tokens copied from the context (prompt lookup)
     as one more path of every step's tree; 0: off. null: chosen with the auto tree (none or 4-16
@@ -50,8 +53,8 @@ class TreeSettings:
     """The longest context suffix the lookup matches (then shorter ones, down to 1)."""
 
     def __post_init__(self) -> None:
-        if self.budget < 1 or self.width < 1:
-            raise ValueError(f"tree budget and width must be at least 1, got {self.budget} and {self.width}")
+        if self.budget < 1 or self.width < 1 or self.depth < 0:
+            raise ValueError(f"tree budget and width must be at least 1 and depth at least 0, got {self.budget}, {self.width} and {self.depth}")
         if (self.lookup is not None and self.lookup < 0) or self.lookup_ngram < 1:
             raise ValueError(f"tree.lookup must be at least 0 and tree.lookup_ngram at least 1, got {self.lookup} and {self.lookup_ngram}")
 

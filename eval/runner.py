@@ -212,7 +212,7 @@ def _drafted_tree(config: EvalConfig, draft: DraftModel, progress: bool, turns: 
     if settings.kind == "none":
         return TreeSpec("none"), {"reason": "asked for (--tree none)"}
     if settings.kind == "dynamic":
-        return TreeSpec("dynamic", budget=settings.budget, width=min(settings.width, settings.budget)), {"reason": "asked for (--tree dynamic)"}
+        return TreeSpec("dynamic", budget=settings.budget, width=min(settings.width, settings.budget), depth=settings.depth), {"reason": "asked for (--tree dynamic)"}
     if saved is not None:
         return TreeSpec("static", paths=saved.paths), {"reason": f"saved by `draftheads tree` ({saved.measured_on})"}
     if settings.kind == "static":

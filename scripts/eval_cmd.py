@@ -15,7 +15,7 @@ FLAGS = {
     "heads": "heads", "base": "base", "prompts": "prompts", "max_new_tokens": "max_new_tokens", "limit": "limit",
     "device": "device", "dtype": "dtype", "drift_batches": "drift_batches", "temperature": "sampling.temperature",
     "top_p": "sampling.top_p", "top_k": "sampling.top_k", "seed": "sampling.seed", "tree": "tree.kind",
-    "tree_budget": "tree.budget", "tree_width": "tree.width", "tree_lookup": "tree.lookup",
+    "tree_budget": "tree.budget", "tree_width": "tree.width", "tree_depth": "tree.depth", "tree_lookup": "tree.lookup",
 }
 
 
@@ -32,6 +32,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--tree", choices=("auto", "static", "dynamic", "none"), help="auto (default): the saved tree, else the dynamic tree with the highest expected tokens/s measured at start-up")
     parser.add_argument("--tree-budget", type=int, help="drafted nodes per step (dynamic trees, and static trees without a saved one)")
     parser.add_argument("--tree-width", type=int, help="dynamic trees: most nodes added per depth")
+    parser.add_argument("--tree-depth", type=int, help="dynamic trees: most depths drafted (default: the heads' num_heads; EAGLE heads may go deeper)")
     parser.add_argument("--tree-lookup", type=int, help="greedy: also verify up to N tokens copied from the context (prompt lookup) as one more path of the tree; 0: off; default: "
                         "chosen with --tree auto when the heads were calibrated with `draftheads calibrate`, else off")
     parser.add_argument("--limit", type=int, help="N prompts, spread over the prompt set's categories")

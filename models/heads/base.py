@@ -241,6 +241,11 @@ class DraftHeads(nn.Module):
         """Logits over the draft vocabulary of depth `depth` (1-based) for `states` [..., hidden]."""
         raise NotImplementedError
 
+    def max_draft_depth(self) -> int | None:
+        """How deep these heads can draft: their `num_heads` (one head per depth), or None when
+        drafting repeats one module over its own outputs and goes as deep as a tree asks."""
+        return self.config.num_heads
+
     def begin_draft(self, features: dict[int, torch.Tensor], input_ids: torch.Tensor, previous: Any = None) -> Any:
         """Drafting state from the features [1, n, hidden] of the n tokens just accepted and the
         previous step's state (None right after the prompt)."""

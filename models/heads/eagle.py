@@ -301,6 +301,11 @@ class EagleHeads(DraftHeads):
             k, v = torch.cat([previous.keys, k], dim=2), torch.cat([previous.values, v], dim=2)
         return EagleDraftState(start + count, k, v, feature[0, -1])
 
+    def max_draft_depth(self) -> int | None:
+        """None: the draft layer runs again on its own output at every depth (EAGLE-2 drafts 5-6 deep
+        from heads trained one step deep)."""
+        return None
+
     def draft_step(self, state: EagleDraftState, paths: torch.Tensor, lm_head: nn.Module) -> torch.Tensor:
         """Depth d log-probabilities for N paths [N, d] (root token first)."""
         outputs = self._nodes(state, paths)

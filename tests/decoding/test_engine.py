@@ -77,6 +77,21 @@ def test_tree_decoding_with_random_heads_of_every_family_is_greedy_decoding(back
         assert sum(result.accepted) + result.steps + 1 >= 48
 
 
+def test_eagle_drafts_deeper_than_it_was_trained_and_stays_greedy(backbone, medusa):
+    """EAGLE repeats its draft layer over its own output, so a tree may be deeper than num_heads
+    (EAGLE-2 drafts 5-6 deep from one-step heads); heads with one head per depth refuse it."""
+    eagle = random_heads(backbone, "eagle")  # num_heads 4
+    config = GenerationConfig(max_new_tokens=40, eos_token_ids=())
+    for tree in (TreeSpec("dynamic", budget=14, width=2, depth=7), TreeSpec("static", paths=[[0] * d for d in range(1, 7)])):
+        engine = Engine(backbone, eagle, tree)
+        for prompt in prompts(2):
+            result = engine.generate(prompt, config)
+            assert result.tokens == hf_greedy(backbone, prompt, 40)
+            assert max(result.tree_sizes) > 4 + 1 and sum(result.accepted) + result.steps + 1 == 40
+    with pytest.raises(ValueError, match="a tree 7 deep: medusa heads draft one head per depth, 4 deep"):
+        Engine(backbone, medusa, TreeSpec("dynamic", budget=14, width=2, depth=7))
+
+
 @pytest.mark.parametrize("correct_depth", [0, 2, 4], ids=["accept-none", "accept-partial", "accept-all"])
 @pytest.mark.parametrize("tree", [STATIC, DYNAMIC], ids=["static", "dynamic"])
 def test_acceptance_edges_with_oracle_heads(backbone, correct_depth, tree):
@@ -154,7 +169,7 @@ def test_kv_cache_matches_a_full_recompute_after_compaction(backbone, medusa):
 def test_bad_requests_are_refused(backbone, medusa):
     with pytest.raises(ValueError, match="needs draft heads"):
         Engine(backbone, None, STATIC)
-    with pytest.raises(ValueError, match="heads draft only 2"):
+    with pytest.raises(ValueError, match="a tree 4 deep: medusa heads draft one head per depth, 2 deep"):
         Engine(backbone, HEADS.get("medusa").build(HEADS.config_class("medusa")(num_heads=2), backbone), STATIC)
     engine = Engine(backbone, medusa, STATIC)
     with pytest.raises(ValueError, match="empty"):
