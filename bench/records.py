@@ -3,7 +3,7 @@ from a committed JSON record (`bench/records/<name>/record.json`: command, commi
 date, versions, the figures and the table rows), never typed by hand.
 
     python bench/records.py from-eval REPORT.json --name NAME --command "draftheads eval ..."
-    python bench/records.py render           # rewrite every <!-- record: NAME/TABLE --> block from its record
+    python bench/records.py render           # rewrite every <!-- record: NAME[+NAME...]/TABLE --> block from its records
     python bench/records.py render --check   # exit 1 when a block differs from its record or a figure row has none
 
 A Markdown table row holding a decimal figure must lie inside a record block, or in a section
@@ -23,7 +23,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 RECORDS = ROOT / "bench" / "records"
 DOCS = (ROOT / "README.md", ROOT / "bench" / "RESULTS.md")
-BLOCK = re.compile(r"(<!-- record: (?P<name>[\w.-]+)/(?P<table>[\w.-]+) -->\n)(?P<body>.*?)(<!-- /record -->)", re.S)
+BLOCK = re.compile(r"(<!-- record: (?P<name>[\w.+-]+)/(?P<table>[\w.-]+) -->\n)(?P<body>.*?)(<!-- /record -->)", re.S)
 FIGURE_ROW = re.compile(r"^\|.*(?<![\d.])\d+\.\d+(?![\d.])")  # a decimal number, not a version such as 0.34.0
 SEPARATOR = re.compile(r"^\|[\s:|-]+\|$")
 NO_RECORD = "<!-- no record:"
@@ -93,10 +93,15 @@ def render(text: str, records: Path = RECORDS) -> str:
     """`text` with every record block's body rendered from its record."""
 
     def body(match: re.Match) -> str:
-        record = Record.read(match["name"], records)
-        if match["table"] not in record.tables:
-            raise SystemExit(f"{records / match['name'] / 'record.json'}: no table {match['table']!r} (it has {', '.join(record.tables)})")
-        return match.group(1) + markdown_table(record.tables[match["table"]]) + match.group(5)
+        tables = []
+        for name in match["name"].split("+"):  # a+b: the rows of several records' tables, in that order
+            record = Record.read(name, records)
+            if match["table"] not in record.tables:
+                raise SystemExit(f"{records / name / 'record.json'}: no table {match['table']!r} (it has {', '.join(record.tables)})")
+            tables.append(record.tables[match["table"]])
+        if any(t.columns != tables[0].columns for t in tables):
+            raise SystemExit(f"{match['name']}/{match['table']}: the records' tables have different columns")
+        return match.group(1) + markdown_table(Table(tables[0].columns, [row for t in tables for row in t.rows])) + match.group(5)
 
     return BLOCK.sub(body, text)
 
@@ -156,14 +161,25 @@ def from_eval(report_path: Path, name: str, command: str, commit: str | None = N
         for dtype, row in table.items():
             verified.rows.append([short.get(method, method), dtype, str(row.tokens_emitted), str(row.tokens_verified), str(row.mismatches), str(row.near_ties),
                                   f"{row.gap_max:.3f}", f"{row.gap_p99:.3f}"])
-    figures = {"tau": report.tau, "tau_predicted": report.tau_predicted, "speed_ratios": {k: dataclasses.asdict(v) for k, v in report.speed_ratios.items()},
+    predicted = report.tau_predicted
+    error = f" ({(predicted - report.tau) / report.tau:+.1%})" if predicted is not None and report.tau else ""
+    prediction = Table(["tree", "τ measured", "τ predicted (error)", "its bootstrap SD", "predicted from"], [[
+        _tree_text(report.tree), f"{report.tau:.3f}", f"{predicted:.3f}{error}" if predicted is not None else "n/a",
+        f"{report.tau_predicted_sd:.3f}" if report.tau_predicted_sd is not None else "n/a", report.tau_predicted_source.split(": the decode")[0],
+    ]])
+    figures = {"tau": report.tau, "tau_predicted_sd": report.tau_predicted_sd, "tau_predicted": report.tau_predicted, "speed_ratios": {k: dataclasses.asdict(v) for k, v in report.speed_ratios.items()},
                "best_baseline": report.best_baseline, "greedy_mismatches": report.greedy_mismatches, "n_prompts": report.n_prompts, "n_turns": report.n_turns,
                "max_new_tokens": report.max_new_tokens, "tree": report.tree, "baselines": {k: {"tokens": v["tokens"], "ngram": v["ngram"]} for k, v in report.baselines.items()},
                "report": str(report_path.resolve().relative_to(ROOT)) if report_path.resolve().is_relative_to(ROOT) else str(report_path)}
     commit = commit or report.versions.get("commit")
     if not commit:
         raise SystemExit(f"{report_path}: the report names no commit (written before reports carried it): give --commit")
-    return Record(name, command, commit, report.date, report.hardware, report.dtype, report.versions, {"ratios": ratios, "verification": verified}, figures)
+    return Record(name, command, commit, report.date, report.hardware, report.dtype, report.versions, {"ratios": ratios, "verification": verified, "prediction": prediction}, figures)
+
+
+def _tree_text(tree: dict) -> str:
+    shape = {"none": "no drafted tree", "static": f"static, {tree.get('budget')} nodes"}.get(tree["kind"], f"dynamic {tree.get('budget')} x {tree.get('width')}")
+    return shape + (f" + {tree['lookup']}-token lookup branch" if tree.get("lookup") else "")
 
 
 def main() -> None:

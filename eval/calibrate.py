@@ -15,6 +15,8 @@ import dataclasses
 import json
 from pathlib import Path
 
+from tqdm.auto import tqdm
+
 from draftheads.data.chat import ChatFormatter
 from draftheads.decoding.calibration import CALIBRATION_NAME, Answer, RankStats, calibration_json, rank_stats, read_calibration
 from draftheads.decoding.engine import Engine, GenerationConfig
@@ -29,18 +31,28 @@ from draftheads.utils.atomic import atomic_write_text
 from draftheads.utils.device import resolve_device, resolve_dtype
 from draftheads.utils.errors import ConfigError
 
+FALLBACK_PROMPTS = (
+    EvalPrompt("fallback-1", "stem", ["Explain how a refrigerator keeps food cold.", "Now explain it to a ten-year-old in three sentences."]),
+    EvalPrompt("fallback-2", "writing", ["Write a short story about a lighthouse keeper.", "Rewrite the story from the point of view of the lighthouse."]),
+    EvalPrompt("fallback-3", "reasoning", ["List five tips for learning a new language, with one sentence each.", "Which of these tips matters most, and why?"]),
+    EvalPrompt("fallback-4", "coding", ["What is the difference between a list and a tuple in Python?", "Show both in a short code example."]),
+)
+"""Two-turn conversations whose greedy answers calibrate heads that carry no calibration.json
+(imported heads), never the eval's own prompts: second turns that build on the first answer, as
+MT-bench's do, where copying from the context pays most."""
 PREVIOUS_NAME = "calibration.previous.json"
 """Where `calibrate` keeps the first calibration file of the heads it replaces (training's, typically)."""
 
 
-def answer_sequences(backbone: Backbone, prompts: list[EvalPrompt], max_new_tokens: int, answers: Path, progress: bool = True, model: str | None = None) -> list[Answer]:
+def answer_sequences(backbone: Backbone, prompts: list[EvalPrompt], max_new_tokens: int, answers: Path | None, progress: bool = True,
+                     model: str | None = None) -> list[Answer]:
     """The base model's greedy answers to every turn of `prompts`, as an eval's baseline makes them
     (each turn's context holds the earlier answers), each followed by LOOKUP_CAP tokens of its
     greedy continuation past the answer's end (EOS or the limit), which a decode's last step verifies
     but does not emit (τ counts emitted tokens only). Resumable through
-    `<answers>.partial.jsonl` (one line per finished prompt); a run with other settings, or another
-    `model` (None: the base model itself; else what the backbone is beyond it, such as a merged
-    adapter or a trained backbone), is refused."""
+    `<answers>.partial.jsonl` (one line per finished prompt; None: kept in memory only); a run with
+    other settings, or another `model` (None: the base model itself; else what the backbone is
+    beyond it, such as a merged adapter or a trained backbone), is refused."""
     engine = Engine(backbone)
 
     def past(prompt_ids: list[int], tokens: list[int]) -> dict:
@@ -52,9 +64,22 @@ def answer_sequences(backbone: Backbone, prompts: list[EvalPrompt], max_new_toke
     dtype = dtype_name(backbone)
     settings = {"max_new_tokens": max_new_tokens, "past_tokens": LOOKUP_CAP, "prompts": [p.id for p in prompts]}
     fingerprint = json.dumps({"calibration answers of": backbone.location.spec, **({"model": model} if model else {}), "dtype": dtype, **settings})
-    records = run_prompts(runner, prompts, answers, fingerprint, 0, progress, desc="calibration answers")
+    if answers is None:
+        records = [runner.run_prompt(p, i, 0) for i, p in enumerate(tqdm(prompts, desc="calibration answers", disable=not progress))]
+    else:
+        records = run_prompts(runner, prompts, answers, fingerprint, 0, progress, desc="calibration answers")
     turns = [(turn, t) for r in records for turn, t in enumerate(r["methods"][MethodName.AUTOREGRESSIVE])]
     return [Answer(t["prompt_ids"] + t["tokens"] + t["past"], len(t["prompt_ids"]), turn, len(t["past"])) for turn, t in turns]
+
+
+def fallback_calibration(draft: DraftModel, new_tokens: int, lookup_ngram: int, progress: bool = True) -> tuple[RankStats, str]:
+    """The heads' statistics on the base model's answers to FALLBACK_PROMPTS, `new_tokens` long (up
+    to 256: acceptance varies along an answer), answers kept so the decode is replayed on them."""
+    length = min(new_tokens, 256)
+    sequences = answer_sequences(draft.backbone, list(FALLBACK_PROMPTS), length, None, progress)
+    stats = rank_stats(draft, sequences, keep_walks=True, lookup_ngram=lookup_ngram)
+    return stats, (f"the base model's greedy answers to {len(FALLBACK_PROMPTS)} fixed two-turn conversations ({stats.positions} positions; the heads "
+                   "carry no calibration.json: `draftheads calibrate` on prompts like the served ones predicts better)")
 
 
 def calibrate(

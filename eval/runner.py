@@ -39,16 +39,6 @@ from draftheads.utils.device import resolve_device, resolve_dtype, synchronize
 from draftheads.utils.errors import ConfigError
 from draftheads.utils.jsonl import read_lines
 
-FALLBACK_CALIBRATION_PROMPTS = (
-    "Explain how a refrigerator keeps food cold.",
-    "Write a short story about a lighthouse keeper.",
-    "List five tips for learning a new language, with one sentence each.",
-    "What is the difference between a list and a tuple in Python?",
-)
-"""Prompts whose greedy answers calibrate heads that carry no calibration.json (imported heads),
-never the eval's own prompts."""
-
-
 @dataclass
 class Method:
     """One way of answering, timed by the runner."""
@@ -180,21 +170,13 @@ def load_draft(config: EvalConfig) -> tuple[DraftModel, str]:
 def calibration(draft: DraftModel, progress: bool, turns: int | None = None, new_tokens: int | None = None, lookup_ngram: int = 2) -> tuple[RankStats, str]:
     """The heads' rank statistics on data the eval does not see: the calibration.json written by
     training or `draftheads calibrate` (with `turns` and `new_tokens`, the positions such a decode
-    makes), else the base model's own greedy answers to a few fixed prompts, kept whole so the
-    decode is replayed on them and the prediction's spread over them is stated."""
+    makes), else the base model's answers to a few fixed conversations (`fallback_calibration`)."""
     saved = read_calibration(draft.folder, turns, new_tokens) if draft.folder is not None else None
     if saved is not None:
         return saved
-    formatter = ChatFormatter(draft.backbone.tokenizer, model_name=draft.backbone.location.spec)
-    engine = Engine(draft.backbone)
-    length = min(new_tokens or 128, 256)  # as long as the eval's answers: acceptance varies along an answer
-    sequences = []
-    for text in tqdm(FALLBACK_CALIBRATION_PROMPTS, desc="calibration answers", disable=not progress):
-        ids = formatter.prompt_ids([{"role": "user", "content": text}])
-        sequences.append((ids + engine.generate(ids, GenerationConfig(max_new_tokens=length)).tokens, len(ids), 0))
-    stats = rank_stats(draft, sequences, keep_walks=True, lookup_ngram=lookup_ngram)
-    return stats, (f"the base model's greedy answers to {len(sequences)} fixed prompts ({stats.positions} positions; the heads carry no "
-                   "calibration.json: `draftheads calibrate` on prompts like the served ones predicts better)")
+    from draftheads.eval.calibrate import fallback_calibration  # calibrate answers through this module's runner
+
+    return fallback_calibration(draft, new_tokens or 128, lookup_ngram, progress)
 
 
 def resolve_tree(config: EvalConfig, draft: DraftModel, progress: bool = True, turns: int | None = None,

@@ -168,7 +168,7 @@ def test_auto_tree_measures_costs_and_eval_writes_its_summary_into_the_heads(hea
         assert "saved by" in choice["reason"]
     else:
         assert "tree auto:" in printed and choice["costs"]["verify_ms_by_nodes"]["1"] > 0
-        assert "fixed prompts" in choice["calibration"]  # no calibration.json: never the eval's own prompts
+        assert "fixed two-turn conversations" in choice["calibration"]  # no calibration.json: never the eval's own prompts
     summary = json.loads((heads_dir / "eval_report.json").read_text())
     assert summary["tau"] == report["tau"] and summary["dtype"] == "float32"
     from draftheads.models.card import model_card
@@ -204,7 +204,7 @@ def test_eval_with_a_lookup_branch_reports_it_and_stays_lossless(heads_dir, prom
     assert report["tau"] == pytest.approx(1 + sum(report["acceptance_by_depth"]))  # depths past the heads' are counted
     # heads without calibration.json: the fallback answers are kept, so the branch is predicted by replaying them, with its spread
     source = report["tau_predicted_source"]
-    assert "fixed prompts" in source and "replayed" in source and "6-token lookup branch" in source and report["tau_predicted_sd"] is not None
+    assert "fixed two-turn conversations" in source and "replayed" in source and "6-token lookup branch" in source and report["tau_predicted_sd"] is not None
     assert "lookup branch of up to 6 copied tokens" in out.with_suffix(".md").read_text()
 
 
