@@ -167,7 +167,8 @@ def from_eval(report_path: Path, name: str, command: str, commit: str | None = N
         _tree_text(report.tree), f"{report.tau:.3f}", f"{predicted:.3f}{error}" if predicted is not None else "n/a",
         f"{report.tau_predicted_sd:.3f}" if report.tau_predicted_sd is not None else "n/a", report.tau_predicted_source.split(": the decode")[0],
     ]])
-    figures = {"tau": report.tau, "tau_predicted_sd": report.tau_predicted_sd, "tau_predicted": report.tau_predicted, "speed_ratios": {k: dataclasses.asdict(v) for k, v in report.speed_ratios.items()},
+    figures = {"tau": report.tau, "tau_predicted_sd": report.tau_predicted_sd,
+               "tau_predicted": report.tau_predicted, "speed_ratios": {k: dataclasses.asdict(v) for k, v in report.speed_ratios.items()},
                "best_baseline": report.best_baseline, "greedy_mismatches": report.greedy_mismatches, "n_prompts": report.n_prompts, "n_turns": report.n_turns,
                "max_new_tokens": report.max_new_tokens, "tree": report.tree, "baselines": {k: {"tokens": v["tokens"], "ngram": v["ngram"]} for k, v in report.baselines.items()},
                "report": str(report_path.resolve().relative_to(ROOT)) if report_path.resolve().is_relative_to(ROOT) else str(report_path)}
