@@ -8,6 +8,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import yaml
+
 from draftheads.scripts.recipe_args import recipe_and_overrides
 
 
@@ -44,12 +46,26 @@ def launch_command(args: argparse.Namespace, verb: str) -> tuple[list[str], dict
 
     recipe, overrides = recipe_and_overrides(args)
     forwarded = ([recipe] if recipe else []) + overrides
-    command = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(accelerate_config_path(args.accelerate_config))]
+    config = accelerate_config_path(args.accelerate_config)
+    command = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(config)]
     env = dict(os.environ)
     if not torch.cuda.is_available():
         # Without CUDA, accelerate runs several processes only as "multi-GPU" with use_cpu set.
         env["ACCELERATE_USE_CPU"] = "true"
+    else:
+        command += _gpu_processes(config, torch.cuda.device_count())
     return command + ["-m", "draftheads.scripts.cli", verb, "--in-process", *forwarded], env
+
+
+def _gpu_processes(config: Path, gpus: int) -> list[str]:
+    """`--num_processes` lowered to the GPUs present when the config asks for more: a process per
+    GPU is what the shipped multi-GPU configs mean, and a process without a GPU dies on its first
+    barrier ("invalid device ordinal")."""
+    asked = (yaml.safe_load(config.read_text()) or {}).get("num_processes", 1)
+    if not isinstance(asked, int) or asked <= gpus:
+        return []
+    print(f"{config.name}: num_processes {asked} lowered to the {gpus} GPU(s) present", file=sys.stderr)
+    return ["--num_processes", str(gpus)]
 
 
 def relaunch(args: argparse.Namespace, verb: str) -> int:
