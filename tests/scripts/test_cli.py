@@ -107,3 +107,15 @@ def test_overrides_may_follow_options_and_unknown_flags_are_refused(tmp_path, ca
     with pytest.raises(SystemExit):
         main(["data", "inspect", "--data", str(path), "--no-such-flag"])
     assert "unrecognized arguments: --no-such-flag" in capsys.readouterr().err
+
+
+def test_gpu_configs_ask_for_no_more_processes_than_gpus(capsys):
+    """The shipped fsdp config asks for 8 processes; on a 1-GPU machine 7 of them died at the first
+    barrier ("invalid device ordinal"), seen on an H200."""
+    from draftheads.scripts.launch import _gpu_processes, accelerate_config_path
+
+    fsdp = accelerate_config_path("fsdp")
+    assert _gpu_processes(fsdp, 1) == ["--num_processes", "1"]
+    assert "num_processes 8 lowered to the 1 GPU(s) present" in capsys.readouterr().err
+    assert _gpu_processes(fsdp, 8) == []
+    assert _gpu_processes(accelerate_config_path("single-gpu"), 4) == []  # fewer than the GPUs: as asked
