@@ -1,5 +1,6 @@
-"""Drafting a token tree with the heads: static shapes (Medusa-style choices) and dynamic trees
-grown by joint draft probability under a node budget (EAGLE-2 / Clover style).
+"""Drafting a token tree with the heads: static shapes (Medusa-style choices), dynamic trees grown
+by joint draft probability under a node budget (Clover style), and EAGLE-2's reranked trees (the
+tree SafeAILab's EAGLE-2/3 and SGLang draft).
 
 Both query the heads depth by depth, batched over every node of the previous depth that gets
 children (`DraftHeads.draft_step`), so parallel and sequential families draft the same way. Heads
@@ -204,3 +205,56 @@ class DynamicDrafter:
             frontier = new_frontier
         tree = Tree(torch.tensor(parents), torch.tensor(depth), torch.tensor(rank))
         return Draft(tree, torch.tensor(tokens), draft_logprobs, torch.tensor(scores))
+
+
+class RerankedDrafter:
+    """EAGLE-2's tree, as SafeAILab's `topK_genrate` and SGLang draft it: every depth expands the
+    `width` candidates of the previous depth with the highest joint draft probability, each by its
+    `width` top tokens; after `max_depth` depths the `budget` candidates with the highest joint draft
+    probability over all depths are verified. Greedy only: which children a node keeps depends on
+    what was drafted below them, which would bias speculative sampling's acceptance."""
+
+    def __init__(self, budget: int, width: int, max_depth: int):
+        if budget < 1 or width < 1:
+            raise ValueError(f"EAGLE-2 tree budget and width must be at least 1, got {budget} and {width}")
+        self.budget, self.width, self.max_depth = budget, width, max_depth
+        self.max_nodes = budget + 1
+        """Most nodes (root included) a step verifies."""
+
+    def draft(
+        self,
+        heads: DraftHeads,
+        state: Any,
+        root: int,
+        lm_head: nn.Module,
+        sampling: SamplingConfig,
+        generator: torch.Generator | None,
+        sample_children: bool,
+    ) -> Draft:
+        """The `budget` best of the candidates drafted under root token `root`."""
+        if sample_children:
+            raise ValueError("EAGLE-2 trees keep a node's children by what was drafted below them, which speculative sampling cannot verify exactly: decode greedily or use a dynamic tree")
+        tokens, parents, depth, rank, scores = [root], [-1], [0], [0], [0.0]
+        paths = {0: [root]}
+        frontier = [0]
+        for d in range(1, self.max_depth + 1):
+            logprobs = heads.draft_step(state, torch.tensor([paths[n] for n in frontier]), lm_head)
+            top = torch.topk(logprobs, min(self.width, logprobs.shape[-1]), dim=-1)
+            # clamped at 0 so that no child outscores its parent: the kept set stays a tree
+            joint = torch.tensor([scores[n] for n in frontier]).unsqueeze(1) + top.values.float().cpu().clamp(max=0)
+            first, k = len(tokens), top.indices.shape[1]
+            for row, token_row in enumerate(heads.to_tokens(top.indices).tolist()):
+                tokens += token_row
+                parents += [frontier[row]] * k
+                depth += [d] * k
+                rank += range(k)
+                scores += joint[row].tolist()
+            frontier = [first + int(i) for i in torch.topk(joint.flatten(), min(self.width, joint.numel())).indices]
+            for node in frontier:
+                paths[node] = paths[parents[node]] + [tokens[node]]
+        # ties keep the earlier candidate, so a parent always comes before its equally scored child
+        kept = sorted(sorted(range(1, len(tokens)), key=lambda i: (-scores[i], i))[: self.budget])
+        index = {old: new for new, old in enumerate([0, *kept])}
+        keep = [0, *kept]
+        tree = Tree(torch.tensor([index.get(parents[i], -1) for i in keep]), torch.tensor([depth[i] for i in keep]), torch.tensor([rank[i] for i in keep]))
+        return Draft(tree, torch.tensor([tokens[i] for i in keep]), {}, torch.tensor([scores[i] for i in keep]))

@@ -19,7 +19,7 @@ import torch
 
 from draftheads.decoding.acceptance import Accepted, accept_greedy, accept_sampling, accept_typical
 from draftheads.decoding.cache import KVCache, install_tree_attention, unsupported_attention
-from draftheads.decoding.drafting import Draft, DynamicDrafter, StaticDrafter
+from draftheads.decoding.drafting import Draft, DynamicDrafter, RerankedDrafter, StaticDrafter
 from draftheads.decoding.lookup import graft, lookup_continuation
 from draftheads.decoding.sampling import SamplingConfig, sample
 from draftheads.decoding.tree import Tree, TreeSpec
@@ -111,10 +111,11 @@ class Engine:
         if LAST not in self.layers:
             self.layers = self.layers + (LAST,)
         self.device = backbone.lm_head.weight.device
-        self.drafter: StaticDrafter | DynamicDrafter
+        self.drafter: StaticDrafter | DynamicDrafter | RerankedDrafter
         self.static_mask: torch.Tensor | None = None
-        if tree.kind == "dynamic":
-            self.drafter = DynamicDrafter(tree.budget, tree.width, self._depth_allowed(tree.depth or heads.config.num_heads))
+        if tree.kind in ("dynamic", "eagle2"):
+            grown = DynamicDrafter if tree.kind == "dynamic" else RerankedDrafter
+            self.drafter = grown(tree.budget, tree.width, self._depth_allowed(tree.depth or heads.config.num_heads))
         else:
             # autoregressive decoding is the static tree made of the root alone
             if tree.kind == "static" and not tree.paths:

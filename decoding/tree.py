@@ -14,6 +14,8 @@ from typing import Literal
 
 import torch
 
+from draftheads.models.engines import ENGINES
+
 
 @dataclass(frozen=True)
 class Tree:
@@ -88,16 +90,19 @@ class Tree:
 class TreeSpec:
     """Which tree the engine drafts each step."""
 
-    kind: Literal["none", "static", "dynamic"] = "none"
-    """none: autoregressive (root only); static: `paths`; dynamic: grown under `budget`."""
+    kind: Literal["none", "static", "dynamic", "eagle2"] = "none"
+    """none: autoregressive (root only); static: `paths`; dynamic: grown under `budget`; eagle2:
+    EAGLE-2's reranked tree (`width` nodes expanded by `width` children per depth, the best `budget`
+    kept; greedy only)."""
     paths: list[list[int]] | None = None
     """Static tree as Medusa-style rank paths, e.g. [[0], [1], [0, 0]]."""
     budget: int = 16
-    """Dynamic trees: most drafted nodes per step (root excluded)."""
+    """Dynamic and EAGLE-2 trees: most drafted nodes per step (root excluded)."""
     width: int = 8
-    """Dynamic trees: most nodes added per depth."""
+    """Dynamic trees: most nodes added per depth; EAGLE-2 trees: nodes expanded per depth, and
+    children per expanded node (SafeAILab's top_k, SGLang's --speculative-eagle-topk)."""
     depth: int = 0
-    """Dynamic trees: most depths drafted; 0: the heads' `num_heads`. Heads that draft by repeating
+    """Dynamic and EAGLE-2 trees: most depths drafted; 0: the heads' `num_heads`. Heads that draft by repeating
     one module over its own outputs (EAGLE) go deeper than they were trained, as EAGLE-2 drafts."""
     lookup: int = 0
     """Also verify up to this many tokens copied from the context after the latest earlier
@@ -118,8 +123,8 @@ class TreeSpec:
         """JSON-ready description for reports."""
         if self.kind == "static":
             shape = {"kind": "static", "budget": Tree.from_paths(self.paths or []).size - 1, "paths": self.paths}
-        elif self.kind == "dynamic":
-            shape = {"kind": "dynamic", "budget": self.budget, "width": self.width} | ({"depth": self.depth} if self.depth else {})
+        elif self.kind in ("dynamic", "eagle2"):
+            shape = {"kind": self.kind, "budget": self.budget, "width": self.width} | ({"depth": self.depth} if self.depth else {})
         else:
             shape = {"kind": "none", "budget": 0}
         return {**shape, "lookup": self.lookup, "lookup_ngram": self.lookup_ngram} if self.lookup else shape
@@ -145,3 +150,26 @@ def default_static_paths(depth: int, budget: int) -> list[list[int]]:
                 frontier.append(child)
     scored.sort()
     return [list(p) for _, p in scored[:budget]]
+
+
+def engine_tree(engine: str, head_type: str, num_heads: int, saved_paths: list[list[int]] | None = None) -> TreeSpec:
+    """The tree `engine` (`models/engines.py`) drafts heads of `head_type` with, as the export
+    README's serving command sets it up; `saved_paths`: the heads' saved static tree, if any."""
+    layouts = {"eagle": "eagle", "medusa": "medusa"}
+    if head_type not in layouts:
+        raise ValueError(f"tree {engine}: no engine serves {head_type} heads (the eagle and medusa layouts hold EAGLE and Medusa heads)")
+    layout = layouts[head_type]
+    rules = ENGINES.get(engine)
+    if rules is None or layout not in rules.drafting:
+        serving = [name for name, r in ENGINES.items() if layout in r.drafting]
+        raise ValueError(f"tree {engine}: {head_type} heads are served (as the {layout} layout) by {', '.join(serving)}")
+    plan = rules.drafting[layout]
+    steps = plan.steps or num_heads
+    if plan.tree == "eagle2":
+        return TreeSpec("eagle2", budget=plan.draft_tokens - 1, width=plan.topk, depth=steps)
+    if plan.tree == "chain":
+        return TreeSpec("static", paths=[[0] * d for d in range(1, steps + 1)])
+    if plan.tree == "cartesian":
+        first = [[a] for a in range(plan.topk)]
+        return TreeSpec("static", paths=first + ([[a, b] for a in range(plan.topk) for b in range(plan.topk2)] if num_heads > 1 else []))
+    return TreeSpec("static", paths=saved_paths or [[0] * d for d in range(1, num_heads + 1)])

@@ -32,11 +32,14 @@ class SamplingSettings:
 class TreeSettings:
     """Which draft tree our decoder verifies each step."""
 
-    kind: Literal["auto", "static", "dynamic", "none"] = "auto"
+    kind: Literal["auto", "static", "dynamic", "eagle2", "none", "sglang", "vllm", "reference", "trtllm"] = "auto"
     """auto: the static tree saved by `draftheads tree` if there is one, else the dynamic budget and
     width with the highest expected tokens/s, from costs measured at start-up on this machine and
     the heads' calibration; static: the saved tree, else a default one of `budget` nodes; dynamic:
-    grown by joint draft probability under `budget` and `width`; none: autoregressive."""
+    grown by joint draft probability under `budget` and `width`; eagle2: EAGLE-2's reranked tree
+    (`width` nodes expanded by `width` children for `depth` depths, the best `budget` verified;
+    greedy only); none: autoregressive; an engine (sglang, vllm, reference, trtllm): the tree it
+    drafts with the export README's serving command (`models/engines.py`)."""
     budget: int = 16
     """Drafted nodes per step (dynamic trees, and static trees without a saved one)."""
     width: int = 8

@@ -180,13 +180,26 @@ def _replayed_tau(tree: TreeSpec, held_out, shape: tuple[int, int] | None) -> tu
     if not held_out or shape is None or not held_out[0].walks:
         return None
     stats, where = held_out
-    paths = tree.paths if tree.kind == "static" else stats.best_paths(tree.budget, tree.width) if tree.kind == "dynamic" else []
-    accepted = stats.replayed(paths, *shape, tree.lookup, tree.lookup_ngram)
+    accepted = stats.replayed(rank_paths(tree, stats), *shape, tree.lookup, tree.lookup_ngram)
     if not accepted:
         return None  # no step, or a branch of another n-gram than the one the copies were counted with
     branch = f" and the {tree.lookup}-token lookup branch" if tree.lookup else ""
-    dynamic = f" (the best {tree.budget}, at most {tree.width} per depth)" if tree.kind == "dynamic" else ""
-    return tau_of(accepted), acceptance_by_depth(accepted, max(accepted)), f"calibrated on {where}: the decode's steps replayed on its answers, with the tree's rank paths{dynamic}{branch}"
+    grown = {"dynamic": f" (the best {tree.budget}, at most {tree.width} per depth)",
+             "eagle2": f" (the best {tree.budget} with ranks below {tree.width}, as deep as the calibration's heads)"}.get(tree.kind, "")
+    return tau_of(accepted), acceptance_by_depth(accepted, max(accepted)), f"calibrated on {where}: the decode's steps replayed on its answers, with the tree's rank paths{grown}{branch}"
+
+
+def rank_paths(tree: TreeSpec, stats: RankStats) -> list[list[int]]:
+    """The rank paths a decode of `tree` is replayed with: a static tree's own; a grown tree stands
+    as the calibration's most probable paths it could hold (an EAGLE-2 tree's node ranks stay below
+    its width; depths past those the calibration measured are not predicted)."""
+    if tree.kind == "static":
+        return tree.paths
+    if tree.kind == "dynamic":
+        return stats.best_paths(tree.budget, tree.width)
+    if tree.kind == "eagle2":
+        return [p for p in stats.best_paths(tree.budget) if max(p) < tree.width and len(p) <= (tree.depth or len(p))]
+    return []
 
 
 def prediction_spread(tree: TreeSpec, held_out, shape: tuple[int, int] | None, resamples: int = 100, seed: int = 0) -> float | None:
@@ -197,7 +210,7 @@ def prediction_spread(tree: TreeSpec, held_out, shape: tuple[int, int] | None, r
         return None
     stats = held_out[0]
     walks = [w for w in stats.walks if w.turn < shape[0]]
-    paths = tree.paths if tree.kind == "static" else stats.best_paths(tree.budget, tree.width) if tree.kind == "dynamic" else []
+    paths = rank_paths(tree, stats)
     rng = random.Random(seed)
     taus = []
     for _ in range(resamples if len(walks) > 1 else 0):
@@ -214,7 +227,9 @@ def _drafted_tree_tau(tree: TreeSpec, own: RankStats, held_out, ours_turns: list
         return stats.expected_tau(static), stats.expected_acceptance_by_depth(static), f"{where}: joint rank-path frequencies summed over the tree's nodes"
     if tree.kind == "dynamic" and held_out:
         return expected_tau(stats, tree.budget, tree.width), None, f"{where}: the best {tree.budget} rank paths, at most {tree.width} per depth"
-    if tree.kind == "dynamic":
+    if tree.kind == "eagle2" and held_out:
+        return stats.expected_tau(Tree.from_paths(rank_paths(tree, stats))), None, f"{where}: the best {tree.budget} rank paths the EAGLE-2 tree could hold"
+    if tree.kind in ("dynamic", "eagle2"):
         predicted = [p for t in ours_turns for p in t["predicted"]]
         return (sum(predicted) / len(predicted) if predicted else None), None, "the heads' own joint draft probabilities of each dynamic tree's nodes, before verification (uncalibrated)"
     return 1.0, None, "autoregressive: one token per step"
@@ -279,7 +294,7 @@ def build_report(config, draft: DraftModel, tree: TreeSpec, records: list[dict],
     pairs = dict.fromkeys([*SPEED_PAIRS, (MethodName.OURS, best)])
     ratios = {pair_key(a, b): speed_ratio(records, a, b) for a, b in pairs if a in totals and b in totals}
     tree_info = tree.describe()
-    if tree.kind == "dynamic":
+    if tree.kind in ("dynamic", "eagle2"):
         sizes = [s for t in ours_turns for s in t["tree_sizes"]]
         tree_info["mean_nodes"] = sum(sizes) / max(len(sizes), 1)  # drafted and copied nodes
     base = draft.heads.config.base

@@ -26,7 +26,7 @@ from draftheads.decoding.autotree import LOOKUPS, choose_auto_tree, measure_cost
 from draftheads.decoding.calibration import RankStats, rank_stats, read_calibration
 from draftheads.decoding.engine import Engine, GenerationConfig, GenerationResult
 from draftheads.decoding.sampling import SamplingConfig
-from draftheads.decoding.tree import TreeSpec, default_static_paths
+from draftheads.decoding.tree import TreeSpec, default_static_paths, engine_tree
 from draftheads.decoding.verify import check_turns, dtype_name, fp32_twin, near_tie_epsilon
 from draftheads.eval.config import EvalConfig
 from draftheads.eval.drift import report_drift
@@ -34,6 +34,7 @@ from draftheads.eval.prompts import EvalPrompt, load_prompts
 from draftheads.eval.schema import EvalReport, MethodName
 from draftheads.models.backbone import Backbone
 from draftheads.models.draft_model import DraftModel
+from draftheads.models.engines import ENGINES
 from draftheads.utils.atomic import atomic_write_text
 from draftheads.utils.device import resolve_device, resolve_dtype, synchronize
 from draftheads.utils.errors import ConfigError
@@ -185,6 +186,9 @@ def resolve_tree(config: EvalConfig, draft: DraftModel, progress: bool = True, t
     the report); see `TreeSettings`. `turns`: the most turns a prompt has (the auto tree is chosen
     for that decode's positions); `held_out`: the `calibration` to choose it with (made if None)."""
     spec, choice = _drafted_tree(config, draft, progress, turns, held_out)
+    if spec.kind == "eagle2" and config.sampling.temperature > 0:
+        raise ConfigError(f"tree.kind {config.tree.kind}: EAGLE-2 trees keep a node's children by what was drafted below them, so speculative "
+                          "sampling could not stay exact; set sampling.temperature 0 or tree.kind dynamic")
     lookup = config.tree.lookup if config.tree.lookup is not None else spec.lookup  # the auto tree's choice, else none
     return dataclasses.replace(spec, lookup=lookup, lookup_ngram=config.tree.lookup_ngram), choice
 
@@ -193,8 +197,13 @@ def _drafted_tree(config: EvalConfig, draft: DraftModel, progress: bool, turns: 
     settings, saved = config.tree, draft.heads.config.tree
     if settings.kind == "none":
         return TreeSpec("none"), {"reason": "asked for (--tree none)"}
-    if settings.kind == "dynamic":
-        return TreeSpec("dynamic", budget=settings.budget, width=min(settings.width, settings.budget), depth=settings.depth), {"reason": "asked for (--tree dynamic)"}
+    if settings.kind in ("dynamic", "eagle2"):
+        width = min(settings.width, settings.budget) if settings.kind == "dynamic" else settings.width
+        return TreeSpec(settings.kind, budget=settings.budget, width=width, depth=settings.depth), {"reason": f"asked for (--tree {settings.kind})"}
+    if settings.kind in ENGINES:
+        heads = draft.heads.config
+        spec = engine_tree(settings.kind, heads.head_type, heads.num_heads, saved.paths if saved is not None else None)
+        return spec, {"reason": f"how {ENGINES[settings.kind].version} drafts these heads with the export README's command (--tree {settings.kind})"}
     if saved is not None:
         return TreeSpec("static", paths=saved.paths), {"reason": f"saved by `draftheads tree` ({saved.measured_on})"}
     if settings.kind == "static":

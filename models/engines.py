@@ -8,8 +8,30 @@ disagree it names its target, and refuses what that target cannot load right.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from types import MappingProxyType
+from typing import Literal
+
+
+@dataclass(frozen=True)
+class EngineDrafting:
+    """The tree an engine drafts with the export README's serving command (what `draftheads eval
+    --tree ENGINE` decodes with, to predict and measure τ before deploying)."""
+
+    tree: Literal["eagle2", "chain", "choices", "cartesian"]
+    """eagle2: EAGLE-2's reranked tree (`steps`, `topk`, `draft_tokens`); chain: one token per depth
+    for `steps` depths; choices: the static tree the export writes (the heads' saved tree, else a
+    chain of num_heads); cartesian: every combination of the top `topk` of depth 1 and the top
+    `topk2` of depth 2 (medusa-llm 0.1's default `medusa_choices=[1, 7, 6]`)."""
+    steps: int = 0
+    """Depths drafted; 0: the heads' num_heads."""
+    topk: int = 1
+    """eagle2: nodes expanded per depth and children per expanded node; cartesian: depth-1 width."""
+    draft_tokens: int = 0
+    """eagle2: tokens verified per step, the root (the target's own token) included."""
+    topk2: int = 0
+    """cartesian: depth-2 width."""
 
 
 @dataclass(frozen=True)
@@ -42,16 +64,27 @@ class EngineRules:
     (vLLM 0.34 keeps no such parameter then and fails the load, llama_eagle3.py:338)."""
     medusa_files: tuple[str, ...]
     """Medusa weight files it reads, in order (FasterDecoding: `medusa_lm_head.pt` only)."""
+    drafting: Mapping[str, EngineDrafting] = field(default_factory=lambda: MappingProxyType({}))
+    """Per layout it loads, how it drafts with the export README's command: SGLang as the README
+    launches it (steps = num_heads, topk 4, 8 draft tokens; server_args.py), vLLM's chain of
+    `num_speculative_tokens` = num_heads (eagle.py proposes one token per step), SafeAILab's
+    `EaModel.from_pretrained` defaults (total_token 60, depth 7, top_k 10: its depth counts the
+    expansions after the first level, so 8 drafted depths, ea_model.py + cnets.py:topK_genrate),
+    medusa-llm 0.1's `medusa_choices=[1, 7, 6]`, and TensorRT-LLM's `--medusa_choices` as written."""
 
 
 ENGINES = MappingProxyType({
-    "vllm": EngineRules("vllm", "vLLM 0.34.0", ("eagle",), ("LlamaForCausalLM",), False, "none", "attention", False, ()),
-    "sglang": EngineRules("sglang", "SGLang 0.5.23", ("eagle",), ("LlamaForCausalLMEagle",), True, "always", "attention", True, ()),
+    "vllm": EngineRules("vllm", "vLLM 0.34.0", ("eagle",), ("LlamaForCausalLM",), False, "none", "attention", False, (),
+                        MappingProxyType({"eagle": EngineDrafting("chain")})),
+    "sglang": EngineRules("sglang", "SGLang 0.5.23", ("eagle",), ("LlamaForCausalLMEagle",), True, "always", "attention", True, (),
+                          MappingProxyType({"eagle": EngineDrafting("eagle2", topk=4, draft_tokens=8)})),
     "reference": EngineRules(
         "reference", "the reference codes (SafeAILab EAGLE cb7e084, FasterDecoding medusa-llm 0.1)", ("eagle", "medusa"), (), False, "config", "fc", True, ("medusa_lm_head.pt",),
+        MappingProxyType({"eagle": EngineDrafting("eagle2", steps=8, topk=10, draft_tokens=60), "medusa": EngineDrafting("cartesian", topk=7, topk2=6)}),
     ),
     "trtllm": EngineRules(
         "trtllm", "TensorRT-LLM examples/medusa/convert_checkpoint.py", ("medusa",), (), False, "config", "fc", True, ("medusa_lm_head.pt", "medusa_lm_head.safetensors"),
+        MappingProxyType({"medusa": EngineDrafting("choices")}),
     ),
 })
 """Every engine an export may target."""

@@ -10,6 +10,8 @@ import argparse
 import json
 from pathlib import Path
 
+from draftheads.models.engines import ENGINES
+
 # flag -> EvalConfig key path (flags default to None: only those given override the file)
 FLAGS = {
     "heads": "heads", "base": "base", "prompts": "prompts", "max_new_tokens": "max_new_tokens", "limit": "limit",
@@ -29,7 +31,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--temperature", type=float, help="0 = greedy (default); > 0 = lossless speculative sampling")
     parser.add_argument("--top-p", type=float)
     parser.add_argument("--top-k", type=int)
-    parser.add_argument("--tree", choices=("auto", "static", "dynamic", "none"), help="auto (default): the saved tree, else the dynamic tree with the highest expected tokens/s measured at start-up")
+    parser.add_argument("--tree", choices=("auto", "static", "dynamic", "eagle2", "none", *ENGINES),
+                        help="auto (default): the saved tree, else the dynamic tree with the highest expected tokens/s measured at start-up; "
+                             "eagle2: EAGLE-2's reranked tree (--tree-budget, --tree-width as its top-k, --tree-depth); "
+                             f"{', '.join(ENGINES)}: the tree that engine drafts with the export README's command")
     parser.add_argument("--tree-budget", type=int, help="drafted nodes per step (dynamic trees, and static trees without a saved one)")
     parser.add_argument("--tree-width", type=int, help="dynamic trees: most nodes added per depth")
     parser.add_argument("--tree-depth", type=int, help="dynamic trees: most depths drafted (default: the heads' num_heads; EAGLE heads may go deeper)")

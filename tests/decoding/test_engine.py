@@ -187,3 +187,66 @@ def test_triton_kernels_give_the_same_greedy_output(backbone, medusa):
     interpreted = Engine(backbone, medusa, STATIC, kernels="triton").generate(prompt, config)
     assert any(a < 4 for a in reference.accepted)  # rejections happened, so compaction moved rows
     assert interpreted.tokens == reference.tokens == hf_greedy(backbone, prompt, 24)
+
+
+def safeailab_eagle2(step, total_tokens: int, depth: int, top_k: int) -> set[tuple[int, ...]]:
+    """SafeAILab's `topK_genrate` (EAGLE/eagle/model/cnets.py, cb7e084) rewritten over `step(paths)
+    -> [rows, V] log-probabilities`: its flat candidate list, parent arithmetic and final top-k, kept
+    as the original computes them; returns the drafted token paths."""
+    first = step([[]])[0]
+    top = torch.topk(first, top_k)
+    scores, tokens, parents = [top.values], [top.indices], [torch.zeros(1, dtype=torch.long)]
+    frontier, frontier_paths = top.values, [[t] for t in top.indices.tolist()]
+    chosen = torch.arange(top_k)
+    for i in range(depth - 1):
+        bias = 1 + top_k ** 2 * max(0, i - 1) + (top_k if i > 0 else 0)
+        parents.append(chosen + bias)
+        top = torch.topk(step(frontier_paths), top_k, dim=-1)
+        cu = top.values + frontier[:, None]
+        best = torch.topk(cu.view(-1), top_k)
+        chosen, frontier = best.indices, best.values
+        frontier_paths = [frontier_paths[int(c) // top_k] + [int(top.indices.view(-1)[c])] for c in chosen]
+        scores.append(cu.view(-1))
+        tokens.append(top.indices.view(-1))
+    scores, tokens = torch.cat(scores), torch.cat(tokens)
+    kept = torch.sort(torch.topk(scores, total_tokens).indices).values
+    parent_of = torch.cat(parents)[kept // top_k]  # 0: the root; else 1 + the parent's flat index
+    index = {int(k): n for n, k in enumerate(kept)}
+    paths = []
+    for n, k in enumerate(kept.tolist()):
+        parent = int(parent_of[n]) - 1
+        paths.append((paths[index[parent]] if parent >= 0 else ()) + (int(tokens[k]),))
+    return set(paths)
+
+
+def test_eagle2_tree_is_safeailabs(backbone):
+    """The EAGLE-2 drafter keeps the same tree as SafeAILab's own algorithm, on real (random) EAGLE
+    heads, as deep as asked beyond num_heads."""
+    from draftheads.decoding.sampling import SamplingConfig
+
+    eagle = random_heads(backbone, "eagle")  # num_heads 4
+    for prompt in prompts(3):
+        engine = Engine(backbone, eagle, TreeSpec("eagle2", budget=20, width=3, depth=6))
+        engine.cache.reset(prompt.numel() + 8)
+        out = engine._forward(prompt, torch.arange(prompt.numel()), None, logits=False)
+        state = eagle.begin_draft(out.features, prompt[None])
+        root = 5
+        draft = engine.drafter.draft(eagle, state, root, backbone.lm_head, SamplingConfig(), None, False)
+        ours = {tuple(draft.tokens[i].item() for i in draft.tree.path_to(n)[1:]) for n in range(1, draft.tree.size)}
+
+        def step(paths):
+            return eagle.draft_step(state, torch.tensor([[root, *p] for p in paths]), backbone.lm_head)
+
+        assert ours == safeailab_eagle2(step, 20, 6, 3)
+        assert draft.tree.size == 21 and int(draft.tree.depth.max()) > 4
+
+
+def test_eagle2_decodes_greedily_and_refuses_sampling(backbone):
+    eagle = random_heads(backbone, "eagle")
+    engine = Engine(backbone, eagle, TreeSpec("eagle2", budget=12, width=3, depth=6))
+    for prompt in prompts(2):
+        assert engine.generate(prompt, GenerationConfig(max_new_tokens=40, eos_token_ids=())).tokens == hf_greedy(backbone, prompt, 40)
+    from draftheads.decoding.sampling import SamplingConfig
+
+    with pytest.raises(ValueError, match="speculative sampling cannot verify exactly"):
+        engine.generate(prompts(1)[0], GenerationConfig(max_new_tokens=8, eos_token_ids=(), sampling=SamplingConfig(temperature=0.7)))

@@ -109,3 +109,32 @@ def test_one_tree_forward_commits_exactly_the_greedy_tokens(tiny_llama, correct_
     committed = [int(tokens[i]) for i in accepted] + [bonus]
     assert len(accepted) == 1 + correct_depths
     assert committed == greedy[: len(committed)]
+
+
+def test_each_engine_drafts_the_tree_its_rules_state():
+    """`--tree ENGINE` decodes with the tree the engine drafts (models/engines.py): SGLang's EAGLE-2
+    as the export README launches it, vLLM's chain, SafeAILab's defaults, medusa-llm's cartesian
+    default, TensorRT-LLM's saved choices."""
+    from draftheads.decoding.tree import TreeSpec, engine_tree
+
+    assert engine_tree("vllm", "eagle", 3) == TreeSpec("static", paths=[[0], [0, 0], [0, 0, 0]])
+    assert engine_tree("sglang", "eagle", 3) == TreeSpec("eagle2", budget=7, width=4, depth=3)
+    assert engine_tree("reference", "eagle", 1) == TreeSpec("eagle2", budget=59, width=10, depth=8)  # total_token 60, depth 7
+    medusa = engine_tree("reference", "medusa", 4)
+    assert len(medusa.paths) == 7 + 7 * 6 and [6, 5] in medusa.paths and max(map(len, medusa.paths)) == 2
+    assert engine_tree("trtllm", "medusa", 4, [[0], [1], [0, 0]]).paths == [[0], [1], [0, 0]]
+    assert engine_tree("trtllm", "medusa", 2).paths == [[0], [0, 0]]
+    with pytest.raises(ValueError, match="served .* by reference, trtllm"):
+        engine_tree("vllm", "medusa", 3)
+    with pytest.raises(ValueError, match="no engine serves hydra"):
+        engine_tree("sglang", "hydra", 3)
+
+
+def test_every_engine_is_a_tree_setting():
+    import typing
+
+    from draftheads.eval.config import TreeSettings
+    from draftheads.models.engines import ENGINES
+
+    kinds = typing.get_args(typing.get_type_hints(TreeSettings)["kind"])
+    assert set(ENGINES) <= set(kinds)
