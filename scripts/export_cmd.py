@@ -22,9 +22,49 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    """Export the heads and say where."""
+    """Export the heads, state in its README the τ each target engine's drafting is predicted to
+    reach, and say where."""
     from draftheads.models.formats import export_heads
+    from draftheads.utils.atomic import atomic_write_text
 
     out = export_heads(args.heads, args.format, args.out, DTYPES[args.dtype], args.base, args.engine)
+    section = engine_taus(args.heads, args.format, args.engine)
+    if section:
+        readme = out / "README.md"
+        atomic_write_text(readme, readme.read_text().rstrip("\n") + "\n\n" + section)
     print(f"exported {args.heads} as {args.format} ({args.dtype}, for {args.engine}) into {out}; serving commands in {out / 'README.md'}")
     return 0
+
+
+def describe(tree) -> str:
+    """A drafted tree in a few words."""
+    if tree.kind == "eagle2":
+        return f"EAGLE-2 tree: {tree.depth} depths, top-{tree.width}, {tree.budget} drafted tokens"
+    depth = max(map(len, tree.paths))
+    return f"{len(tree.paths)}-node static tree, {depth} deep"
+
+
+def engine_taus(heads: str, layout: str, engine: str) -> str:
+    """The README section of τ predicted for each target engine's own drafting (`--tree ENGINE`),
+    from the heads' calibration; empty when the heads carry none."""
+    from draftheads.decoding.calibration import read_calibration
+    from draftheads.decoding.tree import engine_tree
+    from draftheads.eval.metrics import predicted_tau
+    from draftheads.models.draft_model import read_head_config, resolve_folder
+    from draftheads.models.engines import ENGINES
+
+    folder = resolve_folder(heads, "heads")
+    held_out = read_calibration(folder)
+    if held_out is None:
+        return ""
+    config = read_head_config(folder)
+    saved = config.tree.paths if config.tree is not None else None
+    lines = ["## τ predicted for each engine's drafting", ""]
+    for name, rules in ENGINES.items():
+        if layout not in rules.drafting or engine not in ("all", name):
+            continue
+        tree = engine_tree(name, config.head_type, config.num_heads, saved)
+        tau, _, _ = predicted_tau(tree, held_out[0], held_out, [])
+        lines.append(f"- {rules.version}: τ {tau:.2f} predicted ({describe(tree)}); measure it with `draftheads eval --heads {heads} --tree {name}`.")
+    where = held_out[1]
+    return "\n".join(lines + ["", f"Predicted from the heads' calibration: {where}.", ""])

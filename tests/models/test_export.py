@@ -127,3 +127,23 @@ def test_what_a_layout_cannot_express_is_refused(tiny_base, base8, tmp_path, cap
         assert not (tmp_path / f"x{index}").exists()
     assert main(["export", "eagle", str(tmp_path / "h0"), "--out", str(tmp_path / "x")]) == 2
     assert "error: the eagle layout holds EAGLE heads; these are medusa heads" in capsys.readouterr().err
+
+
+def test_the_export_readme_predicts_each_engines_tau(tiny_base, tmp_path):
+    """The README of an export states, per target engine, the τ its own drafting is predicted to
+    reach from the heads' calibration: a chain (TensorRT-LLM without saved choices) and medusa-llm's
+    cartesian [1, 7, 6] tree, computed by hand from the rank-path counts."""
+    from collections import Counter
+
+    from draftheads.decoding.calibration import RankStats, calibration_json
+
+    medusa = saved_heads(tiny_base, MedusaConfig(num_heads=3), tmp_path / "m")
+    stats = RankStats(10, Counter({(0,): 6, (0, 0): 3, (0, 0, 0): 1, (1,): 2, (1, 5): 1, (7,): 1}), [])
+    (medusa / "calibration.json").write_text(calibration_json(stats, "hand-made counts"))
+    assert main(["export", "medusa", str(medusa), "--out", str(tmp_path / "x")]) == 0
+    readme = (tmp_path / "x" / "README.md").read_text()
+    assert "medusa-llm 0.1): τ 2.20 predicted (49-node static tree, 2 deep)" in readme  # 1 + .6 + .2 + .3 + .1; rank 7 is past top-7
+    assert "convert_checkpoint.py: τ 2.00 predicted (3-node static tree, 3 deep)" in readme  # 1 + .6 + .3 + .1
+    assert "--tree trtllm" in readme and "hand-made counts" in readme
+    assert main(["export", "medusa", str(medusa), "--out", str(tmp_path / "y"), "--engine", "trtllm"]) == 0
+    assert "medusa-llm" not in (tmp_path / "y" / "README.md").read_text().split("## τ predicted")[1]
