@@ -137,17 +137,27 @@ class StaticDrafter:
         return Draft(self.template, tokens, draft_logprobs)
 
 
-class DynamicDrafter:
+class _GrownDrafter:
+    """A tree grown each step from the heads' draft probabilities: at most `budget` drafted nodes,
+    `width` per depth or expansion, `max_depth` depths."""
+
+    label = "grown"
+    """How errors name the tree."""
+
+    def __init__(self, budget: int, width: int, max_depth: int):
+        if budget < 1 or width < 1:
+            raise ValueError(f"{self.label} tree budget and width must be at least 1, got {budget} and {width}")
+        self.budget, self.width, self.max_depth = budget, width, max_depth
+        self.max_nodes = budget + 1
+        """Most nodes (root included) a step verifies."""
+
+
+class DynamicDrafter(_GrownDrafter):
     """Grows a tree level by level: each depth adds the `width` child slots with the highest joint
     draft probability (parent path probability times the slot's ranked draft probability), until
     `budget` drafted nodes or the heads' depth is reached."""
 
-    def __init__(self, budget: int, width: int, max_depth: int):
-        if budget < 1 or width < 1:
-            raise ValueError(f"dynamic tree budget and width must be at least 1, got {budget} and {width}")
-        self.budget, self.width, self.max_depth = budget, width, max_depth
-        self.max_nodes = budget + 1
-        """Most nodes (root included) a step verifies."""
+    label = "dynamic"
 
     def draft(
         self,
@@ -207,19 +217,14 @@ class DynamicDrafter:
         return Draft(tree, torch.tensor(tokens), draft_logprobs, torch.tensor(scores))
 
 
-class RerankedDrafter:
+class RerankedDrafter(_GrownDrafter):
     """EAGLE-2's tree, as SafeAILab's `topK_genrate` and SGLang draft it: every depth expands the
     `width` candidates of the previous depth with the highest joint draft probability, each by its
     `width` top tokens; after `max_depth` depths the `budget` candidates with the highest joint draft
     probability over all depths are verified. Greedy only: which children a node keeps depends on
     what was drafted below them, which would bias speculative sampling's acceptance."""
 
-    def __init__(self, budget: int, width: int, max_depth: int):
-        if budget < 1 or width < 1:
-            raise ValueError(f"EAGLE-2 tree budget and width must be at least 1, got {budget} and {width}")
-        self.budget, self.width, self.max_depth = budget, width, max_depth
-        self.max_nodes = budget + 1
-        """Most nodes (root included) a step verifies."""
+    label = "EAGLE-2"
 
     def draft(
         self,

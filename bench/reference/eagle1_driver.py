@@ -16,7 +16,7 @@ import torch
 from safetensors.torch import load_file
 
 from eagle.model import cnets, ea_model, modeling_llama_kv
-from patches import rope_base
+from patches import count_steps, eagle_answer, rope_base
 
 
 
@@ -33,23 +33,14 @@ def main() -> None:
         shutil.copy(Path(args.draft) / "config.json", Path(tmp) / "config.json")
         torch.save(load_file(str(Path(args.draft) / "model.safetensors")), Path(tmp) / "pytorch_model.bin")
         model = ea_model.EaModel.from_pretrained(base_model_path=args.base, ea_model_path=tmp, torch_dtype=torch.float32).eval()
-    lengths = []
-    decode = ea_model.tree_decoding
-
-    def counted(model, candidates, cache, positions, input_ids, *rest):  # one call per verification step
-        lengths.append(input_ids.shape[1])  # the sequence returned so far, before this step
-        return decode(model, candidates, cache, positions, input_ids, *rest)
-
-    ea_model.tree_decoding = counted
+    lengths = count_steps(ea_model)
     out = []
     for ids in json.loads(Path(args.prompts).read_text()):
         lengths.clear()
         start = time.perf_counter()
         with torch.no_grad():
             result = model.eagenerate(torch.tensor([ids]), temperature=0.0, max_new_tokens=args.max_new_tokens, tree_choices=json.loads(args.tree))
-        # after_step: tokens returned after each step (the step's bonus token is returned with the next)
-        after = [n - len(ids) for n in lengths[1:]] + [result.shape[1] - len(ids)]
-        out.append({"tokens": result[0, len(ids):].tolist(), "steps": len(lengths), "after_step": after, "seconds": time.perf_counter() - start})
+        out.append(eagle_answer(result, ids, lengths, time.perf_counter() - start))
     print(json.dumps(out))
 
 

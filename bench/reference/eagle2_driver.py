@@ -15,6 +15,8 @@ from pathlib import Path
 
 import torch
 
+from patches import count_steps, eagle_answer
+
 
 def main() -> None:
     parser = argparse.ArgumentParser()
@@ -33,23 +35,14 @@ def main() -> None:
 
     model = ea_model.EaModel.from_pretrained(use_eagle3=bool(args.eagle3), base_model_path=args.base, ea_model_path=args.draft,
                                              total_token=args.total_token, depth=args.depth, top_k=args.top_k, torch_dtype=torch.float32).eval()
-    lengths = []
-    decode = ea_model.tree_decoding
-
-    def counted(model, candidates, cache, positions, input_ids, *rest):  # one call per verification step
-        lengths.append(input_ids.shape[1])  # the sequence returned so far, before this step
-        return decode(model, candidates, cache, positions, input_ids, *rest)
-
-    ea_model.tree_decoding = counted
+    lengths = count_steps(ea_model)
     out = []
     for ids in json.loads(Path(args.prompts).read_text()):
         lengths.clear()
         start = time.perf_counter()
         with torch.no_grad():
             result = model.eagenerate(torch.tensor([ids]), temperature=0.0, max_new_tokens=args.max_new_tokens)
-        # after_step: tokens returned after each step (the step's bonus token is returned with the next)
-        after = [n - len(ids) for n in lengths[1:]] + [result.shape[1] - len(ids)]
-        out.append({"tokens": result[0, len(ids):].tolist(), "steps": len(lengths), "after_step": after, "seconds": time.perf_counter() - start})
+        out.append(eagle_answer(result, ids, lengths, time.perf_counter() - start))
     print(json.dumps(out))
 
 
