@@ -202,7 +202,10 @@ def _drafted_tree(config: EvalConfig, draft: DraftModel, progress: bool, turns: 
         return TreeSpec(settings.kind, budget=settings.budget, width=width, depth=settings.depth), {"reason": f"asked for (--tree {settings.kind})"}
     if settings.kind in ENGINES:
         heads = draft.heads.config
-        spec = engine_tree(settings.kind, heads.head_type, heads.num_heads, saved.paths if saved is not None else None)
+        try:
+            spec = engine_tree(settings.kind, heads.head_type, heads.num_heads, saved.paths if saved is not None else None)
+        except ValueError as exc:  # heads no engine of that name serves: the user's choice, not a bug
+            raise ConfigError(str(exc)) from None
         return spec, {"reason": f"how {ENGINES[settings.kind].version} drafts these heads with the export README's command (--tree {settings.kind})"}
     if saved is not None:
         return TreeSpec("static", paths=saved.paths), {"reason": f"saved by `draftheads tree` ({saved.measured_on})"}

@@ -3,6 +3,7 @@ set, located by turn and answer offset as training's held-out rows are, written 
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import pytest
@@ -200,3 +201,17 @@ def test_a_fixed_lookup_branch_is_kept_and_sampling_weighs_none():
     assert lookup_choices(EvalConfig(heads="h", tree=TreeSettings(lookup=0))) == (0,)
     assert lookup_choices(EvalConfig(heads="h", tree=TreeSettings(lookup=10))) == (10,)
     assert lookup_choices(EvalConfig(heads="h", sampling=SamplingSettings(temperature=0.7))) == (0,)
+
+
+def test_engine_trees_decode_as_the_engine_drafts_and_refuse_heads_it_does_not_serve(tmp_path):
+    from draftheads.eval.config import EvalConfig, TreeSettings
+    from draftheads.eval.runner import resolve_tree
+    from draftheads.utils.errors import ConfigError
+
+    heads = random_medusa_heads("demo:smollm2-135m", tmp_path)
+    draft = DraftModel.from_pretrained(str(heads), dtype="float32")
+    config = EvalConfig(heads=str(heads), max_new_tokens=32, dtype="float32", tree=TreeSettings(kind="reference"))
+    tree, choice = resolve_tree(config, draft, progress=False, turns=1)
+    assert len(tree.paths) == 7 + 7 * 6 and "medusa-llm 0.1" in choice["reason"]  # medusa_choices=[1, 7, 6]
+    with pytest.raises(ConfigError, match="tree vllm: medusa heads are served .* by reference, trtllm"):
+        resolve_tree(dataclasses.replace(config, tree=TreeSettings(kind="vllm")), draft, progress=False, turns=1)
