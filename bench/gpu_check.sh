@@ -26,6 +26,7 @@ step() {  # step NAME SECONDS COMMAND...: run with a time limit, log it, record 
 }
 # Training outputs stay out of $out: a device lease brings back only a few files.
 scratch=$(mktemp -d)
+trap 'rm -rf "$scratch"' EXIT
 # TRAIN_DATA replaces the recipes' self-distilled data (a fresh machine has none yet).
 data=()
 [ -n "${TRAIN_DATA:-}" ] && data=("data.sources.0.path=$TRAIN_DATA")

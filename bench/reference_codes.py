@@ -1,9 +1,10 @@
 """Claim: our exports load and decode right in the reference codes themselves, run for real: SafeAILab's
-EAGLE (PyPI eagle-llm 1.2.1: EAGLE-1, static trees) and FasterDecoding's Medusa (PyPI medusa-llm 0.1),
-on the demo model, greedy, CPU. Every emitted token equals HF generate's, and τ is within 2% of our
-engine's on the same tree.
+EAGLE (PyPI eagle-llm 1.2.1: EAGLE-1, static trees; and with --eagle-source its GitHub code: EAGLE-2
+trees over EAGLE-1 and EAGLE-3 exports, full and reduced draft vocabulary) and FasterDecoding's Medusa
+(PyPI medusa-llm 0.1), on the demo model, greedy, CPU. Every emitted token equals HF generate's, and
+τ is within 2% of our engine's on the same tree (our `--tree reference` preset for EAGLE-2).
 
-    python bench/reference_codes.py [--eagle1 HEADS] [--medusa HEADS] [--limit 8] [--max-new-tokens 64] [--venv DIR] [--record NAME]
+    python bench/reference_codes.py [--eagle1 HEADS] [--medusa HEADS] [--eagle3 HEADS] [--eagle3-8k HEADS] [--eagle-source DIR] [--limit 8] [--max-new-tokens 64] [--venv DIR] [--record NAME]
 
 The reference codes need transformers 4.x, so they run in a virtualenv of their own (built on first
 use: about a minute), fed through the drivers in bench/reference/. The base folder is handed to them

@@ -95,11 +95,12 @@ class RankStats:
             out[depth[i] - 1] += self.probability(tuple(ranks[n] for n in tree.path_to(i)[1:]))
         return out
 
-    def best_paths(self, count: int, width: int | None = None) -> list[list[int]]:
-        """The `count` most probable rank paths, at most `width` of them per depth; prefix-closed
-        (a prefix is at least as likely, ties put shorter paths first, and a path whose prefix was
-        left out is left out too)."""
-        ordered = sorted(self.path_counts.items(), key=lambda kv: (-kv[1], len(kv[0]), kv[0]))
+    def best_paths(self, count: int, width: int | None = None, max_rank: int | None = None, max_depth: int | None = None) -> list[list[int]]:
+        """The `count` most probable rank paths, at most `width` of them per depth, of ranks below
+        `max_rank` and at most `max_depth` long; prefix-closed (a prefix is at least as likely, ties
+        put shorter paths first, and a path whose prefix was left out is left out too)."""
+        fits = [(p, c) for p, c in self.path_counts.items() if (max_rank is None or max(p) < max_rank) and (max_depth is None or len(p) <= max_depth)]
+        ordered = sorted(fits, key=lambda kv: (-kv[1], len(kv[0]), kv[0]))
         chosen: set[tuple[int, ...]] = set()
         per_depth: Counter = Counter()
         out = []

@@ -191,14 +191,15 @@ def _replayed_tau(tree: TreeSpec, held_out, shape: tuple[int, int] | None) -> tu
 
 def rank_paths(tree: TreeSpec, stats: RankStats) -> list[list[int]]:
     """The rank paths a decode of `tree` is replayed with: a static tree's own; a grown tree stands
-    as the calibration's most probable paths it could hold (an EAGLE-2 tree's node ranks stay below
-    its width; depths past those the calibration measured are not predicted)."""
+    as the calibration's most probable paths within its shape (an EAGLE-2 tree's: ranks below its
+    width, as deep as its depth; which nodes its expansions reach is not modelled, and depths past
+    those the calibration measured are not predicted)."""
     if tree.kind == "static":
         return tree.paths
     if tree.kind == "dynamic":
         return stats.best_paths(tree.budget, tree.width)
     if tree.kind == "eagle2":
-        return [p for p in stats.best_paths(tree.budget) if max(p) < tree.width and len(p) <= (tree.depth or len(p))]
+        return stats.best_paths(tree.budget, max_rank=tree.width, max_depth=tree.depth or None)
     return []
 
 

@@ -35,9 +35,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="auto (default): the saved tree, else the dynamic tree with the highest expected tokens/s measured at start-up; "
                              "eagle2: EAGLE-2's reranked tree (--tree-budget, --tree-width as its top-k, --tree-depth); "
                              f"{', '.join(ENGINES)}: the tree that engine drafts with the export README's command")
-    parser.add_argument("--tree-budget", type=int, help="drafted nodes per step (dynamic trees, and static trees without a saved one)")
-    parser.add_argument("--tree-width", type=int, help="dynamic trees: most nodes added per depth")
-    parser.add_argument("--tree-depth", type=int, help="dynamic trees: most depths drafted (default: the heads' num_heads; EAGLE heads may go deeper)")
+    parser.add_argument("--tree-budget", type=int, help="drafted nodes per step (dynamic and eagle2 trees, and static trees without a saved one)")
+    parser.add_argument("--tree-width", type=int, help="dynamic trees: most nodes added per depth; eagle2: nodes expanded per depth and children per node")
+    parser.add_argument("--tree-depth", type=int, help="dynamic and eagle2 trees: most depths drafted (default: the heads' num_heads; EAGLE heads may go deeper)")
     parser.add_argument("--tree-lookup", type=int, help="greedy: also verify up to N tokens copied from the context (prompt lookup) as one more path of the tree; 0: off; default: "
                         "chosen with --tree auto when the heads were calibrated with `draftheads calibrate`, else off")
     parser.add_argument("--limit", type=int, help="N prompts, spread over the prompt set's categories")

@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import argparse
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from draftheads.decoding.tree import TreeSpec
 
 DTYPES = {"bf16": "bfloat16", "fp16": "float16", "fp32": "float32"}
 
@@ -27,8 +31,8 @@ def run(args: argparse.Namespace) -> int:
     from draftheads.models.formats import export_heads
     from draftheads.utils.atomic import atomic_write_text
 
+    section = engine_taus(args.heads, args.format, args.engine)  # first: a bad calibration leaves no export behind
     out = export_heads(args.heads, args.format, args.out, DTYPES[args.dtype], args.base, args.engine)
-    section = engine_taus(args.heads, args.format, args.engine)
     if section:
         readme = out / "README.md"
         atomic_write_text(readme, readme.read_text().rstrip("\n") + "\n\n" + section)
@@ -36,12 +40,14 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def describe(tree) -> str:
+def describe(tree: "TreeSpec") -> str:
     """A drafted tree in a few words."""
+    from draftheads.decoding.tree import Tree
+
     if tree.kind == "eagle2":
         return f"EAGLE-2 tree: {tree.depth} depths, top-{tree.width}, {tree.budget} drafted tokens"
-    depth = max(map(len, tree.paths))
-    return f"{len(tree.paths)}-node static tree, {depth} deep"
+    static = Tree.from_paths(tree.paths)
+    return f"{static.size - 1}-node static tree, {int(static.depth.max())} deep"
 
 
 def engine_taus(heads: str, layout: str, engine: str) -> str:
@@ -59,12 +65,15 @@ def engine_taus(heads: str, layout: str, engine: str) -> str:
         return ""
     config = read_head_config(folder)
     saved = config.tree.paths if config.tree is not None else None
+    measured = max(map(len, held_out[0].path_counts), default=0)
     lines = ["## τ predicted for each engine's drafting", ""]
     for name, rules in ENGINES.items():
         if layout not in rules.drafting or engine not in ("all", name):
             continue
         tree = engine_tree(name, config.head_type, config.num_heads, saved)
         tau, _, _ = predicted_tau(tree, held_out[0], held_out, [])
-        lines.append(f"- {rules.version}: τ {tau:.2f} predicted ({describe(tree)}); measure it with `draftheads eval --heads {heads} --tree {name}`.")
+        deepest = (tree.depth if tree.kind == "eagle2" else max(map(len, tree.paths)))
+        floor = f"; the calibration measured {measured} depths, so deeper drafts are not counted: a floor" if deepest > measured else ""
+        lines.append(f"- {rules.version}: τ {tau:.2f} predicted ({describe(tree)}{floor}); measure it with `draftheads eval --heads {heads} --tree {name}`.")
     where = held_out[1]
     return "\n".join(lines + ["", f"Predicted from the heads' calibration: {where}.", ""])

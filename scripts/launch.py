@@ -61,8 +61,10 @@ def _gpu_processes(config: Path, gpus: int) -> list[str]:
     """`--num_processes` lowered to the GPUs present when the config asks for more: a process per
     GPU is what the shipped multi-GPU configs mean, and a process without a GPU dies on its first
     barrier ("invalid device ordinal")."""
-    asked = (yaml.safe_load(config.read_text()) or {}).get("num_processes", 1)
-    if not isinstance(asked, int) or asked <= gpus:
+    settings = yaml.safe_load(config.read_text()) or {}
+    asked = settings.get("num_processes", 1)
+    # CPU configs and several machines (num_processes counts all of them) are taken as written
+    if settings.get("use_cpu") or settings.get("num_machines", 1) > 1 or not isinstance(asked, int) or asked <= gpus:
         return []
     print(f"{config.name}: num_processes {asked} lowered to the {gpus} GPU(s) present", file=sys.stderr)
     return ["--num_processes", str(gpus)]

@@ -138,3 +138,17 @@ def test_every_engine_is_a_tree_setting():
 
     kinds = typing.get_args(typing.get_type_hints(TreeSettings)["kind"])
     assert set(ENGINES) <= set(kinds)
+
+
+def test_an_eagle2_tree_is_predicted_from_the_best_paths_within_its_shape():
+    """Paths an EAGLE-2 tree cannot hold (a rank past its width, deeper than its depth) take no
+    slot of its budget."""
+    from collections import Counter
+
+    from draftheads.decoding.calibration import RankStats
+    from draftheads.decoding.tree import TreeSpec
+    from draftheads.eval.metrics import rank_paths
+
+    stats = RankStats(10, Counter({(0,): 5, (4,): 4, (0, 0): 3, (1,): 3, (0, 0, 0): 2}), [])
+    assert rank_paths(TreeSpec("eagle2", budget=3, width=4, depth=2), stats) == [[0], [1], [0, 0]]  # ties: shorter first
+    assert rank_paths(TreeSpec("eagle2", budget=3, width=8, depth=0), stats) == [[0], [4], [1]]

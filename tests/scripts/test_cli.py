@@ -119,3 +119,4 @@ def test_gpu_configs_ask_for_no_more_processes_than_gpus(capsys):
     assert "num_processes 8 lowered to the 1 GPU(s) present" in capsys.readouterr().err
     assert _gpu_processes(fsdp, 8) == []
     assert _gpu_processes(accelerate_config_path("single-gpu"), 4) == []  # fewer than the GPUs: as asked
+    assert _gpu_processes(accelerate_config_path("cpu-2proc"), 1) == []  # CPU processes need no GPU
