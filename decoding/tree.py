@@ -152,24 +152,22 @@ def default_static_paths(depth: int, budget: int) -> list[list[int]]:
     return [list(p) for _, p in scored[:budget]]
 
 
-def engine_tree(engine: str, head_type: str, num_heads: int, saved_paths: list[list[int]] | None = None) -> TreeSpec:
-    """The tree `engine` (`models/engines.py`) drafts heads of `head_type` with, as the export
-    README's serving command sets it up; `saved_paths`: the heads' saved static tree, if any."""
-    layouts = {"eagle": "eagle", "medusa": "medusa"}
-    if head_type not in layouts:
-        raise ValueError(f"tree {engine}: no engine serves {head_type} heads (the eagle and medusa layouts hold EAGLE and Medusa heads)")
-    layout = layouts[head_type]
+def engine_tree(engine: str, layout: str, num_heads: int, saved_paths: list[list[int]] | None = None) -> TreeSpec:
+    """The tree `engine` (`models/engines.py`) drafts heads exported in `layout` with, as the export
+    README's serving command sets it up; `saved_paths`: the heads' saved static tree, if any. The
+    layouts are named after the head family they hold (eagle, medusa)."""
+    serving = [name for name, r in ENGINES.items() if layout in r.drafting]
+    if not serving:
+        raise ValueError(f"tree {engine}: no engine serves {layout} heads (engines load the eagle and medusa layouts only)")
     rules = ENGINES.get(engine)
     if rules is None or layout not in rules.drafting:
-        serving = [name for name, r in ENGINES.items() if layout in r.drafting]
-        raise ValueError(f"tree {engine}: {head_type} heads are served (as the {layout} layout) by {', '.join(serving)}")
+        raise ValueError(f"tree {engine}: {layout} heads are served (as the {layout} layout) by {', '.join(serving)}")
     plan = rules.drafting[layout]
     steps = plan.steps or num_heads
     if plan.tree == "eagle2":
         return TreeSpec("eagle2", budget=plan.draft_tokens - 1, width=plan.topk, depth=steps)
-    if plan.tree == "chain":
-        return TreeSpec("static", paths=[[0] * d for d in range(1, steps + 1)])
     if plan.tree == "cartesian":
         first = [[a] for a in range(plan.topk)]
         return TreeSpec("static", paths=first + ([[a, b] for a in range(plan.topk) for b in range(plan.topk2)] if num_heads > 1 else []))
-    return TreeSpec("static", paths=saved_paths or [[0] * d for d in range(1, num_heads + 1)])
+    chain = [[0] * d for d in range(1, steps + 1)]  # vLLM's, and a Medusa export without saved choices
+    return TreeSpec("static", paths=chain if plan.tree == "chain" else saved_paths or chain)

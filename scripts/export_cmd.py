@@ -3,10 +3,6 @@
 from __future__ import annotations
 
 import argparse
-from typing import TYPE_CHECKING
-
-if TYPE_CHECKING:
-    from draftheads.decoding.tree import TreeSpec
 
 DTYPES = {"bf16": "bfloat16", "fp16": "float16", "fp32": "float32"}
 
@@ -40,16 +36,6 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def describe(tree: "TreeSpec") -> str:
-    """A drafted tree in a few words."""
-    from draftheads.decoding.tree import Tree
-
-    if tree.kind == "eagle2":
-        return f"EAGLE-2 tree: {tree.depth} depths, top-{tree.width}, {tree.budget} drafted tokens"
-    static = Tree.from_paths(tree.paths)
-    return f"{static.size - 1}-node static tree, {int(static.depth.max())} deep"
-
-
 def engine_taus(heads: str, layout: str, engine: str) -> str:
     """The README section of τ predicted for each target engine's own drafting (`--tree ENGINE`),
     from the heads' calibration; empty when the heads carry none."""
@@ -70,10 +56,16 @@ def engine_taus(heads: str, layout: str, engine: str) -> str:
     for name, rules in ENGINES.items():
         if layout not in rules.drafting or engine not in ("all", name):
             continue
-        tree = engine_tree(name, config.head_type, config.num_heads, saved)
+        tree = engine_tree(name, layout, config.num_heads, saved)
         tau, _, _ = predicted_tau(tree, held_out[0], held_out, [])
         deepest = (tree.depth if tree.kind == "eagle2" else max(map(len, tree.paths)))
         floor = f"; the calibration measured {measured} depths, so deeper drafts are not counted: a floor" if deepest > measured else ""
-        lines.append(f"- {rules.version}: τ {tau:.2f} predicted ({describe(tree)}{floor}); measure it with `draftheads eval --heads {heads} --tree {name}`.")
+        lines.append(f"- {rules.version}: τ {tau:.2f} predicted ({tree_words(tree.describe())}{floor}); measure it with `draftheads eval --heads {heads} --tree {name}`.")
     where = held_out[1]
     return "\n".join(lines + ["", f"Predicted from the heads' calibration: {where}.", ""])
+
+
+def tree_words(shape: dict) -> str:
+    """A tree's report description (`TreeSpec.describe`) in a few words."""
+    words = f"{shape['kind']} tree of {shape['budget']} drafted nodes"
+    return words + "".join(f", {key} {shape[key]}" for key in ("width", "depth") if key in shape)

@@ -142,8 +142,8 @@ def test_the_export_readme_predicts_each_engines_tau(tiny_base, tmp_path):
     (medusa / "calibration.json").write_text(calibration_json(stats, "hand-made counts"))
     assert main(["export", "medusa", str(medusa), "--out", str(tmp_path / "x")]) == 0
     readme = (tmp_path / "x" / "README.md").read_text()
-    assert "medusa-llm 0.1): τ 2.20 predicted (49-node static tree, 2 deep)" in readme  # 1 + .6 + .2 + .3 + .1; rank 7 is past top-7
-    assert "convert_checkpoint.py: τ 2.00 predicted (3-node static tree, 3 deep)" in readme  # 1 + .6 + .3 + .1
+    assert "medusa-llm 0.1): τ 2.20 predicted (static tree of 49 drafted nodes)" in readme  # 1 + .6 + .2 + .3 + .1; rank 7 is past top-7
+    assert "convert_checkpoint.py: τ 2.00 predicted (static tree of 3 drafted nodes)" in readme  # 1 + .6 + .3 + .1
     assert "--tree trtllm" in readme and "hand-made counts" in readme
     assert main(["export", "medusa", str(medusa), "--out", str(tmp_path / "y"), "--engine", "trtllm"]) == 0
     assert "medusa-llm" not in (tmp_path / "y" / "README.md").read_text().split("## τ predicted")[1]
