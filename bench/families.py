@@ -1,21 +1,27 @@
 """Claim: every head family, trained at the same data and budget on the demo model, decodes faster
-than HF `generate` in bf16 on this CPU; one interleaved run gives each family's τ, time per step
-(draft / verify), ours / our AR, ours / HF generate and ours / prompt lookup, with the tree `--tree
-auto` chose for it from costs measured at start-up (and the lookup branch it chose with the tree,
-for heads calibrated by `draftheads calibrate`).
+than HF `generate` in bf16 on this CPU, and by how much over copying alone; one interleaved run
+gives each family's τ (emitted tokens only), time per step (draft / verify), and its speed over our
+autoregressive decoding, HF `generate`, HF prompt lookup at its best setting and our lookup alone at
+its best, each ratio with a 95% bootstrap interval over prompts and repeats. Each family decodes
+with the tree `--tree auto` chose for it from costs measured at start-up (and the lookup branch
+it chose with the tree, for heads calibrated by `draftheads calibrate`).
 
     python bench/families.py [--run] [--only medusa1-distill hydra ...] [--limit 16] [--max-new-tokens 128]
-    python bench/families.py --set quality --run --limit 80 [--out bench/out/families-auto]
+    python bench/families.py --set quality --run --limit 80 [--out bench/out/families-auto] [--record NAME]
+    python bench/families.py --set quality --limit 80 --prompts bench/data/humaneval_questions.jsonl --out bench/out/families-humaneval
 
 `--set quality` takes the `*-quality` recipes (the quality budget: bench/RESULTS.md) instead of the
 demo ones.
 
 With `--run` it first trains each family's recipe that has no exported heads yet (timing it). The
-decode run then loads the base model once, puts every family's heads on it (Medusa-2 brings its
-own merged backbone and its own autoregressive reference) and runs, prompt by prompt and turn by
-turn, our autoregressive decoding, HF `generate`, HF prompt lookup and every family's tree decoding,
-all in the same dtype; every greedy token of every method is re-scored by the model in that dtype
-and in fp32 (real mismatches apart from near ties, `decoding/verify.py`). It resumes from `bench/out/families/decode.partial.jsonl` and prints the table.
+decode run then sweeps the two lookup baselines on `--tune-prompts` (never the decoded prompts),
+loads the base model once, puts every family's heads on it (Medusa-2 brings its own merged
+backbone and its own autoregressive reference) and runs, prompt by prompt and turn by turn, our
+autoregressive decoding, HF `generate`, both lookup baselines and every family's tree decoding,
+`--repeats` times with the order rotated, all in the same dtype; every token every method emitted
+is re-scored by the model in that dtype and in fp32 (real mismatches apart from near ties,
+`decoding/verify.py`). It resumes from `<out>/decode.partial.jsonl` with the trees and lookup
+settings it began with, prints the tables, and with `--record NAME` writes them as a record.
 """
 
 from __future__ import annotations
@@ -26,6 +32,7 @@ import datetime
 import hashlib
 import json
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -36,16 +43,19 @@ from draftheads.decoding.calibration import read_calibration
 from draftheads.decoding.engine import Engine, GenerationConfig
 from draftheads.decoding.tree import TreeSpec
 from draftheads.decoding.verify import near_tie_epsilon
-from draftheads.eval.config import EvalConfig
-from draftheads.eval.metrics import acceptance_by_depth, hardware, near_ties, predicted_tau, real_mismatches, tau_of, tokens_per_s, verification
-from draftheads.eval.schema import SCHEMA_VERSION, MethodName
+from draftheads.eval.baselines import lookup_methods, tune_baselines
+from draftheads.eval.config import BaselineSettings, EvalConfig
+from draftheads.eval.metrics import (acceptance_by_depth, hardware, near_ties, predicted_tau, real_mismatches, source_commit, speed_ratio, tau_of,
+                                     tokens_per_s, verification, versions)
+from draftheads.eval.schema import BASELINES, SCHEMA_VERSION, MethodName
 from draftheads.eval.report import write_summary
 from draftheads.eval.prompts import load_prompts
-from draftheads.eval.runner import Runner, engine_method, finished_prompts, hf_method, partial_lines, resolve_tree, run_prompts
+from draftheads.eval.runner import Runner, engine_method, finished_prompts, hf_method, resolve_tree, resumed_header, run_prompts
 from draftheads.models.backbone import BackboneConfig, load_backbone
 from draftheads.models.draft_model import DraftModel
 from draftheads.models.hub import refresh_card
 from draftheads.utils.device import resolve_dtype
+from records import Record, Table, markdown_table
 
 # (label, recipe, output folder, extra overrides): Clover's recipe reads ShareGPT's original answers;
 # here it reads the self-distilled data like the others.
@@ -65,6 +75,9 @@ QUALITY = (
     ("Clover", "clover-quality", "smollm2-135m-clover-quality", ()),
     ("EAGLE-3", "eagle3-quality", "smollm2-135m-eagle3-quality", ()),
 )
+TUNE_PROMPTS = "bench/data/calibration_questions.jsonl"
+"""Where the lookup baselines are swept by default: the written calibration questions (MT-bench's
+categories, none of its questions)."""
 SETS = {"demo": (FAMILIES, Path("bench/out/families")), "quality": (QUALITY, Path("bench/out/families-quality"))}
 
 
@@ -91,13 +104,18 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--run", action="store_true", help="train the families that have no heads yet")
     parser.add_argument("--only", nargs="*", help="recipes to include (default: all)")
+    parser.add_argument("--prompts", default="mt-bench", help="the prompt set decoded (mt-bench, or a question.jsonl such as bench/data/humaneval_questions.jsonl)")
     parser.add_argument("--limit", type=int, default=16)
     parser.add_argument("--max-new-tokens", type=int, default=128)
+    parser.add_argument("--repeats", type=int, default=1, help="interleaved answers per method and prompt (the method order rotates)")
+    parser.add_argument("--tune-prompts", default=TUNE_PROMPTS, help="the prompts the lookup baselines are swept on (never the decoded ones)")
+    parser.add_argument("--tune-limit", type=int, default=8)
     parser.add_argument("--dtype", default="auto")
     parser.add_argument("--train-only", action="store_true", help="train the families that have no heads yet, then stop")
     parser.add_argument("--report-only", action="store_true", help="report the prompts a stopped run finished (no decoding)")
     parser.add_argument("--set", choices=sorted(SETS), default="demo", help="which recipes: the demo ones or the *-quality ones")
     parser.add_argument("--out", type=Path, help="where the run's records go (default: the set's folder under bench/out)")
+    parser.add_argument("--record", help="also write the tables as bench/records/NAME/record.json (bench/records.py renders them)")
     parser.add_argument("--cards", action=argparse.BooleanOptionalAction,
                         help="write each family's numbers into its heads folder (eval_report.json) and model card (default: only for a run in the set's folder)")
     args = parser.parse_args()
@@ -112,64 +130,63 @@ def main() -> None:
         return
     dtype, note = resolve_dtype(args.dtype, torch.device("cpu"))
     print(f"dtype: {note}")
+    fingerprint = fingerprint_of(args, dtype, chosen)
+    stopped = resumed_header(out / "decode.partial.jsonl", fingerprint)  # {} when none; a run with other settings is refused here
     if args.report_only:
-        if not (out / "trees.json").is_file():
-            raise SystemExit(f"{out / 'trees.json'}: no decode run has started with these recipes (run without --report-only)")
-        trees = json.loads((out / "trees.json").read_text())
-        records = finished_prompts(out / "decode", fingerprint_of(args, dtype, chosen, trees))
+        records = finished_prompts(out / "decode", fingerprint)
         if not records:
             raise SystemExit(f"{out / 'decode.partial.jsonl'}: no finished prompts of a run with these settings")
         print(f"{len(records)} prompts finished" + (" (the run was stopped early: it resumes with the same command)" if len(records) < args.limit else ""))
-        report(chosen, records, trees, dtype, args, out)
+        report(chosen, records, stopped, dtype, args, out)
         return
+    prompts = interleaved_categories(load_prompts(args.prompts, args.limit))
     base = load_backbone(BackboneConfig(base="demo:smollm2-135m", dtype=dtype))
+    runner, header = build_run(chosen, base, dtype, args, stopped, max(len(p.turns) for p in prompts))
+    start = time.perf_counter()
+    records = run_prompts(runner, prompts, out / "decode", fingerprint, 0, progress=True, header=header)
+    print(f"decode run: {time.perf_counter() - start:.0f} s, {len(records)} prompts x {len(runner.methods)} methods x {args.repeats} repeats")
+    (out / "decode.json").write_text(json.dumps({**header, "records": records}) + "\n")
+    report(chosen, records, header, dtype, args, out)
+
+
+def build_run(chosen, base, dtype: str, args, stopped: dict, turns: int) -> tuple[Runner, dict]:
+    """Every method of the run (our AR, HF generate, the lookup baselines at their best, each
+    family with its auto tree), and the header that pins the trees and lookup settings: a resumed
+    run decodes with those it began with, since choices made anew from costs measured now could
+    differ and the records would mix."""
     eos = Engine(base).default_eos()
-    methods = [engine_method(MethodName.AUTOREGRESSIVE, Engine(base)), hf_method(MethodName.HF_GENERATE, base, eos, None),
-               hf_method(MethodName.HF_PROMPT_LOOKUP, base, eos, 10)]
-    stopped = stopped_run_trees(out, args, dtype, chosen)
+    settings = stopped.get("baselines") or tune_baselines(tuning(args), base, eos)
+    methods = [engine_method(MethodName.AUTOREGRESSIVE, Engine(base)), hf_method(MethodName.HF_GENERATE, base, eos, None), *lookup_methods(base, eos, settings)]
     trees = {}
     for label, recipe, folder, _ in chosen:
         draft = load_family(Path("outputs") / folder / "heads", base, dtype)
         if draft.backbone is not base:  # a trained backbone: its own autoregressive decoding is its baseline
             methods.append(engine_method(f"{MethodName.AUTOREGRESSIVE}:{recipe}", Engine(draft.backbone)))
         print(f"{label}:")
-        tree = spec_of(stopped[recipe]) if stopped is not None else None
+        tree = spec_of(stopped["trees"][recipe]) if stopped else None
         if tree is not None:
-            trees[recipe] = stopped[recipe]
+            trees[recipe] = stopped["trees"][recipe]
             print(f"  resumed with the tree the stopped run began with: {tree.describe()}")
         else:  # a new run, or a tree saved with the heads (read again from them)
-            tree, trees[recipe] = resolve_tree(EvalConfig(heads=str(draft.folder), max_new_tokens=args.max_new_tokens), draft, turns=2)  # MT-bench: 2 turns
+            tree, trees[recipe] = resolve_tree(EvalConfig(heads=str(draft.folder), max_new_tokens=args.max_new_tokens), draft, turns=turns)
         methods.append(engine_method(recipe, Engine(draft.backbone, draft.heads, tree)))
     assert [m.name for m in methods] == method_names(chosen)
     config = GenerationConfig(max_new_tokens=args.max_new_tokens, eos_token_ids=eos, seed=0)
     # Every token re-scored by the model its method decodes (a trained backbone's family by that backbone), and by its fp32 twin.
-    runner = Runner(methods, ChatFormatter(base.tokenizer, model_name=base.location.spec), config, near_tie_epsilon(base.lm_head.weight.dtype), verify=True, verify_fp32=True)
-    prompts = interleaved_categories(load_prompts("mt-bench", args.limit))
-    fingerprint = fingerprint_of(args, dtype, chosen, trees)
-    finished_prompts(out / "decode", fingerprint)  # refuses a stopped run with other trees before trees.json is replaced
-    (out / "trees.json").write_text(json.dumps(trees) + "\n")  # what --report-only reads
-    start = time.perf_counter()
-    records = run_prompts(runner, prompts, out / "decode", fingerprint, 0, progress=True)
-    print(f"decode run: {time.perf_counter() - start:.0f} s, {len(records)} prompts x {len(methods)} methods")
-    (out / "decode.json").write_text(json.dumps({"trees": trees, "records": records}) + "\n")
-    report(chosen, records, trees, dtype, args, out)
+    formatter = ChatFormatter(base.tokenizer, model_name=base.location.spec)
+    runner = Runner(methods, formatter, config, near_tie_epsilon(base.lm_head.weight.dtype), verify=True, verify_fp32=True, repeats=args.repeats)
+    return runner, {"trees": trees, "baselines": settings, "turns": turns}
 
 
-def stopped_run_trees(out: Path, args, dtype: str, chosen) -> dict | None:
-    """The trees of a stopped run with these settings (trees.json, when decode.partial.jsonl was
-    begun with them): a resumed run decodes with them again, since trees chosen anew from costs
-    measured now could differ and the records would mix. None: no such run, choose anew."""
-    if not (out / "trees.json").is_file():
-        return None
-    trees = json.loads((out / "trees.json").read_text())
-    header, _ = partial_lines(out / "decode.partial.jsonl")
-    if header.get("options") != fingerprint_of(args, dtype, chosen, trees):
-        return None
-    return trees
+def tuning(args) -> EvalConfig:
+    """The eval settings the lookup baselines are swept with: the run's token budget, on prompts
+    that are not the run's."""
+    return EvalConfig(heads="", prompts=args.prompts, max_new_tokens=args.max_new_tokens,
+                      baselines=BaselineSettings(tune_prompts=args.tune_prompts, tune_limit=args.tune_limit))
 
 
 def spec_of(choice: dict) -> TreeSpec | None:
-    """The tree a trees.json entry decoded with (None: a static tree saved with the heads, which
+    """The tree a trees entry decoded with (None: a static tree saved with the heads, which
     the entry does not record)."""
     if "budget" not in choice:
         return None
@@ -177,14 +194,13 @@ def spec_of(choice: dict) -> TreeSpec | None:
     return dataclasses.replace(spec, lookup=choice.get("lookup", 0))  # the branch the auto tree chose with it
 
 
-def fingerprint_of(args, dtype: str, chosen, trees: dict) -> str:
+def fingerprint_of(args, dtype: str, chosen) -> str:
     """The settings a resumed run must share, the heads' weights included (retrained heads start a
     new run): a stopped run with other settings is refused by `run_prompts` (delete
-    decode.partial.jsonl to start over)."""
-    shapes = {recipe: {k: choice[k] for k in ("budget", "width", "paths", "lookup") if k in choice} for recipe, choice in sorted(trees.items())}
+    decode.partial.jsonl to start over). The trees and lookup settings it chose are in its header."""
     weights = {recipe: weights_identity(Path("outputs") / folder / "heads") for _, recipe, folder, _ in chosen}
-    # records 2: every token verified, τ on emitted tokens (runs stopped before that start over)
-    return json.dumps(["records 2", args.limit, args.max_new_tokens, dtype, method_names(chosen), shapes, weights])
+    tune = [args.tune_prompts, args.tune_limit]
+    return json.dumps(["records 3", args.prompts, args.limit, args.max_new_tokens, args.repeats, dtype, method_names(chosen), weights, tune])
 
 
 def weights_identity(folder: Path) -> str:
@@ -197,7 +213,7 @@ def weights_identity(folder: Path) -> str:
 
 def method_names(chosen) -> list[str]:
     """The run's methods in order (a family with its own trained backbone brings its own AR)."""
-    names = [MethodName.AUTOREGRESSIVE, MethodName.HF_GENERATE, MethodName.HF_PROMPT_LOOKUP]
+    names = [MethodName.AUTOREGRESSIVE, MethodName.HF_GENERATE, MethodName.HF_PROMPT_LOOKUP, MethodName.LOOKUP]
     for _, recipe, folder, _ in chosen:
         heads = Path("outputs") / folder / "heads"
         if (heads / "adapter").is_dir() or (heads / "backbone").is_dir():
@@ -206,24 +222,35 @@ def method_names(chosen) -> list[str]:
     return names
 
 
-def predicted(folder: str, tree: dict, args) -> tuple[float | None, str | None]:
-    """τ the heads' calibration.json predicts for the decoded tree, for a decode of 2 turns x
+def predicted(folder: str, tree: dict, turns: int, args) -> tuple[float | None, str | None]:
+    """τ the heads' calibration.json predicts for the decoded tree, for a decode of `turns` x
     max_new_tokens (as `draftheads eval` predicts it: the decode's steps replayed on calibration
     answers when the file keeps them, else held-out position frequencies), and where it comes from
     ((None, None): no tree, or no calibration)."""
-    saved = read_calibration(Path("outputs") / folder / "heads", 2, args.max_new_tokens)
+    saved = read_calibration(Path("outputs") / folder / "heads", turns, args.max_new_tokens)
     spec = spec_of(tree)
     if saved is None or spec is None:
         return None, None
-    tau, _, source = predicted_tau(spec, saved[0], saved, [], (2, args.max_new_tokens))
+    tau, _, source = predicted_tau(spec, saved[0], saved, [], (turns, args.max_new_tokens))
     return tau, source
 
 
-def report(chosen, records: list[dict], trees: dict, dtype: str, args, out: Path) -> None:
-    """The table, and each family's summary in its heads folder and model card."""
+def report(chosen, records: list[dict], header: dict, dtype: str, args, out: Path) -> None:
+    """The tables (printed, and as a record with --record), and each family's summary in its heads
+    folder and model card."""
     times_path = SETS[args.set][1] / "train_seconds.json"  # written by the set's training, wherever this run's records go
-    predictions = {recipe: predicted(folder, trees[recipe], args) for _, recipe, folder, _ in chosen}
-    print_table(chosen, records, trees, json.loads(times_path.read_text()) if times_path.is_file() else {}, predictions, dtype)
+    trees = header["trees"]
+    predictions = {recipe: predicted(folder, trees[recipe], header.get("turns", 2), args) for _, recipe, folder, _ in chosen}
+    tables = run_tables(chosen, records, header, json.loads(times_path.read_text()) if times_path.is_file() else {}, predictions, dtype)
+    for table in tables.values():
+        print(markdown_table(table))
+    if args.record:
+        figures = {"baselines": header["baselines"], "trees": trees, "n_prompts": len(records), "repeats": args.repeats,
+                   "tau_predicted": {recipe: p[0] for recipe, p in predictions.items()},
+                   "speed_ratios": {f"{a}/{b}": dataclasses.asdict(speed_ratio(records, a, b)) for a, b in ratio_pairs(chosen, records)}}
+        record = Record(args.record, "python " + " ".join(sys.argv), source_commit() or "unknown", datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+                        hardware(), dtype, versions(), tables, figures)
+        print(f"wrote {record.write()}")
     if not args.cards:
         return
     for label, recipe, folder, _ in chosen:
@@ -271,37 +298,60 @@ def mismatches(records: list[dict], method: str, dtype: str) -> tuple[int | None
     return real_mismatches(table, dtype), near_ties(table, dtype)
 
 
-def print_table(chosen, records: list[dict], trees: dict, train_seconds: dict, predictions: dict, dtype: str) -> None:
-    hf, lookup = tokens_per_s(records, MethodName.HF_GENERATE), tokens_per_s(records, MethodName.HF_PROMPT_LOOKUP)
-    ar = tokens_per_s(records, MethodName.AUTOREGRESSIVE) if MethodName.AUTOREGRESSIVE in records[0]["methods"] else None
-    print(f"HF generate {hf:.2f} tok/s, prompt lookup {lookup:.2f} tok/s" + (f", our AR {ar:.2f} tok/s (our AR / HF {ar / hf:.3f})" if ar else ""))
-    print(
-        "| heads | train min | tree (budget x width) | τ | τ predicted (error) | accepted per step by depth | draft ms / verify ms per step "
-        "| ours / our AR | ours / HF generate | ours / prompt lookup | tokens re-scored: real mismatches / near ties |"
-    )
-    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
+SHORT = {MethodName.AUTOREGRESSIVE: "our AR", MethodName.HF_GENERATE: "HF generate", MethodName.HF_PROMPT_LOOKUP: "HF prompt lookup",
+         MethodName.LOOKUP: "our lookup alone"}
+"""Baseline names as the tables print them."""
+
+
+def ratio_pairs(chosen, records: list[dict]) -> list[tuple[str, str]]:
+    """(family, baseline) for every family and baseline, and each baseline over HF generate."""
+    pairs = [(b, MethodName.HF_GENERATE) for b in BASELINES if b != MethodName.HF_GENERATE]
+    return pairs + [(recipe, b) for _, recipe, _, _ in chosen for b in BASELINES if b in records[0]["methods"]]
+
+
+def ratio_cell(ratio) -> str:
+    return f"{ratio.median:.2f}x ({ratio.ci95[0]:.2f}-{ratio.ci95[1]:.2f})"
+
+
+def run_tables(chosen, records: list[dict], header: dict, train_seconds: dict, predictions: dict, dtype: str) -> dict[str, Table]:
+    """The run's tables: each family's τ and step costs, its speed over each baseline (median of the
+    repeats, 95% bootstrap interval over prompts and repeats), the baselines, and every method's
+    tokens re-scored."""
+    speeds = {m: tokens_per_s(records, m) for m in records[0]["methods"]}
+    best = max(BASELINES, key=lambda m: speeds[m])
+    families = Table(["heads", "train min", "tree auto chose", "τ", "τ predicted (error)", "accepted per step, depth 1 / 2 / 3",
+                      "draft ms / verify ms per step"], [])
+    ratios = Table(["heads", *(f"ours / {SHORT[b]}" + (" (the best baseline)" if b == best else "") for b in BASELINES)], [])
     for label, recipe, _, _ in chosen:
         turns = [t for r in records for t in r["methods"][recipe]]
         accepted = [a for t in turns for a in t["accepted"]]
         steps = max(len(accepted), 1)
-        draft_ms = 1000 * sum(t["times"]["draft"] for t in turns) / steps
-        verify_ms = 1000 * sum(t["times"]["verify"] for t in turns) / steps
-        own = f"{MethodName.AUTOREGRESSIVE}:{recipe}"
-        own_ar = tokens_per_s(records, own) if own in records[0]["methods"] else ar
-        tree = trees[recipe]
-        shape = f"{tree.get('budget')} x {tree.get('width')}" if "budget" in tree else tree["reason"]
-        shape += f" + {tree['lookup']}-token lookup" if tree.get("lookup") else ""
-        real, near = mismatches(records, recipe, dtype)
-        ours = tokens_per_s(records, recipe)
-        by_depth = " / ".join(f"{x:.3f}" for x in acceptance_by_depth(accepted, max(accepted, default=1)))
-        minutes = f"{train_seconds[label] / 60:.1f}" if label in train_seconds else "n/a"
-        versus_ar = f"{ours / own_ar:.2f}x" if own_ar else "n/a"
+        cost = " / ".join(f"{1000 * sum(t['times'][k] for t in turns) / steps:.1f}" for k in ("draft", "verify"))
         tau, forecast = tau_of(accepted) or 1.0, predictions[recipe][0]
-        forecast_text = f"{forecast:.3f} ({(forecast - tau) / tau:+.1%})" if forecast else "n/a"
-        print(
-            f"| {label} | {minutes} | {shape} | {tau:.3f} | {forecast_text} | {by_depth} | "
-            f"{draft_ms:.1f} / {verify_ms:.1f} | {versus_ar} | {ours / hf:.2f}x | {ours / lookup:.2f}x | {real} / {near} |"
-        )
+        minutes = f"{train_seconds[label] / 60:.1f}" if label in train_seconds else "n/a"
+        by_depth = " / ".join(f"{x:.3f}" for x in acceptance_by_depth(accepted, 3))
+        families.rows.append([label, minutes, tree_text(header["trees"][recipe]), f"{tau:.3f}",
+                              f"{forecast:.3f} ({(forecast - tau) / tau:+.1%})" if forecast else "n/a", by_depth, cost])
+        ratios.rows.append([label, *(ratio_cell(speed_ratio(records, recipe, b)) for b in BASELINES)])
+    baselines = Table(["method", "setting", "tokens/s", "/ HF generate"], [])
+    for method in BASELINES:
+        setting = header["baselines"].get(method)
+        text = f"{setting['tokens']} tokens, {setting['ngram']}-gram ({setting['chosen']})" if setting else "-"
+        versus = ratio_cell(speed_ratio(records, method, MethodName.HF_GENERATE)) if method != MethodName.HF_GENERATE else "1"
+        baselines.rows.append([SHORT[method], text, f"{speeds[method]:.2f}", versus])
+    verified = Table(["method", "re-scored in", "tokens emitted", "tokens verified", "real mismatches", "near ties", "max gap", "p99 gap"], [])
+    epsilon = near_tie_epsilon(getattr(torch, dtype))
+    names = {**SHORT, **{recipe: label for label, recipe, _, _ in chosen}}
+    for method in records[0]["methods"]:
+        for scored, row in verification(records, method, epsilon).items():
+            verified.rows.append([names.get(method, method), scored, str(row.tokens_emitted), str(row.tokens_verified), str(row.mismatches),
+                                  str(row.near_ties), f"{row.gap_max:.3f}", f"{row.gap_p99:.3f}"])
+    return {"families": families, "ratios": ratios, "baselines": baselines, "verification": verified}
+
+
+def tree_text(tree: dict) -> str:
+    shape = f"{tree.get('budget')} x {tree.get('width')}" if "budget" in tree else tree["reason"]
+    return shape + (f" + {tree['lookup']}-token branch" if tree.get("lookup") else "")
 
 
 if __name__ == "__main__":

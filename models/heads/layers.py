@@ -81,12 +81,13 @@ def rope_frequencies(config, head_dim: int, theta: float) -> tuple[tuple[float, 
     partial = getattr(config, "partial_rotary_factor", None) or params.get("partial_rotary_factor") or 1.0
     if partial != 1.0:
         raise ModelLoadError(f"{name}: partial rotary embeddings (partial_rotary_factor {partial}) are not supported by draft layers")
-    if kind == "default":  # Llama's, computed in float32 as transformers does (exact through the tuple)
-        half = head_dim // 2
-        return tuple((1.0 / theta ** (torch.arange(half, dtype=torch.float32) / half)).tolist()), 1.0
-    if kind in ("dynamic", "longrope") or kind not in ROPE_INIT_FUNCTIONS:
+    if kind in ("dynamic", "longrope") or (kind != "default" and kind not in ROPE_INIT_FUNCTIONS):
         raise ModelLoadError(f"{name}: RoPE type '{kind}' (its frequencies change with the sequence length, or are unknown) is not supported by draft layers")
-    inv_freq, scale = ROPE_INIT_FUNCTIONS[kind](config, torch.device("cpu"))
+    with torch.device("cpu"):  # numbers, not tensors of the module: on the CPU whatever the default device (meta, when shapes are planned)
+        if kind == "default":  # Llama's, computed in float32 as transformers does (exact through the tuple)
+            half = head_dim // 2
+            return tuple((1.0 / theta ** (torch.arange(half, dtype=torch.float32) / half)).tolist()), 1.0
+        inv_freq, scale = ROPE_INIT_FUNCTIONS[kind](config, torch.device("cpu"))
     return tuple(inv_freq.double().tolist()), float(scale)
 
 
