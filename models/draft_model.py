@@ -17,7 +17,7 @@ from typing import Callable
 import torch
 from safetensors.torch import load_file, save_file
 
-from draftheads.models.backbone import Backbone, BackboneConfig, load_backbone, tokenizer_fingerprint
+from draftheads.models.backbone import Backbone, BackboneConfig, load_backbone, tokenizer_fingerprint, tokenizer_parts
 from draftheads.models.heads.base import BaseModelInfo, DraftHeads, HeadConfig
 from draftheads.models.registry import HEADS
 from draftheads.utils.atomic import atomic_directory
@@ -40,7 +40,15 @@ def base_info(backbone: Backbone) -> BaseModelInfo:
         vocab_size=backbone.vocab_size,
         tokenizer_fingerprint=tokenizer_fingerprint(backbone.tokenizer),
         hub_id=backbone.location.hub_id,
+        tokenizer_parts=tokenizer_parts(backbone.tokenizer),
     )
+
+
+def _part_difference(key: str, heads: dict[str, str], base: dict[str, str]) -> str:
+    """One differing part of two tokenizers, as a refusal names it."""
+    if key.startswith("special "):
+        return f"{key} {heads.get(key)!r} (heads) vs {base.get(key)!r} (base)"
+    return f"their {key.replace('_', ' ')}"
 
 
 def check_compatible(info: BaseModelInfo, backbone: Backbone, heads_source: str) -> None:
@@ -51,6 +59,10 @@ def check_compatible(info: BaseModelInfo, backbone: Backbone, heads_source: str)
         for name in ("hidden_size", "vocab_size", "tokenizer_fingerprint")
         if getattr(info, name) != getattr(actual, name)
     ]
+    if info.tokenizer_fingerprint != actual.tokenizer_fingerprint and info.tokenizer_parts:
+        heads, base = info.tokenizer_parts, actual.tokenizer_parts
+        differing = [_part_difference(key, heads, base) for key in sorted(set(heads) | set(base)) if heads.get(key) != base.get(key)]
+        problems.append("the tokenizers differ in " + ", ".join(differing))
     if problems:
         raise ModelLoadError(
             f"{heads_source}: these heads were trained on '{info.model}' and do not fit base model "

@@ -60,6 +60,9 @@ class BaseModelInfo:
     """Hash of vocabulary, special tokens and chat template (see `tokenizer_fingerprint`)."""
     hub_id: str | None = None
     """The base model's Hub id when known (written as `base_model` in the model card)."""
+    tokenizer_parts: dict[str, str] | None = None
+    """The fingerprint's parts (`tokenizer_parts`): what a refusal names when the fingerprints
+    differ (None: heads saved before they were kept)."""
 
 
 @dataclass

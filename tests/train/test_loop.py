@@ -84,8 +84,17 @@ def test_loading_on_a_different_base_is_refused(tiny_base, tmp_path, demo_tokeni
     LlamaForCausalLM.from_pretrained(tiny_base).save_pretrained(other_template)
     demo_tokenizer.save_pretrained(other_template)
     (other_template / "chat_template.jinja").write_text("{{ messages[0]['content'] }}")
-    with pytest.raises(ModelLoadError, match="tokenizer_fingerprint"):
+    with pytest.raises(ModelLoadError, match="tokenizer_fingerprint .*; the tokenizers differ in their chat template$"):
         DraftModel.from_pretrained(out / "heads", base=str(other_template))
+
+    # what transformers 5.17 made of the demo GGUF's tokenizer (5.25: <|im_end|>): the refusal names the token
+    from transformers import AutoTokenizer
+
+    other_eos = tmp_path / "other-eos"
+    LlamaForCausalLM.from_pretrained(tiny_base).save_pretrained(other_eos)
+    AutoTokenizer.from_pretrained(tiny_base, eos_token="<|im_start|>").save_pretrained(other_eos)
+    with pytest.raises(ModelLoadError, match=r"the tokenizers differ in special eos_token '<\|im_end\|>' \(heads\) vs '<\|im_start\|>' \(base\)$"):
+        DraftModel.from_pretrained(out / "heads", base=str(other_eos))
 
 
 # Two processes take about 25 s a run: with every other multi-process test they are in the slow set, which CI runs too.
