@@ -29,6 +29,7 @@ VERBS = (
     Verb(("gen-data",), "draftheads.scripts.gen_data_cmd", "make self-distillation data: the base model answers the prompts itself (resumable)"),
     Verb(("cache-features",), "draftheads.scripts.cache_features_cmd", "run the frozen backbone once over a recipe's data and store the features its heads train on"),
     Verb(("train",), "draftheads.scripts.train_cmd", "train draft heads from a recipe (in this process, or through accelerate launch)"),
+    Verb(("plan",), "draftheads.scripts.plan_cmd", "what a recipe needs per process under a launch: memory by term, compute, cache disk (refuses one that does not fit)"),
     Verb(("import",), "draftheads.scripts.import_cmd", "convert FasterDecoding Medusa or SafeAILab EAGLE checkpoints into a heads folder"),
     Verb(("export",), "draftheads.scripts.export_cmd", "write heads in the layouts serving engines load (eagle: SGLang/vLLM; medusa: TensorRT-LLM, Medusa)"),
     Verb(("push",), "draftheads.scripts.push_cmd", "upload exported heads and their model card to the Hugging Face Hub"),
