@@ -7,7 +7,8 @@ model (issue 33).
 Each recipe trains `--steps` steps in a fresh process (`draftheads train`, one process, the
 recipe's batch, data and dtype; held-out evaluation and a checkpoint at the last step) under
 `/usr/bin/time`, whose maximum resident set size is the measured peak; the plan is made for the
-same recipe and overrides on the CPU. The cache is built by `draftheads cache-features` for the
+same recipe and overrides on the CPU. Every recipe reads 1,200 ShareGPT conversations (the self-distilled
+data some of them name need not exist). The cache is built by `draftheads cache-features` for the
 first recipe with its data cut to `--cache-conversations` conversations, and compared with the
 plan's bytes per token times the data's tokens.
 """
@@ -58,7 +59,7 @@ def main() -> None:
     memory = Table(["recipe", "planned per process", "measured peak RSS", "plan / measured", "largest planned terms"], [])
     with tempfile.TemporaryDirectory() as scratch:
         for recipe in RECIPES:
-            overrides = [f"train.max_steps={args.steps}", f"train.eval_every={args.steps}", f"train.save_every={args.steps}", "train.trackers=[]",
+            overrides = ["data.sources=[{path: demo:sharegpt, limit: 1200}]", f"train.max_steps={args.steps}", f"train.eval_every={args.steps}", f"train.save_every={args.steps}", "train.trackers=[]",
                          f"train.output_dir={Path(scratch) / Path(recipe).stem}", "train.resume_from=null"]
             plan = make_plan(recipe, overrides, launch_of(None, None, None))
             measured = peak_rss(recipe, overrides)

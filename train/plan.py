@@ -158,7 +158,7 @@ def make_plan(recipe_path: str | Path, overrides: list[str], launch: Launch) -> 
     plan = Plan(str(recipe_path), launch, base_params, head_params, head_params + adapter + trained_backbone,
                 rows * cfg.grad_accum * launch.processes, steps=cfg.max_steps)
     autocast = _autocast_bytes(recipe, launch.device)
-    heads_saved, heads_flops = _heads_forward(recipe, heads, config, rows, autocast)
+    heads_saved, heads_flops = _heads_forward(recipe, heads, config, autocast)
     backbone_saved, backbone_flops = _backbone_forward(model, recipe.data.max_length, autocast or _model_bytes(recipe, config))
     sizes = Sizes(base_params, head_params, adapter, heads_saved, backbone_saved * cfg.batch_size, rows)
     plan.memory = _memory_terms(recipe, launch, config, sizes)
@@ -193,19 +193,55 @@ def _autocast_bytes(recipe: Recipe, launch_device: str) -> int | None:
     return 2 if mode in ("bf16", "fp16") or (mode == "auto" and launch_device == "cuda") else None
 
 
-def _heads_forward(recipe: Recipe, heads: torch.nn.Module, config, rows: int, float_bytes: int | None = None) -> tuple[int, float]:
-    """Bytes autograd saves in the heads' training forward over one micro-batch, and its FLOPs, run
-    on the meta device at the recipe's shapes (features in the model's dtype, heads in fp32)."""
+class _FusedAttention(torch.autograd.Function):
+    """What a fused attention kernel (flash, memory-efficient) keeps for backward: its inputs and
+    output, never the [T, T] scores that the meta device's reference decomposition would save."""
+
+    @staticmethod
+    def forward(ctx, q, k, v):
+        out = q.new_empty(*q.shape[:-1], v.shape[-1])
+        ctx.save_for_backward(q, k, v, out)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad):
+        raise NotImplementedError("a stand-in for planning: never differentiated")
+
+
+def _fused_sdpa(q, k, v, *args, **kwargs):
+    return _FusedAttention.apply(q, k, v)
+
+
+def _measured(run, float_bytes: int | None) -> tuple[int, float]:
+    """Bytes autograd saves while `run()` runs on the meta device (each storage once; floats at
+    `float_bytes` under autocast), with attention as a fused kernel keeps it, and `run`'s FLOPs
+    (attention's included, from a second pass)."""
+    from unittest import mock
+
     from torch.utils.flop_counter import FlopCounterMode
 
-    from draftheads.data.features import training_layers
-
-    saved = []
+    seen: dict[int, int] = {}
+    alive = []  # kept so that ids stay unique while counting
 
     def pack(tensor: torch.Tensor) -> torch.Tensor:
         size = float_bytes if float_bytes and tensor.is_floating_point() else tensor.element_size()
-        saved.append(tensor.numel() * size)
+        elements = min(tensor.numel(), tensor.untyped_storage().nbytes() // tensor.element_size())  # an expanded view holds its storage only
+        seen[id(tensor)] = elements * size
+        alive.append(tensor)
         return tensor
+
+    with mock.patch.object(torch.nn.functional, "scaled_dot_product_attention", _fused_sdpa), \
+            torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
+        run()
+    with FlopCounterMode(display=False) as counter:
+        run()
+    return sum(seen.values()), float(counter.get_total_flops())
+
+
+def _heads_forward(recipe: Recipe, heads: torch.nn.Module, config, float_bytes: int | None = None) -> tuple[int, float]:
+    """Bytes the heads' training forward saves for backward over one micro-batch, and its FLOPs,
+    on the meta device at the recipe's shapes (features in the model's dtype, heads in fp32)."""
+    from draftheads.data.features import training_layers
 
     batch, length = recipe.train.batch_size, recipe.data.max_length
     dtype = {2: torch.bfloat16, 4: torch.float32}[_model_bytes(recipe, config)]
@@ -213,29 +249,16 @@ def _heads_forward(recipe: Recipe, heads: torch.nn.Module, config, rows: int, fl
         features = {layer: torch.empty(batch, length, config.hidden_size, dtype=dtype) for layer in training_layers(recipe.heads)}
         ids = torch.zeros(batch, length, dtype=torch.long)
         positions = torch.arange(length).expand(batch, length)
-    with FlopCounterMode(display=False) as counter, torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
-        heads(features, ids, positions, depths=recipe.heads.trained_depths())
-    return sum(saved), float(counter.get_total_flops())
+    return _measured(lambda: heads(features, ids, positions, depths=recipe.heads.trained_depths()), float_bytes)
 
 
 def _backbone_forward(model: torch.nn.Module, length: int, float_bytes: int | None = None) -> tuple[int, float]:
-    """Bytes autograd saves in the backbone's forward over one row of `length` tokens (what a trained
-    backbone keeps for backward), and its FLOPs, on the meta device."""
-    from torch.utils.flop_counter import FlopCounterMode
-
-    saved = []
-
-    def pack(tensor: torch.Tensor) -> torch.Tensor:
-        size = float_bytes if float_bytes and tensor.is_floating_point() else tensor.element_size()
-        saved.append(tensor.numel() * size)
-        return tensor
-
+    """Bytes the backbone's forward over one row of `length` tokens saves for backward (what a
+    trained backbone keeps), and its FLOPs, on the meta device."""
     with torch.device("meta"):
         ids = torch.zeros(1, length, dtype=torch.long)
         mask = torch.ones(1, 1, length, length, dtype=torch.bool)  # a 4-D mask as given: the causal one is built from values a meta tensor lacks
-    with FlopCounterMode(display=False) as counter, torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
-        model(input_ids=ids, attention_mask=mask, use_cache=False, logits_to_keep=1)
-    return sum(saved), float(counter.get_total_flops())
+    return _measured(lambda: model(input_ids=ids, attention_mask=mask, use_cache=False, logits_to_keep=1), float_bytes)
 
 
 def _memory_terms(recipe: Recipe, launch: Launch, config, sizes: Sizes) -> list[Term]:
