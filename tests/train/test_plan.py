@@ -3,6 +3,7 @@ cannot fit is refused with the term that does not, and sharding divides what eac
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -31,6 +32,9 @@ def test_every_real_recipe_fits_eight_80_gb_gpus(path):
     assert plan.refusal() is None, plan.refusal()
     assert plan.flops_per_token > 2 * 6e9  # at least the forward of a 6.7B-8B base... or a trained one
     assert 4 * GIB < plan.total < 80 * GIB
+    stated = re.search(r"#   ([\d.]+) GiB per process \(largest: ([a-z ]+) ([\d.]+) GiB\)", path.read_text())
+    worst = max(plan.memory, key=lambda term: term.bytes)
+    assert stated and (float(stated[1]), stated[2], float(stated[3])) == (round(plan.total / GIB, 1), worst.name, round(worst.bytes / GIB, 1)), "the header's plan is stale"
 
 
 def test_a_full_backbone_of_an_8b_model_on_one_24_gb_gpu_is_refused_naming_the_term():
