@@ -120,7 +120,7 @@ def main() -> None:
                         help="write each family's numbers into its heads folder (eval_report.json) and model card (default: only for a run in the set's folder)")
     args = parser.parse_args()
     families, out = SETS[args.set]
-    args.cards = args.out is None if args.cards is None else args.cards
+    args.cards = args.out is None and args.prompts == "mt-bench" if args.cards is None else args.cards
     out = args.out or out
     out.mkdir(parents=True, exist_ok=True)
     chosen = [f for f in families if not args.only or f[1] in args.only]
@@ -131,7 +131,8 @@ def main() -> None:
     dtype, note = resolve_dtype(args.dtype, torch.device("cpu"))
     print(f"dtype: {note}")
     fingerprint = fingerprint_of(args, dtype, chosen)
-    stopped = resumed_header(out / "decode.partial.jsonl", fingerprint)  # {} when none; a run with other settings is refused here
+    finished_prompts(out / "decode", fingerprint)  # a stopped run with other settings is refused before any start-up work
+    stopped = resumed_header(out / "decode.partial.jsonl", fingerprint)  # {} when there is none
     if args.report_only:
         records = finished_prompts(out / "decode", fingerprint)
         if not records:
@@ -163,12 +164,13 @@ def build_run(chosen, base, dtype: str, args, stopped: dict, turns: int) -> tupl
         if draft.backbone is not base:  # a trained backbone: its own autoregressive decoding is its baseline
             methods.append(engine_method(f"{MethodName.AUTOREGRESSIVE}:{recipe}", Engine(draft.backbone)))
         print(f"{label}:")
-        tree = spec_of(stopped["trees"][recipe]) if stopped else None
-        if tree is not None:
+        if stopped:
             trees[recipe] = stopped["trees"][recipe]
+            tree = spec_of(trees[recipe])
             print(f"  resumed with the tree the stopped run began with: {tree.describe()}")
-        else:  # a new run, or a tree saved with the heads (read again from them)
-            tree, trees[recipe] = resolve_tree(EvalConfig(heads=str(draft.folder), max_new_tokens=args.max_new_tokens), draft, turns=turns)
+        else:
+            tree, choice = resolve_tree(EvalConfig(heads=str(draft.folder), max_new_tokens=args.max_new_tokens), draft, turns=turns)
+            trees[recipe] = {**choice, "spec": tree.describe()}  # static paths included: a resumed run decodes this very tree
         methods.append(engine_method(recipe, Engine(draft.backbone, draft.heads, tree)))
     assert [m.name for m in methods] == method_names(chosen)
     config = GenerationConfig(max_new_tokens=args.max_new_tokens, eos_token_ids=eos, seed=0)
@@ -186,12 +188,8 @@ def tuning(args) -> EvalConfig:
 
 
 def spec_of(choice: dict) -> TreeSpec | None:
-    """The tree a trees entry decoded with (None: a static tree saved with the heads, which
-    the entry does not record)."""
-    if "budget" not in choice:
-        return None
-    spec = TreeSpec("dynamic", budget=choice["budget"], width=choice["width"]) if choice["budget"] else TreeSpec("none")
-    return dataclasses.replace(spec, lookup=choice.get("lookup", 0))  # the branch the auto tree chose with it
+    """The tree a trees entry decoded with (None: none recorded)."""
+    return TreeSpec.from_description(choice["spec"]) if "spec" in choice else None
 
 
 def fingerprint_of(args, dtype: str, chosen) -> str:
@@ -280,8 +278,9 @@ def family_summary(records: list[dict], recipe: str, tree: dict, dtype: str, arg
     real, near = mismatches(records, recipe, dtype)
     return {
         "schema_version": SCHEMA_VERSION,
-        "measured_by": f"`python bench/families.py --set {args.set} --limit {args.limit}{f' --out {args.out}' if args.out else ''}` (one interleaved run of every family)",
-        "prompts": "mt-bench", "n_prompts": len(records), "n_turns": len(turns), "max_new_tokens": args.max_new_tokens,
+        "measured_by": f"`python bench/families.py --set {args.set} --prompts {args.prompts} --limit {args.limit} --repeats {args.repeats}"
+                       f"{f' --out {args.out}' if args.out else ''}` (one interleaved run of every family)",
+        "prompts": args.prompts, "n_prompts": len(records), "n_turns": len(turns), "max_new_tokens": args.max_new_tokens,
         "temperature": 0.0, "dtype": dtype, "tree": {"kind": spec_of(tree).kind if spec_of(tree) else "static", **tree},
         "tau": tau_of(accepted), "tau_predicted": tau_predicted, "tau_predicted_source": source,
         "acceptance_by_depth": acceptance_by_depth(accepted, max(accepted, default=1)),
@@ -303,10 +302,17 @@ SHORT = {MethodName.AUTOREGRESSIVE: "our AR", MethodName.HF_GENERATE: "HF genera
 """Baseline names as the tables print them."""
 
 
+def own_baseline(records: list[dict], recipe: str, baseline: str) -> str:
+    """The method a family's speed is compared with: a family with its own trained backbone is
+    compared with that backbone's autoregressive decoding, not the base's."""
+    own = f"{MethodName.AUTOREGRESSIVE}:{recipe}"
+    return own if baseline == MethodName.AUTOREGRESSIVE and own in records[0]["methods"] else baseline
+
+
 def ratio_pairs(chosen, records: list[dict]) -> list[tuple[str, str]]:
     """(family, baseline) for every family and baseline, and each baseline over HF generate."""
     pairs = [(b, MethodName.HF_GENERATE) for b in BASELINES if b != MethodName.HF_GENERATE]
-    return pairs + [(recipe, b) for _, recipe, _, _ in chosen for b in BASELINES if b in records[0]["methods"]]
+    return pairs + [(recipe, own_baseline(records, recipe, b)) for _, recipe, _, _ in chosen for b in BASELINES]
 
 
 def ratio_cell(ratio) -> str:
@@ -317,11 +323,13 @@ def run_tables(chosen, records: list[dict], header: dict, train_seconds: dict, p
     """The run's tables: each family's τ and step costs, its speed over each baseline (median of the
     repeats, 95% bootstrap interval over prompts and repeats), the baselines, and every method's
     tokens re-scored."""
-    speeds = {m: tokens_per_s(records, m) for m in records[0]["methods"]}
-    best = max(BASELINES, key=lambda m: speeds[m])
-    families = Table(["heads", "train min", "tree auto chose", "τ", "τ predicted (error)", "accepted per step, depth 1 / 2 / 3",
-                      "draft ms / verify ms per step"], [])
-    ratios = Table(["heads", *(f"ours / {SHORT[b]}" + (" (the best baseline)" if b == best else "") for b in BASELINES)], [])
+    return {"families": families_table(chosen, records, header, train_seconds, predictions), "ratios": ratios_table(chosen, records),
+            "baselines": baselines_table(records, header), "verification": verification_table(chosen, records, dtype)}
+
+
+def families_table(chosen, records: list[dict], header: dict, train_seconds: dict, predictions: dict) -> Table:
+    table = Table(["heads", "train min", "tree auto chose", "τ", "τ predicted (error)", "accepted per step, depth 1 / 2 / 3",
+                   "draft ms / verify ms per step"], [])
     for label, recipe, _, _ in chosen:
         turns = [t for r in records for t in r["methods"][recipe]]
         accepted = [a for t in turns for a in t["accepted"]]
@@ -330,23 +338,39 @@ def run_tables(chosen, records: list[dict], header: dict, train_seconds: dict, p
         tau, forecast = tau_of(accepted) or 1.0, predictions[recipe][0]
         minutes = f"{train_seconds[label] / 60:.1f}" if label in train_seconds else "n/a"
         by_depth = " / ".join(f"{x:.3f}" for x in acceptance_by_depth(accepted, 3))
-        families.rows.append([label, minutes, tree_text(header["trees"][recipe]), f"{tau:.3f}",
-                              f"{forecast:.3f} ({(forecast - tau) / tau:+.1%})" if forecast else "n/a", by_depth, cost])
-        ratios.rows.append([label, *(ratio_cell(speed_ratio(records, recipe, b)) for b in BASELINES)])
-    baselines = Table(["method", "setting", "tokens/s", "/ HF generate"], [])
+        table.rows.append([label, minutes, tree_text(header["trees"][recipe]), f"{tau:.3f}",
+                           f"{forecast:.3f} ({(forecast - tau) / tau:+.1%})" if forecast else "n/a", by_depth, cost])
+    return table
+
+
+def ratios_table(chosen, records: list[dict]) -> Table:
+    speeds = {m: tokens_per_s(records, m) for m in BASELINES}
+    best = max(BASELINES, key=lambda m: speeds[m])
+    table = Table(["heads", *(f"ours / {SHORT[b]}" + (" (the best baseline)" if b == best else "") for b in BASELINES)], [])
+    for label, recipe, _, _ in chosen:
+        table.rows.append([label, *(ratio_cell(speed_ratio(records, recipe, own_baseline(records, recipe, b))) for b in BASELINES)])
+    return table
+
+
+def baselines_table(records: list[dict], header: dict) -> Table:
+    table = Table(["method", "setting", "tokens/s", "/ HF generate"], [])
     for method in BASELINES:
         setting = header["baselines"].get(method)
         text = f"{setting['tokens']} tokens, {setting['ngram']}-gram ({setting['chosen']})" if setting else "-"
         versus = ratio_cell(speed_ratio(records, method, MethodName.HF_GENERATE)) if method != MethodName.HF_GENERATE else "1"
-        baselines.rows.append([SHORT[method], text, f"{speeds[method]:.2f}", versus])
-    verified = Table(["method", "re-scored in", "tokens emitted", "tokens verified", "real mismatches", "near ties", "max gap", "p99 gap"], [])
+        table.rows.append([SHORT[method], text, f"{tokens_per_s(records, method):.2f}", versus])
+    return table
+
+
+def verification_table(chosen, records: list[dict], dtype: str) -> Table:
+    table = Table(["method", "re-scored in", "tokens emitted", "tokens verified", "real mismatches", "near ties", "max gap", "p99 gap"], [])
     epsilon = near_tie_epsilon(getattr(torch, dtype))
     names = {**SHORT, **{recipe: label for label, recipe, _, _ in chosen}}
     for method in records[0]["methods"]:
         for scored, row in verification(records, method, epsilon).items():
-            verified.rows.append([names.get(method, method), scored, str(row.tokens_emitted), str(row.tokens_verified), str(row.mismatches),
-                                  str(row.near_ties), f"{row.gap_max:.3f}", f"{row.gap_p99:.3f}"])
-    return {"families": families, "ratios": ratios, "baselines": baselines, "verification": verified}
+            table.rows.append([names.get(method, method), scored, str(row.tokens_emitted), str(row.tokens_verified), str(row.mismatches),
+                               str(row.near_ties), f"{row.gap_max:.3f}", f"{row.gap_p99:.3f}"])
+    return table
 
 
 def tree_text(tree: dict) -> str:

@@ -70,11 +70,14 @@ def main() -> None:
             print(markdown_table(memory), flush=True)
         cache = Table(["recipe", "tokens", "planned", "written", "error"], [cache_check(RECIPES[1], args.cache_conversations, Path(scratch))])
     print(markdown_table(cache))
+    outside = [row[0] for row in memory.rows if abs(float(row[3]) - 1) > 0.25] + [row[0] for row in cache.rows if abs(float(row[4].rstrip("%"))) > 5]
     if args.record:
         record = Record(args.record, "python " + " ".join(sys.argv), source_commit() or "unknown",
                         datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"), hardware(), "as each recipe", versions(),
                         {"memory": memory, "cache": cache})
         print(f"wrote {record.write()}")
+    if outside:
+        raise SystemExit(f"outside the claim (memory within 25%, cache within 5%): {', '.join(outside)}")
 
 
 if __name__ == "__main__":

@@ -11,6 +11,7 @@ from pathlib import Path
 import yaml
 
 from draftheads.scripts.recipe_args import recipe_and_overrides
+from draftheads.utils.paths import accelerate_config_path, recipes_dir
 
 
 def add_launch_arguments(parser: argparse.ArgumentParser, what: str) -> None:
@@ -22,21 +23,6 @@ def add_launch_arguments(parser: argparse.ArgumentParser, what: str) -> None:
         "multi-gpu, deepspeed-zero2, deepspeed-zero3, fsdp) or a YAML path; without it, run in this process",
     )
     parser.add_argument("--in-process", action="store_true", help=argparse.SUPPRESS)
-
-
-def accelerate_config_path(name: str) -> Path:
-    """A shipped accelerate config by name, or a path as given."""
-    from draftheads.utils.errors import ConfigError
-    from draftheads.utils.paths import recipes_dir
-
-    path = Path(name)
-    if path.is_file():
-        return path
-    shipped = recipes_dir() / "accelerate" / f"{name}.yaml"
-    if not shipped.is_file():
-        known = sorted(p.stem for p in (recipes_dir() / "accelerate").glob("*.yaml"))
-        raise ConfigError(f"--accelerate-config {name}: not a file and not a shipped config ({', '.join(known)})")
-    return shipped
 
 
 def launch_command(args: argparse.Namespace, verb: str) -> tuple[list[str], dict[str, str]]:
@@ -58,15 +44,19 @@ def launch_command(args: argparse.Namespace, verb: str) -> tuple[list[str], dict
 
 
 def _gpu_processes(config: Path, gpus: int) -> list[str]:
-    """`--num_processes` lowered to the GPUs present when the config asks for more: a process per
-    GPU is what the shipped multi-GPU configs mean, and a process without a GPU dies on its first
-    barrier ("invalid device ordinal")."""
+    """`--num_processes` set to the GPUs present: a shipped multi-process config means one process
+    per GPU, whatever its file says (2, so that it runs over gloo on a CPU-only machine); any other
+    config is lowered to the GPUs present when it asks for more, since a process without a GPU dies
+    on its first barrier ("invalid device ordinal")."""
     settings = yaml.safe_load(config.read_text()) or {}
     asked = settings.get("num_processes", 1)
-    # CPU configs and several machines (num_processes counts all of them) are taken as written
-    if settings.get("use_cpu") or settings.get("num_machines", 1) > 1 or not isinstance(asked, int) or asked <= gpus:
+    # CPU configs, one process, and several machines (num_processes counts all of them) are taken as written
+    if settings.get("use_cpu") or settings.get("num_machines", 1) > 1 or settings.get("distributed_type", "NO") == "NO" or not isinstance(asked, int):
         return []
-    print(f"{config.name}: num_processes {asked} lowered to the {gpus} GPU(s) present", file=sys.stderr)
+    shipped = config.resolve().parent == (recipes_dir() / "accelerate").resolve()
+    if asked == gpus or (asked < gpus and not shipped):
+        return []
+    print(f"{config.name}: num_processes {asked} set to the {gpus} GPU(s) present", file=sys.stderr)
     return ["--num_processes", str(gpus)]
 
 

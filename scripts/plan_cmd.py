@@ -25,11 +25,13 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError(f"--gpus must be at least 1, got {args.gpus}")
     if args.gpu_memory is not None and args.gpu_memory <= 0:
         raise ConfigError(f"--gpu-memory must be positive, got {args.gpu_memory}")
+    if args.tflops is not None and args.tflops <= 0:
+        raise ConfigError(f"--tflops must be positive, got {args.tflops}")
     recipe, overrides = recipe_and_overrides(args)
     if recipe is None:
         raise ConfigError("plan needs a recipe file")
     plan = make_plan(recipe, overrides, launch_of(args.accelerate_config, args.gpus, args.gpu_memory))
-    print("\n".join(plan_lines(plan, args.tflops or DEFAULT_TFLOPS)))
+    print("\n".join(plan_lines(plan, DEFAULT_TFLOPS if args.tflops is None else args.tflops)))
     refusal = plan.refusal()
     if refusal:
         raise ConfigError(refusal)

@@ -3,8 +3,8 @@
 The base's `config.json` (shipped beside the recipe, or the base's own) builds the base and the
 heads at their real shapes on the meta device, which costs no memory: the shapes, the fused layers
 and the draft vocabulary are checked against the real architecture. Then a shrunk copy of the same
-architecture (the same config class, RoPE settings, vocabulary size and layer types; four narrow
-layers) is written with random weights and the demo model's tokenizer, and the recipe itself, with
+architecture (the same config class, RoPE settings and layer types, a vocabulary at least as large
+as the demo tokenizer's; four narrow layers) is written with random weights and the demo model's tokenizer, and the recipe itself, with
 its data and budget cut to a few steps, trains heads on it through `train()` and decodes with them
 through the engine: the decode must emit exactly the tokens the shrunk base emits alone.
 """
@@ -62,9 +62,22 @@ def base_config(recipe_path: str | Path, recipe: Recipe):
     if shipped.is_file():
         return AutoConfig.for_model(**json.loads(shipped.read_text()))
     from draftheads.models.backbone import resolve_location
+    from draftheads.utils.errors import ModelLoadError
 
     location = resolve_location(recipe.model.base, recipe.model.revision)
-    return AutoConfig.from_pretrained(location.path, revision=location.revision, trust_remote_code=recipe.model.trust_remote_code)
+    try:
+        return AutoConfig.from_pretrained(location.path, revision=location.revision, trust_remote_code=recipe.model.trust_remote_code)
+    except (OSError, ValueError) as exc:
+        raise ModelLoadError(f"{recipe_path}: no {CONFIG_FILE} beside the recipe, and the config of {recipe.model.base} cannot be read ({exc}); "
+                             f"put the base's {CONFIG_FILE} beside the recipe, or give model.base as a local folder") from None
+
+
+def model_dtype(recipe: Recipe, config) -> torch.dtype:
+    """The base's dtype in training (auto: the checkpoint's); the heads are built in it too."""
+    from draftheads.models.backbone import DTYPES
+
+    name = recipe.model.dtype if recipe.model.dtype != "auto" else str(getattr(config, "torch_dtype", None) or getattr(config, "dtype", None) or "float32")
+    return DTYPES.get(name.removeprefix("torch."), torch.float32)
 
 
 def meta_parts(recipe: Recipe, config) -> tuple[torch.nn.Module, torch.nn.Module]:
@@ -73,7 +86,7 @@ def meta_parts(recipe: Recipe, config) -> tuple[torch.nn.Module, torch.nn.Module
 
     heads_config = HEADS.required(recipe.heads, "heads")
     with torch.device("meta"):
-        model = AutoModelForCausalLM.from_config(config)
+        model = AutoModelForCausalLM.from_config(config, dtype=model_dtype(recipe, config))
         backbone = Backbone(model, None, ModelLocation(recipe.model.base, recipe.model.base, None, "config only"))
         try:
             heads = HEADS.get(heads_config.head_type).build(heads_config, backbone)

@@ -6,8 +6,8 @@ heads' activations and a FLOP counter their compute, both measured from the code
 at the recipe's batch. The rest follows from the parameter counts and the strategy:
 
 - the frozen base is held whole by every process (only what trains is prepared and sharded);
-- what trains (heads in fp32, a LoRA adapter in fp32, or the full backbone in its dtype) has
-  weights, gradients and AdamW's two moments; ZeRO-2 shards the gradients and moments over the
+- what trains (heads in the base's dtype, as they are built; a LoRA adapter in fp32, as peft keeps
+  it; or the full backbone in its dtype) has weights, gradients and AdamW's two moments; ZeRO-2 shards the gradients and moments over the
   processes, ZeRO-3 and FSDP the weights too; DDP keeps a second copy of the gradients in its buckets;
 - the logits of the loss live one chunk at a time when several chunks are needed per depth
   (recomputed in backward), else every depth's are kept;
@@ -24,6 +24,7 @@ import torch
 import yaml
 
 from draftheads.train.config import Recipe, load_recipe
+from draftheads.train.dryrun import base_config, meta_parts, model_dtype
 from draftheads.utils.errors import ConfigError
 
 GIB = 1024**3
@@ -33,7 +34,6 @@ the process with torch, transformers and accelerate imported (244 MiB here) and 
 tokenised data beside it."""
 DEFAULT_TFLOPS = 400.0
 """Sustained bf16 TFLOP/s per GPU the time estimate assumes (about 40% of an H100's dense peak)."""
-DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
 
 
 @dataclass
@@ -127,25 +127,26 @@ def launch_of(accelerate_config: str | None, gpus: int | None, gpu_memory: float
     if accelerate_config is None:
         settings = {}
     else:
-        from draftheads.scripts.launch import accelerate_config_path
+        from draftheads.utils.paths import accelerate_config_path
 
         settings = yaml.safe_load(accelerate_config_path(accelerate_config).read_text()) or {}
     kind = settings.get("distributed_type", "NO")
-    stage = (settings.get("deepspeed_config") or {}).get("zero_stage", 0)
+    stage = (settings.get("deepspeed_config") or {}).get("zero_stage")
+    if kind == "DEEPSPEED" and stage is None:
+        raise ConfigError(f"--accelerate-config {accelerate_config}: deepspeed_config names no zero_stage (the plan reads the stage from there)")
     strategy = {"NO": "single", "MULTI_GPU": "ddp", "MULTI_CPU": "ddp", "FSDP": "fsdp"}.get(kind, f"zero{stage}" if kind == "DEEPSPEED" else None)
     if strategy is None:
         raise ConfigError(f"--accelerate-config {accelerate_config}: distributed_type {kind} is not one the plan knows (NO, MULTI_GPU, DEEPSPEED, FSDP)")
     processes = gpus or settings.get("num_processes", 1)
     if processes > 1 and strategy == "single":
         strategy = "ddp"
-    device = "cpu" if settings.get("use_cpu") or (gpus is None and gpu_memory is None and not torch.cuda.is_available()) else "cuda"
+    on_cpu = settings.get("use_cpu") or kind == "MULTI_CPU" or (accelerate_config is None and gpus is None and gpu_memory is None and not torch.cuda.is_available())
+    device = "cpu" if on_cpu else "cuda"
     return Launch(processes, strategy, device, gpu_memory)
 
 
 def make_plan(recipe_path: str | Path, overrides: list[str], launch: Launch) -> Plan:
     """The plan of a recipe under `launch`."""
-    from draftheads.train.dryrun import base_config, meta_parts
-
     recipe = load_recipe(recipe_path, overrides)
     config = base_config(recipe_path, recipe)
     model, heads = meta_parts(recipe, config)
@@ -157,12 +158,12 @@ def make_plan(recipe_path: str | Path, overrides: list[str], launch: Launch) -> 
     trained_backbone = base_params if cfg.backbone.mode == "full" else 0
     plan = Plan(str(recipe_path), launch, base_params, head_params, head_params + adapter + trained_backbone,
                 rows * cfg.grad_accum * launch.processes, steps=cfg.max_steps)
-    autocast = _autocast_bytes(recipe, launch.device)
-    heads_saved, heads_flops = _heads_forward(recipe, heads, config, autocast)
-    backbone_saved, backbone_flops = _backbone_forward(model, recipe.data.max_length, autocast or _model_bytes(recipe, config))
+    compute = _compute_dtype(recipe, config, launch.device)
+    heads_saved, heads_flops = _heads_forward(recipe, heads, config, compute)
+    backbone_saved, backbone_flops = _backbone_forward(model, recipe.data.max_length, compute)
     sizes = Sizes(base_params, head_params, adapter, heads_saved, backbone_saved * cfg.batch_size, rows)
     plan.memory = _memory_terms(recipe, launch, config, sizes)
-    plan.flops_per_token = _flops_per_token(recipe, config, heads, heads_flops / rows, backbone_flops / recipe.data.max_length)
+    plan.flops_per_token = _flops_per_token(recipe, config, heads_flops / rows, backbone_flops / recipe.data.max_length, rows)
     if cfg.backbone.mode == "frozen":
         plan.cache_bytes_per_token = _cache_bytes_per_token(recipe, config)
     plan.data_tokens = _data_tokens(recipe)
@@ -170,9 +171,8 @@ def make_plan(recipe_path: str | Path, overrides: list[str], launch: Launch) -> 
 
 
 def _model_bytes(recipe: Recipe, config) -> int:
-    """Bytes per base weight in the recipe's dtype (auto: the checkpoint's)."""
-    name = recipe.model.dtype if recipe.model.dtype != "auto" else str(getattr(config, "torch_dtype", None) or getattr(config, "dtype", None) or "float32")
-    return DTYPE_BYTES.get(name.removeprefix("torch."), 4)
+    """Bytes per base weight in the recipe's dtype."""
+    return model_dtype(recipe, config).itemsize
 
 
 def _adapter_parameters(model: torch.nn.Module, recipe: Recipe) -> int:
@@ -187,10 +187,14 @@ def _adapter_parameters(model: torch.nn.Module, recipe: Recipe) -> int:
     return total
 
 
-def _autocast_bytes(recipe: Recipe, launch_device: str) -> int | None:
-    """Bytes per saved float under the recipe's mixed precision (None: as computed, no autocast)."""
+def _compute_dtype(recipe: Recipe, config, launch_device: str) -> torch.dtype:
+    """The dtype activations are computed in: the autocast dtype under mixed precision, else the model's."""
     mode = recipe.train.mixed_precision
-    return 2 if mode in ("bf16", "fp16") or (mode == "auto" and launch_device == "cuda") else None
+    if mode == "fp16":
+        return torch.float16
+    if mode == "bf16" or (mode == "auto" and launch_device == "cuda"):
+        return torch.bfloat16
+    return model_dtype(recipe, config)
 
 
 class _FusedAttention(torch.autograd.Function):
@@ -212,22 +216,22 @@ def _fused_sdpa(q, k, v, *args, **kwargs):
     return _FusedAttention.apply(q, k, v)
 
 
-def _measured(run, float_bytes: int | None) -> tuple[int, float]:
-    """Bytes autograd saves while `run()` runs on the meta device (each storage once; floats at
-    `float_bytes` under autocast), with attention as a fused kernel keeps it, and `run`'s FLOPs
-    (attention's included, from a second pass)."""
+def _measured(run, inputs: tuple[torch.Tensor, ...] = ()) -> tuple[int, float]:
+    """Bytes autograd saves while `run()` runs on the meta device (each storage once, at its largest;
+    `inputs` not counted: they are terms of their own), with attention kept as a fused kernel keeps
+    it, and `run`'s FLOPs (attention's included, from a second pass)."""
     from unittest import mock
 
     from torch.utils.flop_counter import FlopCounterMode
 
     seen: dict[int, int] = {}
-    alive = []  # kept so that ids stay unique while counting
+    inputs_seen = {t.untyped_storage()._cdata for t in inputs}
 
     def pack(tensor: torch.Tensor) -> torch.Tensor:
-        size = float_bytes if float_bytes and tensor.is_floating_point() else tensor.element_size()
-        elements = min(tensor.numel(), tensor.untyped_storage().nbytes() // tensor.element_size())  # an expanded view holds its storage only
-        seen[id(tensor)] = elements * size
-        alive.append(tensor)
+        storage = tensor.untyped_storage()
+        if storage._cdata not in inputs_seen:  # an expanded view holds its storage only; a slice no more than itself
+            held = min(tensor.numel() * tensor.element_size(), storage.nbytes())
+            seen[storage._cdata] = max(seen.get(storage._cdata, 0), held)
         return tensor
 
     with mock.patch.object(torch.nn.functional, "scaled_dot_product_attention", _fused_sdpa), \
@@ -238,27 +242,28 @@ def _measured(run, float_bytes: int | None) -> tuple[int, float]:
     return sum(seen.values()), float(counter.get_total_flops())
 
 
-def _heads_forward(recipe: Recipe, heads: torch.nn.Module, config, float_bytes: int | None = None) -> tuple[int, float]:
-    """Bytes the heads' training forward saves for backward over one micro-batch, and its FLOPs,
-    on the meta device at the recipe's shapes (features in the model's dtype, heads in fp32)."""
+def _heads_forward(recipe: Recipe, heads: torch.nn.Module, config, compute: torch.dtype) -> tuple[int, float]:
+    """Bytes the heads' training forward saves for backward over one micro-batch, and its FLOPs, on
+    the meta device at the recipe's shapes, in the compute dtype (what autocast makes of them)."""
     from draftheads.data.features import training_layers
 
     batch, length = recipe.train.batch_size, recipe.data.max_length
-    dtype = {2: torch.bfloat16, 4: torch.float32}[_model_bytes(recipe, config)]
     with torch.device("meta"):
-        features = {layer: torch.empty(batch, length, config.hidden_size, dtype=dtype) for layer in training_layers(recipe.heads)}
+        features = {layer: torch.empty(batch, length, config.hidden_size, dtype=compute) for layer in training_layers(recipe.heads)}
         ids = torch.zeros(batch, length, dtype=torch.long)
         positions = torch.arange(length).expand(batch, length)
-    return _measured(lambda: heads(features, ids, positions, depths=recipe.heads.trained_depths()), float_bytes)
+    computing = heads.to(compute)
+    return _measured(lambda: computing(features, ids, positions, depths=recipe.heads.trained_depths()), tuple(features.values()))
 
 
-def _backbone_forward(model: torch.nn.Module, length: int, float_bytes: int | None = None) -> tuple[int, float]:
+def _backbone_forward(model: torch.nn.Module, length: int, compute: torch.dtype) -> tuple[int, float]:
     """Bytes the backbone's forward over one row of `length` tokens saves for backward (what a
-    trained backbone keeps), and its FLOPs, on the meta device."""
+    trained backbone keeps), and its FLOPs, on the meta device in the compute dtype."""
     with torch.device("meta"):
         ids = torch.zeros(1, length, dtype=torch.long)
         mask = torch.ones(1, 1, length, length, dtype=torch.bool)  # a 4-D mask as given: the causal one is built from values a meta tensor lacks
-    return _measured(lambda: model(input_ids=ids, attention_mask=mask, use_cache=False, logits_to_keep=1), float_bytes)
+    computing = model.to(compute)
+    return _measured(lambda: computing(input_ids=ids, attention_mask=mask, use_cache=False, logits_to_keep=1))
 
 
 def _memory_terms(recipe: Recipe, launch: Launch, config, sizes: Sizes) -> list[Term]:
@@ -270,15 +275,16 @@ def _memory_terms(recipe: Recipe, launch: Launch, config, sizes: Sizes) -> list[
     shard_moments = n if strategy in ("zero1", "zero2", "zero3", "fsdp") else 1
     b = _model_bytes(recipe, config)
     base_bytes = _base_weight_bytes(recipe, config, sizes.base, b) // (shard_weights if mode != "frozen" else 1)
-    fp32_trained = 4 * (sizes.heads + sizes.adapter)  # heads and adapters train in fp32
-    trained = fp32_trained + (b * sizes.base if mode == "full" else 0)
+    # heads are built in the base's dtype; peft keeps a LoRA adapter in fp32
+    own = b * sizes.heads + 4 * sizes.adapter
+    trained = own + (b * sizes.base if mode == "full" else 0)
     ddp_buckets = 2 if strategy == "ddp" and n > 1 else 1
     terms = [
         Term("base weights", base_bytes, f"{sizes.base:,} x {b} B" + (" (4/8-bit linear layers)" if cfg.backbone.lora.load_in_bits and mode == "lora" else "")
              + (f", / {shard_weights} processes" if mode != "frozen" and shard_weights > 1 else ", whole in every process"),
              "a frozen base is held whole by every process: a smaller model.dtype, or (LoRA) lora.load_in_bits 4"),
-        Term("trained weights", fp32_trained // shard_weights, f"{sizes.heads + sizes.adapter:,} x 4 B (fp32)" + (f" / {shard_weights}" if shard_weights > 1 else ""),
-             "--accelerate-config deepspeed-zero3 or fsdp shards them"),
+        Term("trained weights", own // shard_weights, f"heads {sizes.heads:,} x {b} B" + (f", adapter {sizes.adapter:,} x 4 B" if sizes.adapter else "")
+             + (f" / {shard_weights}" if shard_weights > 1 else ""), "--accelerate-config deepspeed-zero3 or fsdp shards them"),
         Term("gradients", ddp_buckets * trained // shard_grads, f"one per trained weight{' x 2 (DDP buckets)' if ddp_buckets > 1 else ''}"
              + (f" / {shard_grads}" if shard_grads > 1 else ""), "--accelerate-config deepspeed-zero2 shards them"),
         Term("optimizer state", 2 * trained // shard_moments, "AdamW: two moments per trained weight" + (f" / {shard_moments}" if shard_moments > 1 else ""),
@@ -324,20 +330,23 @@ def _activation_terms(recipe: Recipe, launch: Launch, config, sizes: Sizes, b: i
     depths = recipe.heads.trained_depths()
     alive = 1 if sizes.rows > cfg.loss.chunk_size else depths  # one chunk at a time when recomputed
     chunk = min(sizes.rows, cfg.loss.chunk_size)
-    terms.append(Term("logits", alive * chunk * vocab * 4 * 3, f"{alive} x {chunk:,} positions x {vocab:,} words x fp32 (logits, log-probs, teacher)",
+    copies = 3 if cfg.loss.soft_label_weight > 0 else 2  # logits and log-probs, and the teacher's for soft labels
+    terms.append(Term("logits", alive * chunk * vocab * 4 * copies, f"{alive} x {chunk:,} positions x {vocab:,} words x {copies} fp32 copies",
                       "a smaller train.loss.chunk_size, or heads.draft_vocab_size"))
     terms.append(Term("framework", FRAMEWORK_BYTES[launch.device], f"the {launch.device} runtime itself", "-"))
     return terms
 
 
-def _flops_per_token(recipe: Recipe, config, heads, heads_flops: float, backbone_flops: float) -> float:
+def _flops_per_token(recipe: Recipe, config, heads_flops: float, backbone_flops: float, rows: int) -> float:
     """Training FLOPs per token: the heads forward and backward (3x their forward) with their
-    projections (recomputed once when chunked, and the teacher's for soft labels), and the backbone's
-    forward (online), or its forward and backward (trained; plus the original's forward for KL)."""
+    projections (recomputed once in backward when a depth needs several chunks; the teacher's too
+    for soft labels), and the backbone's forward (online), or its forward and backward (trained;
+    plus the original's forward for KL)."""
     cfg, mode = recipe.train, recipe.train.backbone.mode
     vocab = recipe.heads.draft_vocab_size or config.vocab_size
     projection = 2 * config.hidden_size * vocab * recipe.heads.trained_depths()
-    total = 3 * heads_flops + 4 * projection + (projection if cfg.loss.soft_label_weight > 0 else 0)
+    recompute = projection if rows > cfg.loss.chunk_size else 0
+    total = 3 * heads_flops + 3 * projection + recompute + (projection if cfg.loss.soft_label_weight > 0 else 0)
     if mode == "frozen":
         return total + (0 if recipe.data.feature_cache.path else backbone_flops)
     teacher = backbone_flops if cfg.backbone.objective == "kl" and cfg.backbone.teacher == "model" else 0
@@ -354,13 +363,19 @@ def _cache_bytes_per_token(recipe: Recipe, config) -> int:
 
 
 def _data_tokens(recipe: Recipe) -> int | None:
-    """Tokens of the recipe's data as training reads them (None: a source is not on this machine)."""
+    """Tokens of the recipe's data as training reads them (None: a source or the tokenizer is not on
+    this machine)."""
     if not all(source.path.startswith("demo:") or Path(source.path).exists() for source in recipe.data.sources):
         return None
     from draftheads.data.dataset import build_datasets
     from draftheads.models.backbone import load_tokenizer
+    from draftheads.utils.errors import ModelLoadError
 
-    train, held, _, _ = build_datasets(recipe.data, load_tokenizer(recipe.model.base, recipe.model.revision), progress=False)
+    try:
+        tokenizer = load_tokenizer(recipe.model.base, recipe.model.revision)
+    except (ModelLoadError, OSError):
+        return None
+    train, held, _, _ = build_datasets(recipe.data, tokenizer, progress=False)
     return sum(len(row.input_ids) for row in (*train.rows, *held.rows))
 
 

@@ -23,3 +23,17 @@ def recipes_dir() -> Path:
     to its path that is no folder, which `importlib.resources` (Python 3.11) refuses."""
     spec = importlib.util.find_spec("draftheads.recipes")
     return next(Path(p) for p in spec.submodule_search_locations if Path(p).is_dir())
+
+
+def accelerate_config_path(name: str) -> Path:
+    """A shipped accelerate config by name, or a path as given."""
+    from draftheads.utils.errors import ConfigError
+
+    path = Path(name)
+    if path.is_file():
+        return path
+    shipped = recipes_dir() / "accelerate" / f"{name}.yaml"
+    if not shipped.is_file():
+        known = sorted(p.stem for p in (recipes_dir() / "accelerate").glob("*.yaml"))
+        raise ConfigError(f"--accelerate-config {name}: not a file and not a shipped config ({', '.join(known)})")
+    return shipped

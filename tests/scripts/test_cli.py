@@ -109,14 +109,20 @@ def test_overrides_may_follow_options_and_unknown_flags_are_refused(tmp_path, ca
     assert "unrecognized arguments: --no-such-flag" in capsys.readouterr().err
 
 
-def test_gpu_configs_ask_for_no_more_processes_than_gpus(capsys):
+def test_gpu_configs_run_one_process_per_gpu(capsys, tmp_path):
     """The shipped fsdp config asks for 8 processes; on a 1-GPU machine 7 of them died at the first
-    barrier ("invalid device ordinal"), seen on an H200."""
-    from draftheads.scripts.launch import _gpu_processes, accelerate_config_path
+    barrier ("invalid device ordinal"), seen on an H200. The shipped DeepSpeed configs ask for 2 (so
+    that they run on a CPU): on 8 GPUs they run 8."""
+    from draftheads.scripts.launch import _gpu_processes
+    from draftheads.utils.paths import accelerate_config_path
 
     fsdp = accelerate_config_path("fsdp")
     assert _gpu_processes(fsdp, 1) == ["--num_processes", "1"]
-    assert "num_processes 8 lowered to the 1 GPU(s) present" in capsys.readouterr().err
+    assert "num_processes 8 set to the 1 GPU(s) present" in capsys.readouterr().err
     assert _gpu_processes(fsdp, 8) == []
-    assert _gpu_processes(accelerate_config_path("single-gpu"), 4) == []  # fewer than the GPUs: as asked
+    assert _gpu_processes(accelerate_config_path("single-gpu"), 4) == []  # one process: as asked
     assert _gpu_processes(accelerate_config_path("cpu-2proc"), 1) == []  # CPU processes need no GPU
+    assert _gpu_processes(accelerate_config_path("deepspeed-zero2"), 8) == ["--num_processes", "8"]  # shipped: one process per GPU
+    own = tmp_path / "own.yaml"
+    own.write_text(accelerate_config_path("deepspeed-zero2").read_text())
+    assert _gpu_processes(own, 8) == []  # a config of one's own asks for 2 of 8: as asked

@@ -87,7 +87,7 @@ def test_loading_on_a_different_base_is_refused(tiny_base, tmp_path, demo_tokeni
     with pytest.raises(ModelLoadError, match="tokenizer_fingerprint .*; the tokenizers differ in their chat template$"):
         DraftModel.from_pretrained(out / "heads", base=str(other_template))
 
-    # what transformers 5.17 made of the demo GGUF's tokenizer (5.25: <|im_end|>): the refusal names the token
+    # a tokenizer whose eos_token differs: the refusal names the token
     from transformers import AutoTokenizer
 
     other_eos = tmp_path / "other-eos"
