@@ -68,7 +68,8 @@ def base_config(recipe_path: str | Path, recipe: Recipe):
     try:
         return AutoConfig.from_pretrained(location.path, revision=location.revision, trust_remote_code=recipe.model.trust_remote_code)
     except (OSError, ValueError) as exc:
-        raise ModelLoadError(f"{recipe_path}: no {CONFIG_FILE} beside the recipe, and the config of {recipe.model.base} cannot be read ({exc}); "
+        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise ModelLoadError(f"{recipe_path}: no {CONFIG_FILE} beside the recipe, and the config of {recipe.model.base} cannot be read ({reason}); "
                              f"put the base's {CONFIG_FILE} beside the recipe, or give model.base as a local folder") from None
 
 
