@@ -45,8 +45,8 @@ from draftheads.decoding.tree import TreeSpec
 from draftheads.decoding.verify import near_tie_epsilon
 from draftheads.eval.baselines import lookup_methods, tune_baselines
 from draftheads.eval.config import BaselineSettings, EvalConfig
-from draftheads.eval.metrics import (acceptance_by_depth, hardware, near_ties, predicted_tau, real_mismatches, source_commit, speed_ratio, tau_of,
-                                     tokens_per_s, verification, versions)
+from draftheads.eval.metrics import (acceptance_by_depth, hardware, near_ties, predicted_tau, real_mismatches, speed_ratio, tau_of,
+                                     tokens_per_s, verification)
 from draftheads.eval.schema import BASELINES, SCHEMA_VERSION, MethodName
 from draftheads.eval.report import write_summary
 from draftheads.eval.prompts import load_prompts
@@ -246,8 +246,7 @@ def report(chosen, records: list[dict], header: dict, dtype: str, args, out: Pat
         figures = {"baselines": header["baselines"], "trees": trees, "n_prompts": len(records), "repeats": args.repeats,
                    "tau_predicted": {recipe: p[0] for recipe, p in predictions.items()},
                    "speed_ratios": {f"{a}/{b}": dataclasses.asdict(speed_ratio(records, a, b)) for a, b in ratio_pairs(chosen, records)}}
-        record = Record(args.record, "python " + " ".join(sys.argv), source_commit() or "unknown", datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-                        hardware(), dtype, versions(), tables, figures)
+        record = Record.measured_now(args.record, "python " + " ".join(sys.argv), dtype, tables, figures)
         print(f"wrote {record.write()}")
     if not args.cards:
         return

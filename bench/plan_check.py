@@ -16,13 +16,11 @@ plan's bytes per token times the data's tokens.
 from __future__ import annotations
 
 import argparse
-import datetime
 import subprocess
 import sys
 import tempfile
 from pathlib import Path
 
-from draftheads.eval.metrics import hardware, source_commit, versions
 from draftheads.train.plan import GIB, launch_of, make_plan
 
 from records import Record, Table, markdown_table
@@ -72,9 +70,7 @@ def main() -> None:
     print(markdown_table(cache))
     outside = [row[0] for row in memory.rows if abs(float(row[3]) - 1) > 0.25] + [row[0] for row in cache.rows if abs(float(row[4].rstrip("%"))) > 5]
     if args.record:
-        record = Record(args.record, "python " + " ".join(sys.argv), source_commit() or "unknown",
-                        datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"), hardware(), "as each recipe", versions(),
-                        {"memory": memory, "cache": cache})
+        record = Record.measured_now(args.record, "python " + " ".join(sys.argv), "as each recipe", {"memory": memory, "cache": cache})
         print(f"wrote {record.write()}")
     if outside:
         raise SystemExit(f"outside the claim (memory within 25%, cache within 5%): {', '.join(outside)}")

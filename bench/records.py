@@ -74,6 +74,17 @@ class Record:
         return path
 
     @classmethod
+    def measured_now(cls, name: str, command: str, dtype: str, tables: dict[str, Table], figures: dict | None = None,
+                     more_versions: dict | None = None) -> "Record":
+        """A record of a run ending now, on this machine, at the checkout's commit."""
+        import datetime
+
+        from draftheads.eval.metrics import hardware, source_commit, versions
+
+        when = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+        return cls(name, command, source_commit() or "unknown", when, hardware(), dtype, versions() | (more_versions or {}), tables, figures or {})
+
+    @classmethod
     def read(cls, name: str, records: Path = RECORDS) -> "Record":
         path = records / name / "record.json"
         if not path.is_file():

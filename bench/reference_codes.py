@@ -15,7 +15,6 @@ a `TokenizersBackend` tokenizer class, which 4.x would read as RoPE theta 10,000
 from __future__ import annotations
 
 import argparse
-import datetime
 import itertools
 import json
 import os
@@ -29,7 +28,6 @@ import torch
 from draftheads.data.chat import ChatFormatter
 from draftheads.decoding.engine import Engine, GenerationConfig
 from draftheads.decoding.tree import TreeSpec, engine_tree
-from draftheads.eval.metrics import hardware, source_commit, versions
 from draftheads.eval.prompts import load_prompts
 from draftheads.models.draft_model import DraftModel
 from draftheads.models.engines import ENGINES
@@ -193,9 +191,9 @@ def main() -> None:
 
         columns = ["reference code, export", "answers equal to HF generate", "τ in the reference", "τ in our engine, same tree", "difference"]
         command = "python bench/reference_codes.py " + " ".join(sys.argv[1:])
-        record = Record(args.record, command, source_commit() or "unknown", datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-                        hardware(), "float32", versions() | {"reference": list(REFERENCE_PACKAGES + REFERENCE_CODES)},
-                        {"reference": Table(columns, table)}, {"rows": rows, "limit": args.limit, "max_new_tokens": args.max_new_tokens})
+        record = Record.measured_now(args.record, command, "float32", {"reference": Table(columns, table)},
+                                     {"rows": rows, "limit": args.limit, "max_new_tokens": args.max_new_tokens},
+                                     {"reference": list(REFERENCE_PACKAGES + REFERENCE_CODES)})
         print(f"wrote {record.write()}")
 
 
