@@ -21,6 +21,8 @@ import sys
 import tempfile
 from pathlib import Path
 
+from draftheads.train.config import load_recipe
+from draftheads.train.dryrun import short_run
 from draftheads.train.plan import GIB, launch_of, make_plan
 
 from records import Record, Table, markdown_table
@@ -57,10 +59,8 @@ def main() -> None:
     memory = Table(["recipe", "planned per process", "measured peak RSS", "plan / measured", "largest planned terms"], [])
     with tempfile.TemporaryDirectory() as scratch:
         for recipe in RECIPES:
-            overrides = ["data.sources=[{path: demo:sharegpt, limit: 1200}]", f"train.max_steps={args.steps}", f"train.eval_every={args.steps}", f"train.save_every={args.steps}", "train.trackers=[]",
-                         f"train.output_dir={Path(scratch) / Path(recipe).stem}", "train.resume_from=null"]
-            if "lora" in recipe:  # one step of heads alone, then joint ones
-                overrides += ["train.backbone.heads_only_steps=1", "train.backbone.head_weight_warmup_steps=1"]
+            overrides = ["data.sources=[{path: demo:sharegpt, limit: 1200}]", "train.trackers=[]", f"train.output_dir={Path(scratch) / Path(recipe).stem}",
+                         "train.resume_from=null", *short_run(load_recipe(recipe), args.steps)]
             plan = make_plan(recipe, overrides, launch_of(None, None, None))
             measured = peak_rss(recipe, overrides)
             top = ", ".join(f"{t.name} {t.bytes / 2**20:.0f} MiB" for t in sorted(plan.memory, key=lambda t: -t.bytes)[:3])

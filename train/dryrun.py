@@ -153,6 +153,16 @@ def dry_run(recipe_path: str | Path, work: Path, steps: int = 2, tokens: int = 1
     )
 
 
+def short_run(recipe: Recipe, steps: int) -> list[str]:
+    """Overrides that cut a recipe to `steps` optimizer steps, evaluated and saved at the last; a
+    jointly trained backbone gets one step of heads alone, then joint ones (at least 2 steps)."""
+    joint = []
+    if recipe.train.backbone.trains:
+        steps = max(steps, 2)
+        joint = ["train.backbone.heads_only_steps=1", "train.backbone.head_weight_warmup_steps=1"]
+    return joint + [f"train.max_steps={steps}", f"train.eval_every={steps}", f"train.save_every={steps}"]
+
+
 def _shrunk_recipe(recipe_path, recipe: Recipe, config, base_dir: Path, out: Path, steps: int) -> Recipe:
     """The recipe with its base, data and budget cut for the shrunk base (everything else as written)."""
     overrides = [
@@ -160,11 +170,7 @@ def _shrunk_recipe(recipe_path, recipe: Recipe, config, base_dir: Path, out: Pat
         "data.eval_fraction=0.2", "data.feature_cache.path=null", f"train.output_dir={out}", "train.batch_size=2", "train.grad_accum=1",
         "train.warmup_steps=1", "train.eval_batches=1", "train.trackers=[]", 'train.mixed_precision="no"', "train.resume_from=null",
     ]
-    backbone = recipe.train.backbone
-    if backbone.trains:  # one step of heads alone, then joint ones
-        steps = max(steps, 2)
-        overrides += ["train.backbone.heads_only_steps=1", "train.backbone.head_weight_warmup_steps=1"]
-    overrides += [f"train.max_steps={steps}", f"train.eval_every={steps}", f"train.save_every={steps}"]
+    overrides += short_run(recipe, steps)
     fused = getattr(recipe.heads, "fuse_layers", None)
     if fused:
         overrides.append(f"heads.fuse_layers=[{', '.join(str(shrunk_layer(i, config.num_hidden_layers)) for i in fused)}]")
