@@ -223,7 +223,7 @@ class Backbone:
         self.tokenizer = tokenizer
         self.location = location
         self.decoder = model.get_decoder()
-        self.layers = _decoder_layers(model, self.decoder)
+        self.layers = decoder_layers(model, self.decoder)
 
     @property
     def config(self):
@@ -335,7 +335,8 @@ def _capture_into(store: dict[int, torch.Tensor], index: int):
     return hook
 
 
-def _decoder_layers(model: nn.Module, decoder: nn.Module) -> nn.ModuleList:
+def decoder_layers(model: nn.Module, decoder: nn.Module) -> nn.ModuleList:
+    """The ModuleList of the decoder's layers (the child of `num_hidden_layers` modules)."""
     count = model.config.get_text_config().num_hidden_layers
     for module in decoder.children():
         if isinstance(module, nn.ModuleList) and len(module) == count:

@@ -66,7 +66,7 @@ def eagle_state(weights: dict[str, torch.Tensor], where: Path) -> tuple[dict[str
     """Our EagleHeads state dict and the config fields it implies, from a SafeAILab state dict."""
     if "fc.weight" not in weights:
         raise ModelLoadError(f"{where}: tensor 'fc.weight' is missing: not an EAGLE draft model")
-    one = torch.ones(())
+    one = torch.ones(1)
     state = {"layer.attn_gate": one, "layer.mlp_gate": one}  # the reference's residual branches are ungated
     if any(name.startswith("midlayer.") for name in weights):
         state |= _layer(weights, "midlayer.", where)

@@ -11,6 +11,7 @@ from pathlib import Path
 import yaml
 
 from draftheads.scripts.recipe_args import recipe_and_overrides
+from draftheads.utils.errors import ConfigError
 from draftheads.utils.paths import accelerate_config_path, recipes_dir
 
 
@@ -36,11 +37,30 @@ def launch_command(args: argparse.Namespace, verb: str) -> tuple[list[str], dict
     command = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(config)]
     env = dict(os.environ)
     if not torch.cuda.is_available():
-        # Without CUDA, accelerate runs several processes only as "multi-GPU" with use_cpu set.
-        env["ACCELERATE_USE_CPU"] = "true"
+        if _distributed_type(config) == "FSDP":
+            # accelerate maps a CPU launch of FSDP to plain DDP (with use_cpu) or to unconnected
+            # single processes (without): either way nothing would be sharded.
+            raise ConfigError(
+                f"--accelerate-config {args.accelerate_config}: accelerate runs FSDP on GPUs only; on CPU use deepspeed-zero3, "
+                "which shards a frozen backbone's layers and the heads the same way"
+            )
+        if not uses_deepspeed(config):
+            # Without CUDA, accelerate runs several processes only as "multi-GPU" with use_cpu set;
+            # it must not be set for DeepSpeed, which it would silently turn into plain DDP
+            # (DeepSpeed runs on CPU through its own CPU accelerator).
+            env["ACCELERATE_USE_CPU"] = "true"
     else:
         command += _gpu_processes(config, torch.cuda.device_count())
     return command + ["-m", "draftheads.scripts.cli", verb, "--in-process", *forwarded], env
+
+
+def uses_deepspeed(config: Path) -> bool:
+    """Whether an accelerate config launches DeepSpeed."""
+    return _distributed_type(config) == "DEEPSPEED"
+
+
+def _distributed_type(config: Path) -> str:
+    return (yaml.safe_load(config.read_text()) or {}).get("distributed_type", "NO")
 
 
 def _gpu_processes(config: Path, gpus: int) -> list[str]:

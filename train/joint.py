@@ -55,27 +55,64 @@ def batch_features(backbone: Backbone, batch: dict, layers: list[int]) -> dict[i
         return backbone.features(batch["input_ids"], batch.get("attention_mask"), batch.get("position_ids"), layers).features
 
 
+def whole_outside_layers(backbone: Backbone) -> None:
+    """Make every parameter outside the decoder layers whole again on this process, in place.
+
+    Under DeepSpeed ZeRO-3, transformers builds the model inside `deepspeed.zero.Init`, so no process
+    ever holds the whole target: each keeps a partition of every parameter. The layers stay so (the
+    training forward gathers each as it runs); the embedding, final norm and lm_head, which heads
+    read directly (embeddings, lm_head rows, shapes), are gathered once and kept as plain tensors.
+    Call it on every process at once: the gather is collective."""
+    import deepspeed
+
+    inside = {id(p) for p in backbone.layers.parameters()}
+    outside = [(module, name, p) for module in backbone.model.modules() for name, p in module.named_parameters(recurse=False) if id(p) not in inside]
+    partitioned = list({id(p): p for _, _, p in outside if hasattr(p, "ds_id")}.values())
+    if not partitioned:
+        return
+    with deepspeed.zero.GatheredParameters(partitioned):
+        whole = {id(p): nn.Parameter(p.detach().clone(), requires_grad=False) for p in partitioned}  # tied weights stay tied
+    for module, name, p in outside:
+        if id(p) in whole:
+            module._parameters[name] = whole[id(p)]
+
+
 class FrozenBackbone:
     """Medusa-1: the backbone supplies features (computed without a graph, or read from the
-    hidden-state cache) and never changes; every joint-training hook is a no-op."""
+    hidden-state cache) and never changes; every joint-training hook is a no-op.
+
+    When the launch shards parameters (DeepSpeed ZeRO-3, FSDP) and features are computed online,
+    the decoder layers go into the prepared module (`module`), so each process holds only its share
+    of them and the training forward gathers each layer as it runs. The embedding, the final norm
+    and the lm_head stay whole on every process: every head embeds tokens and every loss chunk of
+    every depth projects through the lm_head, so gathering them per call would move the largest
+    matrices many times a step, and they are a small part of a large model."""
 
     trains = False
-    module = None
     has_original = False
 
-    def __init__(self, backbone: Backbone):
+    def __init__(self, backbone: Backbone, sharded: bool = False):
         self.backbone = backbone
+        self.sharded = sharded
+        """Whether the decoder layers are prepared (and sharded) with the heads."""
+        self.module: nn.Module | None = backbone.layers if sharded else None
 
     def param_groups(self, lr: float) -> list[dict]:
         """No backbone parameters to optimise."""
         return []
 
     def begin_step(self, step: int) -> tuple[bool, float]:
-        """(joint stage, λ0): never joint; the heads' losses count fully."""
+        """(joint stage, λ0): never joint; the heads' losses count fully. Prepared layers are put
+        back in eval mode: preparing or `train()` on the module must not turn on their dropout."""
+        if self.module is not None:
+            self.module.eval()
         return False, 1.0
 
-    def features(self, batch: dict, layers: list[int]) -> dict[int, torch.Tensor]:
-        """The features the batch trains on (see `batch_features`)."""
+    def features(self, batch: dict, layers: list[int]) -> dict[int, torch.Tensor] | None:
+        """The features the batch trains on (see `batch_features`); None when the layers are
+        sharded: the training forward computes them, inside the prepared module."""
+        if self.sharded and not batch.get("features"):
+            return None
         return batch_features(self.backbone, batch, layers)
 
     def progress(self, backbone_loss: float, head_weight: float, lrs: list[float]) -> tuple[dict, dict]:

@@ -2,11 +2,12 @@
 
 With a frozen backbone (Medusa-1) it runs in eval mode under no_grad: no activations are kept for
 it; with a hidden-state cache (`data.feature_cache.path`) it does not run at all and features come
-from disk. accelerate prepares only what trains (`TrainModule`: the heads, plus the backbone or its
-LoRA adapter in joint training), so DDP/DeepSpeed synchronise and checkpoint only that. Joint
-training (Medusa-2) adds L_backbone (KL to the original model, or LM loss) and weighs the heads'
-losses by λ0, optionally after a heads-only stage. Each depth's loss is divided by the number of its trained tokens
-in the whole optimizer step (all micro-batches, all processes), so a run on 2 processes computes
+from disk. accelerate prepares what trains (`TrainModule`: the heads, plus the backbone or its
+LoRA adapter in joint training), so DDP/DeepSpeed synchronise and checkpoint only that; under
+ZeRO-3 or FSDP a frozen backbone's layers are prepared too, so that they are sharded, and left out
+of checkpoints and exports. Joint training (Medusa-2) adds L_backbone (KL to the original model,
+or LM loss) and weighs the heads' losses by λ0, optionally after a heads-only stage. Each depth's
+loss is divided by the number of its trained tokens in the whole optimizer step (all micro-batches, all processes), so a run on 2 processes computes
 the same update as a run on 1 process with twice the gradient accumulation.
 """
 
@@ -32,7 +33,7 @@ from draftheads.data.features import cached_dropped, open_feature_cache, trainin
 from draftheads.data.sources import dropped_note
 from draftheads.data.vocab import choose_draft_vocabulary, count_targets
 from draftheads.train.drift import drift_counts, drift_summary
-from draftheads.models.backbone import LAST, Backbone, load_backbone
+from draftheads.models.backbone import LAST, Backbone, load_backbone, resolve_location
 from draftheads.models.card import model_card
 from draftheads.models.draft_model import DraftModel, save_heads
 from draftheads.models.heads.base import DraftHeads
@@ -46,7 +47,7 @@ from draftheads.train.checkpoint import (
     save_checkpoint,
 )
 from draftheads.train.config import LossConfig, Recipe, recipe_yaml, save_resolved
-from draftheads.train.joint import FrozenBackbone, TrainableBackbone, batch_features, quantization_config
+from draftheads.train.joint import FrozenBackbone, TrainableBackbone, batch_features, quantization_config, whole_outside_layers
 from draftheads.train.losses import backbone_loss_sum, decode_positions, depth_accuracy_counts, depth_loss_sums, depth_weights, joint_ranks, target_counts
 from draftheads.train.schedules import make_scheduler
 from draftheads.utils.errors import ConfigError, DraftheadsError
@@ -68,20 +69,24 @@ class StepSpec:
 
 
 class TrainModule(nn.Module):
-    """What accelerate prepares: the heads, and the backbone when it trains. Every loss term is
-    computed inside forward so that DDP and DeepSpeed see each trainable parameter used in the
-    wrapped call. Returns {"heads": per-depth sums, "aux": mean or None, "backbone": sum or None}."""
+    """What accelerate prepares: the heads, and the backbone when it trains (or a frozen backbone's
+    layers when the launch shards parameters). Every loss term is computed inside forward so that
+    DDP and DeepSpeed see each trainable parameter used in the wrapped call, and sharded parameters
+    are gathered there. Returns {"heads": per-depth sums, "aux": mean or None, "backbone": sum or
+    None}, or what `measure` returns (evaluation)."""
 
     def __init__(self, heads: DraftHeads, backbone: nn.Module | None = None):
         super().__init__()
         self.heads = heads
         self.backbone = backbone
 
-    def forward(self, batch: dict, features: dict | None, spec: StepSpec) -> dict:
+    def forward(self, batch: dict, features: dict | None, spec: StepSpec, measure: Callable[[dict], tuple] | None = None) -> dict | tuple:
         ids, positions = batch["input_ids"], batch.get("position_ids")
-        if features is None:  # the backbone trains: its features are computed here, with the graph in the joint stage
+        if features is None:  # the backbone trains or is sharded: its features are computed here, with the graph in the joint stage
             with torch.set_grad_enabled(spec.joint):
                 features = spec.backbone.features(ids, batch.get("attention_mask"), positions, spec.layers).features
+        if measure is not None:  # evaluation: inside the wrapped call, where FSDP gathers the parameters it shards
+            return measure(features)
         lm_head = spec.backbone.lm_head
         output = self.heads(features, ids, positions)
         loss = spec.loss
@@ -150,6 +155,29 @@ def make_accelerator(recipe: Recipe):
     )
 
 
+def shards_parameters(accelerator) -> bool:
+    """Whether the launch shards parameters across processes (DeepSpeed ZeRO-3, FSDP)."""
+    from accelerate.utils import DistributedType
+
+    return accelerator.distributed_type == DistributedType.FSDP or _zero3(accelerator)
+
+
+def _refuse_under_zero3(cfg) -> None:
+    """What joint training cannot do while no process holds the whole backbone."""
+    if cfg.mode == "lora" and cfg.merge_adapter:
+        raise ConfigError("train.backbone.merge_adapter: merging needs the whole base in one process, which ZeRO-3 never holds: "
+                          "set it to false (the adapter is saved) or launch with deepspeed-zero2")
+    if cfg.mode == "full" and cfg.objective == "kl" and cfg.teacher == "model":
+        raise ConfigError("train.backbone.teacher: model keeps a whole frozen copy of the backbone, which ZeRO-3 does not shard: "
+                          "use teacher: cache (a hidden-state cache with teacher_topk > 0) or launch with deepspeed-zero2")
+
+
+def _zero3(accelerator) -> bool:
+    from accelerate.utils import DistributedType
+
+    return accelerator.distributed_type == DistributedType.DEEPSPEED and accelerator.state.deepspeed_plugin.zero_stage == 3
+
+
 def _batches(loader, state: TrainerState, accelerator) -> Iterator[dict]:
     """Micro-batches forever, epoch after epoch, starting at the state's saved data position."""
     while True:
@@ -164,38 +192,36 @@ def _batches(loader, state: TrainerState, accelerator) -> Iterator[dict]:
 
 def evaluate(
     heads: DraftHeads, backbone: Backbone, loader, accelerator, max_batches: int | None, chunk_size: int,
-    trainable: TrainableBackbone | None = None,
+    trainable: TrainableBackbone | None = None, inside: Callable[[dict, Callable], tuple] | None = None,
 ) -> tuple[dict, RankStats]:
     """Held-out per-depth top-1/top-5 accuracy, cross-entropy and draft-vocabulary coverage, summed
     over all processes; with a trained backbone whose original can run, also its drift (agreement,
     both perplexities). Also the joint rank-path statistics of every drafted depth, which calibrate
-    trees (`RankStats`)."""
+    trees (`RankStats`). `inside(batch, measure)` runs a batch's measurement within the prepared
+    module's forward (where a sharded module's parameters are gathered); without it, here."""
     heads.eval()
     if trainable is not None:
         trainable.module.eval()
     from accelerate.utils import gather_object
 
     layers = training_layers(heads.config)
+    measure_drift = trainable is not None and trainable.has_original
     counts = torch.zeros(heads.config.trained_depths(), 5, dtype=torch.float64)
     drift = torch.zeros(4, dtype=torch.float64)
     ranks, located = [], []
-    measure_drift = trainable is not None and trainable.has_original
     with torch.no_grad():
         for i, batch in enumerate(loader):
             if max_batches is not None and i >= max_batches:
                 break
-            features = batch_features(backbone, batch, layers)
-            output = heads(features, batch["input_ids"], batch.get("position_ids"))
-            counts += depth_accuracy_counts(heads, output, batch, backbone.lm_head, chunk_size)
-            drafted = output.states
-            if len(drafted) < heads.config.num_heads:  # ranks of every depth the heads draft, trained or not
-                drafted = heads(features, batch["input_ids"], batch.get("position_ids"), depths=heads.config.num_heads).states
-            rows, cols, turn, offset = decode_positions(batch, len(drafted))
-            ranks.append(joint_ranks(heads, drafted, batch, backbone.lm_head, rows, cols).cpu())
-            located.append(torch.stack([turn, offset], 1).cpu())
-            if measure_drift:
-                original = trainable.original_hidden(batch)
-                drift += drift_counts(features[LAST], original, batch, backbone.lm_head, trainable.original_lm_head(), chunk_size)
+
+            def measure(features: dict[int, torch.Tensor], batch=batch) -> tuple:
+                return _measure_batch(heads, backbone, batch, features, chunk_size, trainable if measure_drift else None)
+
+            found = inside(batch, measure) if inside is not None else measure(batch_features(backbone, batch, layers))
+            counts += found[0].cpu()
+            ranks.append(found[1].cpu())
+            located.append(found[2].cpu())
+            drift += found[3].cpu()
     counts = accelerator.reduce(counts.to(accelerator.device), "sum").cpu()
     # ranks and their (turn, offset) side by side: one gather keeps them aligned across processes
     local = torch.cat([torch.cat(ranks), torch.cat(located)], 1) if ranks else torch.zeros(0, heads.config.num_heads + 2, dtype=torch.long)
@@ -212,6 +238,24 @@ def evaluate(
     if measure_drift:
         metrics["drift"] = drift_summary(accelerator.reduce(drift.to(accelerator.device), "sum").cpu())
     return metrics, RankStats.located(gathered[:, :-2], gathered[:, -2], gathered[:, -1])
+
+
+def _measure_batch(
+    heads: DraftHeads, backbone: Backbone, batch: dict, features: dict[int, torch.Tensor], chunk_size: int, trainable: TrainableBackbone | None
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """One held-out batch: (accuracy counts per depth, joint ranks of every drafted depth, their
+    (turn, offset), drift counts: zeros without `trainable`)."""
+    output = heads(features, batch["input_ids"], batch.get("position_ids"))
+    counts = depth_accuracy_counts(heads, output, batch, backbone.lm_head, chunk_size)
+    drafted = output.states
+    if len(drafted) < heads.config.num_heads:  # ranks of every depth the heads draft, trained or not
+        drafted = heads(features, batch["input_ids"], batch.get("position_ids"), depths=heads.config.num_heads).states
+    rows, cols, turn, offset = decode_positions(batch, len(drafted))
+    ranks = joint_ranks(heads, drafted, batch, backbone.lm_head, rows, cols)
+    drift = torch.zeros(4, dtype=torch.float64)
+    if trainable is not None:
+        drift = drift_counts(features[LAST], trainable.original_hidden(batch), batch, backbone.lm_head, trainable.original_lm_head(), chunk_size)
+    return counts, ranks, torch.stack([turn, offset], 1), drift
 
 
 def _flat(prefix: str, value, out: dict) -> dict:
@@ -304,13 +348,18 @@ def _set_up(recipe: Recipe, progress: bool) -> _Run:
     accelerator = make_accelerator(recipe)
     set_seed(cfg.seed)
     with accelerator.main_process_first():  # the first process converts/caches the base model
-        backbone = load_backbone(recipe.model, device=accelerator.device, quantization_config=quantization_config(joint_cfg))
+        resolve_location(recipe.model.base, recipe.model.revision)
+    # then all load at once: under ZeRO-3 loading partitions the weights, which every process joins
+    backbone = load_backbone(recipe.model, device=accelerator.device, quantization_config=quantization_config(joint_cfg))
     backbone.model.requires_grad_(False)
+    if _zero3(accelerator):
+        _refuse_under_zero3(joint_cfg)
+        whole_outside_layers(backbone)
     if heads_cfg.draft_vocab_size > backbone.vocab_size:
         raise ConfigError(f"heads.draft_vocab_size: {heads_cfg.draft_vocab_size} exceeds the vocabulary of {recipe.model.base} ({backbone.vocab_size} tokens)")
     train_set, held_set, dropped = _datasets(recipe, backbone, accelerator, progress)
     heads = _new_heads(recipe, backbone, train_set, accelerator.print)
-    role = TrainableBackbone(backbone, joint_cfg) if joint_cfg.trains else FrozenBackbone(backbone)
+    role = TrainableBackbone(backbone, joint_cfg) if joint_cfg.trains else FrozenBackbone(backbone, shards_parameters(accelerator) and not recipe.data.feature_cache.path)
     groups = [{"params": list(heads.parameters()), "lr": cfg.lr * joint_cfg.heads_lr_multiplier}] + role.param_groups(cfg.lr)
     optimizer = torch.optim.AdamW(groups, lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay)
     # Not prepared: accelerate would step a prepared scheduler once per process.
@@ -433,7 +482,14 @@ def _evaluate_and_log(run: _Run, step: int) -> None:
         return
     accelerator = run.accelerator
     trainable = run.role if run.role.trains else None
-    metrics, stats = evaluate(run.heads, run.backbone, run.eval_loader, accelerator, run.recipe.train.eval_batches, run.recipe.train.loss.chunk_size, trainable)
+    spec = StepSpec(run.backbone, run.layers, run.recipe.train.loss, run.role)
+
+    def inside(batch: dict, measure: Callable) -> tuple:
+        return run.module(batch, batch_features(run.backbone, batch, run.layers) if batch.get("features") else None, spec, measure)
+
+    metrics, stats = evaluate(
+        run.heads, run.backbone, run.eval_loader, accelerator, run.recipe.train.eval_batches, run.recipe.train.loss.chunk_size, trainable, inside
+    )
     metrics["step"] = step
     metrics["target_tokens"], metrics["train_seconds"] = run.state.target_tokens, round(run.state.seconds, 1)
     metrics["expected_tau"] = {f"{b}x{w}": expected_tau(stats, b, w) for b, w in ((2, 1), (4, 2), (8, 4), (16, 8))}
@@ -479,7 +535,7 @@ def _export(run: _Run) -> None:
     """Write the heads folder (weights, config, card, training.json, recipe, calibration, and a
     trained backbone) from the main process; every process takes part in gathering the weights."""
     accelerator, result, recipe = run.accelerator, run.result, run.recipe
-    state_dict = accelerator.get_state_dict(run.module)  # on every process: gathers sharded (ZeRO-3) weights
+    state_dict = _trained_state_dict(run)
     if accelerator.is_main_process:
         # The whole run's evaluations, including those before a resume (step 0 = untrained heads).
         history = [json.loads(line) for _, line in read_lines(run.output_dir / "metrics.jsonl")] if run.eval_loader else []
@@ -507,3 +563,13 @@ def _export(run: _Run) -> None:
             accelerator.print(f"warning: {note}")
     accelerator.wait_for_everyone()
     accelerator.end_training()
+
+
+def _trained_state_dict(run: _Run) -> dict[str, torch.Tensor]:
+    """The prepared module's weights, whole, on the main process (every process takes part). Under
+    ZeRO-3 the frozen weights are left out (they are the base model's): gathering them would put
+    the whole target in one process's memory, which ZeRO-3 was chosen to avoid."""
+    if not _zero3(run.accelerator):
+        return run.accelerator.get_state_dict(run.module)
+    # accelerate's get_state_dict refuses unless the config saves 16-bit weights; this gathers the same way, without casting
+    return run.module._zero3_consolidated_16bit_state_dict(exclude_frozen_parameters=True) or {}

@@ -5,7 +5,9 @@ costs no memory, and the heads' training forward runs there too: autograd's save
 heads' activations and a FLOP counter their compute, both measured from the code that will train,
 at the recipe's batch. The rest follows from the parameter counts and the strategy:
 
-- the frozen base is held whole by every process (only what trains is prepared and sharded);
+- a frozen base is held whole by every process, except under ZeRO-3 (and FSDP computing features
+  online), where its decoder layers are sharded and only the embedding, final norm and lm_head,
+  which the heads read at every step, stay whole;
 - what trains (heads in the base's dtype, as they are built; a LoRA adapter in fp32, as peft keeps
   it; or the full backbone in its dtype) has weights, gradients and AdamW's two moments; ZeRO-2 shards the gradients and moments over the
   processes, ZeRO-3 and FSDP the weights too; DDP keeps a second copy of the gradients in its buckets;
@@ -23,6 +25,7 @@ from pathlib import Path
 import torch
 import yaml
 
+from draftheads.models.backbone import decoder_layers
 from draftheads.train.config import Recipe, load_recipe
 from draftheads.train.dryrun import base_config, meta_parts, model_dtype
 from draftheads.utils.errors import ConfigError
@@ -70,6 +73,8 @@ class Sizes:
 
     base: int
     """Parameters of the base."""
+    base_outside_layers: int
+    """Parameters of the base outside its decoder layers (embedding, final norm, lm_head)."""
     heads: int
     """Parameters of the heads."""
     adapter: int
@@ -161,7 +166,8 @@ def make_plan(recipe_path: str | Path, overrides: list[str], launch: Launch) -> 
     compute = _compute_dtype(recipe, config, launch.device)
     heads_saved, heads_flops = _heads_forward(recipe, heads, config, compute)
     backbone_saved, backbone_flops = _backbone_forward(model, recipe.data.max_length, compute)
-    sizes = Sizes(base_params, head_params, adapter, heads_saved, backbone_saved * cfg.batch_size, rows)
+    outside = base_params - sum(p.numel() for p in decoder_layers(model, model.get_decoder()).parameters())
+    sizes = Sizes(base_params, outside, head_params, adapter, heads_saved, backbone_saved * cfg.batch_size, rows)
     plan.memory = _memory_terms(recipe, launch, config, sizes)
     plan.flops_per_token = _flops_per_token(recipe, config, heads_flops / rows, backbone_flops / recipe.data.max_length, rows)
     if cfg.backbone.mode == "frozen":
@@ -274,15 +280,21 @@ def _memory_terms(recipe: Recipe, launch: Launch, config, sizes: Sizes) -> list[
     shard_grads = n if strategy in ("zero2", "zero3", "fsdp") else 1
     shard_moments = n if strategy in ("zero1", "zero2", "zero3", "fsdp") else 1
     b = _model_bytes(recipe, config)
-    base_bytes = _base_weight_bytes(recipe, config, sizes.base, b) // (shard_weights if mode != "frozen" else 1)
+    base_bytes = _base_weight_bytes(recipe, config, sizes.base, b)
+    frozen_sharded = mode == "frozen" and (strategy == "zero3" or (strategy == "fsdp" and not recipe.data.feature_cache.path))
+    if mode != "frozen":
+        base_bytes //= shard_weights
+    elif frozen_sharded and n > 1:  # the layers sharded, the parts heads read whole (train/joint.py FrozenBackbone)
+        base_bytes = sizes.base_outside_layers * b + (sizes.base - sizes.base_outside_layers) * b // n
     # heads are built in the base's dtype; peft keeps a LoRA adapter in fp32
     own = b * sizes.heads + 4 * sizes.adapter
     trained = own + (b * sizes.base if mode == "full" else 0)
     ddp_buckets = 2 if strategy == "ddp" and n > 1 else 1
     terms = [
         Term("base weights", base_bytes, f"{sizes.base:,} x {b} B" + (" (4/8-bit linear layers)" if cfg.backbone.lora.load_in_bits and mode == "lora" else "")
-             + (f", / {shard_weights} processes" if mode != "frozen" and shard_weights > 1 else ", whole in every process"),
-             "a frozen base is held whole by every process: a smaller model.dtype, or (LoRA) lora.load_in_bits 4"),
+             + (f", / {shard_weights} processes" if mode != "frozen" and shard_weights > 1
+                else f", layers / {n} processes, embedding and lm_head whole" if frozen_sharded and n > 1 else ", whole in every process"),
+             "--accelerate-config deepspeed-zero3 shards a frozen base's layers; or a smaller model.dtype, or (LoRA) lora.load_in_bits 4"),
         Term("trained weights", own // shard_weights, f"heads {sizes.heads:,} x {b} B" + (f", adapter {sizes.adapter:,} x 4 B" if sizes.adapter else "")
              + (f" / {shard_weights}" if shard_weights > 1 else ""), "--accelerate-config deepspeed-zero3 or fsdp shards them"),
         Term("gradients", ddp_buckets * trained // shard_grads, f"one per trained weight{' x 2 (DDP buckets)' if ddp_buckets > 1 else ''}"

@@ -87,7 +87,7 @@ class EagleConfig(HeadConfig):
 
 class EagleLayer(nn.Module):
     """The draft decoder layer, in the EAGLE-1 or EAGLE-3 layout; attention is computed by the caller
-    (the key sets differ between training and drafting)."""
+    (the key sets differ between training and drafting): `pair` and `qkv` before it, `forward` after."""
 
     def __init__(self, shape: Shape, fused: bool, fc_bias: bool):
         super().__init__()
@@ -113,8 +113,9 @@ class EagleLayer(nn.Module):
         self.gate_proj = nn.Linear(hidden, shape.intermediate, bias=False)
         self.up_proj = nn.Linear(hidden, shape.intermediate, bias=False)
         self.down_proj = nn.Linear(shape.intermediate, hidden, bias=False)
-        self.attn_gate = nn.Parameter(torch.zeros(()))
-        self.mlp_gate = nn.Parameter(torch.zeros(()))
+        # one element, not a 0-dim scalar: DeepSpeed ZeRO-3 cannot partition a 0-dim parameter
+        self.attn_gate = nn.Parameter(torch.zeros(1))
+        self.mlp_gate = nn.Parameter(torch.zeros(1))
 
     def pair(self, feature: torch.Tensor, embedding: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(attention input, residual) of pairs (feature, token embedding), each [B, T, H]."""
@@ -130,8 +131,10 @@ class EagleLayer(nn.Module):
         k = rope(split_heads(self.k(x), s.kv_heads, s.head_dim), positions, s)
         return q, k, split_heads(self.v(x), s.kv_heads, s.head_dim)
 
-    def finish(self, residual: torch.Tensor, attention: torch.Tensor) -> torch.Tensor:
-        """Output [B, T, H] from the residual and the attention's heads [B, heads, T, D]."""
+    def forward(self, residual: torch.Tensor, attention: torch.Tensor) -> torch.Tensor:
+        """Output [B, T, H] from the residual and the attention's heads [B, heads, T, D]. This half
+        is the module's forward because it reads the gates directly: a sharding wrapper (DeepSpeed
+        ZeRO-3) gathers a module's own parameters only while its forward runs."""
         batch, _, length, _ = attention.shape
         x = residual + self.attn_gate * self.o(attention.transpose(1, 2).reshape(batch, length, -1))
         h = self.post_norm(x)
@@ -273,7 +276,7 @@ class EagleHeads(DraftHeads):
             else:
                 diagonal.append((k, v))
             # The pairs of the sequence up to t (same document), then depths 2..k of position t itself.
-            feature = self.layer.finish(residual, _attend(q, [sequence], diagonal))
+            feature = self.layer(residual, _attend(q, [sequence], diagonal))
             states.append(feature)
         # EAGLE-3's output lives in the fused space, not the backbone's final one: nothing to regress onto.
         return HeadOutput(states=states, predicted_features=None if self.config.fused else list(states))
@@ -325,7 +328,7 @@ class EagleHeads(DraftHeads):
             parents = [state.memo[name[:-1]] for name in names]
             k = torch.cat([torch.stack([p[0] for p in parents]), k], dim=2)
             v = torch.cat([torch.stack([p[1] for p in parents]), v], dim=2)
-        out = self.layer.finish(residual, _attend(q, [(state.keys, state.values, None), (k, v, None)]))[:, 0]
+        out = self.layer(residual, _attend(q, [(state.keys, state.values, None), (k, v, None)]))[:, 0]
         for i, name in enumerate(names):
             state.memo[name] = (k[i], v[i], out[i])
         return out

@@ -148,8 +148,9 @@ class AugmentingBlock(nn.Module):
         self.gate_proj = nn.Linear(shape.hidden, shape.intermediate, bias=False)
         self.up_proj = nn.Linear(shape.hidden, shape.intermediate, bias=False)
         self.down_proj = nn.Linear(shape.intermediate, shape.hidden, bias=False)
-        self.attn_gate = nn.Parameter(torch.zeros(()))
-        self.mlp_gate = nn.Parameter(torch.zeros(()))
+        # one element, not a 0-dim scalar: DeepSpeed ZeRO-3 cannot partition a 0-dim parameter
+        self.attn_gate = nn.Parameter(torch.zeros(1))
+        self.mlp_gate = nn.Parameter(torch.zeros(1))
 
     def forward(
         self, x: torch.Tensor, positions: torch.Tensor, mask: torch.Tensor, past: tuple[torch.Tensor, torch.Tensor] | None = None

@@ -145,6 +145,25 @@ def test_draft_vocabularies_that_do_not_fit_are_refused(backbone, tmp_path):
         load_head_weights(smaller, tmp_path / "heads")
 
 
+@pytest.mark.parametrize("family,options", CASES)
+def test_no_parameter_is_0_dim_and_scalars_in_files_still_load(family, options, backbone, tmp_path):
+    """DeepSpeed ZeRO-3 cannot partition a 0-dim parameter; files holding one-element tensors as
+    0-dim scalars (the layer gates, as earlier versions saved them) load into their parameters."""
+    from safetensors.torch import load_file, save_file
+
+    draft = new_draft(backbone, family, **options)
+    assert all(p.dim() >= 1 for p in draft.heads.parameters())
+    with torch.no_grad():
+        for p in draft.heads.parameters():
+            p.normal_()
+    folder = save_heads(draft.heads, tmp_path / "heads")
+    weights = load_file(str(folder / "model.safetensors"))
+    save_file({k: v.reshape(()) if v.numel() == 1 else v for k, v in weights.items()}, str(folder / "model.safetensors"))
+    loaded = HEADS.get(family).build(read_head_config(folder), backbone)
+    load_head_weights(loaded, folder)
+    assert all(torch.equal(a, b) for a, b in zip(draft.heads.state_dict().values(), loaded.state_dict().values()))
+
+
 def test_a_truncated_weights_file_is_one_clear_error(backbone, tmp_path, capsys):
 
     draft = new_draft(backbone, "medusa")

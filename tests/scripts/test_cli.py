@@ -79,6 +79,25 @@ def test_config_prints_and_saves_the_resolved_recipe(tmp_path):
     assert "max_length: 99" in done.stdout and (tmp_path / "recipe.yaml").read_text() in done.stdout
 
 
+@pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="what a CPU-only machine launches")
+def test_a_cpu_launch_runs_deepspeed_as_deepspeed_and_refuses_fsdp(tmp_path):
+    """accelerate turns a launch with use_cpu into plain DDP whatever the config says: DeepSpeed
+    configs must launch without it (DeepSpeed has its own CPU accelerator); FSDP cannot run on CPU,
+    and saying so beats 2 processes that silently shard nothing."""
+    from draftheads.scripts.launch import launch_command
+
+    def args(config):
+        return build_parser().parse_args(["train", "smollm2-135m/medusa1", "--accelerate-config", config])
+
+    for config in ("deepspeed-zero2", "deepspeed-zero3"):
+        assert "ACCELERATE_USE_CPU" not in launch_command(args(config), "train")[1]
+    assert launch_command(args("cpu-2proc"), "train")[1]["ACCELERATE_USE_CPU"] == "true"
+    done = subprocess.run([sys.executable, "-m", "draftheads.scripts.cli", "train", "smollm2-135m/medusa1", "--accelerate-config", "fsdp"],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2 and done.stderr.strip().splitlines()[-1].endswith(
+        "--accelerate-config fsdp: accelerate runs FSDP on GPUs only; on CPU use deepspeed-zero3, which shards a frozen backbone's layers and the heads the same way")
+
+
 def test_quick_flags_become_the_overrides_a_relaunch_forwards(tmp_path):
     from draftheads.scripts.launch import launch_command
 

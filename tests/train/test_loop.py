@@ -99,7 +99,7 @@ def test_loading_on_a_different_base_is_refused(tiny_base, tmp_path, demo_tokeni
 
 # Two processes take about 25 s a run: with every other multi-process test they are in the slow set, which CI runs too.
 @pytest.mark.slow
-@pytest.mark.parametrize("config", ["cpu-2proc", "deepspeed-zero2"])
+@pytest.mark.parametrize("config", ["cpu-2proc", "deepspeed-zero2", "deepspeed-zero3"])
 def test_two_processes_agree_with_one(config, tiny_base, tmp_path):
     """2 processes x batch 2 computes the same updates as 1 process x batch 2 x 2 accumulation steps."""
     steps = {"train.max_steps": 4, "train.seed": 7}
@@ -112,6 +112,66 @@ def test_two_processes_agree_with_one(config, tiny_base, tmp_path):
     for key in a:
         torch.testing.assert_close(a[key], b[key], rtol=1e-4, atol=1e-6)
     assert any(a[k].abs().sum() > 0 for k in a)  # the heads did move from their zero init
+
+
+@pytest.fixture(scope="module")
+def wide_base(tmp_path_factory, demo_tokenizer):
+    """A 2-layer Llama of hidden size 384: its attention and MLP matrices exceed DeepSpeed's
+    persistence threshold (100k elements), so ZeRO-3 shards them."""
+    from transformers import LlamaForCausalLM
+
+    from helpers import tiny_llama_config
+
+    folder = tmp_path_factory.mktemp("wide-base")
+    torch.manual_seed(0)
+    LlamaForCausalLM(tiny_llama_config(vocab_size=len(demo_tokenizer), hidden=384)).save_pretrained(folder)
+    demo_tokenizer.save_pretrained(folder)
+    return folder
+
+
+def run_probe(config: str | None, out, settings: list[str]) -> None:
+    """tests/train/sharded_probe.py in this process's interpreter, under `accelerate launch` with
+    a shipped config when one is named (CPU processes over gloo)."""
+    import os
+    from pathlib import Path
+
+    from draftheads.scripts.launch import uses_deepspeed
+    from draftheads.utils.paths import accelerate_config_path
+
+    probe = [str(Path(__file__).parent / "sharded_probe.py"), str(out), *settings]
+    launcher = ["-m", "accelerate.commands.launch", "--config_file", str(accelerate_config_path(config))] if config else []
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    if config and not uses_deepspeed(accelerate_config_path(config)):
+        env["ACCELERATE_USE_CPU"] = "true"
+    done = subprocess.run([sys.executable, *launcher, *probe], env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-4000:]
+
+
+@pytest.mark.slow  # three launches of two processes, about 25 s each
+@pytest.mark.parametrize(
+    "heads",
+    [{"heads.head_type": "medusa"}, {"heads.head_type": "eagle", "heads.fuse_layers": "[0, 1]", "heads.draft_vocab_size": 500}],
+    ids=["medusa1", "eagle3"],
+)
+def test_zero3_shards_the_frozen_target_and_matches_one_process(heads, wide_base, tmp_path):
+    """Online training with the frozen target's layers sharded by ZeRO-3 over 2 processes: each
+    process holds half of the layers' matrices (all but 11% of their parameters: DeepSpeed keeps
+    norms and matrices under 100k elements whole), yet the features of a fixed batch are the single
+    process's exactly, and the first step's loss is equal to float rounding (the 2 processes sum
+    their halves of the step in another order)."""
+    one, two = tmp_path / "one.pt", tmp_path / "two.pt"
+    run_probe(None, one, overrides(wide_base, tmp_path / "one", **{"train.seed": 7, "train.grad_accum": 2, **heads}))
+    run_probe("deepspeed-zero3", two, overrides(wide_base, tmp_path / "two", **{"train.seed": 7, **heads}))
+    a, b = torch.load(one), torch.load(two)
+    assert not a["sharded"] and b["sharded"]
+    assert a["shares"] == [{"total": a["shares"][0]["total"], "sharded": 0, "held": 0}]
+    for share in b["shares"]:
+        assert share["total"] == a["shares"][0]["total"] and share["sharded"] >= 0.85 * share["total"]
+        assert share["held"] <= share["sharded"] // 2 + 16  # half of each matrix (a partition is padded by at most one element)
+    assert a["features"].keys() == b["features"].keys()
+    for layer in a["features"]:
+        assert torch.equal(a["features"][layer], b["features"][layer]), layer
+    assert b["loss"] == pytest.approx(a["loss"], rel=1e-6)
 
 
 @pytest.mark.slow  # three training processes, 14-29 s (a new virtualenv's first imports compile); test_crash_and_resume stays in the default run

@@ -58,7 +58,11 @@ def test_each_strategy_shards_what_it_shards():
     assert zero3["trained weights"] == single["trained weights"] // 4
     assert zero3["base weights"] == single["base weights"] // 4  # a trained backbone is prepared, so sharded
     frozen = ROOT / "recipes/vicuna-7b-v1.3/medusa1.yaml"
-    assert terms(make_plan(frozen, [], Launch(4, "zero3", "cuda", None)))["base weights"] == terms(make_plan(frozen, [], Launch(1, "single", "cuda", None)))["base weights"]
+    whole = terms(make_plan(frozen, [], Launch(1, "single", "cuda", None)))["base weights"]
+    assert terms(make_plan(frozen, [], Launch(4, "zero2", "cuda", None)))["base weights"] == whole  # a frozen base is not prepared under ZeRO-2
+    # ZeRO-3 shards a frozen base's 32 layers; the embedding and lm_head (2 x 32000 x 4096) and the final norm stay whole
+    outside = (2 * 32000 * 4096 + 4096) * 2
+    assert terms(make_plan(frozen, [], Launch(4, "zero3", "cuda", None)))["base weights"] == outside + (whole - outside) // 4
 
 
 def test_qlora_holds_the_base_in_about_half_a_byte_per_weight():
