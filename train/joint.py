@@ -61,7 +61,8 @@ def whole_outside_layers(backbone: Backbone) -> None:
     Under DeepSpeed ZeRO-3, transformers builds the model inside `deepspeed.zero.Init`, so no process
     ever holds the whole target: each keeps a partition of every parameter. The layers stay so (the
     training forward gathers each as it runs); the embedding, final norm and lm_head, which heads
-    read directly (embeddings, lm_head rows, shapes), are gathered once and kept as plain tensors.
+    read directly (embeddings, lm_head rows, shapes), are gathered once and kept as plain tensors
+    (a trained backbone's are partitioned again when it is prepared, after the heads are built).
     Call it on every process at once: the gather is collective."""
     import deepspeed
 

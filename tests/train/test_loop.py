@@ -130,15 +130,15 @@ def wide_base(tmp_path_factory, demo_tokenizer):
 
 
 def run_probe(config: str | None, out, settings: list[str]) -> None:
-    """tests/train/sharded_probe.py in this process's interpreter, under `accelerate launch` with
-    a shipped config when one is named (CPU processes over gloo)."""
+    """bench/sharded_probe.py in this process's interpreter, under `accelerate launch` with a
+    shipped config when one is named (CPU processes over gloo)."""
     import os
     from pathlib import Path
 
     from draftheads.scripts.launch import uses_deepspeed
     from draftheads.utils.paths import accelerate_config_path
 
-    probe = [str(Path(__file__).parent / "sharded_probe.py"), str(out), *settings]
+    probe = [str(Path(__file__).parents[2] / "bench" / "sharded_probe.py"), str(out), "-", *settings]
     launcher = ["-m", "accelerate.commands.launch", "--config_file", str(accelerate_config_path(config))] if config else []
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     if config and not uses_deepspeed(accelerate_config_path(config)):
@@ -172,6 +172,23 @@ def test_zero3_shards_the_frozen_target_and_matches_one_process(heads, wide_base
     for layer in a["features"]:
         assert torch.equal(a["features"][layer], b["features"][layer]), layer
     assert b["loss"] == pytest.approx(a["loss"], rel=1e-6)
+
+
+@pytest.mark.slow  # three launches of two processes, about 20 s each
+def test_a_zero3_run_resumed_from_its_checkpoint_equals_the_straight_run(tiny_base, tmp_path):
+    """Checkpoints under ZeRO-3 leave the sharded frozen layers out and still resume exactly."""
+    # a constant rate: the first launch of the resumed run stops at step 2 without changing its schedule
+    settings = {"train.max_steps": 4, "train.save_every": 2, "train.seed": 7, "train.schedule": "constant", "train.warmup_steps": 0}
+    straight, resumed = tmp_path / "straight", tmp_path / "resumed"
+    launch("deepspeed-zero3", tiny_base, straight, **settings)
+    launch("deepspeed-zero3", tiny_base, resumed, **{**settings, "train.max_steps": 2})
+    launch("deepspeed-zero3", tiny_base, resumed, **{**settings, "train.resume_from": "latest"})
+    a, b = heads_of(straight), heads_of(resumed)
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    # the third launch went on from step 2 (a silent restart would log step 0 again)
+    logged = [json.loads(line) for line in (resumed / "metrics.jsonl").read_text().splitlines()]
+    straight_end = json.loads((straight / "metrics.jsonl").read_text().splitlines()[-1])
+    assert [m["step"] for m in logged] == [0, 2, 4] and logged[-1]["target_tokens"] == straight_end["target_tokens"]
 
 
 @pytest.mark.slow  # three training processes, 14-29 s (a new virtualenv's first imports compile); test_crash_and_resume stays in the default run

@@ -1,0 +1,67 @@
+"""Run under `accelerate launch` (or alone): set up a training run from a recipe (`-` for none) and
+`key=value` overrides, then write to OUT (main process) the features of a fixed batch, the first
+optimizer step's loss, the share of the decoder layers' parameters each process holds and each
+process's peak resident memory and its resident memory after the step.
+
+    python bench/sharded_probe.py OUT RECIPE|- key=value ...
+
+`bench/zero3_online.py` and `tests/train/test_loop.py` compare a DeepSpeed ZeRO-3 launch of it with
+one process: the features are computed through the sharded layers (each gathered as it runs), the
+loss through the training forward."""
+
+from __future__ import annotations
+
+import argparse
+import resource
+
+import torch
+
+
+def layer_shares(run) -> dict[str, int]:
+    """Elements of the decoder layers' parameters: all of them ("total"), those sharded ("sharded":
+    DeepSpeed keeps parameters under its persistence threshold, norms and small matrices, whole in
+    every process) and how many of the sharded ones this process holds between steps ("held")."""
+    shares = {"total": 0, "sharded": 0, "held": 0}
+    for p in run.backbone.layers.parameters():
+        full = getattr(p, "ds_numel", p.numel())  # a ZeRO-3 parameter keeps its partition in ds_tensor
+        shares["total"] += full
+        if hasattr(p, "ds_tensor") and not p.ds_persist:
+            shares["sharded"] += full
+            shares["held"] += p.data.numel() + p.ds_tensor.numel()
+    return shares
+
+
+def resident_now() -> int:
+    """This process's resident set size now, in bytes."""
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * resource.getpagesize()
+
+
+def main(out: str, recipe: str, settings: list[str]) -> None:
+    from accelerate.utils import gather_object
+
+    from draftheads.data.collate import Collator
+    from draftheads.train.config import load_recipe
+    from draftheads.train.joint import batch_features
+    from draftheads.train.loop import _batches, _optimizer_step, _set_up
+
+    run = _set_up(load_recipe(None if recipe == "-" else recipe, settings), progress=False)
+    rows = run.train_loader.dataset
+    batch = Collator(pad_token_id=run.backbone.tokenizer.pad_token_id or 0)([rows[0], rows[1]])  # the same rows on every process
+    features = batch_features(run.backbone, batch, sorted(set(run.layers)))
+    loss, *_ = _optimizer_step(run, _batches(run.train_loader, run.state, run.accelerator))
+    shares = gather_object([layer_shares(run)])  # after a step: what each process keeps in steady state
+    peaks = gather_object([(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024, resident_now())])
+    if run.accelerator.is_main_process:
+        torch.save({"features": features, "loss": loss, "shares": shares, "peaks": peaks, "sharded": bool(run.role.module is not None)}, out)
+    run.accelerator.wait_for_everyone()
+    run.accelerator.end_training()
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("out", help="where the main process writes its findings (torch.save)")
+    parser.add_argument("recipe", help="a recipe YAML, or - for the defaults")
+    parser.add_argument("settings", nargs="*", help="key=value recipe overrides")
+    args = parser.parse_args()
+    main(args.out, args.recipe, args.settings)

@@ -1,0 +1,87 @@
+"""Claim: under DeepSpeed ZeRO-3 on 2 CPU processes, heads train online on the demo model with the
+frozen target's decoder layers sharded (issue 33): the features of a batch equal one process's,
+the first step's loss is the same (within 1e-6 relative) and each process holds half of the
+layers' matrices; each process's peak memory is reported beside one process's and beside what
+`draftheads plan` says for the launch (a measurement, not a claim: on the demo model DeepSpeed's
+runtime outweighs the half of the layers a process no longer holds).
+
+    python bench/zero3_online.py [--record zero3-online-demo]
+
+For each recipe, `bench/sharded_probe.py` runs once in one process (2 accumulation steps) and once
+under `accelerate launch --config_file recipes/accelerate/deepspeed-zero3.yaml` (2 processes over
+gloo, batch as the recipe), both on the same 200 ShareGPT conversations; the probe sets up the run,
+computes the features of the first two training rows, takes one optimizer step and reports its
+loss, the layers' shares and every process's peak resident set size and its resident set after the step.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import torch
+
+from draftheads.train.plan import GIB, Launch, make_plan
+from draftheads.utils.paths import accelerate_config_path
+
+from records import Record, Table, markdown_table
+
+RECIPES = ("recipes/smollm2-135m/medusa1.yaml", "recipes/smollm2-135m/eagle3.yaml")
+"""A parallel family on the final hidden state, a sequential one on three fused layers."""
+PROBE = Path(__file__).with_name("sharded_probe.py")
+
+
+def probe(out: Path, recipe: str, overrides: list[str], zero3: bool) -> dict:
+    """The probe's findings, in one process or under ZeRO-3 on two."""
+    launcher = ["-m", "accelerate.commands.launch", "--config_file", str(accelerate_config_path("deepspeed-zero3"))] if zero3 else []
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    done = subprocess.run([sys.executable, *launcher, str(PROBE), str(out), recipe, *overrides], env=env, capture_output=True, text=True)
+    if done.returncode != 0:
+        raise SystemExit(f"{recipe}: the probe failed{' under ZeRO-3' if zero3 else ''}:\n{done.stderr[-3000:]}")
+    return torch.load(out)
+
+
+def row(recipe: str, overrides: list[str], work: Path) -> list[str]:
+    """One recipe: one process against ZeRO-3 on two."""
+    one = probe(work / "one.pt", recipe, [*overrides, f"train.output_dir={work / 'one'}", "train.grad_accum=2"], zero3=False)
+    two = probe(work / "two.pt", recipe, [*overrides, f"train.output_dir={work / 'two'}"], zero3=True)
+    equal = all(torch.equal(one["features"][k], two["features"][k]) for k in one["features"])
+    share = two["shares"][0]
+    planned = make_plan(recipe, overrides, Launch(2, "zero3", "cpu", None)).total
+    peaks = ", ".join(f"{peak / GIB:.2f}" for peak, _ in two["peaks"])
+    after = ", ".join(f"{now / GIB:.2f}" for _, now in two["peaks"])
+    return [
+        recipe, f"{len(one['features'])} layer(s): " + ("equal bit for bit" if equal else "DIFFER"),
+        f"{one['loss']:.6f} / {two['loss']:.6f}" + ("" if abs(one["loss"] - two["loss"]) <= 1e-6 * abs(one["loss"]) else " DIFFER"),
+        f"{share['held']:,} of {share['sharded']:,} sharded ({share['sharded'] / share['total']:.1%} of {share['total']:,})",
+        f"{one['peaks'][0][0] / GIB:.2f} GiB", f"{peaks} GiB", f"{one['peaks'][0][1] / GIB:.2f} GiB", f"{after} GiB", f"{planned / GIB:.2f} GiB",
+    ]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--conversations", type=int, default=200)
+    parser.add_argument("--record", help="write the table as bench/records/NAME/record.json")
+    args = parser.parse_args()
+    table = Table(["recipe", "features of a batch (1 process vs ZeRO-3)", "first loss (1 / ZeRO-3)", "layer elements held per process",
+                   "peak RSS, 1 process", "peak RSS per ZeRO-3 process", "RSS after the step, 1 process", "the same per ZeRO-3 process",
+                   "plan per ZeRO-3 process"], [])
+    for recipe in RECIPES:
+        with tempfile.TemporaryDirectory() as scratch:
+            overrides = [f"data.sources=[{{path: demo:sharegpt, limit: {args.conversations}}}]", "train.trackers=[]", "train.resume_from=null", "train.seed=7"]
+            table.rows.append(row(recipe, overrides, Path(scratch)))
+        print(markdown_table(table), flush=True)
+    if args.record:
+        record = Record.measured_now(args.record, "python " + " ".join(sys.argv), "float32", {"zero3": table})
+        print(f"wrote {record.write()}")
+    wrong = [r[0] for r in table.rows if "DIFFER" in r[1] + r[2]]
+    if wrong:
+        raise SystemExit(f"outside the claim (features equal, the first loss within 1e-6 relative): {', '.join(wrong)}")
+
+
+if __name__ == "__main__":
+    main()
