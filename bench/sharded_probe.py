@@ -1,9 +1,10 @@
 """Run under `accelerate launch` (or alone): set up a training run from a recipe (`-` for none) and
 `key=value` overrides, then write to OUT (main process) the features of a fixed batch, the first
-optimizer step's loss, the share of the decoder layers' parameters each process holds and each
-process's peak resident memory and its resident memory after the step.
+optimizer step's loss, the share of the decoder layers' parameters each process holds, and each
+process's peak resident memory over `--steps` optimizer steps (DeepSpeed prefetches from the
+second step on, once it has traced the first) and its resident memory after them, and what a DeepSpeed engine gathers ahead.
 
-    python bench/sharded_probe.py OUT RECIPE|- key=value ...
+    python bench/sharded_probe.py [--steps N] [--deepspeed-defaults] OUT RECIPE|- key=value ...
 
 `bench/zero3_online.py` and `tests/train/test_loop.py` compare a DeepSpeed ZeRO-3 launch of it with
 one process: the features are computed through the sharded layers (each gathered as it runs), the
@@ -37,23 +38,33 @@ def resident_now() -> int:
         return int(f.read().split()[1]) * resource.getpagesize()
 
 
-def main(out: str, recipe: str, settings: list[str]) -> None:
+def main(out: str, recipe: str, settings: list[str], steps: int, deepspeed_defaults: bool) -> None:
     from accelerate.utils import gather_object
 
     from draftheads.data.collate import Collator
+    from draftheads.train import loop
     from draftheads.train.config import load_recipe
     from draftheads.train.joint import batch_features
     from draftheads.train.loop import _batches, _optimizer_step, _set_up
+
+    if deepspeed_defaults:  # the comparison: what ZeRO-3 holds when it gathers as DeepSpeed's defaults say
+        loop.gather_one_layer_ahead = lambda accelerator, layers: None
 
     run = _set_up(load_recipe(None if recipe == "-" else recipe, settings), progress=False)
     rows = run.train_loader.dataset
     batch = Collator(pad_token_id=run.backbone.tokenizer.pad_token_id or 0)([rows[0], rows[1]])  # the same rows on every process
     features = batch_features(run.backbone, batch, sorted(set(run.layers)))
-    loss, *_ = _optimizer_step(run, _batches(run.train_loader, run.state, run.accelerator))
+    batches = _batches(run.train_loader, run.state, run.accelerator)
+    loss, *_ = _optimizer_step(run, batches)
+    for _ in range(steps - 1):  # DeepSpeed prefetches from the second step on, once it has traced the first
+        _optimizer_step(run, batches)
     shares = gather_object([layer_shares(run)])  # after a step: what each process keeps in steady state
     peaks = gather_object([(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024, resident_now())])
     if run.accelerator.is_main_process:
-        torch.save({"features": features, "loss": loss, "shares": shares, "peaks": peaks, "sharded": bool(run.role.module is not None)}, out)
+        zero = getattr(getattr(run.module, "_config", None), "zero_config", None)  # a DeepSpeed engine's ZeRO settings
+        gathering = {k: getattr(zero, k) for k in ("prefetch_bucket_size", "max_live_parameters", "max_reuse_distance")} if zero else None
+        torch.save({"features": features, "loss": loss, "shares": shares, "peaks": peaks, "sharded": bool(run.role.module is not None),
+                    "gathering": gathering}, out)
     run.accelerator.wait_for_everyone()
     run.accelerator.end_training()
 
@@ -63,5 +74,7 @@ if __name__ == "__main__":
     parser.add_argument("out", help="where the main process writes its findings (torch.save)")
     parser.add_argument("recipe", help="a recipe YAML, or - for the defaults")
     parser.add_argument("settings", nargs="*", help="key=value recipe overrides")
+    parser.add_argument("--steps", type=int, default=3, help="optimizer steps before memory is read (the loss is the first's)")
+    parser.add_argument("--deepspeed-defaults", action="store_true", help="leave ZeRO-3's gathering at DeepSpeed's defaults (no layer bound)")
     args = parser.parse_args()
-    main(args.out, args.recipe, args.settings)
+    main(args.out, args.recipe, args.settings, args.steps, args.deepspeed_defaults)

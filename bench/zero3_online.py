@@ -1,17 +1,18 @@
 """Claim: under DeepSpeed ZeRO-3 on 2 CPU processes, heads train online on the demo model with the
 frozen target's decoder layers sharded (issue 33): the features of a batch equal one process's,
 the first step's loss is the same (within 1e-6 relative) and each process holds half of the
-layers' matrices; each process's peak memory is reported beside one process's and beside what
-`draftheads plan` says for the launch (a measurement, not a claim: on the demo model DeepSpeed's
-runtime outweighs the half of the layers a process no longer holds).
+layers' matrices. Measured beside it, not claimed: each process's peak memory against one
+process's, against the same launch with DeepSpeed's default gathering (no bound of one layer
+ahead, train/joint.py `gather_one_layer_ahead`), and against what `draftheads plan` says.
 
     python bench/zero3_online.py [--record zero3-online-demo]
 
-For each recipe, `bench/sharded_probe.py` runs once in one process (2 accumulation steps) and once
+For each recipe, `bench/sharded_probe.py` runs once in one process (2 accumulation steps) and twice
 under `accelerate launch --config_file recipes/accelerate/deepspeed-zero3.yaml` (2 processes over
-gloo, batch as the recipe), both on the same 200 ShareGPT conversations; the probe sets up the run,
-computes the features of the first two training rows, takes one optimizer step and reports its
-loss, the layers' shares and every process's peak resident set size and its resident set after the step.
+gloo, batch as the recipe; the second with `--deepspeed-defaults`), all on the same 200 ShareGPT
+conversations; the probe sets up the run, computes the features of the first two training rows,
+takes 3 optimizer steps and reports the first one's loss, the layers' shares and every process's
+peak resident set size and its resident set after the steps.
 """
 
 from __future__ import annotations
@@ -35,30 +36,34 @@ RECIPES = ("recipes/smollm2-135m/medusa1.yaml", "recipes/smollm2-135m/eagle3.yam
 PROBE = Path(__file__).with_name("sharded_probe.py")
 
 
-def probe(out: Path, recipe: str, overrides: list[str], zero3: bool) -> dict:
+def probe(out: Path, recipe: str, overrides: list[str], zero3: bool, *flags: str) -> dict:
     """The probe's findings, in one process or under ZeRO-3 on two."""
     launcher = ["-m", "accelerate.commands.launch", "--config_file", str(accelerate_config_path("deepspeed-zero3"))] if zero3 else []
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    done = subprocess.run([sys.executable, *launcher, str(PROBE), str(out), recipe, *overrides], env=env, capture_output=True, text=True)
+    done = subprocess.run([sys.executable, *launcher, str(PROBE), *flags, str(out), recipe, *overrides], env=env, capture_output=True, text=True)
     if done.returncode != 0:
         raise SystemExit(f"{recipe}: the probe failed{' under ZeRO-3' if zero3 else ''}:\n{done.stderr[-3000:]}")
     return torch.load(out)
 
 
+def gib(values) -> str:
+    return ", ".join(f"{v / GIB:.2f}" for v in values) + " GiB"
+
+
 def row(recipe: str, overrides: list[str], work: Path) -> list[str]:
-    """One recipe: one process against ZeRO-3 on two."""
+    """One recipe: one process against ZeRO-3 on two, with our gathering bound and with DeepSpeed's."""
     one = probe(work / "one.pt", recipe, [*overrides, f"train.output_dir={work / 'one'}", "train.grad_accum=2"], zero3=False)
     two = probe(work / "two.pt", recipe, [*overrides, f"train.output_dir={work / 'two'}"], zero3=True)
+    loose = probe(work / "loose.pt", recipe, [*overrides, f"train.output_dir={work / 'loose'}"], True, "--deepspeed-defaults")
     equal = all(torch.equal(one["features"][k], two["features"][k]) for k in one["features"])
     share = two["shares"][0]
     planned = make_plan(recipe, overrides, Launch(2, "zero3", "cpu", None)).total
-    peaks = ", ".join(f"{peak / GIB:.2f}" for peak, _ in two["peaks"])
-    after = ", ".join(f"{now / GIB:.2f}" for _, now in two["peaks"])
     return [
         recipe, f"{len(one['features'])} layer(s): " + ("equal bit for bit" if equal else "DIFFER"),
         f"{one['loss']:.6f} / {two['loss']:.6f}" + ("" if abs(one["loss"] - two["loss"]) <= 1e-6 * abs(one["loss"]) else " DIFFER"),
         f"{share['held']:,} of {share['sharded']:,} sharded ({share['sharded'] / share['total']:.1%} of {share['total']:,})",
-        f"{one['peaks'][0][0] / GIB:.2f} GiB", f"{peaks} GiB", f"{one['peaks'][0][1] / GIB:.2f} GiB", f"{after} GiB", f"{planned / GIB:.2f} GiB",
+        gib([one["peaks"][0][0]]), gib([p for p, _ in two["peaks"]]), gib([p for p, _ in loose["peaks"]]),
+        gib([one["peaks"][0][1]]), gib([now for _, now in two["peaks"]]), gib([planned]),
     ]
 
 
@@ -68,8 +73,8 @@ def main() -> None:
     parser.add_argument("--record", help="write the table as bench/records/NAME/record.json")
     args = parser.parse_args()
     table = Table(["recipe", "features of a batch (1 process vs ZeRO-3)", "first loss (1 / ZeRO-3)", "layer elements held per process",
-                   "peak RSS, 1 process", "peak RSS per ZeRO-3 process", "RSS after the step, 1 process", "the same per ZeRO-3 process",
-                   "plan per ZeRO-3 process"], [])
+                   "peak RSS, 1 process", "peak RSS per ZeRO-3 process", "the same, DeepSpeed's default gathering",
+                   "RSS after 3 steps, 1 process", "the same per ZeRO-3 process", "plan per ZeRO-3 process"], [])
     for recipe in RECIPES:
         with tempfile.TemporaryDirectory() as scratch:
             overrides = [f"data.sources=[{{path: demo:sharegpt, limit: {args.conversations}}}]", "train.trackers=[]", "train.resume_from=null", "train.seed=7"]

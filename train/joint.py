@@ -78,6 +78,21 @@ def whole_outside_layers(backbone: Backbone) -> None:
             module._parameters[name] = whole[id(p)]
 
 
+def gather_one_layer_ahead(accelerator, layers: nn.ModuleList) -> None:
+    """Bound what ZeRO-3 gathers of a frozen target to the running layer and the next one.
+
+    A frozen target's layers run once a step, in order, and never in backward. DeepSpeed's
+    defaults (up to 1e9 parameters live, a 5e7-element prefetch bucket, reuse within 1e9 steps)
+    gather far ahead once they have traced a step: on a model below a billion parameters, every
+    layer at once (bench/zero3_online.py measures both). Keys the launch's
+    DeepSpeed config already sets are kept. Call it before `accelerator.prepare`, which reads it."""
+    zero = accelerator.state.deepspeed_plugin.deepspeed_config.setdefault("zero_optimization", {})
+    largest = max(sum(getattr(p, "ds_numel", p.numel()) for p in layer.parameters()) for layer in layers)
+    zero.setdefault("stage3_prefetch_bucket_size", largest)
+    zero.setdefault("stage3_max_live_parameters", 2 * largest)
+    zero.setdefault("stage3_max_reuse_distance", 0)
+
+
 class FrozenBackbone:
     """Medusa-1: the backbone supplies features (computed without a graph, or read from the
     hidden-state cache) and never changes; every joint-training hook is a no-op.

@@ -47,7 +47,7 @@ from draftheads.train.checkpoint import (
     save_checkpoint,
 )
 from draftheads.train.config import LossConfig, Recipe, recipe_yaml, save_resolved
-from draftheads.train.joint import FrozenBackbone, TrainableBackbone, batch_features, quantization_config, whole_outside_layers
+from draftheads.train.joint import FrozenBackbone, TrainableBackbone, batch_features, gather_one_layer_ahead, quantization_config, whole_outside_layers
 from draftheads.train.losses import backbone_loss_sum, decode_positions, depth_accuracy_counts, depth_loss_sums, depth_weights, joint_ranks, target_counts
 from draftheads.train.schedules import make_scheduler
 from draftheads.utils.errors import ConfigError, DraftheadsError
@@ -360,6 +360,8 @@ def _set_up(recipe: Recipe, progress: bool) -> _Run:
     train_set, held_set, dropped = _datasets(recipe, backbone, accelerator, progress)
     heads = _new_heads(recipe, backbone, train_set, accelerator.print)
     role = TrainableBackbone(backbone, joint_cfg) if joint_cfg.trains else FrozenBackbone(backbone, shards_parameters(accelerator) and not recipe.data.feature_cache.path)
+    if not joint_cfg.trains and role.sharded and _zero3(accelerator):
+        gather_one_layer_ahead(accelerator, backbone.layers)
     groups = [{"params": list(heads.parameters()), "lr": cfg.lr * joint_cfg.heads_lr_multiplier}] + role.param_groups(cfg.lr)
     optimizer = torch.optim.AdamW(groups, lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay)
     # Not prepared: accelerate would step a prepared scheduler once per process.

@@ -7,7 +7,8 @@ at the recipe's batch. The rest follows from the parameter counts and the strate
 
 - a frozen base is held whole by every process, except under ZeRO-3 (and FSDP computing features
   online), where its decoder layers are sharded and only the embedding, final norm and lm_head,
-  which the heads read at every step, stay whole;
+  which the heads read at every step, stay whole; computing features, the launch gathers the
+  running layer whole and prefetches the next (train/joint.py `gather_one_layer_ahead`);
 - what trains (heads in the base's dtype, as they are built; a LoRA adapter in fp32, as peft keeps
   it; or the full backbone in its dtype) has weights, gradients and AdamW's two moments; ZeRO-2 shards the gradients and moments over the
   processes, ZeRO-3 and FSDP the weights too; DDP keeps a second copy of the gradients in its buckets;
@@ -302,6 +303,9 @@ def _memory_terms(recipe: Recipe, launch: Launch, config, sizes: Sizes) -> list[
         Term("optimizer state", 2 * trained // shard_moments, "AdamW: two moments per trained weight" + (f" / {shard_moments}" if shard_moments > 1 else ""),
              "--accelerate-config deepspeed-zero2 shards it"),
     ]
+    if frozen_sharded and n > 1 and not recipe.data.feature_cache.path:
+        layer = (sizes.base - sizes.base_outside_layers) // config.num_hidden_layers
+        terms.append(Term("gathered layers", 2 * layer * b, f"the running layer and the next, whole: 2 x {layer:,} x {b} B", "-"))
     if mode == "full" and cfg.backbone.objective == "kl" and cfg.backbone.teacher == "model":
         terms.append(Term("reference copy", sizes.base * b, "the original model, frozen, for the KL objective", "train.backbone.teacher: cache"))
     terms += _activation_terms(recipe, launch, config, sizes, b)

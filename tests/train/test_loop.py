@@ -138,7 +138,7 @@ def run_probe(config: str | None, out, settings: list[str]) -> None:
     from draftheads.scripts.launch import uses_deepspeed
     from draftheads.utils.paths import accelerate_config_path
 
-    probe = [str(Path(__file__).parents[2] / "bench" / "sharded_probe.py"), str(out), "-", *settings]
+    probe = [str(Path(__file__).parents[2] / "bench" / "sharded_probe.py"), "--steps", "1", str(out), "-", *settings]
     launcher = ["-m", "accelerate.commands.launch", "--config_file", str(accelerate_config_path(config))] if config else []
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     if config and not uses_deepspeed(accelerate_config_path(config)):
@@ -172,6 +172,8 @@ def test_zero3_shards_the_frozen_target_and_matches_one_process(heads, wide_base
     for layer in a["features"]:
         assert torch.equal(a["features"][layer], b["features"][layer]), layer
     assert b["loss"] == pytest.approx(a["loss"], rel=1e-6)
+    layer = a["shares"][0]["total"] // 2  # the 2 layers are alike: DeepSpeed gathers one and prefetches the next, no further
+    assert a["gathering"] is None and b["gathering"] == {"prefetch_bucket_size": layer, "max_live_parameters": 2 * layer, "max_reuse_distance": 0}
 
 
 @pytest.mark.slow  # three launches of two processes, about 20 s each

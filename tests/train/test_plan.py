@@ -62,7 +62,11 @@ def test_each_strategy_shards_what_it_shards():
     assert terms(make_plan(frozen, [], Launch(4, "zero2", "cuda", None)))["base weights"] == whole  # a frozen base is not prepared under ZeRO-2
     # ZeRO-3 shards a frozen base's 32 layers; the embedding and lm_head (2 x 32000 x 4096) and the final norm stay whole
     outside = (2 * 32000 * 4096 + 4096) * 2
-    assert terms(make_plan(frozen, [], Launch(4, "zero3", "cuda", None)))["base weights"] == outside + (whole - outside) // 4
+    zero3_frozen = terms(make_plan(frozen, [], Launch(4, "zero3", "cuda", None)))
+    assert zero3_frozen["base weights"] == outside + (whole - outside) // 4
+    assert zero3_frozen["gathered layers"] == 2 * (whole - outside) // 32  # features computed online: a layer running, the next prefetched
+    cached = terms(make_plan(frozen, ["data.feature_cache.path=cache"], Launch(4, "zero3", "cuda", None)))
+    assert "gathered layers" not in cached  # features read from disk: the layers never run
 
 
 def test_qlora_holds_the_base_in_about_half_a_byte_per_weight():
