@@ -2,7 +2,8 @@
 `key=value` overrides, then write to OUT (main process) the features of a fixed batch, the first
 optimizer step's loss, the share of the decoder layers' parameters each process holds, and each
 process's peak resident memory over `--steps` optimizer steps (DeepSpeed prefetches from the
-second step on, once it has traced the first) and its resident memory after them, and what a DeepSpeed engine gathers ahead.
+second step on, once it has traced the first) its resident memory after set-up and after the steps, what a DeepSpeed engine gathers ahead, and the heads' weights
+after the steps.
 
     python bench/sharded_probe.py [--steps N] [--deepspeed-defaults] OUT RECIPE|- key=value ...
 
@@ -45,12 +46,13 @@ def main(out: str, recipe: str, settings: list[str], steps: int, deepspeed_defau
     from draftheads.train import loop
     from draftheads.train.config import load_recipe
     from draftheads.train.joint import batch_features
-    from draftheads.train.loop import _batches, _optimizer_step, _set_up
+    from draftheads.train.loop import _batches, _optimizer_step, _set_up, _trained_state_dict
 
     if deepspeed_defaults:  # the comparison: what ZeRO-3 holds when it gathers as DeepSpeed's defaults say
         loop.gather_one_layer_ahead = lambda accelerator, layers: None
 
     run = _set_up(load_recipe(None if recipe == "-" else recipe, settings), progress=False)
+    set_up = resident_now()
     rows = run.train_loader.dataset
     batch = Collator(pad_token_id=run.backbone.tokenizer.pad_token_id or 0)([rows[0], rows[1]])  # the same rows on every process
     features = batch_features(run.backbone, batch, sorted(set(run.layers)))
@@ -58,13 +60,14 @@ def main(out: str, recipe: str, settings: list[str], steps: int, deepspeed_defau
     loss, *_ = _optimizer_step(run, batches)
     for _ in range(steps - 1):  # DeepSpeed prefetches from the second step on, once it has traced the first
         _optimizer_step(run, batches)
+    trained = _trained_state_dict(run)  # collective: the heads whole on the main process
     shares = gather_object([layer_shares(run)])  # after a step: what each process keeps in steady state
-    peaks = gather_object([(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024, resident_now())])
+    peaks = gather_object([(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024, resident_now(), set_up)])
     if run.accelerator.is_main_process:
         zero = getattr(getattr(run.module, "_config", None), "zero_config", None)  # a DeepSpeed engine's ZeRO settings
         gathering = {k: getattr(zero, k) for k in ("prefetch_bucket_size", "max_live_parameters", "max_reuse_distance")} if zero else None
         torch.save({"features": features, "loss": loss, "shares": shares, "peaks": peaks, "sharded": bool(run.role.module is not None),
-                    "gathering": gathering}, out)
+                    "gathering": gathering, "heads": {k: v for k, v in trained.items() if k.startswith("heads.")}}, out)
     run.accelerator.wait_for_everyone()
     run.accelerator.end_training()
 

@@ -78,6 +78,14 @@ def whole_outside_layers(backbone: Backbone) -> None:
             module._parameters[name] = whole[id(p)]
 
 
+def whole_last_layer(backbone: Backbone):
+    """A context in which the last decoder layer, partitioned by ZeRO-3, is whole on every process:
+    heads that start from a copy of it (EAGLE, Hydra, Clover) read its weights. Collective."""
+    import deepspeed
+
+    return deepspeed.zero.GatheredParameters(list(backbone.layers[-1].parameters()))
+
+
 def gather_one_layer_ahead(accelerator, layers: nn.ModuleList) -> None:
     """Bound what ZeRO-3 gathers of a frozen target to the running layer and the next one.
 
@@ -85,12 +93,13 @@ def gather_one_layer_ahead(accelerator, layers: nn.ModuleList) -> None:
     defaults (up to 1e9 parameters live, a 5e7-element prefetch bucket, reuse within 1e9 steps)
     gather far ahead once they have traced a step: on a model below a billion parameters, every
     layer at once (bench/zero3_online.py measures both). Keys the launch's
-    DeepSpeed config already sets are kept. Call it before `accelerator.prepare`, which reads it."""
+    DeepSpeed config already sets are kept ("auto" counts as unset). The settings hold engine-wide:
+    the heads, a small part of the engine, are gathered as they run too. Call it before
+    `accelerator.prepare`, which reads them."""
     zero = accelerator.state.deepspeed_plugin.deepspeed_config.setdefault("zero_optimization", {})
     largest = max(sum(getattr(p, "ds_numel", p.numel()) for p in layer.parameters()) for layer in layers)
-    zero.setdefault("stage3_prefetch_bucket_size", largest)
-    zero.setdefault("stage3_max_live_parameters", 2 * largest)
-    zero.setdefault("stage3_max_reuse_distance", 0)
+    bound = {"stage3_prefetch_bucket_size": largest, "stage3_max_live_parameters": 2 * largest, "stage3_max_reuse_distance": 0}
+    zero.update({key: value for key, value in bound.items() if zero.get(key, "auto") == "auto"})
 
 
 class FrozenBackbone:

@@ -4,8 +4,9 @@ With a frozen backbone (Medusa-1) it runs in eval mode under no_grad: no activat
 it; with a hidden-state cache (`data.feature_cache.path`) it does not run at all and features come
 from disk. accelerate prepares what trains (`TrainModule`: the heads, plus the backbone or its
 LoRA adapter in joint training), so DDP/DeepSpeed synchronise and checkpoint only that; under
-ZeRO-3 or FSDP a frozen backbone's layers are prepared too, so that they are sharded, and left out
-of checkpoints and exports. Joint training (Medusa-2) adds L_backbone (KL to the original model,
+ZeRO-3 or FSDP a frozen backbone's layers are prepared too, so that they are sharded; ZeRO-3
+leaves them out of checkpoints and exports (FSDP's full state dict still gathers them: unmeasured,
+it runs on GPUs only). Joint training (Medusa-2) adds L_backbone (KL to the original model,
 or LM loss) and weighs the heads' losses by λ0, optionally after a heads-only stage. Each depth's
 loss is divided by the number of its trained tokens in the whole optimizer step (all micro-batches, all processes), so a run on 2 processes computes
 the same update as a run on 1 process with twice the gradient accumulation.
@@ -17,6 +18,7 @@ import json
 import math
 import os
 import time
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterator
@@ -47,7 +49,15 @@ from draftheads.train.checkpoint import (
     save_checkpoint,
 )
 from draftheads.train.config import LossConfig, Recipe, recipe_yaml, save_resolved
-from draftheads.train.joint import FrozenBackbone, TrainableBackbone, batch_features, gather_one_layer_ahead, quantization_config, whole_outside_layers
+from draftheads.train.joint import (
+    FrozenBackbone,
+    TrainableBackbone,
+    batch_features,
+    gather_one_layer_ahead,
+    quantization_config,
+    whole_last_layer,
+    whole_outside_layers,
+)
 from draftheads.train.losses import backbone_loss_sum, decode_positions, depth_accuracy_counts, depth_loss_sums, depth_weights, joint_ranks, target_counts
 from draftheads.train.schedules import make_scheduler
 from draftheads.utils.errors import ConfigError, DraftheadsError
@@ -162,8 +172,11 @@ def shards_parameters(accelerator) -> bool:
     return accelerator.distributed_type == DistributedType.FSDP or _zero3(accelerator)
 
 
-def _refuse_under_zero3(cfg) -> None:
+def _refuse_under_zero3(cfg, heads) -> None:
     """What joint training cannot do while no process holds the whole backbone."""
+    if cfg.trains and heads.draft_vocab_size:
+        raise ConfigError(f"heads.draft_vocab_size: {heads.draft_vocab_size} reads rows of the lm_head directly, which ZeRO-3 partitions with a trained "
+                          "backbone: set it to 0 (the full vocabulary) or launch with deepspeed-zero2")
     if cfg.mode == "lora" and cfg.merge_adapter:
         raise ConfigError("train.backbone.merge_adapter: merging needs the whole base in one process, which ZeRO-3 never holds: "
                           "set it to false (the adapter is saved) or launch with deepspeed-zero2")
@@ -347,20 +360,23 @@ def _set_up(recipe: Recipe, progress: bool) -> _Run:
         raise ConfigError("train.backbone.teacher: cache needs data.feature_cache.path (a cache built with teacher_topk > 0)")
     accelerator = make_accelerator(recipe)
     set_seed(cfg.seed)
-    with accelerator.main_process_first():  # the first process converts/caches the base model
+    zero3 = _zero3(accelerator)
+    if zero3:
+        _refuse_under_zero3(joint_cfg, heads_cfg)
+    with accelerator.main_process_first():  # the first process converts or downloads the base, the others read its cache
         resolve_location(recipe.model.base, recipe.model.revision)
-    # then all load at once: under ZeRO-3 loading partitions the weights, which every process joins
-    backbone = load_backbone(recipe.model, device=accelerator.device, quantization_config=quantization_config(joint_cfg))
-    backbone.model.requires_grad_(False)
-    if _zero3(accelerator):
-        _refuse_under_zero3(joint_cfg)
+        backbone = None if zero3 else load_backbone(recipe.model, device=accelerator.device, quantization_config=quantization_config(joint_cfg))
+    if zero3:  # ZeRO-3 partitions the weights as they load, a collective every process joins at once
+        backbone = load_backbone(recipe.model, device=accelerator.device, quantization_config=quantization_config(joint_cfg))
         whole_outside_layers(backbone)
+    backbone.model.requires_grad_(False)
     if heads_cfg.draft_vocab_size > backbone.vocab_size:
         raise ConfigError(f"heads.draft_vocab_size: {heads_cfg.draft_vocab_size} exceeds the vocabulary of {recipe.model.base} ({backbone.vocab_size} tokens)")
     train_set, held_set, dropped = _datasets(recipe, backbone, accelerator, progress)
-    heads = _new_heads(recipe, backbone, train_set, accelerator.print)
+    with whole_last_layer(backbone) if zero3 else nullcontext():  # EAGLE, Hydra and Clover start from a copy of it
+        heads = _new_heads(recipe, backbone, train_set, accelerator.print)
     role = TrainableBackbone(backbone, joint_cfg) if joint_cfg.trains else FrozenBackbone(backbone, shards_parameters(accelerator) and not recipe.data.feature_cache.path)
-    if not joint_cfg.trains and role.sharded and _zero3(accelerator):
+    if not joint_cfg.trains and role.sharded and zero3:
         gather_one_layer_ahead(accelerator, backbone.layers)
     groups = [{"params": list(heads.parameters()), "lr": cfg.lr * joint_cfg.heads_lr_multiplier}] + role.param_groups(cfg.lr)
     optimizer = torch.optim.AdamW(groups, lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay)
@@ -489,9 +505,15 @@ def _evaluate_and_log(run: _Run, step: int) -> None:
     def inside(batch: dict, measure: Callable) -> tuple:
         return run.module(batch, batch_features(run.backbone, batch, run.layers) if batch.get("features") else None, spec, measure)
 
+    sharded = shards_parameters(accelerator)
+    if sharded:  # DeepSpeed keeps its gathering order per mode: evaluation must not overwrite training's
+        run.module.eval()
     metrics, stats = evaluate(
-        run.heads, run.backbone, run.eval_loader, accelerator, run.recipe.train.eval_batches, run.recipe.train.loss.chunk_size, trainable, inside
+        run.heads, run.backbone, run.eval_loader, accelerator, run.recipe.train.eval_batches, run.recipe.train.loss.chunk_size, trainable,
+        inside if sharded else None,
     )
+    if sharded:
+        run.module.train()  # the next step's begin_step puts frozen layers back in eval mode
     metrics["step"] = step
     metrics["target_tokens"], metrics["train_seconds"] = run.state.target_tokens, round(run.state.seconds, 1)
     metrics["expected_tau"] = {f"{b}x{w}": expected_tau(stats, b, w) for b, w in ((2, 1), (4, 2), (8, 4), (16, 8))}

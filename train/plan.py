@@ -8,7 +8,8 @@ at the recipe's batch. The rest follows from the parameter counts and the strate
 - a frozen base is held whole by every process, except under ZeRO-3 (and FSDP computing features
   online), where its decoder layers are sharded and only the embedding, final norm and lm_head,
   which the heads read at every step, stay whole; computing features, the launch gathers the
-  running layer whole and prefetches the next (train/joint.py `gather_one_layer_ahead`);
+  running layer whole and prefetches the next (ZeRO-3: train/joint.py `gather_one_layer_ahead`;
+  FSDP's default forward prefetch);
 - what trains (heads in the base's dtype, as they are built; a LoRA adapter in fp32, as peft keeps
   it; or the full backbone in its dtype) has weights, gradients and AdamW's two moments; ZeRO-2 shards the gradients and moments over the
   processes, ZeRO-3 and FSDP the weights too; DDP keeps a second copy of the gradients in its buckets;

@@ -172,19 +172,24 @@ def test_zero3_shards_the_frozen_target_and_matches_one_process(heads, wide_base
     for layer in a["features"]:
         assert torch.equal(a["features"][layer], b["features"][layer]), layer
     assert b["loss"] == pytest.approx(a["loss"], rel=1e-6)
+    # after the step the heads agree too; EAGLE-3's layer started from the target's last one, which ZeRO-3 had partitioned
+    assert a["heads"].keys() == b["heads"].keys() and len(a["heads"]) > 0
+    for name in a["heads"]:
+        torch.testing.assert_close(b["heads"][name], a["heads"][name], rtol=1e-5, atol=1e-6, msg=name)
     layer = a["shares"][0]["total"] // 2  # the 2 layers are alike: DeepSpeed gathers one and prefetches the next, no further
     assert a["gathering"] is None and b["gathering"] == {"prefetch_bucket_size": layer, "max_live_parameters": 2 * layer, "max_reuse_distance": 0}
 
 
 @pytest.mark.slow  # three launches of two processes, about 20 s each
-def test_a_zero3_run_resumed_from_its_checkpoint_equals_the_straight_run(tiny_base, tmp_path):
-    """Checkpoints under ZeRO-3 leave the sharded frozen layers out and still resume exactly."""
+def test_a_zero3_run_resumed_from_its_checkpoint_equals_the_straight_run(wide_base, tmp_path):
+    """Checkpoints under ZeRO-3 leave the sharded frozen layers out (wide_base: its layers' matrices are
+    partitioned) and still resume exactly."""
     # a constant rate: the first launch of the resumed run stops at step 2 without changing its schedule
     settings = {"train.max_steps": 4, "train.save_every": 2, "train.seed": 7, "train.schedule": "constant", "train.warmup_steps": 0}
     straight, resumed = tmp_path / "straight", tmp_path / "resumed"
-    launch("deepspeed-zero3", tiny_base, straight, **settings)
-    launch("deepspeed-zero3", tiny_base, resumed, **{**settings, "train.max_steps": 2})
-    launch("deepspeed-zero3", tiny_base, resumed, **{**settings, "train.resume_from": "latest"})
+    launch("deepspeed-zero3", wide_base, straight, **settings)
+    launch("deepspeed-zero3", wide_base, resumed, **{**settings, "train.max_steps": 2})
+    launch("deepspeed-zero3", wide_base, resumed, **{**settings, "train.resume_from": "latest"})
     a, b = heads_of(straight), heads_of(resumed)
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     # the third launch went on from step 2 (a silent restart would log step 0 again)
@@ -300,3 +305,21 @@ def result_map(out):
     from safetensors.torch import load_file
 
     return load_file(str(out / "heads" / "model.safetensors"))["draft_to_token"]
+
+
+@pytest.mark.parametrize(
+    ("settings", "key"),
+    [
+        (["train.backbone.mode=lora", "train.backbone.merge_adapter=true"], "train.backbone.merge_adapter"),
+        (["train.backbone.mode=full", "train.backbone.objective=kl", "train.backbone.teacher=model"], "train.backbone.teacher"),
+        (["train.backbone.mode=lora", "train.backbone.merge_adapter=false", "heads.draft_vocab_size=500"], "heads.draft_vocab_size"),
+    ],
+)
+def test_what_zero3_cannot_do_with_a_trained_backbone_is_refused_by_its_key(settings, key):
+    from draftheads.train.loop import _refuse_under_zero3
+
+    recipe = load_recipe(None, ["heads.head_type=medusa", *settings])
+    with pytest.raises(ConfigError, match=f"^{key}: .*deepspeed-zero2"):
+        _refuse_under_zero3(recipe.train.backbone, recipe.heads)
+    frozen = load_recipe(None, ["heads.head_type=medusa", "heads.draft_vocab_size=500"])  # a frozen backbone's lm_head stays whole: allowed
+    _refuse_under_zero3(frozen.train.backbone, frozen.heads)
