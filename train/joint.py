@@ -80,7 +80,7 @@ def whole_outside_layers(backbone: Backbone) -> None:
 
 def whole_last_layer(backbone: Backbone):
     """A context in which the last decoder layer, partitioned by ZeRO-3, is whole on every process:
-    heads that start from a copy of it (EAGLE, Hydra, Clover) read its weights. Collective."""
+    heads built in it may start from a copy of its weights. Collective."""
     import deepspeed
 
     return deepspeed.zero.GatheredParameters(list(backbone.layers[-1].parameters()))

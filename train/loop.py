@@ -363,17 +363,11 @@ def _set_up(recipe: Recipe, progress: bool) -> _Run:
     zero3 = _zero3(accelerator)
     if zero3:
         _refuse_under_zero3(joint_cfg, heads_cfg)
-    with accelerator.main_process_first():  # the first process converts or downloads the base, the others read its cache
-        resolve_location(recipe.model.base, recipe.model.revision)
-        backbone = None if zero3 else load_backbone(recipe.model, device=accelerator.device, quantization_config=quantization_config(joint_cfg))
-    if zero3:  # ZeRO-3 partitions the weights as they load, a collective every process joins at once
-        backbone = load_backbone(recipe.model, device=accelerator.device, quantization_config=quantization_config(joint_cfg))
-        whole_outside_layers(backbone)
-    backbone.model.requires_grad_(False)
+    backbone = _load_base(recipe, accelerator, zero3)
     if heads_cfg.draft_vocab_size > backbone.vocab_size:
         raise ConfigError(f"heads.draft_vocab_size: {heads_cfg.draft_vocab_size} exceeds the vocabulary of {recipe.model.base} ({backbone.vocab_size} tokens)")
     train_set, held_set, dropped = _datasets(recipe, backbone, accelerator, progress)
-    with whole_last_layer(backbone) if zero3 else nullcontext():  # EAGLE, Hydra and Clover start from a copy of it
+    with whole_last_layer(backbone) if zero3 else nullcontext():  # heads may start from a copy of it
         heads = _new_heads(recipe, backbone, train_set, accelerator.print)
     role = TrainableBackbone(backbone, joint_cfg) if joint_cfg.trains else FrozenBackbone(backbone, shards_parameters(accelerator) and not recipe.data.feature_cache.path)
     if not joint_cfg.trains and role.sharded and zero3:
@@ -398,6 +392,23 @@ def _set_up(recipe: Recipe, progress: bool) -> _Run:
         recipe, accelerator, backbone, role, module, accelerator.unwrap_model(module).heads, optimizer, scheduler, train_loader,
         eval_loader, state, frozen, training_layers(heads_cfg), (len(train_set), len(held_set)), dropped, result,
     )
+
+
+def _load_base(recipe: Recipe, accelerator, zero3: bool) -> Backbone:
+    """The frozen base on every process. The first process converts or downloads it and the others
+    then read its cache; under ZeRO-3 all load at once instead (the weights are partitioned as they
+    load, a collective) and the parts outside the layers are made whole."""
+    def load() -> Backbone:
+        return load_backbone(recipe.model, device=accelerator.device, quantization_config=quantization_config(recipe.train.backbone))
+
+    with accelerator.main_process_first():
+        resolve_location(recipe.model.base, recipe.model.revision)
+        backbone = None if zero3 else load()
+    if zero3:
+        backbone = load()
+        whole_outside_layers(backbone)
+    backbone.model.requires_grad_(False)
+    return backbone
 
 
 def held_out_loader(held_set, recipe: Recipe, backbone: Backbone, accelerator):
