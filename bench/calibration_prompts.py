@@ -2,10 +2,10 @@
 (`draftheads calibrate`) predicts the τ of an MT-bench decode within 5%, where training's held-out
 rows (ShareGPT) predict it 2-6% high (issue 17).
 
-    python bench/calibration_prompts.py [--prompts bench/data/calibration_questions.jsonl] [--sharegpt 80 --out bench/out/calibration-mixed]
+    python bench/calibration_prompts.py [--prompts calibration] [--sharegpt 80 --out bench/out/calibration-mixed]
 
-The calibration prompts: bench/data/calibration_questions.jsonl, 40 two-turn questions written for
-this purpose in MT-bench's eight categories (5 each); none is an MT-bench question. The base model
+The calibration prompts: `calibration` (draftheads/data/calibration_questions.jsonl), 40 two-turn
+questions written for this purpose in MT-bench's eight categories (5 each); none is an MT-bench question. The base model
 answers them once (greedy, 128 new tokens per turn, the decode dtype; resumable), and each quality
 family's heads are calibrated on those answers with `draftheads calibrate`: it writes the heads'
 calibration.json (what `draftheads eval`, the family run's report and the model cards predict from)
@@ -39,6 +39,7 @@ from draftheads.decoding.calibration import CALIBRATION_NAME, read_calibration
 from draftheads.eval.calibrate import PREVIOUS_NAME, calibrate
 from draftheads.eval.metrics import tau_of
 from draftheads.eval.runner import partial_lines
+from draftheads.eval.prompts import load_prompts
 
 from families import SETS
 from tau_prediction import unseen_sharegpt
@@ -120,10 +121,10 @@ def static_and_dynamic(families, shape: tuple[int, int]) -> None:
         print(f"| {name} {tree} | {measured:.3f} | {error(replayed, measured)} |")
 
 
-def with_sharegpt(written: Path, count: int, out: Path) -> Path:
-    """`written` prompts and `count` unseen two-turn ShareGPT conversations, in one JSONL file."""
-    rows = [json.loads(line) for line in written.read_text().splitlines() if line.strip()]
-    rows += [{"question_id": p.id, "category": p.category, "turns": p.turns} for p in unseen_sharegpt(count, SHAREGPT_FROM, two_turns=True)]
+def with_sharegpt(written: str, count: int, out: Path) -> Path:
+    """The `written` prompt set and `count` unseen two-turn ShareGPT conversations, in one JSONL file."""
+    prompts = load_prompts(written) + unseen_sharegpt(count, SHAREGPT_FROM, two_turns=True)
+    rows = [{"question_id": p.id, "category": p.category, "turns": p.turns} for p in prompts]
     out.mkdir(parents=True, exist_ok=True)
     path = out / "prompts.jsonl"
     path.write_text("".join(json.dumps(row) + "\n" for row in rows))
@@ -138,14 +139,14 @@ def error(predicted: float | None, measured: float | None) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--prompts", default="bench/data/calibration_questions.jsonl")
+    parser.add_argument("--prompts", default="calibration")
     parser.add_argument("--max-new-tokens", type=int, default=128, help="as the family run decoded")
     parser.add_argument("--lookup", type=int, default=10, help="as the lookup-branch runs decoded")
     parser.add_argument("--sharegpt", type=int, default=0, help="add this many unseen two-turn ShareGPT conversations to the prompts")
     parser.add_argument("--out", type=Path, default=Path("bench/out/calibration"))
     args = parser.parse_args()
     if args.sharegpt:
-        args.prompts = str(with_sharegpt(Path(args.prompts), args.sharegpt, args.out))
+        args.prompts = str(with_sharegpt(args.prompts, args.sharegpt, args.out))
     families, family_out = SETS["quality"]
     run_path = family_out / "decode.json"
     if not run_path.is_file():

@@ -75,7 +75,7 @@ QUALITY = (
     ("Clover", "clover-quality", "smollm2-135m-clover-quality", ()),
     ("EAGLE-3", "eagle3-quality", "smollm2-135m-eagle3-quality", ()),
 )
-TUNE_PROMPTS = "bench/data/calibration_questions.jsonl"
+TUNE_PROMPTS = "calibration"
 """Where the lookup baselines are swept by default: the written calibration questions (MT-bench's
 categories, none of its questions)."""
 SETS = {"demo": (FAMILIES, Path("bench/out/families")), "quality": (QUALITY, Path("bench/out/families-quality"))}

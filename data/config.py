@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
+from draftheads.decoding.sampling import SamplingConfig
+
 
 @dataclass
 class SourceConfig:
@@ -123,14 +125,10 @@ class DistillConfig:
     process); openai: requests to an OpenAI-compatible server."""
     max_new_tokens: int = 512
     """Most tokens per answer."""
-    temperature: float = 0.0
-    """0 = greedy; > 0 samples (per-record seeds: an answer never depends on its batch-mates)."""
-    top_p: float = 1.0
-    """Nucleus sampling threshold (1 = off)."""
-    top_k: int = 0
-    """Keep only the k most likely tokens (0 = off; hf backend only)."""
-    seed: int = 0
-    """Run seed; each record's seed is derived from it and the record's id."""
+    sampling: SamplingConfig = field(default_factory=SamplingConfig)
+    """How answers are picked: `temperature` 0 greedy, > 0 sampled (each record's seed derived from
+    `seed` and the record's id, so an answer never depends on its batch-mates); `top_k` on the hf
+    backend only."""
     max_prompt_tokens: int | None = None
     """Skip (and count) a turn whose prompt is longer; null = the model's context minus one token.
     Answers are also capped to what still fits in the context."""
@@ -157,10 +155,6 @@ class DistillConfig:
         for name in ("max_new_tokens", "batch_size", "chunk_size"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
-        if self.temperature < 0:
-            raise ValueError(f"temperature must be >= 0, got {self.temperature}")
-        if not 0 < self.top_p <= 1:
-            raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
         if self.max_batch_tokens is not None and self.max_batch_tokens < 1:
             raise ValueError(f"max_batch_tokens must be at least 1, got {self.max_batch_tokens}")
         if self.max_prompt_tokens is not None and self.max_prompt_tokens < 1:

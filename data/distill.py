@@ -149,8 +149,8 @@ def settings(recipe, formatter: ChatFormatter, tokenizer, context: int) -> dict:
         "tokenizer_fingerprint": tokenizer_fingerprint(tokenizer),
         "chat_template_sha256": hashlib.sha256(formatter.template.encode()).hexdigest()[:16],
         "backend": cfg.backend,
-        "sampling": {"temperature": cfg.temperature, "top_p": cfg.top_p, "top_k": cfg.top_k},
-        "seed": cfg.seed,
+        "sampling": {"temperature": cfg.sampling.temperature, "top_p": cfg.sampling.top_p, "top_k": cfg.sampling.top_k},
+        "seed": cfg.sampling.seed,
         "max_new_tokens": cfg.max_new_tokens,
         "max_prompt_tokens": cfg.max_prompt_tokens or context - 1,
         "sources": [asdict(s) for s in cfg.sources],
@@ -238,7 +238,7 @@ def run_distill(recipe, progress: bool = True) -> DistillResult:
     cpu = not _cuda()
     state = PartialState(cpu=cpu, backend="gloo" if cpu else None, timeout=datetime.timedelta(hours=48)) if several else PartialState(cpu=cpu)
     rank, world = state.process_index, state.num_processes
-    sampling = SamplingConfig(cfg.temperature, cfg.top_p, cfg.top_k)
+    sampling = cfg.sampling
     generator, tokenizer, context = _make_generator(recipe, sampling, state.device)
     formatter = ChatFormatter(tokenizer, recipe.data.chat_template, recipe.model.base)
     limit = min(cfg.max_prompt_tokens or context - 1, context - 1)
@@ -344,7 +344,7 @@ def _next_request(conv: _Conversation, formatter: ChatFormatter, cfg: DistillCon
         messages=messages,
         prompt_ids=prompt_ids,
         max_new_tokens=min(cfg.max_new_tokens, context - len(prompt_ids)),
-        seed=record_seed(cfg.seed, conv.conv.origin, conv.turn),
+        seed=record_seed(cfg.sampling.seed, conv.conv.origin, conv.turn),
     )
 
 

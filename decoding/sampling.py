@@ -11,7 +11,8 @@ import torch
 
 @dataclass(frozen=True)
 class SamplingConfig:
-    """How the next token is chosen; temperature 0 is greedy."""
+    """How the next token is chosen, and seeded; temperature 0 is greedy. The one sampling config:
+    `draftheads eval` and `draftheads gen-data` compose it (`sampling.temperature=...`)."""
 
     temperature: float = 0.0
     """0 = greedy (argmax); > 0 samples from softmax(logits / temperature)."""
@@ -19,6 +20,9 @@ class SamplingConfig:
     """Keep the smallest set of most likely tokens whose probability reaches top_p (1 = all)."""
     top_k: int = 0
     """Keep only the k most likely tokens (0 = all)."""
+    seed: int = 0
+    """Seeds sampled decoding: each turn or record derives its own seed from this one (greedy
+    decoding ignores it)."""
 
     def __post_init__(self) -> None:
         if self.temperature < 0:

@@ -31,15 +31,11 @@ from draftheads.utils.atomic import atomic_write_text
 from draftheads.utils.device import resolve_device, resolve_dtype
 from draftheads.utils.errors import ConfigError
 
-FALLBACK_PROMPTS = (
-    EvalPrompt("fallback-1", "stem", ["Explain how a refrigerator keeps food cold.", "Now explain it to a ten-year-old in three sentences."]),
-    EvalPrompt("fallback-2", "writing", ["Write a short story about a lighthouse keeper.", "Rewrite the story from the point of view of the lighthouse."]),
-    EvalPrompt("fallback-3", "reasoning", ["List five tips for learning a new language, with one sentence each.", "Which of these tips matters most, and why?"]),
-    EvalPrompt("fallback-4", "coding", ["What is the difference between a list and a tuple in Python?", "Show both in a short code example."]),
-)
-"""Two-turn conversations whose greedy answers calibrate heads that carry no calibration.json
-(imported heads), never the eval's own prompts: second turns that build on the first answer, as
-MT-bench's do, where copying from the context pays most."""
+FALLBACK_PROMPTS = ("calibration", 8)
+"""The prompt set and count whose greedy answers calibrate heads that carry no calibration.json
+(imported heads): one two-turn question of each of MT-bench's eight categories from the written
+calibration set, never the eval's own prompts. Acceptance and, most, what the lookup branch copies
+vary with the kind of task; a set that covers fewer kinds predicted the branch 5.6% low."""
 PREVIOUS_NAME = "calibration.previous.json"
 """Where `calibrate` keeps the first calibration file of the heads it replaces (training's, typically)."""
 
@@ -73,12 +69,13 @@ def answer_sequences(backbone: Backbone, prompts: list[EvalPrompt], max_new_toke
 
 
 def fallback_calibration(draft: DraftModel, new_tokens: int, lookup_ngram: int, progress: bool = True) -> tuple[RankStats, str]:
-    """The heads' statistics on the base model's answers to FALLBACK_PROMPTS, `new_tokens` long (up
+    """The heads' statistics on the base model's answers to the FALLBACK_PROMPTS, `new_tokens` long (up
     to 256: acceptance varies along an answer), answers kept so the decode is replayed on them."""
     length = min(new_tokens, 256)
-    sequences = answer_sequences(draft.backbone, list(FALLBACK_PROMPTS), length, None, progress)
+    prompts = load_prompts(*FALLBACK_PROMPTS)
+    sequences = answer_sequences(draft.backbone, prompts, length, None, progress)
     stats = rank_stats(draft, sequences, keep_walks=True, lookup_ngram=lookup_ngram)
-    return stats, (f"the base model's greedy answers to {len(FALLBACK_PROMPTS)} fixed two-turn conversations ({stats.positions} positions; the heads "
+    return stats, (f"the base model's greedy answers to {len(prompts)} two-turn conversations of the {FALLBACK_PROMPTS[0]} set ({stats.positions} positions; the heads "
                    "carry no calibration.json: `draftheads calibrate` on prompts like the served ones predicts better)")
 
 

@@ -9,23 +9,7 @@ import json
 from dataclasses import dataclass, field
 from typing import Literal
 
-
-@dataclass
-class SamplingSettings:
-    """How every method picks tokens."""
-
-    temperature: float = 0.0
-    """0: greedy (lossless against greedy decoding); > 0: lossless speculative sampling."""
-    top_p: float = 1.0
-    """Nucleus filter of the sampled distribution (1: off)."""
-    top_k: int = 0
-    """Keep only the k most likely tokens when sampling (0: off)."""
-    seed: int = 0
-    """Seeds every sampled turn (each turn gets its own seed derived from this one)."""
-
-    def __post_init__(self) -> None:
-        if self.temperature < 0 or not 0 < self.top_p <= 1 or self.top_k < 0:
-            raise ValueError(f"sampling: temperature >= 0, 0 < top_p <= 1 and top_k >= 0 are needed, got {self.temperature}, {self.top_p}, {self.top_k}")
+from draftheads.decoding.sampling import SamplingConfig
 
 
 @dataclass
@@ -111,7 +95,7 @@ class EvalConfig:
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
     """Weights and compute dtype of every method; auto: bf16 on GPUs and on CPUs with native bf16
     dot products, fp16 on GPUs without bf16, fp32 elsewhere."""
-    sampling: SamplingSettings = field(default_factory=SamplingSettings)
+    sampling: SamplingConfig = field(default_factory=SamplingConfig)
     """Greedy or sampled decoding."""
     tree: TreeSettings = field(default_factory=TreeSettings)
     """The draft tree."""

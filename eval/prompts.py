@@ -10,7 +10,7 @@ from draftheads.data.config import SourceConfig
 from draftheads.data.sources import read_source
 from draftheads.utils.errors import DataError
 
-SHORT_NAMES = {"mt-bench": "demo:mt-bench", "sharegpt": "demo:sharegpt"}
+SHORT_NAMES = {"mt-bench": "demo:mt-bench", "sharegpt": "demo:sharegpt", "calibration": "demo:calibration"}
 
 
 @dataclass

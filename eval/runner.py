@@ -25,7 +25,6 @@ from draftheads.data.chat import ChatFormatter
 from draftheads.decoding.autotree import LOOKUPS, choose_auto_tree, measure_costs
 from draftheads.decoding.calibration import RankStats, rank_stats, read_calibration
 from draftheads.decoding.engine import Engine, GenerationConfig, GenerationResult
-from draftheads.decoding.sampling import SamplingConfig
 from draftheads.decoding.tree import TreeSpec, default_static_paths, engine_tree
 from draftheads.decoding.verify import check_turns, dtype_name, fp32_twin, near_tie_epsilon
 from draftheads.eval.config import EvalConfig
@@ -171,7 +170,7 @@ def load_draft(config: EvalConfig) -> tuple[DraftModel, str]:
 def calibration(draft: DraftModel, progress: bool, turns: int | None = None, new_tokens: int | None = None, lookup_ngram: int = 2) -> tuple[RankStats, str]:
     """The heads' rank statistics on data the eval does not see: the calibration.json written by
     training or `draftheads calibrate` (with `turns` and `new_tokens`, the positions such a decode
-    makes), else the base model's answers to a few fixed conversations (`fallback_calibration`)."""
+    makes), else the base model's answers to the packaged calibration conversations (`fallback_calibration`)."""
     saved = read_calibration(draft.folder, turns, new_tokens) if draft.folder is not None else None
     if saved is not None:
         return saved
@@ -239,7 +238,7 @@ def build_runner(config: EvalConfig, draft: DraftModel, tree: TreeSpec, baseline
     methods = [engine_method(MethodName.AUTOREGRESSIVE, baseline), engine_method(MethodName.OURS, Engine(backbone, draft.heads, tree)),
                hf_method(MethodName.HF_GENERATE, backbone, eos, None), *baselines]
     s = config.sampling
-    generation = GenerationConfig(max_new_tokens=config.max_new_tokens, sampling=SamplingConfig(s.temperature, s.top_p, s.top_k), eos_token_ids=eos, seed=s.seed)
+    generation = GenerationConfig(max_new_tokens=config.max_new_tokens, sampling=s, eos_token_ids=eos, seed=s.seed)
     epsilon = config.near_tie_epsilon if config.near_tie_epsilon is not None else near_tie_epsilon(backbone.lm_head.weight.dtype)
     formatter = ChatFormatter(backbone.tokenizer, model_name=backbone.location.spec)
     return Runner(methods, formatter, generation, epsilon, verify=True, verify_fp32=config.verify_fp32, repeats=config.repeats)

@@ -10,7 +10,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Arguments of `tree`."""
     parser.add_argument("--heads", required=True, help="a local heads folder (the chosen tree is written into its config.json)")
     parser.add_argument("--base", help="base model (default: the one the heads were trained on)")
-    parser.add_argument("--prompts", default="mt-bench", help="calibration prompts (same formats as eval)")
+    parser.add_argument("--prompts", default="calibration",
+                        help="prompts like the served ones, never the eval's (same formats as eval; default: the packaged calibration set)")
     parser.add_argument("--budget", type=int, default=32, help="largest tree to consider (drafted nodes)")
     parser.add_argument("--limit", type=int, default=8, help="calibration prompts to use")
     parser.add_argument("--max-new-tokens", type=int, default=96, help="tokens the base model answers each calibration prompt with")

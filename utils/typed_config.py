@@ -127,7 +127,7 @@ def from_dict(cls: type[T], data: Any, where: str = "") -> T:
     fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
     for key in data:
         if key not in fields:
-            close = difflib.get_close_matches(str(key), list(fields), n=1)
+            close = difflib.get_close_matches(str(key), list(fields), n=1) or _nested_home(hints, fields, str(key))
             hint = f" (did you mean '{close[0]}'?)" if close else ""
             known = ", ".join(fields)
             raise ConfigError(f"{_join(where, key)}: unknown key{hint}; known keys here: {known}")
@@ -142,6 +142,15 @@ def from_dict(cls: type[T], data: Any, where: str = "") -> T:
         return cls(**kwargs)
     except (ValueError, ConfigError) as exc:  # __post_init__ checks across fields
         raise ConfigError(f"{label}: {exc}") from None
+
+
+def _nested_home(hints: dict, fields: dict, key: str) -> list[str]:
+    """`[section.key]` when `key` belongs to a dataclass one level down (a key that moved into a
+    section, such as `temperature` into `sampling`), else []."""
+    for name in fields:
+        if dataclasses.is_dataclass(hints[name]) and key in {f.name for f in dataclasses.fields(hints[name])}:
+            return [f"{name}.{key}"]
+    return []
 
 
 def _join(prefix: str, key: Any) -> str:

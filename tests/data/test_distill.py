@@ -70,7 +70,7 @@ def test_batched_answers_equal_one_at_a_time_and_greedy_equals_hf_generate(varie
 
 def test_every_turn_is_answered_with_the_models_own_earlier_answers(varied_base, tmp_path):
     data = write_jsonl(tmp_path / "p.jsonl", [conversation(0, turns=2), conversation(1, turns=1)])
-    recipe = recipe_for(varied_base, data, tmp_path / "out", "distill.max_new_tokens=10", "distill.temperature=0.7", "distill.export_dataset=true")
+    recipe = recipe_for(varied_base, data, tmp_path / "out", "distill.max_new_tokens=10", "distill.sampling.temperature=0.7", "distill.export_dataset=true")
     result = run_distill(recipe, progress=False)
     assert result.complete and result.counts["conversations"] == 2 and result.counts["answers"] == 3
     records = [json.loads(line) for line in (tmp_path / "out" / "data.jsonl").read_text().splitlines()]
@@ -159,7 +159,7 @@ def test_a_spent_time_budget_writes_what_is_answered_and_a_later_run_continues(v
 
 def _gen_data(base: Path, data: Path, out: Path, *extra: str) -> list[str]:
     return ["draftheads", "gen-data", "--base", str(base), "--data", str(data), "--out", str(out),
-            "distill.max_new_tokens=16", "distill.temperature=0.8", "distill.batch_size=4", "distill.chunk_size=4", *extra]
+            "distill.max_new_tokens=16", "distill.sampling.temperature=0.8", "distill.batch_size=4", "distill.chunk_size=4", *extra]
 
 
 def _records(out: Path) -> list[dict]:
@@ -175,7 +175,7 @@ def test_a_chunk_cut_short_is_redone_whole_and_equals_the_uninterrupted_run(vari
     for i, conv in enumerate(convs):
         conv["conversations"][0]["value"] += " tell me more" * (i * 7 % 23)
     data = write_jsonl(tmp_path / "p.jsonl", convs)
-    settings = ("distill.max_new_tokens=24", "distill.temperature=0.8", "distill.batch_size=4", "distill.chunk_size=4", "model.dtype=bfloat16")
+    settings = ("distill.max_new_tokens=24", "distill.sampling.temperature=0.8", "distill.batch_size=4", "distill.chunk_size=4", "model.dtype=bfloat16")
     calls: list[list[int]] = []  # the seeds of each generate call: its batch-mates
     real_generate = HFGenerator.generate
     monkeypatch.setattr(HFGenerator, "generate", lambda self, requests, *a: calls.append([r.seed for r in requests]) or real_generate(self, requests, *a))

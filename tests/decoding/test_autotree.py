@@ -90,7 +90,7 @@ def test_a_decode_is_predicted_from_the_positions_it_makes(tmp_path):
     assert shaped.positions == 2 and "all positions, not only those" in source and "no position lies in them" in source
     (tmp_path / CALIBRATION_NAME).write_text(calibration_json(RankStats.from_ranks(ranks), "held-out rows"))
     shaped, source = read_calibration(tmp_path, 2, 64)
-    assert shaped.positions == 8 and "rerun bench/recalibrate.py" in source
+    assert shaped.positions == 8 and "rerun `draftheads calibrate`" in source
 
 
 def test_verify_cost_between_and_past_the_measured_sizes_is_linear():

@@ -6,7 +6,8 @@ import pytest
 
 from draftheads.decoding.engine import default_eos
 from draftheads.eval.baselines import HF_GRID, OUR_GRID, lookup_methods, tune_baselines
-from draftheads.eval.config import BaselineSettings, EvalConfig, SamplingSettings
+from draftheads.decoding.sampling import SamplingConfig
+from draftheads.eval.config import BaselineSettings, EvalConfig
 from draftheads.models.backbone import BackboneConfig, load_backbone
 from helpers import write_jsonl
 
@@ -36,7 +37,7 @@ def test_each_lookup_baseline_gets_the_fastest_setting_of_its_sweep(base, tune_p
 
 def test_a_fixed_setting_is_kept_and_sampling_has_no_lookup_alone(base, tune_prompts):
     fixed = BaselineSettings(prompt_lookup_tokens=10, tune_prompts=tune_prompts, tune_limit=2, lookup_tokens=8, lookup_ngram=2)
-    sampled = EvalConfig(heads="h", max_new_tokens=4, baselines=fixed, sampling=SamplingSettings(temperature=0.7))
+    sampled = EvalConfig(heads="h", max_new_tokens=4, baselines=fixed, sampling=SamplingConfig(temperature=0.7))
     chosen = tune_baselines(sampled, base, default_eos(base), progress=False)
     assert set(chosen) == {"prompt_lookup"}  # copies have no draft distribution to sample against
     assert [(row["tokens"], row["ngram"]) for row in chosen["prompt_lookup"]["sweep"]] == [(10, 1), (10, 2), (10, 3)]

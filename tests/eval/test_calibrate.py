@@ -194,13 +194,14 @@ def test_the_auto_tree_weighs_the_lookup_branch_from_the_calibration(tmp_path, c
 
 
 def test_a_fixed_lookup_branch_is_kept_and_sampling_weighs_none():
-    from draftheads.eval.config import EvalConfig, SamplingSettings, TreeSettings
+    from draftheads.decoding.sampling import SamplingConfig
+    from draftheads.eval.config import EvalConfig, TreeSettings
     from draftheads.eval.runner import lookup_choices
 
     assert lookup_choices(EvalConfig(heads="h")) == (0, 4, 8, 12, 16)
     assert lookup_choices(EvalConfig(heads="h", tree=TreeSettings(lookup=0))) == (0,)
     assert lookup_choices(EvalConfig(heads="h", tree=TreeSettings(lookup=10))) == (10,)
-    assert lookup_choices(EvalConfig(heads="h", sampling=SamplingSettings(temperature=0.7))) == (0,)
+    assert lookup_choices(EvalConfig(heads="h", sampling=SamplingConfig(temperature=0.7))) == (0,)
 
 
 def test_engine_trees_decode_as_the_engine_drafts_and_refuse_heads_it_does_not_serve(tmp_path):

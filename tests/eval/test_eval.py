@@ -168,7 +168,7 @@ def test_auto_tree_measures_costs_and_eval_writes_its_summary_into_the_heads(hea
         assert "saved by" in choice["reason"]
     else:
         assert "tree auto:" in printed and choice["costs"]["verify_ms_by_nodes"]["1"] > 0
-        assert "fixed two-turn conversations" in choice["calibration"]  # no calibration.json: never the eval's own prompts
+        assert "two-turn conversations of the calibration set" in choice["calibration"]  # no calibration.json: never the eval's own prompts
     summary = json.loads((heads_dir / "eval_report.json").read_text())
     assert summary["tau"] == report["tau"] and summary["dtype"] == "float32"
     from draftheads.models.card import model_card
@@ -204,7 +204,7 @@ def test_eval_with_a_lookup_branch_reports_it_and_stays_lossless(heads_dir, prom
     assert report["tau"] == pytest.approx(1 + sum(report["acceptance_by_depth"]))  # depths past the heads' are counted
     # heads without calibration.json: the fallback answers are kept, so the branch is predicted by replaying them, with its spread
     source = report["tau_predicted_source"]
-    assert "fixed two-turn conversations" in source and "replayed" in source and "6-token lookup branch" in source and report["tau_predicted_sd"] is not None
+    assert "8 two-turn conversations of the calibration set" in source and "replayed" in source and "6-token lookup branch" in source and report["tau_predicted_sd"] is not None
     assert "lookup branch of up to 6 copied tokens" in out.with_suffix(".md").read_text()
 
 
@@ -215,3 +215,14 @@ def test_a_short_mt_bench_run_covers_every_category():
     categories = [p.category for p in chosen]
     assert len(chosen) == 16 and len(set(categories)) == 8 and all(categories.count(c) == 2 for c in set(categories))
     assert [p.category for p in load_prompts("mt-bench", 3)] == ["writing", "roleplay", "reasoning"]
+
+
+def test_the_fallback_calibration_set_is_packaged_and_shares_no_question_with_mt_bench():
+    from draftheads.eval.calibrate import FALLBACK_PROMPTS
+    from draftheads.eval.prompts import load_prompts
+
+    chosen = load_prompts(*FALLBACK_PROMPTS)
+    assert len(chosen) == 8 and len({p.category for p in chosen}) == 8 and all(len(p.turns) == 2 for p in chosen)
+    assert {p.category for p in chosen} == {p.category for p in load_prompts("mt-bench")}
+    mt_bench = {turn for p in load_prompts("mt-bench") for turn in p.turns}
+    assert not mt_bench & {turn for p in load_prompts("calibration") for turn in p.turns}

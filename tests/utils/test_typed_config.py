@@ -46,6 +46,7 @@ def test_builds_nested_and_converts_int_to_float():
     "data, message",
     [
         ({"nmae": "y"}, "nmae: unknown key (did you mean 'name'?)"),
+        ({"path": "q"}, "path: unknown key (did you mean 'inner.path'?)"),  # a key that belongs one section down
         ({"items": [{"path": "a", "limt": 1}]}, "items[0].limt: unknown key (did you mean 'limit'?)"),
         ({"rate": "fast"}, "rate: expected a number, got 'fast'"),
         ({"flag": "yes"}, "flag: expected true or false"),
