@@ -18,7 +18,7 @@ import argparse
 import dataclasses
 from pathlib import Path
 
-from draftheads.decoding.calibration import read_calibration
+from draftheads.decoding.planning.stats import read_calibration
 from draftheads.decoding.tree import TreeSpec
 from draftheads.eval.calibrate import FALLBACK_PROMPTS, calibrate
 from draftheads.eval.metrics import _replayed_tau, prediction_spread

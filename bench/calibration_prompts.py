@@ -34,8 +34,8 @@ import random
 import statistics
 from pathlib import Path
 
-from draftheads.decoding.autotree import expected_tau
-from draftheads.decoding.calibration import CALIBRATION_NAME, read_calibration
+from draftheads.decoding.planning.search import expected_tau
+from draftheads.decoding.planning.stats import CALIBRATION_NAME, read_calibration
 from draftheads.eval.calibrate import PREVIOUS_NAME, calibrate
 from draftheads.eval.metrics import tau_of
 from draftheads.eval.runner import partial_lines

@@ -15,7 +15,7 @@ import subprocess
 import time
 from pathlib import Path
 
-from draftheads.decoding.autotree import draft_seconds
+from draftheads.decoding.planning.costs import draft_seconds
 from draftheads.models.draft_model import DraftModel
 
 

@@ -39,7 +39,7 @@ from pathlib import Path
 import torch
 
 from draftheads.data.chat import ChatFormatter
-from draftheads.decoding.calibration import read_calibration
+from draftheads.decoding.planning.stats import read_calibration
 from draftheads.decoding.engine import Engine, GenerationConfig
 from draftheads.decoding.tree import TreeSpec
 from draftheads.decoding.verify import near_tie_epsilon

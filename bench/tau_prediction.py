@@ -25,8 +25,8 @@ from pathlib import Path
 import torch
 
 from draftheads.data.chat import ChatFormatter
-from draftheads.decoding.autotree import expected_tau
-from draftheads.decoding.calibration import read_calibration
+from draftheads.decoding.planning.search import expected_tau
+from draftheads.decoding.planning.stats import read_calibration
 from draftheads.decoding.engine import Engine, GenerationConfig
 from draftheads.decoding.tree import Tree, TreeSpec
 from draftheads.eval.metrics import tau_of

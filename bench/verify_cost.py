@@ -11,7 +11,7 @@ import argparse
 
 import torch
 
-from draftheads.decoding.calibration import verify_costs
+from draftheads.decoding.planning.costs import verify_costs
 from draftheads.models.backbone import BackboneConfig, load_backbone
 from draftheads.models.draft_model import DraftModel
 from draftheads.models.heads.medusa import MedusaConfig

@@ -152,6 +152,29 @@ class Engine:
             draftheads_causal=mask is None,
         )
 
+    def prefill(self, prompt: torch.Tensor, room: int):
+        """Begin a sequence: empty the cache with room for `room` tokens after `prompt` [n], run the
+        prompt causally and commit it. Returns the forward's output (features, no logits)."""
+        n = prompt.numel()
+        self.cache.reset(n + room)
+        out = self._forward(prompt, torch.arange(n), None, logits=False)
+        self.cache.commit(list(range(n)))
+        return out
+
+    def draft(self, state, root: int, sampling: SamplingConfig, generator: torch.Generator | None = None, sampled: bool = False) -> Draft:
+        """The heads' tree under `root`, from the drafting `state` (`DraftHeads.begin_draft`)."""
+        return self.drafter.draft(self.heads, state, root, self.backbone.lm_head, sampling, generator, sampled)
+
+    def verify(self, tokens: torch.Tensor, depth: torch.Tensor, mask: torch.Tensor):
+        """One verification forward of a tree's `tokens` (at `depth`, under the ancestor `mask`) after
+        the committed sequence, with logits; its entries stay pending until `commit`."""
+        return self._forward(tokens, depth, mask, logits=True)
+
+    def commit(self, nodes: list[int]) -> None:
+        """Keep the verified `nodes` after the committed sequence and drop the other pending entries
+        (`commit([])` drops them all: the next verification follows the same sequence)."""
+        self.cache.commit(nodes)
+
     @torch.inference_mode()
     def generate(self, prompt_ids: list[int] | torch.Tensor, config: GenerationConfig | None = None) -> GenerationResult:
         """New tokens after `prompt_ids` (one sequence)."""
@@ -174,67 +197,58 @@ class Engine:
             generator.manual_seed(config.seed)
         else:
             generator.seed()  # a fresh nondeterministic seed, leaving torch's global RNG alone
-        self.cache.reset(prompt.numel() + config.max_new_tokens + self.max_nodes)
         context = prompt.tolist()  # what a lookup branch copies from; the emitted tokens join it
-        times = dict.fromkeys(("prefill", "draft", "verify", "accept", "other"), 0.0)
-        result = GenerationResult(tokens=[], finish_reason="length", times=times)
+        result = GenerationResult(tokens=[], finish_reason="length", times=dict.fromkeys(("prefill", "draft", "verify", "accept", "other"), 0.0))
         stopper = _Stopper(self.backbone.tokenizer, eos, config.stop_strings, config.max_new_tokens, result)
+        watch = _Stopwatch(self.device, result.times)
 
-        start = time.perf_counter()
-        n = prompt.numel()
-        out = self._forward(prompt, torch.arange(n), None, logits=False)
-        self.cache.commit(list(range(n)))
+        out = self.prefill(prompt, config.max_new_tokens + self.max_nodes)
         last = self.backbone.logits(out.features[LAST][0, -1:])[0]
         root = int(last.argmax()) if sampling.greedy else sample(sampling.logprobs(last), generator)
         state = self.heads.begin_draft(out.features, prompt[None]) if self.heads is not None else None
-        synchronize(self.device)
-        times["prefill"] = time.perf_counter() - start
-        loop_start = time.perf_counter()
+        watch.lap("prefill")
         done = stopper.emit(root)
         while not done:
-            t0 = time.perf_counter()
-            draft = self.drafter.draft(self.heads, state, root, self.backbone.lm_head, sampling, generator, rule == "sampling")
+            draft = self.draft(state, root, sampling, generator, rule == "sampling")
             if self.tree_spec.lookup:
                 context.extend(result.tokens[len(context) - prompt.numel() :])
                 draft = graft(draft, lookup_continuation(context, self.tree_spec.lookup, self.tree_spec.lookup_ngram))
             # the static template's mask holds unless the lookup branch added nodes to it
             reuse = self.static_mask is not None and draft.tree.size == self.drafter.max_nodes
-            mask = self.static_mask if reuse else draft.tree.ancestor_mask()
             if draft.scores is not None:
                 result.predicted.append(1 + float(draft.scores[1:].exp().sum()))
-            synchronize(self.device)
-            t1 = time.perf_counter()
-            out = self._forward(draft.tokens, draft.tree.depth, mask, logits=True)
-            logits = out.logits[0]
-            synchronize(self.device)
-            t2 = time.perf_counter()
-            accepted = self._accept(rule, draft, logits, config, generator)
-            self.cache.commit(accepted.nodes)
-            synchronize(self.device)
-            t3 = time.perf_counter()
-            result.tree_sizes.append(draft.tree.size - 1)
-            emitted = len(result.tokens)
-            for node in accepted.nodes[1:]:
-                done = stopper.emit(int(draft.tokens[node]))
-                if done:
-                    break
-            if not done:
-                done = stopper.emit(accepted.bonus)
-            # τ counts what the step emitted: drafts accepted past an EOS, a stop string or the limit are not output.
-            result.accepted.append(len(result.tokens) - emitted - 1)
+            watch.lap("draft")
+            out = self.verify(draft.tokens, draft.tree.depth, self.static_mask if reuse else draft.tree.ancestor_mask())
+            watch.lap("verify")
+            accepted = self._accept(rule, draft, out.logits[0], config, generator)
+            self.commit(accepted.nodes)
+            watch.lap("accept")
+            done = self._emit(stopper, draft, accepted)
             root = accepted.bonus
-            t4 = time.perf_counter()
+            watch.lap(None)
             if not done and self.heads is not None:
-                index = torch.tensor(accepted.nodes, device=self.device)
-                features = {layer: value[:, index] for layer, value in out.features.items()}
+                features = {layer: value[:, torch.tensor(accepted.nodes, device=self.device)] for layer, value in out.features.items()}
                 state = self.heads.begin_draft(features, draft.tokens[accepted.nodes][None].to(self.device), state)
-            synchronize(self.device)
-            t5 = time.perf_counter()
-            times["draft"] += (t1 - t0) + (t5 - t4)
-            times["verify"] += t2 - t1
-            times["accept"] += t3 - t2
-        times["other"] = time.perf_counter() - loop_start - times["draft"] - times["verify"] - times["accept"]
+            watch.lap("draft")
+        watch.finish("other")
         return result
+
+    @staticmethod
+    def _emit(stopper: "_Stopper", draft: Draft, accepted: Accepted) -> bool:
+        """Emit a step's accepted drafts and its bonus token until a stop; records the step's τ
+        count: what it emitted (drafts accepted past an EOS, a stop string or the limit are not
+        output). True when generation ends."""
+        result = stopper.result
+        result.tree_sizes.append(draft.tree.size - 1)
+        emitted, done = len(result.tokens), False
+        for node in accepted.nodes[1:]:
+            done = stopper.emit(int(draft.tokens[node]))
+            if done:
+                break
+        if not done:
+            done = stopper.emit(accepted.bonus)
+        result.accepted.append(len(result.tokens) - emitted - 1)
+        return done
 
     def _accept(
         self, rule: str, draft: Draft, logits: torch.Tensor, config: GenerationConfig, generator: torch.Generator
@@ -247,6 +261,29 @@ class Engine:
                 draft.tree, draft.tokens.to(target.device), target, config.typical_epsilon, config.typical_delta, generator
             )
         return accept_sampling(draft.tree, draft.tokens, target, draft.draft_logprobs, generator)
+
+
+class _Stopwatch:
+    """Seconds per phase of the decode loop into `times`: each lap ends with a device
+    synchronisation, so work queued on a GPU is charged to the phase that queued it."""
+
+    def __init__(self, device: torch.device, times: dict[str, float]):
+        self.device, self.times = device, times
+        self.start = self.last = time.perf_counter()
+
+    def lap(self, phase: str | None) -> None:
+        """Charge the time since the last lap to `phase` (None: to no phase, so to `finish`'s)."""
+        if phase is None:
+            self.last = time.perf_counter()
+            return
+        synchronize(self.device)
+        now = time.perf_counter()
+        self.times[phase] += now - self.last
+        self.last = now
+
+    def finish(self, phase: str) -> None:
+        """Charge everything no lap claimed, since the first, to `phase`."""
+        self.times[phase] = time.perf_counter() - self.start - sum(v for k, v in self.times.items() if k != phase)
 
 
 class _Stopper:

@@ -18,10 +18,10 @@ from pathlib import Path
 from tqdm.auto import tqdm
 
 from draftheads.data.chat import ChatFormatter
-from draftheads.decoding.calibration import CALIBRATION_NAME, Answer, RankStats, calibration_json, rank_stats, read_calibration
+from draftheads.decoding.planning.stats import CALIBRATION_NAME, Answer, RankStats, calibration_json, rank_stats, read_calibration
 from draftheads.decoding.engine import Engine, GenerationConfig
 from draftheads.decoding.verify import dtype_name
-from draftheads.decoding.walks import LOOKUP_CAP
+from draftheads.decoding.planning.walks import LOOKUP_CAP
 from draftheads.eval.prompts import EvalPrompt, load_prompts
 from draftheads.eval.runner import Runner, engine_method, run_prompts
 from draftheads.eval.schema import MethodName

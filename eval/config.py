@@ -17,9 +17,9 @@ class TreeSettings:
     """Which draft tree our decoder verifies each step."""
 
     kind: Literal["auto", "static", "dynamic", "eagle2", "none", "sglang", "vllm", "reference", "trtllm"] = "auto"
-    """auto: the static tree saved by `draftheads tree` if there is one, else the dynamic budget and
-    width with the highest expected tokens/s, from costs measured at start-up on this machine and
-    the heads' calibration; static: the saved tree, else a default one of `budget` nodes; dynamic:
+    """auto: the tree with the highest expected tokens/s, from costs measured at start-up on this
+    machine and the heads' calibration, among dynamic trees of every budget and width and the
+    static tree saved by `draftheads tree` if there is one (each with and without a lookup branch); static: the saved tree, else a default one of `budget` nodes; dynamic:
     grown by joint draft probability under `budget` and `width`; eagle2: EAGLE-2's reranked tree
     (`width` nodes expanded by `width` children for `depth` depths, the best `budget` verified;
     greedy only); none: autoregressive; an engine (sglang, vllm, reference, trtllm): the tree it

@@ -17,9 +17,9 @@ from pathlib import Path
 
 import torch
 
-from draftheads.decoding.autotree import expected_tau
+from draftheads.decoding.planning.search import expected_tau
 from draftheads.decoding.tree import Tree, TreeSpec
-from draftheads.decoding.calibration import RankStats
+from draftheads.decoding.planning.stats import RankStats
 from draftheads.decoding.verify import TokenCheck, dtype_name
 from draftheads.eval.schema import BASELINES, SPEED_PAIRS, EvalReport, MethodName, MethodTotals, SpeedRatio, TimeBreakdown, VerificationRow, pair_key
 from draftheads.models.draft_model import DraftModel

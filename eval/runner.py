@@ -22,8 +22,9 @@ import torch
 from tqdm.auto import tqdm
 
 from draftheads.data.chat import ChatFormatter
-from draftheads.decoding.autotree import LOOKUPS, choose_auto_tree, measure_costs
-from draftheads.decoding.calibration import RankStats, rank_stats, read_calibration
+from draftheads.decoding.planning.costs import LOOKUPS, measure_costs
+from draftheads.decoding.planning.search import choose_auto_tree
+from draftheads.decoding.planning.stats import RankStats, rank_stats, read_calibration
 from draftheads.decoding.engine import Engine, GenerationConfig, GenerationResult
 from draftheads.decoding.tree import TreeSpec, default_static_paths, engine_tree
 from draftheads.decoding.verify import check_turns, dtype_name, fp32_twin, near_tie_epsilon
@@ -206,18 +207,20 @@ def _drafted_tree(config: EvalConfig, draft: DraftModel, progress: bool, turns: 
         except ValueError as exc:  # heads no engine of that name serves: the user's choice, not a bug
             raise ConfigError(str(exc)) from None
         return spec, {"reason": f"how {ENGINES[settings.kind].version} drafts these heads with the export README's command (--tree {settings.kind})"}
-    if saved is not None:
-        return TreeSpec("static", paths=saved.paths), {"reason": f"saved by `draftheads tree` ({saved.measured_on})"}
     if settings.kind == "static":
+        if saved is not None:
+            return TreeSpec("static", paths=saved.paths), {"reason": f"saved by `draftheads tree` ({saved.measured_on})"}
         return TreeSpec("static", paths=default_static_paths(draft.heads.config.num_heads, settings.budget)), {"reason": "default static tree (no saved one)"}
     stats, source = held_out or calibration(draft, progress, turns, config.max_new_tokens, settings.lookup_ngram)
     lookups = lookup_choices(config)
-    costs = measure_costs(draft, lookups=tuple(t for t in lookups if t), ngram=settings.lookup_ngram)
+    static = saved.paths if saved is not None else None  # one candidate among the dynamic trees, with and without a branch
+    costs = measure_costs(draft, lookups=tuple(t for t in lookups if t), ngram=settings.lookup_ngram, static_nodes=len(static or []))
     shape = (turns, config.max_new_tokens) if turns else None
-    choice = choose_auto_tree(stats, costs, source, shape, lookups, settings.lookup_ngram)
+    choice = choose_auto_tree(stats, costs, source, shape, lookups, settings.lookup_ngram, static)
     for line in choice.lines():
         print(line)
-    return choice.spec, {"reason": "auto: the highest expected tokens/s from costs measured at start-up", **choice.to_json()}
+    saved_note = f"; the static tree saved by `draftheads tree` ({saved.measured_on}) weighed among them" if saved is not None else ""
+    return choice.spec, {"reason": f"auto: the highest expected tokens/s from costs measured at start-up{saved_note}", **choice.to_json()}
 
 
 def lookup_choices(config: EvalConfig) -> tuple[int, ...]:

@@ -1,4 +1,4 @@
-"""`draftheads tree`: calibrate the heads on the base model's own answers, time verification and
+"""`draftheads tree`: calibrate the heads on the base model's own answers (every turn, as a decode makes them), time verification and
 drafting on this machine, choose the static tree with the highest expected speedup, save it."""
 
 from __future__ import annotations
@@ -8,11 +8,11 @@ import json
 from pathlib import Path
 
 import torch
-from tqdm.auto import tqdm
 
-from draftheads.data.chat import ChatFormatter
-from draftheads.decoding.engine import Engine, GenerationConfig
-from draftheads.decoding.calibration import TreeCandidate, draft_costs, rank_stats, search_static_tree, verify_costs
+from draftheads.decoding.planning.costs import TreeCosts, draft_costs, verify_costs
+from draftheads.decoding.planning.search import Candidate, search_static_tree
+from draftheads.decoding.planning.stats import rank_stats
+from draftheads.eval.calibrate import answer_sequences
 from draftheads.eval.prompts import load_prompts
 from draftheads.models.draft_model import CONFIG_NAME, DraftModel
 from draftheads.models.heads.base import TreeChoice
@@ -24,7 +24,7 @@ from draftheads.utils.errors import ConfigError
 def choose_tree(
     heads: str,
     base: str | None = None,
-    prompts: str = "mt-bench",
+    prompts: str = "calibration",
     budget: int = 32,
     limit: int = 8,
     max_new_tokens: int = 96,
@@ -32,7 +32,7 @@ def choose_tree(
     dtype: str = "auto",
     save: bool = True,
     progress: bool = True,
-) -> list[TreeCandidate]:
+) -> list[Candidate]:
     """Run the search; with `save`, write the best tree into `heads`/config.json. Returns the
     candidates, best first."""
     folder = Path(heads)
@@ -44,38 +44,33 @@ def choose_tree(
     dtype, note = resolve_dtype(dtype, device)
     print(f"dtype: {note}")
     draft = DraftModel.from_pretrained(heads, base, device=device, dtype=dtype)
-    formatter = ChatFormatter(draft.backbone.tokenizer, model_name=draft.backbone.location.spec)
-    engine = Engine(draft.backbone)
-    sequences = []
-    for prompt in tqdm(load_prompts(prompts, limit), desc="calibration answers", disable=not progress):
-        ids = formatter.prompt_ids(prompt.messages([]), origin=f"prompt {prompt.id}")
-        tokens = engine.generate(ids, GenerationConfig(max_new_tokens=max_new_tokens)).tokens
-        sequences.append((ids + tokens, len(ids), 0))
-    stats = rank_stats(draft, sequences)
+    chosen = load_prompts(prompts, limit)
+    stats = rank_stats(draft, answer_sequences(draft.backbone, chosen, max_new_tokens, None, progress))
     sizes = sorted({s for s in (1, 2, 4, 8, 16, 32, 64) if s <= budget} | {budget + 1})
-    verify = verify_costs(draft, sizes)
-    drafting = draft_costs(draft)
-    candidates = search_static_tree(stats, verify, drafting, budget)
+    costs = TreeCosts(verify_costs(draft, sizes), draft_depths=draft_costs(draft))
+    candidates = search_static_tree(stats, costs, budget)
     if not candidates:
         raise ConfigError(f"no tree: the heads never ranked the true token in their top 10 on {stats.positions} positions")
+    ar_seconds = costs.verify[1]
     print(f"calibration: {stats.positions} positions; top-1 accuracy by depth: " + ", ".join(f"{row[0]:.3f}" for row in stats.depth_topk))
-    print("verify ms by nodes: " + ", ".join(f"{k}: {1000 * v:.1f}" for k, v in sorted(verify.items())))
-    print("draft ms by depth: " + ", ".join(f"{1000 * v:.1f}" for v in drafting))
+    print("verify ms by nodes: " + ", ".join(f"{k}: {1000 * v:.1f}" for k, v in sorted(costs.verify.items())))
+    print("draft ms of a chain by depth: " + ", ".join(f"{1000 * v:.1f}" for v in costs.draft_depths))
     print(f"{'nodes':>5} {'depth':>5} {'E[tau]':>7} {'step ms':>8} {'E[speedup]':>10}")
-    for c in sorted(candidates, key=lambda c: c.nodes):
-        print(f"{c.nodes:>5} {c.depth:>5} {c.expected_tau:>7.3f} {1000 * c.step_seconds:>8.1f} {c.expected_speedup:>10.3f}")
+    for c in sorted(candidates, key=lambda c: c.budget):
+        print(f"{c.budget:>5} {c.depth:>5} {c.expected_tau:>7.3f} {1000 * c.step_seconds:>8.1f} {c.tokens_per_second * ar_seconds:>10.3f}")
     best = candidates[0]
-    if best.expected_speedup < 1:
+    speedup = best.tokens_per_second * ar_seconds
+    if speedup < 1:
         print(
             f"warning: no tree of up to {budget} nodes is expected to beat autoregressive decoding on this machine "
-            f"(best {best.expected_speedup:.3f}x); the heads' acceptance is too low for the verify cost of extra nodes"
+            f"(best {speedup:.3f}x); the heads' acceptance is too low for the verify cost of extra nodes"
         )
-    print(f"best: {best.nodes} nodes, expected tau {best.expected_tau:.3f}, expected speedup {best.expected_speedup:.3f}x: {best.paths}")
+    print(f"best: {best.budget} nodes, expected tau {best.expected_tau:.3f}, expected speedup {speedup:.3f}x: {best.paths}")
     if save:
-        where = f"{prompts} ({len(sequences)} prompts, {stats.positions} positions), {device}, {dtype}, {torch.get_num_threads()} threads"
+        where = f"{prompts} ({len(chosen)} prompts, {stats.positions} positions), {device}, {dtype}, {torch.get_num_threads()} threads"
         config = dataclasses.replace(
             draft.heads.config,
-            tree=TreeChoice(best.paths, round(best.expected_tau, 4), round(best.expected_speedup, 4), where),
+            tree=TreeChoice(best.paths, round(best.expected_tau, 4), round(speedup, 4), where),
         )
         atomic_write_text(folder / CONFIG_NAME, json.dumps(config.to_json_dict(), indent=2) + "\n")
         print(f"saved into {folder / CONFIG_NAME}")

@@ -39,7 +39,7 @@ def run(args: argparse.Namespace) -> int:
 def engine_taus(heads: str, layout: str, engine: str) -> str:
     """The README section of τ predicted for each target engine's own drafting (`--tree ENGINE`),
     from the heads' calibration; empty when the heads carry none."""
-    from draftheads.decoding.calibration import read_calibration
+    from draftheads.decoding.planning.stats import read_calibration
     from draftheads.decoding.tree import engine_tree
     from draftheads.eval.metrics import predicted_tau
     from draftheads.models.draft_model import read_head_config, resolve_folder

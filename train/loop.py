@@ -28,8 +28,8 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from draftheads.data.collate import Collator
-from draftheads.decoding.autotree import expected_tau
-from draftheads.decoding.calibration import CALIBRATION_NAME, RankStats, calibration_json
+from draftheads.decoding.planning.search import expected_tau
+from draftheads.decoding.planning.stats import CALIBRATION_NAME, RankStats, calibration_json
 from draftheads.data.dataset import build_datasets
 from draftheads.data.features import cached_dropped, open_feature_cache, training_layers
 from draftheads.data.sources import dropped_note

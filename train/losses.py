@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from draftheads.decoding.calibration import true_ranks
+from draftheads.decoding.planning.stats import true_ranks
 from draftheads.models.heads.base import DraftHeads, HeadOutput
 
 

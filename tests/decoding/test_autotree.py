@@ -8,8 +8,9 @@ from collections import Counter
 import pytest
 import torch
 
-from draftheads.decoding.autotree import TreeCosts, choose_auto_tree, expected_tau, measure_costs
-from draftheads.decoding.calibration import RankStats
+from draftheads.decoding.planning.costs import TreeCosts, measure_costs
+from draftheads.decoding.planning.search import choose_auto_tree, expected_tau
+from draftheads.decoding.planning.stats import RankStats
 
 
 def stats() -> RankStats:
@@ -48,6 +49,18 @@ def test_heads_that_cannot_pay_for_a_tree_fall_back_to_autoregressive_decoding()
     assert "no tree is expected to pay" in choice.lines()[0]
 
 
+def test_a_saved_static_tree_is_one_candidate_among_the_dynamic_ones():
+    chain = [[0], [0, 0], [0, 0, 0]]  # a chain's τ 1 + 0.6 + 0.3 + 0.15, the best 3-node dynamic tree's 1 + 0.6 + 0.3 + 0.2
+    cheap_chain, dear_chain = costs(0.0001), costs(0.0001)
+    cheap_chain.draft_depths = [0.0, 0.0, 0.0]  # drafting a chain costs nothing: it beats every dynamic tree that drafts
+    dear_chain.draft_depths = [1.0, 1.0, 1.0]
+    taken = choose_auto_tree(stats(), cheap_chain, "test", static=chain)
+    assert taken.spec.kind == "static" and taken.spec.paths == chain and taken.chosen.expected_tau == pytest.approx(2.05)
+    assert "static tree of 3 nodes (3 deep)" in taken.lines()[0] and taken.to_json()["paths"] == chain
+    passed = choose_auto_tree(stats(), dear_chain, "test", static=chain)
+    assert passed.spec.kind == "dynamic" and any(c.paths == chain for c in passed.candidates)
+
+
 def test_costs_are_measured_for_every_candidate(tiny_llama, demo_tokenizer):
     from draftheads.models.backbone import Backbone, ModelLocation
     from draftheads.models.draft_model import DraftModel
@@ -60,10 +73,12 @@ def test_costs_are_measured_for_every_candidate(tiny_llama, demo_tokenizer):
     with_branches = measure_costs(draft, budgets=(1, 4), widths=(1,), prefix_length=16, lookups=(4, 8))
     assert sorted(with_branches.verify) == [1, 2, 5, 9, 13] and sorted(with_branches.lookup) == [4, 8]  # the largest tree + half and all of the longest branch
     assert all(v > 0 for v in with_branches.lookup.values())
+    with_static = measure_costs(draft, budgets=(1,), widths=(1,), prefix_length=16, static_nodes=6)
+    assert sorted(with_static.verify) == [1, 2, 7] and len(with_static.draft_depths) == 3 and all(v > 0 for v in with_static.draft_depths)
 
 
 def test_a_decode_is_predicted_from_the_positions_it_makes(tmp_path):
-    from draftheads.decoding.calibration import CALIBRATION_NAME, calibration_json, read_calibration
+    from draftheads.decoding.planning.stats import CALIBRATION_NAME, calibration_json, read_calibration
 
     # Early answer tokens of turns 0-1 are drafted badly (rank 5), late ones and third turns well (rank 0).
     turns = torch.tensor([0, 0, 1, 1, 0, 1, 2, 2])
@@ -104,7 +119,7 @@ def test_verify_cost_between_and_past_the_measured_sizes_is_linear():
 def walked(copies: int, proposed: int) -> RankStats:
     """Calibration whose answers the heads draft right at depth 1 in every other position, and where
     the lookup proposes `proposed` tokens at every position, `copies` of them right."""
-    from draftheads.decoding.walks import AnswerWalk
+    from draftheads.decoding.planning.walks import AnswerWalk
 
     ranks = [[0] if i % 2 == 0 else [9] for i in range(64)]
     s = RankStats.from_ranks(torch.tensor(ranks))

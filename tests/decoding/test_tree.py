@@ -145,7 +145,7 @@ def test_an_eagle2_tree_is_predicted_from_the_best_paths_within_its_shape():
     slot of its budget."""
     from collections import Counter
 
-    from draftheads.decoding.calibration import RankStats
+    from draftheads.decoding.planning.stats import RankStats
     from draftheads.decoding.tree import TreeSpec
     from draftheads.eval.metrics import rank_paths
 

@@ -1,4 +1,4 @@
-"""Replaying a decode's steps on calibration answers (`decoding/walks.py`): exact steps on
+"""Replaying a decode's steps on calibration answers (`decoding/planning/walks.py`): exact steps on
 hand-made answers, the copies of the lookup branch, and the walks kept through JSON and `within`."""
 
 from __future__ import annotations
@@ -6,8 +6,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from draftheads.decoding.calibration import RankStats
-from draftheads.decoding.walks import LOOKUP_CAP, AnswerWalk, lookup_copies, replay
+from draftheads.decoding.planning.stats import RankStats
+from draftheads.decoding.planning.walks import LOOKUP_CAP, AnswerWalk, lookup_copies, replay
 
 M = 10  # max rank: not in the heads' top
 

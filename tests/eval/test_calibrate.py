@@ -9,8 +9,8 @@ import json
 import pytest
 import torch
 
-from draftheads.decoding.calibration import OFFSET_BUCKET, Answer, RankStats, rank_stats, read_calibration
-from draftheads.decoding.walks import LOOKUP_CAP
+from draftheads.decoding.planning.stats import OFFSET_BUCKET, Answer, RankStats, rank_stats, read_calibration
+from draftheads.decoding.planning.walks import LOOKUP_CAP
 from draftheads.eval.calibrate import PREVIOUS_NAME, calibrate
 from draftheads.decoding.engine import Engine, GenerationConfig
 from draftheads.models.draft_model import DraftModel
@@ -175,7 +175,7 @@ def test_the_auto_tree_weighs_the_lookup_branch_from_the_calibration(tmp_path, c
     one decoded. (Costs are measured for two tree shapes only, to keep the test short.)"""
     import functools
 
-    from draftheads.decoding.autotree import measure_costs
+    from draftheads.decoding.planning.costs import measure_costs
     from draftheads.eval import runner
     from draftheads.eval.config import EvalConfig
     from draftheads.eval.runner import resolve_tree

@@ -102,7 +102,7 @@ def test_a_resumed_auto_tree_eval_decodes_with_the_tree_it_began_with(heads_dir,
     assert report.tree_choice["reason"].startswith("resumed with the tree the run began with")
 
 
-def test_tree_search_saves_a_tree_that_eval_uses_by_default(repeating_heads_dir, prompts, tmp_path, capsys):
+def test_tree_search_saves_a_tree_that_eval_weighs_and_uses_when_asked(repeating_heads_dir, prompts, tmp_path, capsys):
     heads_dir = repeating_heads_dir
     assert main(["tree", "--heads", str(heads_dir), "--prompts", str(prompts), "--budget", "4", "--max-new-tokens", "24"]) == 0
     printed = capsys.readouterr().out
@@ -111,9 +111,12 @@ def test_tree_search_saves_a_tree_that_eval_uses_by_default(repeating_heads_dir,
     assert choice is not None and 1 <= len(choice.paths) <= 4
     out = tmp_path / "report.json"
     assert main(["eval", *FIXED_BASELINES, "--dtype", "float32", "--heads", str(heads_dir), "--prompts", str(prompts), "--max-new-tokens", "8", "--out", str(out)]) == 0
+    auto = json.loads(out.read_text())["tree_choice"]  # --tree auto: the saved tree is one candidate, not a short circuit
+    assert "weighed among them" in auto["reason"] and [c for c in auto["candidates"] if c.get("paths") == choice.paths]
+    assert main(["eval", *FIXED_BASELINES, "--dtype", "float32", "--heads", str(heads_dir), "--prompts", str(prompts), "--max-new-tokens", "8",
+                 "--tree", "static", "--out", str(out)]) == 0
     report = json.loads(out.read_text())
-    assert report["tree"]["kind"] == "static"
-    assert report["tree"]["paths"] == choice.paths
+    assert report["tree"]["kind"] == "static" and report["tree"]["paths"] == choice.paths
     assert report["greedy_mismatches"] == 0
 
 
@@ -164,11 +167,10 @@ def test_auto_tree_measures_costs_and_eval_writes_its_summary_into_the_heads(hea
     printed = capsys.readouterr().out
     report = json.loads(out.read_text())
     choice = report["tree_choice"]
-    if report["tree"]["kind"] == "static":  # another test saved a tree into these heads first
-        assert "saved by" in choice["reason"]
-    else:
-        assert "tree auto:" in printed and choice["costs"]["verify_ms_by_nodes"]["1"] > 0
-        assert "two-turn conversations of the calibration set" in choice["calibration"]  # no calibration.json: never the eval's own prompts
+    assert "tree auto:" in printed and choice["costs"]["verify_ms_by_nodes"]["1"] > 0
+    assert "two-turn conversations of the calibration set" in choice["calibration"]  # no calibration.json: never the eval's own prompts
+    if read_head_config(heads_dir).tree is not None:  # another test saved a tree into these heads first: weighed, not taken as is
+        assert "weighed among them" in choice["reason"] and any("paths" in c for c in choice["candidates"])
     summary = json.loads((heads_dir / "eval_report.json").read_text())
     assert summary["tau"] == report["tau"] and summary["dtype"] == "float32"
     from draftheads.models.card import model_card

@@ -15,7 +15,7 @@ from draftheads.decoding.lookup import lookup_continuation
 from draftheads.decoding.sampling import SamplingConfig
 from draftheads.decoding.tree import TreeSpec
 from draftheads.decoding.verify import TokenCheck
-from draftheads.decoding.walks import AnswerWalk, lookup_copies, replay
+from draftheads.decoding.planning.walks import AnswerWalk, lookup_copies, replay
 from draftheads.eval.prompts import EvalPrompt
 from draftheads.eval.runner import Method, Runner, engine_method, hf_method
 from draftheads.models.backbone import BackboneConfig, load_backbone
@@ -159,7 +159,7 @@ def test_lookup_decoding_accepts_exactly_what_the_copied_tokens_get_right(demo):
             emitted += expected[-1] + 1
         assert result.accepted == expected, text
         accepted[text] = expected
-        # The calibration replay (decoding/walks.py) makes the same steps from the answer alone.
+        # The calibration replay (decoding/planning/walks.py) makes the same steps from the answer alone.
         copies, proposed = lookup_copies(prompt + reference, len(prompt), 3)
         walk = AnswerWalk(0, [[10]] * len(reference), copies, new, proposed)
         steps = replay([walk], set(), lookup, 1, new)

@@ -135,7 +135,7 @@ def test_the_export_readme_predicts_each_engines_tau(tiny_base, tmp_path):
     cartesian [1, 7, 6] tree, computed by hand from the rank-path counts."""
     from collections import Counter
 
-    from draftheads.decoding.calibration import RankStats, calibration_json
+    from draftheads.decoding.planning.stats import RankStats, calibration_json
 
     medusa = saved_heads(tiny_base, MedusaConfig(num_heads=3), tmp_path / "m")
     stats = RankStats(10, Counter({(0,): 6, (0, 0): 3, (0, 0, 0): 1, (1,): 2, (1, 5): 1, (7,): 1}), [])

@@ -100,7 +100,7 @@ def test_bad_eagle_settings_are_refused(backbone):
 
 
 def test_eval_statistics_cover_every_drafted_depth_of_eagle1(backbone):
-    from draftheads.decoding.calibration import rank_stats
+    from draftheads.decoding.planning.stats import rank_stats
     from draftheads.models.draft_model import DraftModel
 
     heads = trained_looking(EagleHeads.build(EagleConfig(num_heads=3), backbone))

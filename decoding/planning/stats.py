@@ -1,6 +1,5 @@
-"""What the heads are worth before decoding: per-depth rank statistics on the base model's own
-continuations, the expected τ of a static tree, verify/draft costs on this machine, and the
-static tree that maximises expected τ per unit of time (`draftheads tree`).
+"""What the heads are worth before decoding: their joint rank statistics on the base model's own
+continuations (a heads folder's calibration.json), from which expected τ is read.
 
 Ranks are measured teacher-forced on sequences the base model generated itself (greedy), which
 is exactly what greedy verification accepts: at position t, depth k's candidate of rank r is
@@ -19,8 +18,6 @@ new tokens is predicted from the cells it drafts in (`RankStats.within`), not fr
 from __future__ import annotations
 
 import json
-import statistics
-import time
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,12 +25,10 @@ from typing import NamedTuple
 
 import torch
 
-from draftheads.decoding.cache import KVCache, install_tree_attention
 from draftheads.decoding.tree import Tree
-from draftheads.decoding.walks import LOOKUP_CAP, AnswerWalk, Steps, lookup_copies, replay
+from draftheads.decoding.planning.walks import LOOKUP_CAP, AnswerWalk, Steps, lookup_copies, replay
 from draftheads.models.draft_model import DraftModel
 from draftheads.models.heads.base import DraftHeads
-from draftheads.utils.device import synchronize
 from draftheads.utils.errors import ModelLoadError
 
 
@@ -73,7 +68,7 @@ class RankStats:
     cells: dict[tuple[int, int], "RankStats"] | None = None
     """The same statistics per (turn, answer offset // OFFSET_BUCKET), when positions were located."""
     walks: list[AnswerWalk] | None = None
-    """Each calibration answer position by position (`decoding/walks.py`), when answers were kept."""
+    """Each calibration answer position by position (`decoding/planning/walks.py`), when answers were kept."""
     lookup_ngram: int | None = None
     """The lookup n-gram the walks' copies were counted with."""
 
@@ -269,114 +264,3 @@ def true_ranks(heads: DraftHeads, depth: int, states: torch.Tensor, tokens: torc
     true = heads.token_index(tokens)
     rank = (logits > logits.gather(1, true.clamp(min=0)[:, None])).sum(1)
     return rank.masked_fill(true < 0, max_rank).clamp(max=max_rank).cpu()
-
-
-def median_seconds(fn, device: torch.device, repeats: int) -> float:
-    """Median wall time of `fn()` over `repeats` calls after one warm-up call."""
-    times = []
-    for _ in range(repeats + 1):
-        start = time.perf_counter()
-        fn()
-        synchronize(device)
-        times.append(time.perf_counter() - start)
-    return statistics.median(times[1:])
-
-
-@torch.inference_mode()
-def verify_costs(draft: DraftModel, sizes: list[int], prefix_length: int = 256, repeats: int = 5) -> dict[int, float]:
-    """Median seconds of one verification forward of K nodes (with logits) after a cached prefix
-    of `prefix_length` tokens, for each K in `sizes`, on this machine."""
-    backbone = draft.backbone
-    install_tree_attention(backbone.model)
-    device = backbone.lm_head.weight.device
-    cache = KVCache(prefix_length + max(sizes), backbone.num_layers)
-    generator = torch.Generator().manual_seed(0)
-    prefix = torch.randint(0, backbone.vocab_size, (1, prefix_length), generator=generator).to(device)
-    mask = torch.ones(prefix_length, prefix_length, dtype=torch.bool).tril().to(device)
-    backbone.features(prefix, attention_mask=mask[None, None], position_ids=torch.arange(prefix_length, device=device)[None], draftheads_cache=cache)
-    cache.commit(list(range(prefix_length)))
-    calls = {}
-    for size in sizes:
-        tree = Tree.chain(size - 1)
-        tokens = torch.randint(0, backbone.vocab_size, (1, size), generator=generator).to(device)
-        tree_mask = tree.ancestor_mask().to(device)[None, None]
-        positions = (tree.depth + prefix_length).to(device)[None]
-
-        def verify(tokens=tokens, tree_mask=tree_mask, positions=positions) -> None:
-            backbone.features(tokens, attention_mask=tree_mask, position_ids=positions, logits=True, draftheads_cache=cache)
-            cache.pending = 0  # nothing is committed: every repeat verifies after the same prefix
-
-        calls[size] = verify
-    # Sizes interleaved round by round (after one warm-up round): a load that comes and goes on a
-    # shared machine then hits every size alike instead of skewing the curve.
-    times: dict[int, list[float]] = {size: [] for size in sizes}
-    for round_ in range(repeats + 1):
-        for size in sizes:
-            start = time.perf_counter()
-            calls[size]()
-            synchronize(device)
-            if round_:
-                times[size].append(time.perf_counter() - start)
-    return {size: statistics.median(values) for size, values in times.items()}
-
-
-@torch.inference_mode()
-def draft_costs(draft: DraftModel, width: int = 1, repeats: int = 5) -> list[float]:
-    """Median seconds of drafting each depth (one `draft_step` over `width` paths), plus the
-    `begin_draft` call counted in depth 1."""
-    backbone, heads = draft.backbone, draft.heads
-    device = backbone.lm_head.weight.device
-    ids = torch.randint(0, backbone.vocab_size, (1, 16), generator=torch.Generator().manual_seed(0)).to(device)
-    out = backbone.features(ids, layers=heads.config.feature_layers())
-
-    begin = median_seconds(lambda: heads.begin_draft(out.features, ids), device, repeats)
-    state = heads.begin_draft(out.features, ids)
-    costs = []
-    for depth in range(1, heads.config.num_heads + 1):
-        paths = ids[0, :depth].repeat(width, 1)
-        costs.append(median_seconds(lambda: heads.draft_step(state, paths, backbone.lm_head), device, repeats))
-    costs[0] += begin
-    return costs
-
-
-@dataclass
-class TreeCandidate:
-    """One row of the tree search."""
-
-    nodes: int
-    depth: int
-    expected_tau: float
-    step_seconds: float
-    expected_speedup: float
-    paths: list[list[int]]
-
-
-def search_static_tree(
-    stats: RankStats, verify: dict[int, float], draft_per_depth: list[float], budget: int
-) -> list[TreeCandidate]:
-    """For every size up to `budget`, the most probable prefix-closed tree, its expected τ, its
-    step time (verify cost of size+1 nodes, interpolated, plus drafting its depths) and its
-    expected speedup over autoregressive steps (verify cost of 1 node). Best first."""
-    ar_cost = _interpolate(verify, 1)
-    candidates = []
-    for count in range(1, budget + 1):
-        paths = stats.best_paths(count)
-        if len(paths) < count:
-            break
-        tree = Tree.from_paths(paths)
-        depth = int(tree.depth.max())
-        step = _interpolate(verify, tree.size) + sum(draft_per_depth[:depth])
-        tau = stats.expected_tau(tree)
-        candidates.append(TreeCandidate(count, depth, tau, step, tau * ar_cost / step, paths))
-    return sorted(candidates, key=lambda c: -c.expected_speedup)
-
-
-def _interpolate(costs: dict[int, float], size: int) -> float:
-    points = sorted(costs.items())
-    if size <= points[0][0]:
-        return points[0][1]
-    for (k0, c0), (k1, c1) in zip(points, points[1:]):
-        if size <= k1:
-            return c0 + (c1 - c0) * (size - k0) / (k1 - k0)
-    (k0, c0), (k1, c1) = points[-2], points[-1]
-    return c1 + (c1 - c0) * (size - k1) / (k1 - k0)
