@@ -62,24 +62,27 @@ def verify_costs(draft: DraftModel, sizes: list[int], prefix_length: int = 256, 
     return {size: statistics.median(values) for size, values in times.items()}
 
 
-@torch.inference_mode()
 def draft_costs(draft: DraftModel, repeats: int = 5) -> list[float]:
-    """Median seconds the engine's static drafter takes for a chain 1, 2, ... num_heads deep, after
-    a `begin_draft` on a few accepted tokens (as each engine step does)."""
+    """Median seconds the engine's static drafter takes for a chain 1, 2, ... num_heads deep."""
+    chains = (TreeSpec("static", paths=[[0] * d for d in range(1, depth + 1)]) for depth in range(1, draft.heads.config.num_heads + 1))
+    return [drafting_seconds(draft, chain, repeats) for chain in chains]
+
+
+@torch.inference_mode()
+def drafting_seconds(draft: DraftModel, tree: TreeSpec, repeats: int) -> float:
+    """Median seconds the engine's drafter takes for one `tree`, after a `begin_draft` on a few
+    accepted tokens (as each engine step does)."""
     heads = draft.heads
+    engine = Engine(draft.backbone, heads, tree)
     ids = torch.randint(0, draft.backbone.vocab_size, (16,), generator=torch.Generator().manual_seed(0))
-    costs = []
-    for depth in range(1, heads.config.num_heads + 1):
-        engine = Engine(draft.backbone, heads, TreeSpec("static", paths=[[0] * d for d in range(1, depth + 1)]))
-        features = engine.prefill(ids, 0).features
-        state = heads.begin_draft({k: v[:, :-3] for k, v in features.items()}, ids[None, :-3].to(engine.device))
+    features = engine.prefill(ids, 0).features
+    state = heads.begin_draft({k: v[:, :-3] for k, v in features.items()}, ids[None, :-3].to(engine.device))
 
-        def step(engine=engine, state=state, features=features) -> None:
-            again = heads.begin_draft({k: v[:, -3:] for k, v in features.items()}, ids[None, -3:].to(engine.device), state)
-            engine.draft(again, int(ids[-1]), SamplingConfig())
+    def step() -> None:
+        again = heads.begin_draft({k: v[:, -3:] for k, v in features.items()}, ids[None, -3:].to(engine.device), state)
+        engine.draft(again, int(ids[-1]), SamplingConfig())
 
-        costs.append(median_seconds(step, engine.device, repeats))
-    return costs
+    return median_seconds(step, engine.device, repeats)
 
 
 BUDGETS = (1, 2, 3, 4, 5, 6, 8, 10, 12, 16, 24, 32)
@@ -128,21 +131,9 @@ class TreeCosts:
         return out | ({"draft_ms_by_static_depth": [round(1000 * v, 3) for v in self.draft_depths]} if self.draft_depths else {})
 
 
-@torch.inference_mode()
 def draft_seconds(draft: DraftModel, budget: int, width: int, repeats: int = 3) -> float:
-    """Median seconds the engine's dynamic drafter takes for one tree of (budget, width), after a
-    `begin_draft` on a few accepted tokens (as each engine step does)."""
-    heads = draft.heads
-    engine = Engine(draft.backbone, heads, TreeSpec("dynamic", budget=budget, width=width))
-    ids = torch.randint(0, draft.backbone.vocab_size, (16,), generator=torch.Generator().manual_seed(0))
-    features = engine.prefill(ids, 0).features
-    state = heads.begin_draft({k: v[:, :-3] for k, v in features.items()}, ids[None, :-3].to(engine.device))
-
-    def step() -> None:
-        again = heads.begin_draft({k: v[:, -3:] for k, v in features.items()}, ids[None, -3:].to(engine.device), state)
-        engine.draft(again, int(ids[-1]), SamplingConfig())
-
-    return median_seconds(step, engine.device, repeats)
+    """Median seconds the engine's dynamic drafter takes for one tree of (budget, width)."""
+    return drafting_seconds(draft, TreeSpec("dynamic", budget=budget, width=width), repeats)
 
 
 def lookup_seconds(tokens: int, ngram: int, context_length: int, repeats: int = 5) -> float:
