@@ -16,6 +16,10 @@ import torch
 
 from draftheads.models.engines import ENGINES
 
+LOOKUP_NGRAM = 2
+"""The longest context suffix a lookup branch matches unless told otherwise (HF prompt lookup's
+default `max_matching_ngram_size`)."""
+
 
 @dataclass(frozen=True)
 class Tree:
@@ -109,7 +113,7 @@ class TreeSpec:
     occurrence of its last n-gram, as one more path under the root (decoding/lookup.py); 0: off.
     Greedy or typical acceptance only (not lossless sampling). With kind none this is prompt-lookup
     decoding on the engine."""
-    lookup_ngram: int = 2
+    lookup_ngram: int = LOOKUP_NGRAM
     """The longest context suffix the lookup matches (shorter ones down to 1 are tried when it has
     no earlier occurrence; HF prompt lookup's max_matching_ngram_size)."""
 
@@ -133,7 +137,7 @@ class TreeSpec:
     def from_description(cls, tree: dict) -> "TreeSpec":
         """The spec `describe` wrote."""
         return cls(tree["kind"], paths=tree.get("paths"), budget=tree.get("budget", 16), width=tree.get("width", 8), depth=tree.get("depth", 0),
-                   lookup=tree.get("lookup", 0), lookup_ngram=tree.get("lookup_ngram", 2))
+                   lookup=tree.get("lookup", 0), lookup_ngram=tree.get("lookup_ngram", LOOKUP_NGRAM))
 
 
 def default_static_paths(depth: int, budget: int) -> list[list[int]]:

@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from draftheads.decoding.sampling import SamplingConfig
+from draftheads.decoding.tree import LOOKUP_NGRAM
 
 
 @dataclass
@@ -36,7 +37,7 @@ class TreeSettings:
     as one more path of every step's tree; 0: off. null: chosen with the auto tree (none or 4-16
     tokens, by expected tokens/s) when the heads' calibration kept its answers (`draftheads
     calibrate`), else off. A number with the auto tree sizes the tree for that branch."""
-    lookup_ngram: int = 2
+    lookup_ngram: int = LOOKUP_NGRAM
     """The longest context suffix the lookup matches (then shorter ones, down to 1)."""
 
     def __post_init__(self) -> None:

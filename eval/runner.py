@@ -26,7 +26,7 @@ from draftheads.decoding.planning.costs import LOOKUPS, measure_costs
 from draftheads.decoding.planning.search import choose_auto_tree
 from draftheads.decoding.planning.stats import RankStats, rank_stats, read_calibration
 from draftheads.decoding.engine import Engine, GenerationConfig, GenerationResult
-from draftheads.decoding.tree import TreeSpec, default_static_paths, engine_tree
+from draftheads.decoding.tree import LOOKUP_NGRAM, TreeSpec, default_static_paths, engine_tree
 from draftheads.decoding.verify import check_turns, dtype_name, fp32_twin, near_tie_epsilon
 from draftheads.eval.config import EvalConfig
 from draftheads.eval.drift import report_drift
@@ -168,7 +168,7 @@ def load_draft(config: EvalConfig) -> tuple[DraftModel, str]:
     return DraftModel.from_pretrained(config.heads, config.base, device=device, dtype=dtype), note
 
 
-def calibration(draft: DraftModel, progress: bool, turns: int | None = None, new_tokens: int | None = None, lookup_ngram: int = 2) -> tuple[RankStats, str]:
+def calibration(draft: DraftModel, progress: bool, turns: int | None = None, new_tokens: int | None = None, lookup_ngram: int = LOOKUP_NGRAM) -> tuple[RankStats, str]:
     """The heads' rank statistics on data the eval does not see: the calibration.json written by
     training or `draftheads calibrate` (with `turns` and `new_tokens`, the positions such a decode
     makes), else the base model's answers to the packaged calibration conversations (`fallback_calibration`)."""

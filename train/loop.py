@@ -30,6 +30,8 @@ from tqdm.auto import tqdm
 from draftheads.data.collate import Collator
 from draftheads.decoding.planning.search import expected_tau
 from draftheads.decoding.planning.stats import CALIBRATION_NAME, RankStats, calibration_json
+from draftheads.decoding.planning.walks import AnswerWalk
+from draftheads.decoding.tree import LOOKUP_NGRAM
 from draftheads.data.dataset import build_datasets
 from draftheads.data.features import cached_dropped, open_feature_cache, training_layers
 from draftheads.data.sources import dropped_note
@@ -58,7 +60,7 @@ from draftheads.train.joint import (
     whole_last_layer,
     whole_outside_layers,
 )
-from draftheads.train.losses import backbone_loss_sum, decode_positions, depth_accuracy_counts, depth_loss_sums, depth_weights, joint_ranks, target_counts
+from draftheads.train.losses import answer_walks, backbone_loss_sum, decode_positions, depth_accuracy_counts, depth_loss_sums, depth_weights, joint_ranks, target_counts
 from draftheads.train.schedules import make_scheduler
 from draftheads.utils.errors import ConfigError, DraftheadsError
 from draftheads.utils.jsonl import read_lines
@@ -205,13 +207,15 @@ def _batches(loader, state: TrainerState, accelerator) -> Iterator[dict]:
 
 def evaluate(
     heads: DraftHeads, backbone: Backbone, loader, accelerator, max_batches: int | None, chunk_size: int,
-    trainable: TrainableBackbone | None = None, inside: Callable[[dict, Callable], tuple] | None = None,
+    trainable: TrainableBackbone | None = None, inside: Callable[[dict, Callable], tuple] | None = None, walks_ngram: int | None = None,
 ) -> tuple[dict, RankStats]:
     """Held-out per-depth top-1/top-5 accuracy, cross-entropy and draft-vocabulary coverage, summed
     over all processes; with a trained backbone whose original can run, also its drift (agreement,
     both perplexities). Also the joint rank-path statistics of every drafted depth, which calibrate
     trees (`RankStats`). `inside(batch, measure)` runs a batch's measurement within the prepared
-    module's forward (where a sharded module's parameters are gathered); without it, here."""
+    module's forward (where a sharded module's parameters are gathered); without it, here. With
+    `walks_ngram`, the statistics keep every held-out answer as a walk too (`answer_walks`), so the
+    heads' calibration replays decodes with a lookup branch of that n-gram."""
     heads.eval()
     if trainable is not None:
         trainable.module.eval()
@@ -221,20 +225,21 @@ def evaluate(
     measure_drift = trainable is not None and trainable.has_original
     counts = torch.zeros(heads.config.trained_depths(), 5, dtype=torch.float64)
     drift = torch.zeros(4, dtype=torch.float64)
-    ranks, located = [], []
+    ranks, located, walks = [], [], []
     with torch.no_grad():
         for i, batch in enumerate(loader):
             if max_batches is not None and i >= max_batches:
                 break
 
             def measure(features: dict[int, torch.Tensor], batch=batch) -> tuple:
-                return _measure_batch(heads, backbone, batch, features, chunk_size, trainable if measure_drift else None)
+                return _measure_batch(heads, backbone, batch, features, chunk_size, trainable if measure_drift else None, walks_ngram)
 
             found = inside(batch, measure) if inside is not None else measure(batch_features(backbone, batch, layers))
             counts += found[0].cpu()
             ranks.append(found[1].cpu())
             located.append(found[2].cpu())
             drift += found[3].cpu()
+            walks += found[4]
     counts = accelerator.reduce(counts.to(accelerator.device), "sum").cpu()
     # ranks and their (turn, offset) side by side: one gather keeps them aligned across processes
     local = torch.cat([torch.cat(ranks), torch.cat(located)], 1) if ranks else torch.zeros(0, heads.config.num_heads + 2, dtype=torch.long)
@@ -250,14 +255,18 @@ def evaluate(
     }
     if measure_drift:
         metrics["drift"] = drift_summary(accelerator.reduce(drift.to(accelerator.device), "sum").cpu())
-    return metrics, RankStats.located(gathered[:, :-2], gathered[:, -2], gathered[:, -1])
+    stats = RankStats.located(gathered[:, :-2], gathered[:, -2], gathered[:, -1])
+    if walks_ngram is not None:
+        stats.walks, stats.lookup_ngram = gather_object(walks) if accelerator.num_processes > 1 else walks, walks_ngram
+    return metrics, stats
 
 
 def _measure_batch(
-    heads: DraftHeads, backbone: Backbone, batch: dict, features: dict[int, torch.Tensor], chunk_size: int, trainable: TrainableBackbone | None
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    heads: DraftHeads, backbone: Backbone, batch: dict, features: dict[int, torch.Tensor], chunk_size: int, trainable: TrainableBackbone | None,
+    walks_ngram: int | None = None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, list[AnswerWalk]]:
     """One held-out batch: (accuracy counts per depth, joint ranks of every drafted depth, their
-    (turn, offset), drift counts: zeros without `trainable`)."""
+    (turn, offset), drift counts: zeros without `trainable`, its answers' walks: with `walks_ngram`)."""
     output = heads(features, batch["input_ids"], batch.get("position_ids"))
     counts = depth_accuracy_counts(heads, output, batch, backbone.lm_head, chunk_size)
     drafted = output.states
@@ -268,7 +277,8 @@ def _measure_batch(
     drift = torch.zeros(4, dtype=torch.float64)
     if trainable is not None:
         drift = drift_counts(features[LAST], trainable.original_hidden(batch), batch, backbone.lm_head, trainable.original_lm_head(), chunk_size)
-    return counts, ranks, torch.stack([turn, offset], 1), drift
+    walks = answer_walks(heads, drafted, batch, backbone.lm_head, walks_ngram) if walks_ngram is not None else []
+    return counts, ranks, torch.stack([turn, offset], 1), drift, walks
 
 
 def _flat(prefix: str, value, out: dict) -> dict:
@@ -334,14 +344,14 @@ def train(recipe: Recipe, on_step: Callable[[int], None] | None = None, progress
             logged["train/tokens_per_s"] = tokens_seen * accelerator.num_processes / max(time.perf_counter() - started, 1e-9)
             accelerator.log(logged, step=state.step)
         if state.step % cfg.eval_every == 0 or state.step == cfg.max_steps:
-            _evaluate_and_log(run, state.step)
+            _evaluate_and_log(run, state.step, final=state.step == cfg.max_steps)
         if state.step % cfg.save_every == 0 or state.step == cfg.max_steps:
             save_checkpoint(accelerator, run.output_dir, state.step, cfg.keep_checkpoints, run.frozen)
         if on_step is not None:
             on_step(state.step)
     bar.close()
     if not run.result.evals:
-        _evaluate_and_log(run, state.step)  # resumed at the end already: still report where the heads stand
+        _evaluate_and_log(run, state.step, final=True)  # resumed at the end already: still report where the heads stand
     _export(run)
     return run.result
 
@@ -504,9 +514,10 @@ def _optimizer_step(run: _Run, data: Iterator[dict]) -> tuple[float, dict, dict,
     return step_loss, {"loss": f"{step_loss:.3f}", "lr": f"{lrs[0]:.2e}", **shown}, {"train/loss": step_loss, "train/lr": lrs[0], **logged}, sum(int(b["input_ids"].numel()) for b in micro)
 
 
-def _evaluate_and_log(run: _Run, step: int) -> None:
+def _evaluate_and_log(run: _Run, step: int, final: bool = False) -> None:
     """Held-out metrics at `step`: printed, logged to the trackers, appended to metrics.jsonl; the
-    rank statistics kept for calibration.json."""
+    rank statistics kept for calibration.json (the `final` evaluation's with the answers' walks, so
+    `--tree auto` weighs the lookup branch on freshly trained heads)."""
     if run.eval_loader is None:
         return
     accelerator = run.accelerator
@@ -521,7 +532,7 @@ def _evaluate_and_log(run: _Run, step: int) -> None:
         run.module.eval()
     metrics, stats = evaluate(
         run.heads, run.backbone, run.eval_loader, accelerator, run.recipe.train.eval_batches, run.recipe.train.loss.chunk_size, trainable,
-        inside if sharded else None,
+        inside if sharded else None, LOOKUP_NGRAM if final else None,
     )
     if sharded:
         run.module.train()  # the next step's begin_step puts frozen layers back in eval mode

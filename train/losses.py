@@ -25,6 +25,7 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from draftheads.decoding.planning.stats import true_ranks
+from draftheads.decoding.planning.walks import AnswerWalk, answer_walk
 from draftheads.models.heads.base import DraftHeads, HeadOutput
 
 
@@ -233,6 +234,34 @@ def joint_ranks(
     ids = batch["input_ids"]
     columns = [true_ranks(heads, k, states[k - 1][rows, cols], ids[rows, cols + 1 + k], lm_head, max_rank) for k in range(1, len(states) + 1)]
     return torch.stack(columns, 1) if columns else torch.zeros(0, 0, dtype=torch.long)
+
+
+@torch.no_grad()
+def answer_walks(
+    heads: DraftHeads, states: list[torch.Tensor], batch: dict[str, torch.Tensor], lm_head: nn.Module, ngram: int, max_rank: int = 10
+) -> list[AnswerWalk]:
+    """Every answer of the batch (a run of loss-mask tokens) position by position, as calibration
+    keeps the base model's answers (`AnswerWalk`): the ranks of its tokens under every drafted
+    depth, and what a lookup branch matching up to `ngram` tokens copies from the answer's own
+    conversation. Nothing follows an answer here (no continuation): a depth whose target lies past
+    the answer's end counts as a miss, which a decode never reaches (its last step stops there)."""
+    ids, mask = batch["input_ids"], batch["loss_mask"].bool()
+    turn, offset = answer_coordinates(batch)
+    positions = batch.get("position_ids")
+    walks = []
+    for row in range(ids.shape[0]):
+        ends = mask[row] & ~torch.nn.functional.pad(mask[row, 1:], (0, 1), value=False)
+        for start, end in zip((mask[row] & (offset[row] == 0)).nonzero().flatten().tolist(), (ends.nonzero().flatten() + 1).tolist()):
+            if start < 1 or end - start < 2:  # nothing before it to draft from, or nothing to draft
+                continue
+            document = int((positions[row, : start + 1] == 0).nonzero().max()) if positions is not None else 0
+            ranks = torch.full((end - start, len(states)), max_rank, dtype=torch.long)
+            for k in range(1, len(states) + 1):
+                cols = torch.arange(start - 1, end - 1 - k, device=ids.device)  # depth k's targets inside the answer
+                ranks[: len(cols), k - 1] = true_ranks(heads, k, states[k - 1][row, cols], ids[row, cols + 1 + k], lm_head, max_rank)
+            context = ids[row, document:end].tolist()
+            walks.append(answer_walk(context, start - document, end - start, int(turn[row, start]), ranks.tolist(), ngram))
+    return walks
 
 
 def answer_coordinates(batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:

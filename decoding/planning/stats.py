@@ -25,8 +25,8 @@ from typing import NamedTuple
 
 import torch
 
-from draftheads.decoding.tree import Tree
-from draftheads.decoding.planning.walks import LOOKUP_CAP, AnswerWalk, Steps, lookup_copies, replay
+from draftheads.decoding.tree import LOOKUP_NGRAM, Tree
+from draftheads.decoding.planning.walks import LOOKUP_CAP, AnswerWalk, Steps, answer_walk, replay
 from draftheads.models.draft_model import DraftModel
 from draftheads.models.heads.base import DraftHeads
 from draftheads.utils.errors import ModelLoadError
@@ -123,7 +123,7 @@ class RankStats:
         walks = [w for w in self.walks if w.turn < turns] if self.walks is not None else None
         return RankStats(positions, counts, topk, walks=walks, lookup_ngram=self.lookup_ngram)
 
-    def replayed(self, paths: list[list[int]], turns: int, new_tokens: int, lookup: int = 0, lookup_ngram: int = 2) -> list[int] | None:
+    def replayed(self, paths: list[list[int]], turns: int, new_tokens: int, lookup: int = 0, lookup_ngram: int = LOOKUP_NGRAM) -> list[int] | None:
         """Drafted tokens accepted per step when a greedy decode of the tree of rank `paths`, with a
         lookup branch of `lookup` tokens, is replayed on the kept answers (`walks.replay`); None
         without walks, or with a branch the walks cannot replay (another n-gram than the copies were
@@ -131,7 +131,7 @@ class RankStats:
         steps = self.replay_steps(paths, turns, new_tokens, lookup, lookup_ngram)
         return steps.accepted if steps is not None else None
 
-    def replay_steps(self, paths: list[list[int]], turns: int, new_tokens: int, lookup: int = 0, lookup_ngram: int = 2) -> Steps | None:
+    def replay_steps(self, paths: list[list[int]], turns: int, new_tokens: int, lookup: int = 0, lookup_ngram: int = LOOKUP_NGRAM) -> Steps | None:
         """`replayed`, with the tokens the branch proposed at each step too."""
         if not self.walks or (lookup and (lookup_ngram != self.lookup_ngram or lookup > LOOKUP_CAP)):
             return None
@@ -217,7 +217,7 @@ def read_calibration(folder, turns: int | None = None, new_tokens: int | None = 
 
 
 @torch.inference_mode()
-def rank_stats(draft: DraftModel, sequences: list[Answer | tuple], max_rank: int = 10, keep_walks: bool = False, lookup_ngram: int = 2) -> RankStats:
+def rank_stats(draft: DraftModel, sequences: list[Answer | tuple], max_rank: int = 10, keep_walks: bool = False, lookup_ngram: int = LOOKUP_NGRAM) -> RankStats:
     """Ranks of the true tokens under every head, at every drafting position of the answers, with
     cells by turn and answer offset (`RankStats.located`, located as training's held-out rows are);
     with `keep_walks`, each answer as an `AnswerWalk` too (copies of a lookup branch of `lookup_ngram`).
@@ -244,8 +244,7 @@ def rank_stats(draft: DraftModel, sequences: list[Answer | tuple], max_rank: int
             index = torch.arange(first, len(ids) - 1 - k, device=device)
             ranks[: len(index), k - 1] = true_ranks(heads, k, states[k - 1][0, index], ids_t[0, index + 1 + k], backbone.lm_head, max_rank)
         if keep_walks:
-            correct, proposed = lookup_copies(ids, start, lookup_ngram)
-            walks.append(AnswerWalk(turn, ranks.tolist(), correct, end - start, proposed))
+            walks.append(answer_walk(ids, start, end - start, turn, ranks.tolist(), lookup_ngram))
         full = max(end - 1 - depths - first, 0)  # positions with a target at every depth within the answer
         parts.append(ranks[:full])
         # Located by the first drafted token (t + 2), as training locates its held-out positions.

@@ -83,6 +83,15 @@ def lookup_copies(ids: list[int], start: int, ngram: int) -> tuple[list[int], li
     return correct, proposed
 
 
+def answer_walk(ids: list[int], start: int, length: int, turn: int, ranks: list[list[int]], ngram: int) -> AnswerWalk:
+    """The walk of the answer `ids[start:start + length]` whose drafting positions hold the heads'
+    `ranks` (one row per token from `start` on; tokens past the answer are the base model's
+    continuation, which a decode's last step verifies but does not emit), with the copies of a
+    lookup branch matching up to `ngram` tokens of the context before each position."""
+    correct, proposed = lookup_copies(ids, start, ngram)
+    return AnswerWalk(turn, ranks, correct, length, proposed)
+
+
 def replay(walks: list[AnswerWalk], paths: set[tuple[int, ...]], lookup: int, turns: int, new_tokens: int) -> Steps:
     """The steps of decoding the first `new_tokens` tokens of every recorded answer of turns below
     `turns` greedily, with the tree of rank `paths` (prefix-closed) and a lookup branch of up to

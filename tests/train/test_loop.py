@@ -10,6 +10,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from draftheads.decoding.planning.stats import RankStats
 from draftheads.models.draft_model import DraftModel
 from draftheads.train.config import load_recipe
 from draftheads.train.loop import train
@@ -291,6 +292,9 @@ def test_a_reduced_draft_vocabulary_learns_reloads_and_drafts_only_its_tokens(va
     calibration = json.loads((out / "heads" / "calibration.json").read_text())
     assert calibration["positions"] > 0 and "held-out" in calibration["source"]
     assert calibration["cells"] and calibration["offset_bucket"] == 32  # positions located by turn and answer offset
+    # the held-out answers kept as walks: `--tree auto` weighs the lookup branch on these heads as they are
+    walks = RankStats.from_json(calibration).walks
+    assert calibration["lookup_ngram"] == 2 and walks and sum(w.length for w in walks) >= calibration["positions"]
     engine = Engine(draft.backbone, draft.heads, TreeSpec("dynamic", budget=6, width=3))
     ids = draft.backbone.tokenizer("The weather today is", return_tensors="pt").input_ids[0]
     drafted = []
