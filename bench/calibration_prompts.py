@@ -35,8 +35,9 @@ import statistics
 from pathlib import Path
 
 from draftheads.decoding.planning.search import expected_tau
-from draftheads.decoding.planning.stats import CALIBRATION_NAME, read_calibration
-from draftheads.eval.calibrate import PREVIOUS_NAME, calibrate
+from draftheads.decoding.planning.stats import read_calibration
+from draftheads.eval.calibrate import calibrate
+from draftheads.models.heads_folder import CALIBRATION_NAME, PREVIOUS_CALIBRATION_NAME as PREVIOUS_NAME
 from draftheads.eval.metrics import tau_of
 from draftheads.eval.runner import partial_lines
 from draftheads.eval.prompts import load_prompts

@@ -17,7 +17,8 @@ import json
 from pathlib import Path
 
 from draftheads.data.features import open_feature_cache
-from draftheads.decoding.planning.stats import CALIBRATION_NAME, calibration_json
+from draftheads.decoding.planning.stats import calibration_json
+from draftheads.models.heads_folder import CALIBRATION_NAME
 from draftheads.models.backbone import load_backbone
 from draftheads.models.draft_model import load_head_weights, read_head_config
 from draftheads.models.registry import HEADS

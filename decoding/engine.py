@@ -22,7 +22,7 @@ from draftheads.decoding.cache import KVCache, install_tree_attention, unsupport
 from draftheads.decoding.drafting import Draft, DynamicDrafter, RerankedDrafter, StaticDrafter
 from draftheads.decoding.lookup import graft, lookup_continuation
 from draftheads.decoding.sampling import SamplingConfig, sample
-from draftheads.decoding.tree import Tree, TreeSpec
+from draftheads.decoding.tree import DRAFTED, Tree, TreeSpec
 from draftheads.models.backbone import LAST, Backbone, default_eos
 from draftheads.models.heads.base import DraftHeads
 from draftheads.utils.device import synchronize
@@ -94,6 +94,9 @@ class Engine:
         self, backbone: Backbone, heads: DraftHeads | None = None, tree: TreeSpec | None = None, kernels: str = "auto"
     ):
         tree = tree or TreeSpec()
+        if not tree.resolved:
+            raise ValueError(f"tree kind {tree.kind} with lookup {tree.lookup}: a choice `draftheads eval` resolves (resolve_tree); "
+                             f"the engine drafts {', '.join(DRAFTED)} trees with a lookup length")
         if tree.kind != "none" and heads is None:
             raise ValueError(f"a {tree.kind} tree needs draft heads")
         problems = unsupported_attention(backbone.model)

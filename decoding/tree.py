@@ -90,38 +90,59 @@ class Tree:
         return path[::-1]
 
 
+DRAFTED = ("none", "static", "dynamic", "eagle2")
+"""The tree kinds the engine drafts; the others name a choice `draftheads eval` resolves into one
+of these (`eval/runner.py` `resolve_tree`)."""
+
+
 @dataclass
 class TreeSpec:
-    """Which tree the engine drafts each step."""
+    """Which draft tree is verified each step: the engine's tree, and the eval config's `tree:`
+    section, where `auto` (for the kind or the lookup) and an engine's name are choices that
+    `draftheads eval` resolves before the engine sees them."""
 
-    kind: Literal["none", "static", "dynamic", "eagle2"] = "none"
-    """none: autoregressive (root only); static: `paths`; dynamic: grown under `budget`; eagle2:
-    EAGLE-2's reranked tree (`width` nodes expanded by `width` children per depth, the best `budget`
-    kept; greedy only)."""
+    kind: Literal["none", "static", "dynamic", "eagle2", "auto", "sglang", "vllm", "reference", "trtllm"] = "none"
+    """none: autoregressive (root only); static: `paths` (in an eval config without paths: the tree
+    saved by `draftheads tree`, else a default one of `budget` nodes); dynamic: grown by joint draft
+    probability under `budget` and `width`; eagle2: EAGLE-2's reranked tree (`width` nodes expanded
+    by `width` children for `depth` depths, the best `budget` kept; greedy only). Resolved by
+    `draftheads eval`: auto, the tree with the highest expected tokens/s from costs measured at
+    start-up and the heads' calibration, among dynamic trees of every budget and width and the
+    saved static tree (each with and without a lookup branch); an engine's name (sglang, vllm,
+    reference, trtllm), the tree it drafts with the export README's serving command
+    (`models/engines.py`)."""
     paths: list[list[int]] | None = None
     """Static tree as Medusa-style rank paths, e.g. [[0], [1], [0, 0]]."""
     budget: int = 16
-    """Dynamic and EAGLE-2 trees: most drafted nodes per step (root excluded)."""
+    """Dynamic and EAGLE-2 trees, and default static trees: most drafted nodes per step (root excluded)."""
     width: int = 8
     """Dynamic trees: most nodes added per depth; EAGLE-2 trees: nodes expanded per depth, and
     children per expanded node (SafeAILab's top_k, SGLang's --speculative-eagle-topk)."""
     depth: int = 0
     """Dynamic and EAGLE-2 trees: most depths drafted; 0: the heads' `num_heads`. Heads that draft by repeating
-    one module over its own outputs (EAGLE) go deeper than they were trained, as EAGLE-2 drafts."""
-    lookup: int = 0
+    one module over its own outputs (EAGLE) go deeper than they were trained, as EAGLE-2 drafts;
+    heads with one head per depth refuse more."""
+    lookup: int | Literal["auto"] = 0
     """Also verify up to this many tokens copied from the context after the latest earlier
     occurrence of its last n-gram, as one more path under the root (decoding/lookup.py); 0: off.
     Greedy or typical acceptance only (not lossless sampling). With kind none this is prompt-lookup
-    decoding on the engine."""
+    decoding on the engine. auto: chosen with the auto tree (none or one of several lengths, by
+    expected tokens/s) when the heads' calibration kept its answers, else off; a number with the
+    auto tree sizes the tree for that branch."""
     lookup_ngram: int = LOOKUP_NGRAM
     """The longest context suffix the lookup matches (shorter ones down to 1 are tried when it has
     no earlier occurrence; HF prompt lookup's max_matching_ngram_size)."""
 
     def __post_init__(self) -> None:
-        if self.depth < 0:
-            raise ValueError(f"tree depth must be at least 0 (0: the heads' own), got {self.depth}")
-        if self.lookup < 0 or self.lookup_ngram < 1:
-            raise ValueError(f"tree lookup must be at least 0 and lookup_ngram at least 1, got {self.lookup} and {self.lookup_ngram}")
+        if self.budget < 1 or self.width < 1 or self.depth < 0:
+            raise ValueError(f"tree budget and width must be at least 1 and depth at least 0 (0: the heads' own), got {self.budget}, {self.width} and {self.depth}")
+        if (self.lookup != "auto" and self.lookup < 0) or self.lookup_ngram < 1:
+            raise ValueError(f"tree lookup must be at least 0 (or auto) and lookup_ngram at least 1, got {self.lookup} and {self.lookup_ngram}")
+
+    @property
+    def resolved(self) -> bool:
+        """Whether the engine can draft this tree as it is (no choice left to `draftheads eval`)."""
+        return self.kind in DRAFTED and self.lookup != "auto"
 
     def describe(self) -> dict:
         """JSON-ready description for reports."""
@@ -136,7 +157,8 @@ class TreeSpec:
     @classmethod
     def from_description(cls, tree: dict) -> "TreeSpec":
         """The spec `describe` wrote."""
-        return cls(tree["kind"], paths=tree.get("paths"), budget=tree.get("budget", 16), width=tree.get("width", 8), depth=tree.get("depth", 0),
+        grown = tree["kind"] in ("dynamic", "eagle2")  # the other kinds describe their size, not a budget
+        return cls(tree["kind"], paths=tree.get("paths"), budget=tree["budget"] if grown else 16, width=tree.get("width", 8), depth=tree.get("depth", 0),
                    lookup=tree.get("lookup", 0), lookup_ngram=tree.get("lookup_ngram", LOOKUP_NGRAM))
 
 

@@ -18,7 +18,7 @@ from pathlib import Path
 from tqdm.auto import tqdm
 
 from draftheads.data.chat import ChatFormatter
-from draftheads.decoding.planning.stats import CALIBRATION_NAME, Answer, RankStats, calibration_json, rank_stats, read_calibration
+from draftheads.decoding.planning.stats import Answer, RankStats, calibration_json, rank_stats, read_calibration
 from draftheads.decoding.engine import Engine, GenerationConfig
 from draftheads.decoding.verify import dtype_name
 from draftheads.decoding.planning.walks import LOOKUP_CAP
@@ -26,7 +26,8 @@ from draftheads.eval.prompts import EvalPrompt, load_prompts
 from draftheads.eval.runner import Runner, engine_method, run_prompts
 from draftheads.eval.schema import MethodName
 from draftheads.models.backbone import Backbone
-from draftheads.models.draft_model import CONFIG_NAME, DraftModel
+from draftheads.models.draft_model import DraftModel
+from draftheads.models.heads_folder import CALIBRATION_NAME, CONFIG_NAME, PREVIOUS_CALIBRATION_NAME
 from draftheads.utils.atomic import atomic_write_text
 from draftheads.utils.device import resolve_device, resolve_dtype
 from draftheads.utils.errors import ConfigError
@@ -36,8 +37,6 @@ FALLBACK_PROMPTS = ("calibration", 8)
 (imported heads): one two-turn question of each of MT-bench's eight categories from the written
 calibration set, never the eval's own prompts. Acceptance and, most, what the lookup branch copies
 vary with the kind of task; a set that covers fewer kinds predicted the branch 5.6% low."""
-PREVIOUS_NAME = "calibration.previous.json"
-"""Where `calibrate` keeps the first calibration file of the heads it replaces (training's, typically)."""
 
 
 def answer_sequences(backbone: Backbone, prompts: list[EvalPrompt], max_new_tokens: int, answers: Path | None, progress: bool = True,
@@ -85,7 +84,7 @@ def calibrate(
 ) -> tuple[RankStats, Path]:
     """Answer `prompts` with the base model, measure the heads' rank statistics on the answers and
     write them to `out` (default: the heads' calibration.json; the first file it replaces there is
-    kept beside it as calibration.previous.json). Returns the statistics and the file written."""
+    kept beside it as PREVIOUS_CALIBRATION_NAME). Returns the statistics and the file written."""
     folder = Path(heads)
     if out is None and not (folder / CONFIG_NAME).is_file():
         raise ConfigError(f"--heads {heads}: not a local heads folder (no {CONFIG_NAME}); give --out to write the calibration elsewhere")
@@ -100,7 +99,7 @@ def calibrate(
     dtype_name, note = resolve_dtype(dtype, resolved)
     print(f"dtype: {note}")
     draft = DraftModel.from_pretrained(heads, base, device=resolved, dtype=dtype_name)
-    work = Path(answers) if answers is not None else target.with_name(target.stem + "-answers")
+    work = Path(answers) if answers is not None else target.with_name(target.stem + "-answers")  # CALIBRATION_ANSWERS_NAME in a heads folder
     # A frozen backbone is the base model, whatever heads ride on it: their answers are shared.
     model = None if draft.backbone_mode == "frozen" else f"the {draft.backbone_mode} backbone of {folder.resolve()}"
     sequences = answer_sequences(draft.backbone, chosen, max_new_tokens, work, progress, model)
@@ -109,7 +108,7 @@ def calibrate(
         raise ConfigError(f"{prompts}: the answers are too short to draft in (some answer needs more than {draft.heads.config.num_heads} tokens)")
     turns = max(len(p.turns) for p in chosen)
     source = f"the base model's greedy answers to {len(chosen)} prompts of {prompts} ({turns} turn(s) x {max_new_tokens} new tokens, {dtype_name})"
-    previous = folder / PREVIOUS_NAME
+    previous = folder / PREVIOUS_CALIBRATION_NAME
     # The first calibration replaced (training's, typically) is the one kept: a later one never overwrites it.
     if replaced is not None and not previous.exists():
         atomic_write_text(previous, target.read_text())

@@ -10,41 +10,7 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from draftheads.decoding.sampling import SamplingConfig
-from draftheads.decoding.tree import LOOKUP_NGRAM
-
-
-@dataclass
-class TreeSettings:
-    """Which draft tree our decoder verifies each step."""
-
-    kind: Literal["auto", "static", "dynamic", "eagle2", "none", "sglang", "vllm", "reference", "trtllm"] = "auto"
-    """auto: the tree with the highest expected tokens/s, from costs measured at start-up on this
-    machine and the heads' calibration, among dynamic trees of every budget and width and the
-    static tree saved by `draftheads tree` if there is one (each with and without a lookup branch); static: the saved tree, else a default one of `budget` nodes; dynamic:
-    grown by joint draft probability under `budget` and `width`; eagle2: EAGLE-2's reranked tree
-    (`width` nodes expanded by `width` children for `depth` depths, the best `budget` verified;
-    greedy only); none: autoregressive; an engine (sglang, vllm, reference, trtllm): the tree it
-    drafts with the export README's serving command (`models/engines.py`)."""
-    budget: int = 16
-    """Drafted nodes per step (dynamic trees, and static trees without a saved one)."""
-    width: int = 8
-    """Dynamic trees: most nodes added per depth."""
-    depth: int = 0
-    """Dynamic trees: most depths drafted; 0: the heads' `num_heads`. EAGLE heads draft deeper than
-    they were trained (EAGLE-2 drafts 5-6 deep); heads with one head per depth refuse more."""
-    lookup: int | None = None
-    """Greedy decoding: also verify up to this many tokens copied from the context (prompt lookup)
-    as one more path of every step's tree; 0: off. null: chosen with the auto tree (none or 4-16
-    tokens, by expected tokens/s) when the heads' calibration kept its answers (`draftheads
-    calibrate`), else off. A number with the auto tree sizes the tree for that branch."""
-    lookup_ngram: int = LOOKUP_NGRAM
-    """The longest context suffix the lookup matches (then shorter ones, down to 1)."""
-
-    def __post_init__(self) -> None:
-        if self.budget < 1 or self.width < 1 or self.depth < 0:
-            raise ValueError(f"tree budget and width must be at least 1 and depth at least 0, got {self.budget}, {self.width} and {self.depth}")
-        if (self.lookup is not None and self.lookup < 0) or self.lookup_ngram < 1:
-            raise ValueError(f"tree.lookup must be at least 0 and tree.lookup_ngram at least 1, got {self.lookup} and {self.lookup_ngram}")
+from draftheads.decoding.tree import TreeSpec
 
 
 @dataclass
@@ -98,8 +64,8 @@ class EvalConfig:
     dot products, fp16 on GPUs without bf16, fp32 elsewhere."""
     sampling: SamplingConfig = field(default_factory=SamplingConfig)
     """Greedy or sampled decoding."""
-    tree: TreeSettings = field(default_factory=TreeSettings)
-    """The draft tree."""
+    tree: TreeSpec = field(default_factory=lambda: TreeSpec("auto", lookup="auto"))
+    """The draft tree (`decoding/tree.py` `TreeSpec`): by default the auto tree with its lookup branch chosen too."""
     baselines: BaselineSettings = field(default_factory=BaselineSettings)
     """The prompt-lookup baselines (HF's and our lookup alone), at their best settings."""
     repeats: int = 3
@@ -129,7 +95,7 @@ class EvalConfig:
             raise ValueError(f"baselines.tune_prompts: the eval's own prompts ({self.prompts}); tune the baselines on others")
         if self.drift_batches is not None and self.drift_batches < 1:
             raise ValueError(f"drift_batches must be at least 1, got {self.drift_batches}")
-        if self.tree.lookup and self.sampling.temperature > 0:
+        if self.tree.lookup not in (0, "auto") and self.sampling.temperature > 0:
             raise ValueError("tree.lookup needs greedy decoding (sampling.temperature 0): copied tokens have no draft distribution, so speculative sampling could not stay exact")
 
     def fingerprint(self) -> str:

@@ -14,6 +14,7 @@ import torch
 
 from draftheads.models.backbone import LAST, Backbone
 from draftheads.train.drift import drift_counts, drift_summary
+from draftheads.models.heads_folder import RECIPE_NAME
 
 
 def backbone_drift(original: Backbone, trained: Backbone, batches, max_batches: int | None = None) -> dict:
@@ -41,7 +42,7 @@ def report_drift(draft, max_batches: int | None, device, dtype: str) -> dict | N
 
     if draft.backbone_mode == "frozen":
         return None
-    recipe_path = (draft.folder or Path(".")) / "recipe.yaml"
+    recipe_path = (draft.folder or Path(".")) / RECIPE_NAME
     if not recipe_path.is_file():
         return {"error": f"{recipe_path}: missing, so the held-out data of training cannot be rebuilt"}
     try:

@@ -8,6 +8,7 @@ import json
 from pathlib import Path
 
 from draftheads.eval.schema import EvalReport, MethodName
+from draftheads.models.heads_folder import SUMMARY_NAME
 from draftheads.utils.atomic import atomic_write_text
 
 
@@ -164,12 +165,8 @@ def write_report(report: EvalReport, out: Path) -> list[Path]:
     return [out, md, png]
 
 
-SUMMARY_NAME = "eval_report.json"
-"""The eval summary a heads folder carries (the model card and `draftheads push` read it)."""
-
-
 def write_summary(summary: dict, heads_folder: Path) -> Path:
-    """A report's summary (`EvalReport.summary()`) as `eval_report.json` in the heads folder (atomically)."""
+    """A report's summary (`EvalReport.summary()`) as SUMMARY_NAME in the heads folder (atomically)."""
     path = heads_folder / SUMMARY_NAME
     atomic_write_text(path, json.dumps(summary, indent=2) + "\n")
     return path

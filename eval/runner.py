@@ -183,31 +183,33 @@ def calibration(draft: DraftModel, progress: bool, turns: int | None = None, new
 def resolve_tree(config: EvalConfig, draft: DraftModel, progress: bool = True, turns: int | None = None,
                  held_out: tuple[RankStats, str] | None = None) -> tuple[TreeSpec, dict]:
     """The tree our decoder drafts (with the lookup branch asked for), and how it was chosen (for
-    the report); see `TreeSettings`. `turns`: the most turns a prompt has (the auto tree is chosen
+    the report); see `TreeSpec`. `turns`: the most turns a prompt has (the auto tree is chosen
     for that decode's positions); `held_out`: the `calibration` to choose it with (made if None)."""
     spec, choice = _drafted_tree(config, draft, progress, turns, held_out)
     if spec.kind == "eagle2" and config.sampling.temperature > 0:
         raise ConfigError(f"tree.kind {config.tree.kind}: EAGLE-2 trees keep a node's children by what was drafted below them, so speculative "
                           "sampling could not stay exact; set sampling.temperature 0 or tree.kind dynamic")
-    lookup = config.tree.lookup if config.tree.lookup is not None else spec.lookup  # the auto tree's choice, else none
+    lookup = config.tree.lookup if config.tree.lookup != "auto" else spec.lookup  # the auto tree's choice, else none
     return dataclasses.replace(spec, lookup=lookup, lookup_ngram=config.tree.lookup_ngram), choice
 
 
 def _drafted_tree(config: EvalConfig, draft: DraftModel, progress: bool, turns: int | None, held_out) -> tuple[TreeSpec, dict]:
     settings, saved = config.tree, draft.heads.config.tree
     if settings.kind == "none":
-        return TreeSpec("none"), {"reason": "asked for (--tree none)"}
+        return TreeSpec("none"), {"reason": "asked for (tree.kind none)"}
     if settings.kind in ("dynamic", "eagle2"):
         width = min(settings.width, settings.budget) if settings.kind == "dynamic" else settings.width
-        return TreeSpec(settings.kind, budget=settings.budget, width=width, depth=settings.depth), {"reason": f"asked for (--tree {settings.kind})"}
+        return TreeSpec(settings.kind, budget=settings.budget, width=width, depth=settings.depth), {"reason": f"asked for (tree.kind {settings.kind})"}
     if settings.kind in ENGINES:
         heads = draft.heads.config
         try:
             spec = engine_tree(settings.kind, heads.head_type, heads.num_heads, saved.paths if saved is not None else None)
         except ValueError as exc:  # heads no engine of that name serves: the user's choice, not a bug
             raise ConfigError(str(exc)) from None
-        return spec, {"reason": f"how {ENGINES[settings.kind].version} drafts these heads with the export README's command (--tree {settings.kind})"}
+        return spec, {"reason": f"how {ENGINES[settings.kind].version} drafts these heads with the export README's command (tree.kind {settings.kind})"}
     if settings.kind == "static":
+        if settings.paths:
+            return TreeSpec("static", paths=settings.paths), {"reason": "asked for (tree.paths)"}
         if saved is not None:
             return TreeSpec("static", paths=saved.paths), {"reason": f"saved by `draftheads tree` ({saved.measured_on})"}
         return TreeSpec("static", paths=default_static_paths(draft.heads.config.num_heads, settings.budget)), {"reason": "default static tree (no saved one)"}
@@ -227,7 +229,7 @@ def lookup_choices(config: EvalConfig) -> tuple[int, ...]:
     """The lookup-branch lengths the auto tree weighs (0: none): the one asked for, else none and
     LOOKUPS for greedy decoding (copied tokens have no draft distribution: sampling cannot verify
     them losslessly)."""
-    if config.tree.lookup is not None:
+    if config.tree.lookup != "auto":
         return (config.tree.lookup,)
     return (0, *LOOKUPS) if config.sampling.temperature == 0 else (0,)
 

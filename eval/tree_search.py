@@ -14,7 +14,8 @@ from draftheads.decoding.planning.search import Candidate, search_static_tree
 from draftheads.decoding.planning.stats import rank_stats
 from draftheads.eval.calibrate import answer_sequences
 from draftheads.eval.prompts import load_prompts
-from draftheads.models.draft_model import CONFIG_NAME, DraftModel
+from draftheads.models.draft_model import DraftModel
+from draftheads.models.heads_folder import CONFIG_NAME
 from draftheads.models.heads.base import TreeChoice
 from draftheads.utils.atomic import atomic_write_text
 from draftheads.utils.device import resolve_device, resolve_dtype

@@ -18,17 +18,12 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from draftheads.models.backbone import Backbone, BackboneConfig, load_backbone, tokenizer_fingerprint, tokenizer_parts
+from draftheads.models.heads_folder import ADAPTER_DIR, BACKBONE_DIR, CONFIG_NAME, WEIGHTS_NAME
 from draftheads.models.heads.base import BaseModelInfo, DraftHeads, HeadConfig
 from draftheads.models.registry import HEADS
 from draftheads.utils.atomic import atomic_directory
 from draftheads.utils.errors import ConfigError, ModelLoadError
 
-CONFIG_NAME = "config.json"
-WEIGHTS_NAME = "model.safetensors"
-ADAPTER_DIR = "adapter"
-"""Subfolder of a heads folder holding the peft LoRA adapter of a jointly trained backbone."""
-BACKBONE_DIR = "backbone"
-"""Subfolder of a heads folder holding a full trained (or merged) backbone with its tokenizer."""
 
 
 def base_info(backbone: Backbone) -> BaseModelInfo:

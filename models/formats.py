@@ -24,6 +24,7 @@ from draftheads.models.draft_model import DraftModel
 from draftheads.models.engines import ALL, targets
 from draftheads.utils.atomic import atomic_directory
 from draftheads.utils.errors import ModelLoadError
+from draftheads.models.heads_folder import SUMMARY_NAME
 
 BASE_DIR = "base_model"
 """Folder of an export holding the trained backbone (Medusa-2), which the engines need with the heads."""
@@ -129,7 +130,7 @@ def _readme(fmt: Format, name: str, draft: DraftModel, config: dict, out: Path, 
         "",
         *(fmt.serve[r.name].format(**fields) for r in engines),
     ]
-    report = draft.folder / "eval_report.json" if draft.folder is not None else None
+    report = draft.folder / SUMMARY_NAME if draft.folder is not None else None
     if report is not None and report.is_file():
         summary = json.loads(report.read_text())
         measured = f"τ {summary.get('tau')}, {summary.get('speedup_vs_hf_generate')}x HF generate"

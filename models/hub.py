@@ -11,14 +11,10 @@ import json
 from pathlib import Path
 
 from draftheads.models.card import model_card
-from draftheads.models.draft_model import ADAPTER_DIR, BACKBONE_DIR, CONFIG_NAME, WEIGHTS_NAME, read_head_config
+from draftheads.models.draft_model import read_head_config
+from draftheads.models.heads_folder import CARD_NAME, PUBLISHED, SUMMARY_NAME, TRAINING_NAME
 from draftheads.utils.atomic import atomic_write_text
 from draftheads.utils.errors import HubError
-
-UPLOADED = (CONFIG_NAME, WEIGHTS_NAME, "README.md", "training.json", "eval_report.json", "calibration.json", "recipe.yaml", f"{ADAPTER_DIR}/*", f"{BACKBONE_DIR}/*")
-"""Files of a heads folder that are published (checkpoints and logs never are), with the trained
-backbone of joint training (an adapter or a full model folder)."""
-
 
 def _optional_json(path: Path) -> dict | None:
     return json.loads(path.read_text()) if path.is_file() else None
@@ -27,8 +23,8 @@ def _optional_json(path: Path) -> dict | None:
 def refresh_card(folder: Path) -> str:
     """Regenerate README.md from config.json, training.json and eval_report.json (when present)."""
     config = read_head_config(folder)
-    card = model_card(config, _optional_json(folder / "training.json"), _optional_json(folder / "eval_report.json"))
-    atomic_write_text(folder / "README.md", card)
+    card = model_card(config, _optional_json(folder / TRAINING_NAME), _optional_json(folder / SUMMARY_NAME))
+    atomic_write_text(folder / CARD_NAME, card)
     return card
 
 
@@ -37,7 +33,7 @@ def push_heads(folder: str | Path, repo_id: str, private: bool = False, commit_m
     folder = Path(folder)
     refresh_card(folder)
     config = read_head_config(folder)
-    return _upload(folder, repo_id, private, commit_message or f"Upload {config.head_type} draft heads for {config.base.model}", list(UPLOADED))
+    return _upload(folder, repo_id, private, commit_message or f"Upload {config.head_type} draft heads for {config.base.model}", list(PUBLISHED))
 
 
 def push_export(folder: str | Path, name: str, repo_id: str, dtype: str, private: bool = False, commit_message: str | None = None, engine: str = "all") -> str:

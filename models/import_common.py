@@ -19,6 +19,7 @@ from draftheads.models.card import model_card
 from draftheads.models.draft_model import DraftModel, resolve_folder, save_heads
 from draftheads.models.heads.base import HeadConfig
 from draftheads.utils.errors import ModelLoadError
+from draftheads.models.heads_folder import CARD_NAME, TRAINING_NAME
 
 
 def source_folder(spec: str) -> Path:
@@ -83,7 +84,7 @@ def write_imported(
             raise ModelLoadError(f"{source}: {name} has shape {tuple(tensor.shape)}, the base model needs {tuple(expected[name].shape)}")
     draft.heads.load_state_dict({k: v.to(expected[k].dtype) for k, v in state.items()})
     training = {"imported_from": provenance}
-    files = {"training.json": json.dumps(training, indent=2) + "\n", "README.md": model_card(draft.heads.config, training)}
+    files = {TRAINING_NAME: json.dumps(training, indent=2) + "\n", CARD_NAME: model_card(draft.heads.config, training)}
     save_heads(draft.heads, out, extra_files=files)
     draft.heads.eval()
     return draft

@@ -21,6 +21,16 @@ FLAGS = {
 }
 
 
+def lookup_length(value: str) -> int | str:
+    """--tree-lookup's value: a number of tokens, or auto."""
+    if value == "auto":
+        return value
+    try:
+        return int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number of tokens or auto, got {value!r}") from None
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Arguments of `eval`."""
     parser.add_argument("items", nargs="*", metavar="CONFIG.yaml | key=value", help="an eval config file, then overrides such as tree.budget=8")
@@ -32,14 +42,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--top-p", type=float)
     parser.add_argument("--top-k", type=int)
     parser.add_argument("--tree", choices=("auto", "static", "dynamic", "eagle2", "none", *ENGINES),
-                        help="auto (default): the saved tree, else the dynamic tree with the highest expected tokens/s measured at start-up; "
+                        help="auto (default): the tree with the highest expected tokens/s from costs measured at start-up, among dynamic trees and the saved static tree; "
                              "eagle2: EAGLE-2's reranked tree (--tree-budget, --tree-width as its top-k, --tree-depth); "
                              f"{', '.join(ENGINES)}: the tree that engine drafts with the export README's command")
     parser.add_argument("--tree-budget", type=int, help="drafted nodes per step (dynamic and eagle2 trees, and static trees without a saved one)")
     parser.add_argument("--tree-width", type=int, help="dynamic trees: most nodes added per depth; eagle2: nodes expanded per depth and children per node")
     parser.add_argument("--tree-depth", type=int, help="dynamic and eagle2 trees: most depths drafted (default: the heads' num_heads; EAGLE heads may go deeper)")
-    parser.add_argument("--tree-lookup", type=int, help="greedy: also verify up to N tokens copied from the context (prompt lookup) as one more path of the tree; 0: off; default: "
-                        "chosen with --tree auto when the heads were calibrated with `draftheads calibrate`, else off")
+    parser.add_argument("--tree-lookup", type=lookup_length, help="greedy: also verify up to N tokens copied from the context (prompt lookup) as one more path of the tree; "
+                        "0: off; auto (default): chosen with --tree auto when the heads' calibration kept its answers (training's and `draftheads calibrate`'s do), else off")
     parser.add_argument("--limit", type=int, help="N prompts, spread over the prompt set's categories")
     parser.add_argument("--seed", type=int)
     parser.add_argument("--device", help="auto (cuda when available), cpu, cuda, cuda:1, ...")

@@ -172,3 +172,18 @@ def fixed_baselines():
     from draftheads.eval.config import BaselineSettings
 
     return {"baselines": BaselineSettings(10, 2, 8, 2), "repeats": 1}
+
+
+def named_in_heads_folder(path: str) -> bool:
+    """Whether a path inside a heads folder is one models/heads_folder.py names."""
+    import fnmatch
+
+    from draftheads.models import heads_folder
+
+    return any(fnmatch.fnmatch(path, pattern) for pattern in (*heads_folder.PUBLISHED, *heads_folder.UNPUBLISHED))
+
+
+def assert_named(folder: Path) -> None:
+    """Every file in the heads `folder` is one models/heads_folder.py names."""
+    stray = [str(p.relative_to(folder)) for p in folder.rglob("*") if p.is_file() and not named_in_heads_folder(str(p.relative_to(folder)))]
+    assert not stray, f"files no name in models/heads_folder.py covers: {stray}"

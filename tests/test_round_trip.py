@@ -19,7 +19,8 @@ from draftheads.data.distill import run_distill
 from draftheads.data.features import INDEX, build_feature_cache, cached_dropped, open_feature_cache
 from draftheads.data.generate_hf import GenAnswer
 from draftheads.data.sources import read_source
-from draftheads.eval.config import EvalConfig, TreeSettings
+from draftheads.decoding.tree import TreeSpec
+from draftheads.eval.config import EvalConfig
 from draftheads.eval.runner import read_partial, run_eval
 from draftheads.models.backbone import BackboneConfig, load_backbone
 from draftheads.models.draft_model import DraftModel
@@ -116,7 +117,7 @@ def test_eval_partial_records_read_back_whole(tiny_base, tmp_path):
     heads = draft.save_pretrained(tmp_path / "heads")
     ids = [f"q{i}\u2028\x85" for i in range(N)]
     prompts = write_awkward_jsonl(tmp_path / "prompts.jsonl", [{"question_id": ids[i], "turns": [question(i)]} for i in range(N)])
-    options = EvalConfig(heads=str(heads), prompts=str(prompts), **fixed_baselines(), max_new_tokens=2, tree=TreeSettings("dynamic", budget=2), device="cpu", dtype="float32")
+    options = EvalConfig(heads=str(heads), prompts=str(prompts), **fixed_baselines(), max_new_tokens=2, tree=TreeSpec("dynamic", budget=2), device="cpu", dtype="float32")
     report = run_eval(options, tmp_path / "report.json", progress=False)
     partial = tmp_path / "report.json.partial.jsonl"
     before = partial.read_bytes()

@@ -19,6 +19,7 @@ from draftheads.utils.atomic import atomic_write_text
 from draftheads.utils.errors import ConfigError
 from draftheads.utils.paths import recipes_dir
 from draftheads.utils.typed_config import apply_overrides, dump_yaml, from_dict, merge, read_yaml, to_dict
+from draftheads.models.heads_folder import RECIPE_NAME
 
 
 @dataclass
@@ -238,7 +239,7 @@ def recipe_yaml(recipe: Recipe) -> str:
 
 
 def save_resolved(recipe: Recipe, directory: str | Path) -> Path:
-    """Write the resolved recipe as `recipe.yaml` in `directory` (atomically) and return its path."""
-    path = Path(directory) / "recipe.yaml"
+    """Write the resolved recipe as RECIPE_NAME in `directory` (atomically) and return its path."""
+    path = Path(directory) / RECIPE_NAME
     atomic_write_text(path, recipe_yaml(recipe))
     return path

@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from draftheads.models.backbone import LAST, Backbone
-from draftheads.models.draft_model import ADAPTER_DIR, BACKBONE_DIR
+from draftheads.models.heads_folder import ADAPTER_DIR, BACKBONE_DIR
 from draftheads.train.config import BackboneTraining
 from draftheads.train.schedules import ramp
 from draftheads.utils.errors import ConfigError

@@ -29,7 +29,7 @@ from tqdm.auto import tqdm
 
 from draftheads.data.collate import Collator
 from draftheads.decoding.planning.search import expected_tau
-from draftheads.decoding.planning.stats import CALIBRATION_NAME, RankStats, calibration_json
+from draftheads.decoding.planning.stats import RankStats, calibration_json
 from draftheads.decoding.planning.walks import AnswerWalk
 from draftheads.decoding.tree import LOOKUP_NGRAM
 from draftheads.data.dataset import build_datasets
@@ -41,6 +41,7 @@ from draftheads.models.backbone import LAST, Backbone, load_backbone, resolve_lo
 from draftheads.models.card import model_card
 from draftheads.models.draft_model import DraftModel, save_heads
 from draftheads.models.heads.base import DraftHeads
+from draftheads.models.heads_folder import CALIBRATION_NAME, CARD_NAME, RECIPE_NAME, TRAINING_NAME
 from draftheads.models.registry import HEADS
 from draftheads.train.checkpoint import (
     TrainerState,
@@ -598,7 +599,7 @@ def _export(run: _Run) -> None:
         section, write_backbone = run.role.summary(state_dict, history)
         if section is not None:
             summary["backbone"] = section
-        files = {"README.md": model_card(run.heads.config, summary), "training.json": json.dumps(summary, indent=2) + "\n", "recipe.yaml": recipe_yaml(recipe)}
+        files = {CARD_NAME: model_card(run.heads.config, summary), TRAINING_NAME: json.dumps(summary, indent=2) + "\n", RECIPE_NAME: recipe_yaml(recipe)}
         if result.calibration is not None:
             files[CALIBRATION_NAME] = calibration_json(result.calibration, "held-out rows of the training data")
         heads_state = {k[len("heads.") :]: v for k, v in state_dict.items() if k.startswith("heads.")}

@@ -46,8 +46,13 @@ def field_docs(cls: type) -> dict[str, str]:
 
 
 def _type_name(tp: Any) -> str:
+    """How an error names a type: `int or null`, `int or 'auto'`."""
     if isinstance(tp, type):
-        return tp.__name__
+        return "null" if tp is type(None) else tp.__name__
+    if typing.get_origin(tp) in (Union, types.UnionType):
+        return " or ".join(_type_name(arg) for arg in typing.get_args(tp))
+    if typing.get_origin(tp) is Literal:
+        return " or ".join(repr(arg) for arg in typing.get_args(tp))
     return str(tp).replace("typing.", "")
 
 
@@ -135,13 +140,22 @@ def from_dict(cls: type[T], data: Any, where: str = "") -> T:
     for name, f in fields.items():
         path = _join(where, name)
         if name in data:
-            kwargs[name] = _convert(data[name], hints[name], path)
+            kwargs[name] = _convert(_over_default(f, hints[name], data[name]), hints[name], path)
         elif f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
             raise ConfigError(f"{path}: required key is missing")
     try:
         return cls(**kwargs)
     except (ValueError, ConfigError) as exc:  # __post_init__ checks across fields
         raise ConfigError(f"{label}: {exc}") from None
+
+
+def _over_default(f: dataclasses.Field, tp: Any, value: Any) -> Any:
+    """A section given in part keeps its field's own default for the rest: `tree: {budget: 8}` in a
+    config whose `tree` defaults to an auto tree stays an auto tree (not the section class's default
+    kind). Tagged families (`__from_config__`) choose their class from the value and are left as given."""
+    if not (isinstance(value, dict) and dataclasses.is_dataclass(tp) and not hasattr(tp, "__from_config__")) or f.default_factory is dataclasses.MISSING:
+        return value
+    return {**dataclasses.asdict(f.default_factory()), **value}
 
 
 def _nested_home(hints: dict, fields: dict, key: str) -> list[str]:

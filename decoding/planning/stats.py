@@ -26,14 +26,12 @@ from typing import NamedTuple
 import torch
 
 from draftheads.decoding.tree import LOOKUP_NGRAM, Tree
+from draftheads.models.heads_folder import CALIBRATION_NAME
 from draftheads.decoding.planning.walks import LOOKUP_CAP, AnswerWalk, Steps, answer_walk, replay
 from draftheads.models.draft_model import DraftModel
 from draftheads.models.heads.base import DraftHeads
 from draftheads.utils.errors import ModelLoadError
 
-
-CALIBRATION_NAME = "calibration.json"
-"""File of a heads folder holding the heads' rank statistics on data the eval does not see."""
 
 OFFSET_BUCKET = 32
 """Answer offsets are counted in buckets of this many tokens (cells of `RankStats.cells`)."""

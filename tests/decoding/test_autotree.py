@@ -78,7 +78,8 @@ def test_costs_are_measured_for_every_candidate(tiny_llama, demo_tokenizer):
 
 
 def test_a_decode_is_predicted_from_the_positions_it_makes(tmp_path):
-    from draftheads.decoding.planning.stats import CALIBRATION_NAME, calibration_json, read_calibration
+    from draftheads.decoding.planning.stats import calibration_json, read_calibration
+    from draftheads.models.heads_folder import CALIBRATION_NAME
 
     # Early answer tokens of turns 0-1 are drafted badly (rank 5), late ones and third turns well (rank 0).
     turns = torch.tensor([0, 0, 1, 1, 0, 1, 2, 2])

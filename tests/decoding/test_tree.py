@@ -130,14 +130,15 @@ def test_each_engine_drafts_the_tree_its_rules_state():
         engine_tree("sglang", "hydra", 3)
 
 
-def test_every_engine_is_a_tree_setting():
+def test_every_engine_is_a_tree_kind_the_eval_resolves_and_the_engine_refuses_unresolved():
     import typing
 
-    from draftheads.eval.config import TreeSettings
+    from draftheads.decoding.tree import DRAFTED, TreeSpec
     from draftheads.models.engines import ENGINES
 
-    kinds = typing.get_args(typing.get_type_hints(TreeSettings)["kind"])
-    assert set(ENGINES) <= set(kinds)
+    kinds = typing.get_args(typing.get_type_hints(TreeSpec)["kind"])
+    assert set(kinds) == {*DRAFTED, "auto", *ENGINES}
+    assert TreeSpec("dynamic").resolved and not TreeSpec("dynamic", lookup="auto").resolved and not TreeSpec("vllm").resolved
 
 
 def test_an_eagle2_tree_is_predicted_from_the_best_paths_within_its_shape():

@@ -11,11 +11,12 @@ import torch
 
 from draftheads.decoding.planning.stats import OFFSET_BUCKET, Answer, RankStats, rank_stats, read_calibration
 from draftheads.decoding.planning.walks import LOOKUP_CAP
-from draftheads.eval.calibrate import PREVIOUS_NAME, calibrate
+from draftheads.eval.calibrate import calibrate
+from draftheads.models.heads_folder import PREVIOUS_CALIBRATION_NAME as PREVIOUS_NAME
 from draftheads.decoding.engine import Engine, GenerationConfig
 from draftheads.models.draft_model import DraftModel
 from draftheads.scripts.cli import main
-from helpers import fixed_baselines, random_medusa_heads, write_jsonl
+from helpers import assert_named, fixed_baselines, random_medusa_heads, write_jsonl
 
 NEW_TOKENS = 40
 """Long enough for answer offsets past the first bucket (32), so misplaced offsets change the cells."""
@@ -46,6 +47,7 @@ def test_calibrate_locates_every_answer_position_by_turn_and_offset(varied_base,
     assert main([*command, "--limit", "1", "--answers", str(tmp_path / "one")]) == 0  # another calibration replaces this one; training's stays kept
     assert json.loads((heads / PREVIOUS_NAME).read_text())["source"] == "training"
     assert main(command) == 0  # the answers of the first run are read again, not made again
+    assert_named(heads)
     data = json.loads((heads / "calibration.json").read_text())
     assert data["source"] == f"the base model's greedy answers to 2 prompts of {questions} (2 turn(s) x {NEW_TOKENS} new tokens, float32)"
     sequences = answers_of(heads / "calibration-answers.partial.jsonl")
@@ -154,13 +156,14 @@ def test_eval_predicts_the_lookup_branch_by_replaying_its_steps_on_the_calibrati
     """Calibrated on the very prompt it then decodes (to check the mechanism, not a figure), the
     replay makes the decode's own steps: predicted τ equals measured τ, lookup copies included. The
     demo model, because a random tiny one does not repeat itself within a short answer."""
-    from draftheads.eval.config import EvalConfig, TreeSettings
+    from draftheads.decoding.tree import TreeSpec
+    from draftheads.eval.config import EvalConfig
     from draftheads.eval.runner import run_eval
 
     heads = random_medusa_heads("demo:smollm2-135m", tmp_path)
     prompt = write_jsonl(tmp_path / "repeat.jsonl", [{"question_id": 1, "category": "writing", "turns": ["Repeat this sentence four times: the small red boat sails home at dusk."]}])
     calibrate(str(heads), str(prompt), max_new_tokens=32, dtype="float32", progress=False)
-    config = EvalConfig(heads=str(heads), prompts=str(prompt), **fixed_baselines(), max_new_tokens=32, tree=TreeSettings("none", lookup=10), dtype="float32")
+    config = EvalConfig(heads=str(heads), prompts=str(prompt), **fixed_baselines(), max_new_tokens=32, tree=TreeSpec("none", lookup=10), dtype="float32")
     report = run_eval(config, tmp_path / "report.json", progress=False)
     assert report.greedy_mismatches == 0
     assert "replayed" in report.tau_predicted_source and "10-token lookup branch" in report.tau_predicted_source
@@ -195,24 +198,26 @@ def test_the_auto_tree_weighs_the_lookup_branch_from_the_calibration(tmp_path, c
 
 def test_a_fixed_lookup_branch_is_kept_and_sampling_weighs_none():
     from draftheads.decoding.sampling import SamplingConfig
-    from draftheads.eval.config import EvalConfig, TreeSettings
+    from draftheads.decoding.tree import TreeSpec
+    from draftheads.eval.config import EvalConfig
     from draftheads.eval.runner import lookup_choices
 
     assert lookup_choices(EvalConfig(heads="h")) == (0, 4, 8, 12, 16)
-    assert lookup_choices(EvalConfig(heads="h", tree=TreeSettings(lookup=0))) == (0,)
-    assert lookup_choices(EvalConfig(heads="h", tree=TreeSettings(lookup=10))) == (10,)
+    assert lookup_choices(EvalConfig(heads="h", tree=TreeSpec("auto", lookup=0))) == (0,)
+    assert lookup_choices(EvalConfig(heads="h", tree=TreeSpec("auto", lookup=10))) == (10,)
     assert lookup_choices(EvalConfig(heads="h", sampling=SamplingConfig(temperature=0.7))) == (0,)
 
 
 def test_engine_trees_decode_as_the_engine_drafts_and_refuse_heads_it_does_not_serve(tmp_path):
-    from draftheads.eval.config import EvalConfig, TreeSettings
+    from draftheads.decoding.tree import TreeSpec
+    from draftheads.eval.config import EvalConfig
     from draftheads.eval.runner import resolve_tree
     from draftheads.utils.errors import ConfigError
 
     heads = random_medusa_heads("demo:smollm2-135m", tmp_path)
     draft = DraftModel.from_pretrained(str(heads), dtype="float32")
-    config = EvalConfig(heads=str(heads), max_new_tokens=32, dtype="float32", tree=TreeSettings(kind="reference"))
+    config = EvalConfig(heads=str(heads), max_new_tokens=32, dtype="float32", tree=TreeSpec("reference", lookup="auto"))
     tree, choice = resolve_tree(config, draft, progress=False, turns=1)
     assert len(tree.paths) == 7 + 7 * 6 and "medusa-llm 0.1" in choice["reason"]  # medusa_choices=[1, 7, 6]
     with pytest.raises(ConfigError, match="tree vllm: medusa heads are served .* by reference, trtllm"):
-        resolve_tree(dataclasses.replace(config, tree=TreeSettings(kind="vllm")), draft, progress=False, turns=1)
+        resolve_tree(dataclasses.replace(config, tree=TreeSpec("vllm", lookup="auto")), draft, progress=False, turns=1)

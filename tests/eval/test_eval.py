@@ -6,7 +6,8 @@ import json
 
 import pytest
 
-from draftheads.eval.config import EvalConfig, TreeSettings
+from draftheads.decoding.tree import TreeSpec
+from draftheads.eval.config import EvalConfig
 from draftheads.eval.report import read_report
 from draftheads.eval.runner import run_eval
 from draftheads.eval.schema import BASELINES, SCHEMA_VERSION, MethodName
@@ -73,7 +74,7 @@ def test_eval_writes_a_complete_report_and_is_lossless(heads_dir, prompts, tmp_p
 
 def test_eval_resumes_from_its_partial_file_and_refuses_other_settings(heads_dir, prompts, tmp_path):
     out = tmp_path / "report.json"
-    options = EvalConfig(heads=str(heads_dir), prompts=str(prompts), **fixed_baselines(), max_new_tokens=6, tree=TreeSettings("static", budget=4), dtype="float32")
+    options = EvalConfig(heads=str(heads_dir), prompts=str(prompts), **fixed_baselines(), max_new_tokens=6, tree=TreeSpec("static", budget=4), dtype="float32")
     first = run_eval(options, out, progress=False)
     partial = out.with_name("report.json.partial.jsonl")
     lines = partial.read_text().splitlines()

@@ -268,7 +268,7 @@ def test_the_contracts_catch_each_broken_export_of_before(exports, tmp_path):
 def test_a_trained_backbone_export_names_its_base_by_absolute_path_with_an_index(base8, tmp_path):
     """Medusa-2: the merged backbone beside the heads; loaders resolve a relative base path against
     their working folder, and SafeAILab's read the embedding through an index file."""
-    from draftheads.models.draft_model import BACKBONE_DIR
+    from draftheads.models.heads_folder import BACKBONE_DIR
 
     folder = heads_of(base8, MedusaConfig(num_heads=2), tmp_path / "heads")
     backbone = load_backbone(BackboneConfig(base=str(base8)))

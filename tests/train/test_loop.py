@@ -14,6 +14,7 @@ from draftheads.decoding.planning.stats import RankStats
 from draftheads.models.draft_model import DraftModel
 from draftheads.train.config import load_recipe
 from draftheads.train.loop import train
+from helpers import assert_named
 from draftheads.utils.errors import ConfigError, ModelLoadError
 
 from helpers import launch, overrides
@@ -38,6 +39,7 @@ def test_loss_goes_down_and_heads_beat_their_untrained_selves(tiny_base, tmp_pat
     tokens = [e["target_tokens"] for e in result.evals]  # a learning curve's x-axis
     assert tokens[0] == 0 < tokens[1] < tokens[2] and result.evals[2]["train_seconds"] > result.evals[1]["train_seconds"] > 0
     assert sorted(p.name for p in (out / "heads").iterdir()) == ["README.md", "calibration.json", "config.json", "model.safetensors", "recipe.yaml", "training.json"]
+    assert_named(out / "heads")
     assert "Held-out accuracy per head" in (out / "heads" / "README.md").read_text()
     assert list((out / "logs").rglob("events.out.tfevents*")), "tensorboard wrote nothing"
     assert list(tmp_path.rglob("offline-run-*")), "wandb (offline) wrote nothing"

@@ -53,7 +53,7 @@ def test_builds_nested_and_converts_int_to_float():
         ({"mode": "c"}, "mode: 'c' is not one of 'a', 'b'"),
         ({"items": [{"limit": 2}]}, "items[0].path: required key is missing"),
         ({"items": {"path": "a"}}, "items: expected a list"),
-        ({"inner": {"path": "a", "limit": 1.5}}, "inner.limit: expected int | None, got 1.5"),
+        ({"inner": {"path": "a", "limit": 1.5}}, "inner.limit: expected int or null, got 1.5"),
     ],
 )
 def test_errors_name_the_key_path(data, message):
@@ -103,3 +103,13 @@ def test_merge_replaces_lists_and_merges_mappings():
     base = {"a": {"x": 1, "y": 2}, "items": [1, 2], "k": 0}
     assert merge(base, {"a": {"y": 3}, "items": [9]}) == {"a": {"x": 1, "y": 3}, "items": [9], "k": 0}
     assert base["a"] == {"x": 1, "y": 2}  # the base is not modified
+
+
+def test_a_section_given_in_part_keeps_its_fields_own_default():
+    from draftheads.eval.config import EvalConfig
+
+    config = from_dict(EvalConfig, {"heads": "h", "tree": {"budget": 8}})
+    assert (config.tree.kind, config.tree.lookup, config.tree.budget) == ("auto", "auto", 8)
+    assert from_dict(EvalConfig, {"heads": "h", "tree": {"kind": "dynamic", "lookup": 0}}).tree.resolved
+    with pytest.raises(ConfigError, match=r"^tree.lookup: expected int or 'auto', got 'often'$"):
+        from_dict(EvalConfig, {"heads": "h", "tree": {"lookup": "often"}})
