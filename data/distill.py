@@ -45,6 +45,7 @@ from draftheads.models.backbone import load_backbone, load_tokenizer, resolve_lo
 from draftheads.utils.append_log import AppendLog, LogBusy, read_records
 from draftheads.utils.atomic import atomic_directory, atomic_write_text
 from draftheads.utils.errors import ConfigError, DataError
+from draftheads.utils.log import logger
 
 SHARDS = "shards"
 METADATA = "metadata.json"
@@ -169,7 +170,7 @@ def _check_or_write_settings(out: Path, current: dict) -> None:
             saved = json.loads(path.read_text())["settings"]
         except (json.JSONDecodeError, KeyError):
             raise ConfigError(f"{path}: not a gen-data metadata file; choose another distill.output_dir") from None
-        # Outputs from before batching was recorded resume under the batching given now.
+        # Metadata without batching settings: resume under the batching given (nothing to compare).
         compared = [k for k in current if k in saved or k != "batching"]
         changed = [f"{k}: {saved.get(k)!r} -> {current.get(k)!r}" for k in compared if _comparable(saved, k) != _comparable(current, k)]
         if changed:
@@ -251,7 +252,7 @@ def run_distill(recipe, progress: bool = True) -> DistillResult:
         out.mkdir(parents=True, exist_ok=True)
         _check_or_write_settings(out, current)
         for report in reports:
-            print(f"gen-data: {report.summary()}")
+            logger(__name__).info(f"gen-data: {report.summary()}")
     state.wait_for_everyone()
     if not state.is_main_process:
         _check_or_write_settings(out, current)

@@ -263,7 +263,7 @@ class CachedDataset(torch.utils.data.Dataset):
 
 def cached_dropped(recipe) -> dict[str, dict[str, int]]:
     """What building the recipe's cache dropped ({source: {reason: records}}; see `dropped_note`), so
-    a run that trains from the cache reports it too. Caches built before it was recorded give {}."""
+    a run that trains from the cache reports it too. A cache index without the record gives {}."""
     index_path = Path(recipe.data.feature_cache.path) / INDEX
     return json.loads(index_path.read_text()).get("dropped", {}) if index_path.is_file() else {}
 

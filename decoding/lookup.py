@@ -4,8 +4,8 @@ more path of the tree rather than a separate decoder).
 When the text just committed ends with an n-gram that occurred earlier in the context (the prompt
 or the answer so far), the tokens that followed that occurrence are a cheap, often long guess of
 what comes next: answers quote the question, second turns rewrite the first answer, code repeats
-names. The heads rarely draft past depth 2 on a small model, so a copied run of 8-10 tokens is the
-only way a step accepts many tokens. The copied tokens enter the tree as one path under the root,
+names. Heads on a small model rarely draft deep, so a long copied run is the only way a step
+accepts many tokens. The copied tokens enter the tree as one path under the root,
 following nodes the heads already drafted while the tokens agree, so one verification forward
 checks both and greedy acceptance keeps the longest correct path from either.
 

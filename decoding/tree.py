@@ -184,10 +184,10 @@ def engine_tree(engine: str, layout: str, num_heads: int, saved_paths: list[list
     layouts are named after the head family they hold (eagle, medusa)."""
     serving = [name for name, r in ENGINES.items() if layout in r.drafting]
     if not serving:
-        raise ValueError(f"tree {engine}: no engine serves {layout} heads (engines load the eagle and medusa layouts only)")
+        raise ValueError(f"tree.kind {engine}: no engine serves {layout} heads (engines load the eagle and medusa layouts only)")
     rules = ENGINES.get(engine)
     if rules is None or layout not in rules.drafting:
-        raise ValueError(f"tree {engine}: {layout} heads are served (as the {layout} layout) by {', '.join(serving)}")
+        raise ValueError(f"tree.kind {engine}: {layout} heads are served (as the {layout} layout) by {', '.join(serving)}")
     plan = rules.drafting[layout]
     steps = plan.steps or num_heads
     if plan.tree == "eagle2":

@@ -14,8 +14,8 @@ whose greedy choice lossless decoding must reproduce (0 real mismatches). And in
 weights (an upcast copy), whose arithmetic the decode's rounding cannot share: where bf16 arithmetic
 itself moves a logit past its rival, every method, our autoregressive decoding and HF `generate`
 included, emits a token the fp32 twin would not, so the fp32 counts are read against the
-autoregressive methods' (on the demo model they are 0 or nearly so; on a tiny random model with
-sharp logits bf16 and fp32 disagree at about one position in eight). Both use the decode dtype's
+autoregressive methods' (near 0 on a trained model; a model with very sharp logits can disagree
+often). Both use the decode dtype's
 epsilon, since the decode's rounding is what a near tie absorbs.
 """
 
@@ -29,9 +29,8 @@ import torch
 from draftheads.models.backbone import LAST, Backbone
 
 NEAR_TIE_EPSILON = {torch.float32: 1e-3, torch.bfloat16: 0.5, torch.float16: 0.05}
-"""Default near-tie thresholds (logit units) by decode dtype: a few units in the last place of a top
-logit of about 16-32 (bf16 keeps 8 significant bits: 0.125 apart there; fp16 11 bits; fp32 24 bits,
-whose kernels still differ by about 1e-5 relative)."""
+"""Default near-tie thresholds (logit units) by decode dtype: a few units in the last place of a typical
+top logit (bf16 keeps 8 significant bits, fp16 11, fp32 24, whose kernels still differ slightly)."""
 
 
 def near_tie_epsilon(dtype: torch.dtype) -> float:

@@ -19,6 +19,7 @@ from draftheads.eval.prompts import EvalPrompt, load_prompts
 from draftheads.eval.schema import MethodName
 from draftheads.eval.runner import Method, Runner, engine_method, hf_method
 from draftheads.models.backbone import Backbone
+from draftheads.utils.log import logger
 
 HF_GRID = tuple((tokens, ngram) for tokens in (5, 10, 20) for ngram in (1, 2, 3))
 """(prompt_lookup_num_tokens, max_matching_ngram_size) swept for HF prompt lookup (HF's default: 10, 2)."""
@@ -58,7 +59,7 @@ def tune_baselines(config: EvalConfig, backbone: Backbone, eos: tuple[int, ...],
     for index, prompt in enumerate(prompts):
         records.append(runner.run_prompt(prompt, index, 0))
         if progress:
-            print(f"baselines: tuned on {index + 1}/{len(prompts)} prompts of {b.tune_prompts}", flush=True)
+            logger(__name__).info(f"baselines: tuned on {index + 1}/{len(prompts)} prompts of {b.tune_prompts}")
     speeds = {m.name: tokens_per_s(records, m.name) for m in methods}
     chosen = {}
     for name, grid in candidates.items():

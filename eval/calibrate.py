@@ -3,8 +3,8 @@ a prompt set like the one they will serve, written as the heads' calibration.jso
 
 Training writes calibration.json from held-out rows of its own data; `draftheads eval` predicts τ
 from it and `--tree auto` sizes trees with it. When the served prompts differ from the training
-prompts, so does acceptance (the demo's heads: within 2.3% on unseen ShareGPT prompts, up to 5.7%
-high on MT-bench), and a calibration drawn like the served prompts is what removes the difference.
+prompts, so does acceptance, and a calibration drawn like the served prompts is what removes the
+difference.
 The answers are generated turn by turn as a decode makes them (each turn's context holds the earlier
 answers), so the statistics keep their cells of turn and answer offset (`RankStats.within`).
 """
@@ -31,12 +31,13 @@ from draftheads.models.heads_folder import CALIBRATION_NAME, CONFIG_NAME, PREVIO
 from draftheads.utils.atomic import atomic_write_text
 from draftheads.utils.device import resolve_device, resolve_dtype
 from draftheads.utils.errors import ConfigError
+from draftheads.utils.log import logger
 
 FALLBACK_PROMPTS = ("calibration", 8)
 """The prompt set and count whose greedy answers calibrate heads that carry no calibration.json
 (imported heads): one two-turn question of each of MT-bench's eight categories from the written
 calibration set, never the eval's own prompts. Acceptance and, most, what the lookup branch copies
-vary with the kind of task; a set that covers fewer kinds predicted the branch 5.6% low."""
+vary with the kind of task; a set that covers fewer kinds mispredicts the branch."""
 
 
 def answer_sequences(backbone: Backbone, prompts: list[EvalPrompt], max_new_tokens: int, answers: Path | None, progress: bool = True,
@@ -92,12 +93,13 @@ def calibrate(
         raise ConfigError(f"--max-new-tokens must be at least 2 (a head drafts from an answer's second token on), got {max_new_tokens}")
     if limit is not None and limit < 1:
         raise ConfigError(f"--limit must be at least 1, got {limit}")
+    log = logger(__name__)
     target = Path(out) if out is not None else folder / CALIBRATION_NAME
     replaced = read_calibration(folder) if out is None else None  # a damaged file is refused before any work
     chosen = load_prompts(prompts, limit)
     resolved = resolve_device(device)
     dtype_name, note = resolve_dtype(dtype, resolved)
-    print(f"dtype: {note}")
+    log.info(f"dtype: {note}")
     draft = DraftModel.from_pretrained(heads, base, device=resolved, dtype=dtype_name)
     work = Path(answers) if answers is not None else target.with_name(target.stem + "-answers")  # CALIBRATION_ANSWERS_NAME in a heads folder
     # A frozen backbone is the base model, whatever heads ride on it: their answers are shared.
@@ -112,8 +114,8 @@ def calibrate(
     # The first calibration replaced (training's, typically) is the one kept: a later one never overwrites it.
     if replaced is not None and not previous.exists():
         atomic_write_text(previous, target.read_text())
-        print(f"kept the calibration it replaces as {previous}")
+        log.info(f"kept the calibration it replaces as {previous}")
     atomic_write_text(target, calibration_json(stats, source))
-    print(f"calibration: {stats.positions} positions; top-1 by depth: " + ", ".join(f"{row[0]:.3f}" for row in stats.depth_topk))
-    print(f"wrote {target} ({source})")
+    log.info(f"calibration: {stats.positions} positions; top-1 by depth: " + ", ".join(f"{row[0]:.3f}" for row in stats.depth_topk))
+    log.info(f"wrote {target} ({source})")
     return stats, target

@@ -39,6 +39,7 @@ from draftheads.utils.atomic import atomic_write_text
 from draftheads.utils.device import resolve_device, resolve_dtype, synchronize
 from draftheads.utils.errors import ConfigError
 from draftheads.utils.jsonl import read_lines
+from draftheads.utils.log import logger
 
 @dataclass
 class Method:
@@ -220,7 +221,7 @@ def _drafted_tree(config: EvalConfig, draft: DraftModel, progress: bool, turns: 
     shape = (turns, config.max_new_tokens) if turns else None
     choice = choose_auto_tree(stats, costs, source, shape, lookups, settings.lookup_ngram, static)
     for line in choice.lines():
-        print(line)
+        logger(__name__).info(line)
     saved_note = f"; the static tree saved by `draftheads tree` ({saved.measured_on}) weighed among them" if saved is not None else ""
     return choice.spec, {"reason": f"auto: the highest expected tokens/s from costs measured at start-up{saved_note}", **choice.to_json()}
 
@@ -275,7 +276,7 @@ def run_eval(config: EvalConfig, out: Path, progress: bool = True) -> EvalReport
     """Run the evaluation and return the report (also resumable through `<out>.partial.jsonl`)."""
     prompts = load_prompts(config.prompts, config.limit)
     draft, dtype_note = load_draft(config)
-    print(f"dtype: {dtype_note}")
+    logger(__name__).info(f"dtype: {dtype_note}")
     turns = max(len(p.turns) for p in prompts)
     partial = out.with_name(out.name + ".partial.jsonl")
     read_partial(partial, config.fingerprint())  # a stopped run with other settings is refused before any start-up work
@@ -311,7 +312,7 @@ def resumed_header(partial: Path, fingerprint: str) -> dict:
 def resumed_tree(header: dict) -> tuple[TreeSpec, dict] | None:
     """The tree a stopped run began with, from its `resumed_header`."""
     if "tree" not in header:
-        return None  # run_prompts refuses other settings; a run from before trees were kept starts as it did
+        return None  # run_prompts refuses other settings; a header without a tree leaves the choice to this run
     spec = TreeSpec.from_description(header["tree"])
     choice = header.get("tree_choice", {})
     return spec, {**choice, "reason": f"resumed with the tree the run began with ({choice.get('reason', 'unknown')})"}

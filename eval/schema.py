@@ -2,7 +2,7 @@
 
 report.json is `EvalReport.to_json()`; anything that reads one (report.md, the model card's
 summary, the bench records) goes through `EvalReport.from_json`, which refuses a file written
-with another `SCHEMA_VERSION` instead of reading fields that moved.
+with another `SCHEMA_VERSION` instead of misreading fields laid out differently.
 """
 
 from __future__ import annotations
@@ -14,9 +14,9 @@ from enum import StrEnum
 from draftheads.utils.errors import ConfigError
 
 SCHEMA_VERSION = 2
-"""report.json's layout. 1: the untyped dictionary (no such field), which also held each method's
-tokens/s and the speedups as keys of their own; `EvalReport.from_json` reads it from the ruler on
-(when `speed_ratios` came), dropping those copies."""
+"""report.json's layout. Version 1 (no such field) is the untyped dictionary that also held each
+method's tokens/s and the speedups as keys of their own; `EvalReport.from_json` reads one that has
+`speed_ratios` and drops those copies."""
 V1_COPIES = ("tokens_per_s", "baseline_tokens_per_s", "hf_generate_tokens_per_s", "prompt_lookup_tokens_per_s", "speedup", "speedup_vs_hf_generate",
              "speedup_vs_prompt_lookup", "baseline_vs_hf_generate", "speedup_vs_best_baseline")
 """Keys of a version-1 report that repeat `methods` and `speed_ratios`."""

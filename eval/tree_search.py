@@ -20,6 +20,7 @@ from draftheads.models.heads.base import TreeChoice
 from draftheads.utils.atomic import atomic_write_text
 from draftheads.utils.device import resolve_device, resolve_dtype
 from draftheads.utils.errors import ConfigError
+from draftheads.utils.log import logger
 
 
 def choose_tree(
@@ -36,6 +37,7 @@ def choose_tree(
 ) -> list[Candidate]:
     """Run the search; with `save`, write the best tree into `heads`/config.json. Returns the
     candidates, best first."""
+    log = logger(__name__)
     folder = Path(heads)
     if save and not (folder / CONFIG_NAME).is_file():
         raise ConfigError(f"--heads {heads}: the tree is saved into a local heads folder's {CONFIG_NAME}; this is not one")
@@ -43,7 +45,7 @@ def choose_tree(
         raise ConfigError(f"--budget must be at least 1, got {budget}")
     device = resolve_device(device)
     dtype, note = resolve_dtype(dtype, device)
-    print(f"dtype: {note}")
+    log.info(f"dtype: {note}")
     draft = DraftModel.from_pretrained(heads, base, device=device, dtype=dtype)
     chosen = load_prompts(prompts, limit)
     stats = rank_stats(draft, answer_sequences(draft.backbone, chosen, max_new_tokens, None, progress))
@@ -53,20 +55,20 @@ def choose_tree(
     if not candidates:
         raise ConfigError(f"no tree: the heads never ranked the true token in their top 10 on {stats.positions} positions")
     ar_seconds = costs.verify[1]
-    print(f"calibration: {stats.positions} positions; top-1 accuracy by depth: " + ", ".join(f"{row[0]:.3f}" for row in stats.depth_topk))
-    print("verify ms by nodes: " + ", ".join(f"{k}: {1000 * v:.1f}" for k, v in sorted(costs.verify.items())))
-    print("draft ms of a chain by depth: " + ", ".join(f"{1000 * v:.1f}" for v in costs.draft_depths))
-    print(f"{'nodes':>5} {'depth':>5} {'E[tau]':>7} {'step ms':>8} {'E[speedup]':>10}")
+    log.info(f"calibration: {stats.positions} positions; top-1 accuracy by depth: " + ", ".join(f"{row[0]:.3f}" for row in stats.depth_topk))
+    log.info("verify ms by nodes: " + ", ".join(f"{k}: {1000 * v:.1f}" for k, v in sorted(costs.verify.items())))
+    log.info("draft ms of a chain by depth: " + ", ".join(f"{1000 * v:.1f}" for v in costs.draft_depths))
+    log.info(f"{'nodes':>5} {'depth':>5} {'E[tau]':>7} {'step ms':>8} {'E[speedup]':>10}")
     for c in sorted(candidates, key=lambda c: c.budget):
-        print(f"{c.budget:>5} {c.depth:>5} {c.expected_tau:>7.3f} {1000 * c.step_seconds:>8.1f} {c.tokens_per_second * ar_seconds:>10.3f}")
+        log.info(f"{c.budget:>5} {c.depth:>5} {c.expected_tau:>7.3f} {1000 * c.step_seconds:>8.1f} {c.tokens_per_second * ar_seconds:>10.3f}")
     best = candidates[0]
     speedup = best.tokens_per_second * ar_seconds
     if speedup < 1:
-        print(
-            f"warning: no tree of up to {budget} nodes is expected to beat autoregressive decoding on this machine "
+        log.warning(
+            f"no tree of up to {budget} nodes is expected to beat autoregressive decoding on this machine "
             f"(best {speedup:.3f}x); the heads' acceptance is too low for the verify cost of extra nodes"
         )
-    print(f"best: {best.budget} nodes, expected tau {best.expected_tau:.3f}, expected speedup {speedup:.3f}x: {best.paths}")
+    log.info(f"best: {best.budget} nodes, expected tau {best.expected_tau:.3f}, expected speedup {speedup:.3f}x: {best.paths}")
     if save:
         where = f"{prompts} ({len(chosen)} prompts, {stats.positions} positions), {device}, {dtype}, {torch.get_num_threads()} threads"
         config = dataclasses.replace(
@@ -74,5 +76,5 @@ def choose_tree(
             tree=TreeChoice(best.paths, round(best.expected_tau, 4), round(speedup, 4), where),
         )
         atomic_write_text(folder / CONFIG_NAME, json.dumps(config.to_json_dict(), indent=2) + "\n")
-        print(f"saved into {folder / CONFIG_NAME}")
+        log.info(f"saved into {folder / CONFIG_NAME}")
     return candidates

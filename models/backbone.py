@@ -138,7 +138,7 @@ def convert_gguf(gguf: Path) -> Path:
     key = hashlib.sha256(f"{gguf}|{stat.st_size}|{stat.st_mtime_ns}".encode()).hexdigest()[:12]
     final = cache_dir() / "gguf" / f"{gguf.stem}-{key}"
     if (final / "config.json").is_file():
-        write_weights_index(final)  # folders converted before the index was written
+        write_weights_index(final)  # a converted folder without an index gets one
         return final
     from transformers import AutoModelForCausalLM, AutoTokenizer
 

@@ -37,7 +37,7 @@ class TrainerState:
 
     def load_state_dict(self, state: dict) -> None:
         self.step, self.epoch, self.batch_in_epoch = state["step"], state["epoch"], state["batch_in_epoch"]
-        # checkpoints written before these were kept start them from zero
+        # a checkpoint without these counters starts them from zero
         self.target_tokens, self.seconds = state.get("target_tokens", 0), state.get("seconds", 0.0)
 
 

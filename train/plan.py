@@ -35,7 +35,7 @@ from draftheads.utils.errors import ConfigError
 GIB = 1024**3
 FRAMEWORK_BYTES = {"cuda": int(1.0 * GIB), "cpu": int(0.35 * GIB)}
 """The runtime's own memory per process: CUDA context and allocator reserve on a GPU; on the CPU,
-the process with torch, transformers and accelerate imported (244 MiB here) and the tokenizer and
+the process with torch, transformers and accelerate imported and the tokenizer and
 tokenised data beside it."""
 DEFAULT_TFLOPS = 400.0
 """Sustained bf16 TFLOP/s per GPU the time estimate assumes (about 40% of an H100's dense peak)."""

@@ -40,7 +40,7 @@ def resolve_dtype(name: str, device: torch.device) -> tuple[str, str]:
             return name, "warning: this GPU has no native bf16; bf16 is emulated and slower than float16"
         return name, f"{name}: as asked"
     if name == "float16":
-        raise ConfigError("--dtype float16 on a CPU: PyTorch has no fast fp16 CPU kernels; use bfloat16 (native on CPUs with avx512_bf16/amx_bf16) or float32")
+        raise ConfigError("dtype float16 on a CPU: PyTorch has no fast fp16 CPU kernels; use bfloat16 (native on CPUs with avx512_bf16/amx_bf16) or float32")
     native = cpu_has_native_bf16()
     if name == "auto":
         if native:

@@ -53,7 +53,7 @@ def json_error(exc: json.JSONDecodeError, *, with_line: bool = False) -> str:
     """The decoder's complaint and where, said once.
 
     Some of its messages end in "at" ("Unterminated string starting at") because `str(exc)` appends
-    the position; appending our own " at column N" to `exc.msg` used to read "at at".
+    the position; appending " at column N" to `exc.msg` would read "at at".
     `with_line`: also name the line (text of many lines, where `exc.lineno` is the file's line).
     """
     where = f"line {exc.lineno} column {exc.colno}" if with_line else f"column {exc.colno}"

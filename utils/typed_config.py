@@ -159,8 +159,8 @@ def _over_default(f: dataclasses.Field, tp: Any, value: Any) -> Any:
 
 
 def _nested_home(hints: dict, fields: dict, key: str) -> list[str]:
-    """`[section.key]` when `key` belongs to a dataclass one level down (a key that moved into a
-    section, such as `temperature` into `sampling`), else []."""
+    """`[section.key]` when `key` belongs to a dataclass one level down (a key written one level
+    too high, such as `temperature` for `sampling.temperature`), else []."""
     for name in fields:
         if dataclasses.is_dataclass(hints[name]) and key in {f.name for f in dataclasses.fields(hints[name])}:
             return [f"{name}.{key}"]

@@ -9,8 +9,7 @@ position with probability P(rank_1 = r1, ..., rank_d = rd), counted jointly (no 
 assumption), and the expected τ of a tree is 1 + the sum of its nodes' probabilities.
 
 Acceptance depends on where in a conversation a position lies: the first tokens of an answer are
-harder to draft than later ones (the demo's Medusa-1 quality heads: held-out top-1 at depth 1 is
-0.232 at the positions a decode of 2 turns x 128 tokens drafts in, 0.261 over all positions). So
+harder to draft than later ones. So
 the statistics are also kept per cell of (turn, answer-offset bucket), and a decode of T turns x N
 new tokens is predicted from the cells it drafts in (`RankStats.within`), not from every position.
 """
@@ -178,9 +177,9 @@ class RankStats:
 
     @classmethod
     def from_json(cls, data: dict) -> "RankStats":
-        """Inverse of `to_json` (files written before cells existed have none)."""
+        """Inverse of `to_json` (a file without cells gives none)."""
         stats = cls(int(data["positions"]), Counter({tuple(p): int(c) for p, c in data["path_counts"]}), data["depth_topk"])
-        # Cells counted with other buckets or turns than this version's are left out (not misread).
+        # Cells counted with another OFFSET_BUCKET or LAST_TURN are left out, not misread.
         if "cells" in data and (data.get("offset_bucket"), data.get("last_turn")) == (OFFSET_BUCKET, LAST_TURN):
             stats.cells = {(int(c["turn"]), int(c["bucket"])): cls.from_json(c) for c in data["cells"]}
         if "walks" in data:

@@ -40,8 +40,8 @@ class AnswerWalk:
     model's continuation, which the last step of a decode verifies but does not emit."""
     proposed: list[int] | None = None
     """[position]: how many tokens the lookup proposes there, right or wrong (at most LOOKUP_CAP): what
-    the branch adds to the verified tree. None in calibrations written before it was recorded (their
-    branches are predicted, not costed)."""
+    the branch adds to the verified tree. None when the calibration holds no
+    proposals: branches are then predicted, not costed."""
 
     def to_json(self) -> dict:
         data = {"turn": self.turn, "length": self.length, "ranks": self.ranks, "copies": self.copies}

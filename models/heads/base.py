@@ -8,8 +8,8 @@ them. `position_ids` (packed rows: restarting at 0 per document; None: 0..T-1) k
 attend over the sequence within one document. A family that predicts features (Clover-2, EAGLE)
 returns them as `predicted_features`, and the trainer regresses them onto the backbone's.
 `project(depth, states, lm_head)` maps states to logits over the heads' draft vocabulary; it is
-separate so that losses project only the positions they train on, in chunks (a 49k-word projection
-dominates the cost).
+separate so that losses project only the positions they train on, in chunks (a vocabulary-wide
+projection dominates the cost).
 
 Draft vocabulary: with `draft_vocab_size: N` the heads project onto N tokens only (the most frequent
 trained-on targets of the training data, as EAGLE-3 does), listed in the `draft_to_token` buffer
@@ -62,7 +62,7 @@ class BaseModelInfo:
     """The base model's Hub id when known (written as `base_model` in the model card)."""
     tokenizer_parts: dict[str, str] | None = None
     """The fingerprint's parts (`tokenizer_parts`): what a refusal names when the fingerprints
-    differ (None: heads saved before they were kept)."""
+    differ (None: the config holds no parts)."""
 
 
 @dataclass
@@ -96,7 +96,7 @@ class HeadConfig:
     it cannot be drafted; the trainer reports their share. 0: the whole vocabulary."""
 
     head_type = "?"  # set by @register_head; also written as the dataclass field of each family
-    renamed = MappingProxyType({})  # a family's old field names -> current ones (old configs still load)
+    renamed = MappingProxyType({})  # field aliases a family accepts -> the field each stands for (loaded with a warning)
 
     def __post_init__(self) -> None:
         if self.num_heads < 1:

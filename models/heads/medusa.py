@@ -31,7 +31,7 @@ class MedusaConfig(HeadConfig):
     head_type: Literal["medusa"] = "medusa"
     """Family tag."""
     head_layers: int = 1
-    """Residual blocks per head (`num_layers` in configs before draftheads 0.2: still read, with a note)."""
+    """Residual blocks per head (`num_layers` is read as this too, with a warning)."""
     share_lm_head: bool = True
     """Project with the base lm_head (frozen) instead of one trainable vocabulary matrix per head."""
 

@@ -219,5 +219,5 @@ def test_engine_trees_decode_as_the_engine_drafts_and_refuse_heads_it_does_not_s
     config = EvalConfig(heads=str(heads), max_new_tokens=32, dtype="float32", tree=TreeSpec("reference", lookup="auto"))
     tree, choice = resolve_tree(config, draft, progress=False, turns=1)
     assert len(tree.paths) == 7 + 7 * 6 and "medusa-llm 0.1" in choice["reason"]  # medusa_choices=[1, 7, 6]
-    with pytest.raises(ConfigError, match="tree vllm: medusa heads are served .* by reference, trtllm"):
+    with pytest.raises(ConfigError, match=r"tree\.kind vllm: medusa heads are served .* by reference, trtllm"):
         resolve_tree(dataclasses.replace(config, tree=TreeSpec("vllm", lookup="auto")), draft, progress=False, turns=1)
