@@ -48,14 +48,25 @@ def main() -> None:
     parser.add_argument("--record")
     args = parser.parse_args()
     shape = (2, args.max_new_tokens)
-    trees = (("tree + branch", TreeSpec("dynamic", budget=args.budget, width=args.width, lookup=args.lookup)),
-             ("tree alone", TreeSpec("dynamic", budget=args.budget, width=args.width)), ("branch alone", TreeSpec("none", lookup=args.lookup)))
+    trees = (
+        ("tree + branch", TreeSpec("dynamic", budget=args.budget, width=args.width, lookup=args.lookup)),
+        ("tree alone", TreeSpec("dynamic", budget=args.budget, width=args.width)),
+        ("branch alone", TreeSpec("none", lookup=args.lookup)),
+    )
     table = Table(["prompts replayed", *(f"{name}: turn 1 / turn 2 / both (SD)" for name, _ in trees)], [])
     figures = {}
     for label, prompts, limit in SETS:
         folder = args.work / f"{prompts}-{limit or 'all'}"
         if not (folder / "calibration.json").is_file():
-            calibrate(args.heads, prompts, limit, args.max_new_tokens, dtype=args.dtype, out=str(folder / "calibration.json"), answers=str(folder / "answers"))
+            calibrate(
+                args.heads,
+                prompts,
+                limit,
+                args.max_new_tokens,
+                dtype=args.dtype,
+                out=str(folder / "calibration.json"),
+                answers=str(folder / "answers"),
+            )
         stats, _ = read_calibration(folder, *shape)
         cells = []
         for name, tree in trees:
@@ -65,7 +76,10 @@ def main() -> None:
         table.rows.append([label, *cells])
         print(f"| {label} | " + " | ".join(cells) + " |", flush=True)
     if args.record:
-        command = f"python bench/branch_prediction.py --heads IMPORTED --budget {args.budget} --width {args.width} --lookup {args.lookup} --max-new-tokens {args.max_new_tokens}"
+        command = (
+            f"python bench/branch_prediction.py --heads IMPORTED --budget {args.budget} --width {args.width} --lookup {args.lookup} "
+            f"--max-new-tokens {args.max_new_tokens}"
+        )
         print(f"wrote {Record.measured_now(args.record, command, args.dtype, {'replayed': table}, figures).write()}")
 
 

@@ -163,12 +163,22 @@ def main() -> None:
         stats, _ = calibrate(str(heads), args.prompts, max_new_tokens=args.max_new_tokens, answers=str(args.out / "answers"))
         prompts, tree = stats.within(*shape), trees[recipe]
         measured = tau_of([a for r in records for t in r["methods"][recipe] for a in t["accepted"]])
-        heads_rows.append((label, tree, measured, predictions(held_out, prompts, tree, shape), [held_out.depth_topk[0][0], prompts.depth_topk[0][0]]))
+        heads_rows.append(
+            (label, tree, measured, predictions(held_out, prompts, tree, shape), [held_out.depth_topk[0][0], prompts.depth_topk[0][0]])
+        )
         paths = prompts.best_paths(tree["budget"], tree["width"])
-        lookup_rows.append(lookup_row(f"{label} + lookup", tree, with_lookup.get(f"{recipe}+lookup", []), prompts.replayed(paths, *shape, lookup=args.lookup)))
+        lookup_rows.append(
+            lookup_row(
+                f"{label} + lookup", tree, with_lookup.get(f"{recipe}+lookup", []), prompts.replayed(paths, *shape, lookup=args.lookup)
+            )
+        )
         if not lookup_rows[0][0].startswith("lookup alone"):  # the copies are the answers', whichever heads
-            lookup_rows.insert(0, lookup_row("lookup alone", None, with_lookup.get("lookup_only", []), prompts.replayed([], *shape, lookup=args.lookup)))
-    print(f"\nHeads alone; τ measured: {len(records)} MT-bench questions, both turns, {args.max_new_tokens} new tokens, greedy ({run_path})")
+            lookup_rows.insert(
+                0, lookup_row("lookup alone", None, with_lookup.get("lookup_only", []), prompts.replayed([], *shape, lookup=args.lookup))
+            )
+    print(
+        f"\nHeads alone; τ measured: {len(records)} MT-bench questions, both turns, {args.max_new_tokens} new tokens, greedy ({run_path})"
+    )
     print("| heads | tree | τ measured | depth-1 top-1: held-out rows / calibration prompts "
           "| τ predicted: held-out rows, positions | calibration prompts, positions | calibration prompts, replayed steps |")
     print("| --- | --- | --- | --- | --- | --- | --- |")
@@ -176,7 +186,9 @@ def main() -> None:
         cells = " | ".join(error(p, measured) for p in forecasts)
         print(f"| {label} | {tree['budget']} x {tree['width']} | {measured:.3f} | {top1[0]:.3f} / {top1[1]:.3f} | {cells} |")
     print(f"\nWith the lookup branch ({args.lookup} tokens, n-gram 2); τ measured: the lookup-branch runs' finished questions")
-    print("| method | tree | turns measured | τ measured (bootstrap SD over questions) | τ predicted: calibration prompts, replayed steps |")
+    print(
+        "| method | tree | turns measured | τ measured (bootstrap SD over questions) | τ predicted: calibration prompts, replayed steps |"
+    )
     print("| --- | --- | --- | --- | --- |")
     for label, tree, measured, turns, spread, predicted in lookup_rows:
         shape_text = f"{tree['budget']} x {tree['width']}" if tree else "none"

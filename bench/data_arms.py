@@ -46,7 +46,13 @@ def paths(family: str, conversations: int, steps: int | None) -> tuple[str, Path
     cache = Path("outputs/smollm2-135m-sharegpt-teacher-cache" + ("" if conversations == 150 else f"-{conversations}"))
     suffix = "" if (family, conversations, steps) == ("medusa1", 150, None) else f"-{conversations}" + (f"-{steps}steps" if steps else "")
     arm_b = Path(f"outputs/smollm2-135m-{family}-teacher-forced{suffix}")
-    return recipe, Path(f"outputs/smollm2-135m-{family}-quality"), arm_b, cache, OUT if not suffix else OUT.with_name(f"data_arms-{family}{suffix}")
+    return (
+        recipe,
+        Path(f"outputs/smollm2-135m-{family}-quality"),
+        arm_b,
+        cache,
+        OUT if not suffix else OUT.with_name(f"data_arms-{family}{suffix}"),
+    )
 
 
 def arm_b_overrides(conversations: int, cache: Path, arm_b: Path, steps: int | None) -> list[str]:
@@ -90,17 +96,28 @@ def main() -> None:
     dtype, note = resolve_dtype("auto", torch.device("cpu"))
     print(f"dtype: {note}")
     base = load_backbone(BackboneConfig(base="demo:smollm2-135m", dtype=dtype))
-    methods, arms = [], {"A: own answers (self-distillation)": arm_a, f"B: {args.conversations} ShareGPT conversations, teacher-forced soft labels": arm_b}
+    methods, arms = (
+        [],
+        {"A: own answers (self-distillation)": arm_a, f"B: {args.conversations} ShareGPT conversations, teacher-forced soft labels": arm_b},
+    )
     # The same tree for both arms: only the heads differ (a cost-chosen tree would differ between them).
     tree = TreeSpec("dynamic", budget=args.budget, width=args.width)
     for label, folder in arms.items():
         draft = load_family(folder / "heads", base, dtype)
         methods.append(engine_method(label, Engine(draft.backbone, draft.heads, tree)))
     eos = Engine(base).default_eos()
-    runner = Runner(methods, ChatFormatter(base.tokenizer, model_name=base.location.spec), GenerationConfig(max_new_tokens=args.max_new_tokens, eos_token_ids=eos, seed=0), 0.0)
+    runner = Runner(
+        methods,
+        ChatFormatter(base.tokenizer, model_name=base.location.spec),
+        GenerationConfig(max_new_tokens=args.max_new_tokens, eos_token_ids=eos, seed=0),
+        0.0,
+    )
     fingerprint = json.dumps(["records 2", args.limit, args.max_new_tokens, dtype, args.conversations, args.budget, args.width])
     records = run_prompts(runner, load_prompts("mt-bench", args.limit), out / "decode", fingerprint, 0, progress=True)
-    print(f"\n{len(records)} MT-bench questions, both turns, {args.max_new_tokens} new tokens, greedy, {dtype}, dynamic tree {args.budget} x {args.width}")
+    print(
+        f"\n{len(records)} MT-bench questions, both turns, {args.max_new_tokens} new tokens, greedy, {dtype}, "
+        f"dynamic tree {args.budget} x {args.width}"
+    )
     print("| arm | held-out top-1 by depth (own held-out rows) | τ | accepted per step by depth |")
     print("| --- | --- | --- | --- |")
     for label, folder in arms.items():

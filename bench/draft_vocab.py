@@ -30,7 +30,16 @@ def main() -> None:
         seconds = None
         if not (out / "heads").is_dir():
             start = time.perf_counter()
-            subprocess.run(["draftheads", "train", f"recipes/smollm2-135m/{args.recipe}.yaml", f"heads.draft_vocab_size={size}", f"train.output_dir={out}"], check=True)
+            subprocess.run(
+                [
+                    "draftheads",
+                    "train",
+                    f"recipes/smollm2-135m/{args.recipe}.yaml",
+                    f"heads.draft_vocab_size={size}",
+                    f"train.output_dir={out}",
+                ],
+                check=True,
+            )
             seconds = time.perf_counter() - start
         final = json.loads((out / "heads" / "training.json").read_text())["final_eval"]
         draft_ms = {}
@@ -38,12 +47,18 @@ def main() -> None:
             draft = DraftModel.from_pretrained(out / "heads", dtype=dtype)
             draft_ms[dtype] = 1000 * draft_seconds(draft, 8, 4, repeats=9)
         rows.append((size or "full (49152)", final, draft_ms, seconds))
-    print("| draft vocabulary | coverage of held-out targets (depth 1) | held-out top-1 by depth | draft ms per step, bf16 | fp32 | train time |")
+    print(
+        "| draft vocabulary | coverage of held-out targets (depth 1) | held-out top-1 by depth | "
+        "draft ms per step, bf16 | fp32 | train time |"
+    )
     print("| --- | --- | --- | --- | --- | --- |")
     for size, final, draft_ms, seconds in rows:
         top1 = " / ".join(f"{x:.3f}" for x in final["top1"])
         trained = f"{seconds:.0f} s" if seconds else "(trained earlier)"
-        print(f"| {size} | {final.get('coverage', [1.0])[0]:.4f} | {top1} | {draft_ms['bfloat16']:.2f} | {draft_ms['float32']:.2f} | {trained} |")
+        print(
+            f"| {size} | {final.get('coverage', [1.0])[0]:.4f} | {top1} | "
+            f"{draft_ms['bfloat16']:.2f} | {draft_ms['float32']:.2f} | {trained} |"
+        )
 
 
 if __name__ == "__main__":

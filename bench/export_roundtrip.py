@@ -35,7 +35,11 @@ def main() -> None:
     tree = TreeSpec("dynamic", budget=8, width=4)
     formatter = ChatFormatter(original.backbone.tokenizer)
     config = GenerationConfig(max_new_tokens=args.max_new_tokens)
-    engines = {"AR": Engine(original.backbone), "before export": Engine(original.backbone, original.heads, tree), "after export": Engine(original.backbone, back.heads, tree)}
+    engines = {
+        "AR": Engine(original.backbone),
+        "before export": Engine(original.backbone, original.heads, tree),
+        "after export": Engine(original.backbone, back.heads, tree),
+    }
     results = {name: [] for name in engines}
     prompts = [formatter.prompt_ids(p.messages([])) for p in load_prompts("mt-bench", args.limit)]
     for ids in prompts:

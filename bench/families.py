@@ -88,7 +88,9 @@ def train_missing(chosen, out: Path) -> None:
         if (Path("outputs") / folder / "heads").is_dir():
             continue
         start = time.perf_counter()
-        subprocess.run(["draftheads", "train", f"recipes/smollm2-135m/{recipe}.yaml", *extra, f"train.output_dir=outputs/{folder}"], check=True)
+        subprocess.run(
+            ["draftheads", "train", f"recipes/smollm2-135m/{recipe}.yaml", *extra, f"train.output_dir=outputs/{folder}"], check=True
+        )
         times[label] = time.perf_counter() - start
         times_path.write_text(json.dumps(times, indent=2))
 
@@ -104,11 +106,17 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--run", action="store_true", help="train the families that have no heads yet")
     parser.add_argument("--only", nargs="*", help="recipes to include (default: all)")
-    parser.add_argument("--prompts", default="mt-bench", help="the prompt set decoded (mt-bench, or a question.jsonl such as bench/data/humaneval_questions.jsonl)")
+    parser.add_argument(
+        "--prompts",
+        default="mt-bench",
+        help="the prompt set decoded (mt-bench, or a question.jsonl such as bench/data/humaneval_questions.jsonl)",
+    )
     parser.add_argument("--limit", type=int, default=16)
     parser.add_argument("--max-new-tokens", type=int, default=128)
     parser.add_argument("--repeats", type=int, default=1, help="interleaved answers per method and prompt (the method order rotates)")
-    parser.add_argument("--tune-prompts", default=TUNE_PROMPTS, help="the prompts the lookup baselines are swept on (never the decoded ones)")
+    parser.add_argument(
+        "--tune-prompts", default=TUNE_PROMPTS, help="the prompts the lookup baselines are swept on (never the decoded ones)"
+    )
     parser.add_argument("--tune-limit", type=int, default=8)
     parser.add_argument("--dtype", default="auto")
     parser.add_argument("--train-only", action="store_true", help="train the families that have no heads yet, then stop")
@@ -116,8 +124,12 @@ def main() -> None:
     parser.add_argument("--set", choices=sorted(SETS), default="demo", help="which recipes: the demo ones or the *-quality ones")
     parser.add_argument("--out", type=Path, help="where the run's records go (default: the set's folder under bench/out)")
     parser.add_argument("--record", help="also write the tables as bench/records/NAME/record.json (bench/records.py renders them)")
-    parser.add_argument("--cards", action=argparse.BooleanOptionalAction,
-                        help="write each family's numbers into its heads folder (eval_report.json) and model card (default: only for a run in the set's folder)")
+    parser.add_argument(
+        "--cards",
+        action=argparse.BooleanOptionalAction,
+        help="write each family's numbers into its heads folder (eval_report.json) and model card "
+        "(default: only for a run in the set's folder)",
+    )
     args = parser.parse_args()
     families, out = SETS[args.set]
     args.cards = args.out is None and args.prompts == "mt-bench" if args.cards is None else args.cards
@@ -137,7 +149,10 @@ def main() -> None:
         records = finished_prompts(out / "decode", fingerprint)
         if not records:
             raise SystemExit(f"{out / 'decode.partial.jsonl'}: no finished prompts of a run with these settings")
-        print(f"{len(records)} prompts finished" + (" (the run was stopped early: it resumes with the same command)" if len(records) < args.limit else ""))
+        print(
+            f"{len(records)} prompts finished"
+            + (" (the run was stopped early: it resumes with the same command)" if len(records) < args.limit else "")
+        )
         report(chosen, records, stopped, dtype, args, out)
         return
     prompts = interleaved_categories(load_prompts(args.prompts, args.limit))
@@ -145,7 +160,9 @@ def main() -> None:
     runner, header = build_run(chosen, base, dtype, args, stopped, max(len(p.turns) for p in prompts))
     start = time.perf_counter()
     records = run_prompts(runner, prompts, out / "decode", fingerprint, 0, progress=True, header=header)
-    print(f"decode run: {time.perf_counter() - start:.0f} s, {len(records)} prompts x {len(runner.methods)} methods x {args.repeats} repeats")
+    print(
+        f"decode run: {time.perf_counter() - start:.0f} s, {len(records)} prompts x {len(runner.methods)} methods x {args.repeats} repeats"
+    )
     (out / "decode.json").write_text(json.dumps({**header, "records": records}) + "\n")
     report(chosen, records, header, dtype, args, out)
 
@@ -157,7 +174,11 @@ def build_run(chosen, base, dtype: str, args, stopped: dict, turns: int) -> tupl
     differ and the records would mix."""
     eos = Engine(base).default_eos()
     settings = stopped.get("baselines") or tune_baselines(tuning(args), base, eos)
-    methods = [engine_method(MethodName.AUTOREGRESSIVE, Engine(base)), hf_method(MethodName.HF_GENERATE, base, eos, None), *lookup_methods(base, eos, settings)]
+    methods = [
+        engine_method(MethodName.AUTOREGRESSIVE, Engine(base)),
+        hf_method(MethodName.HF_GENERATE, base, eos, None),
+        *lookup_methods(base, eos, settings),
+    ]
     trees = {}
     for label, recipe, folder, _ in chosen:
         draft = load_family(Path("outputs") / folder / "heads", base, dtype)
@@ -176,7 +197,9 @@ def build_run(chosen, base, dtype: str, args, stopped: dict, turns: int) -> tupl
     config = GenerationConfig(max_new_tokens=args.max_new_tokens, eos_token_ids=eos, seed=0)
     # Every token re-scored by the model its method decodes (a trained backbone's family by that backbone), and by its fp32 twin.
     formatter = ChatFormatter(base.tokenizer, model_name=base.location.spec)
-    runner = Runner(methods, formatter, config, near_tie_epsilon(base.lm_head.weight.dtype), verify=True, verify_fp32=True, repeats=args.repeats)
+    runner = Runner(
+        methods, formatter, config, near_tie_epsilon(base.lm_head.weight.dtype), verify=True, verify_fp32=True, repeats=args.repeats
+    )
     return runner, {"trees": trees, "baselines": settings, "turns": turns}
 
 
@@ -198,7 +221,9 @@ def fingerprint_of(args, dtype: str, chosen) -> str:
     decode.partial.jsonl to start over). The trees and lookup settings it chose are in its header."""
     weights = {recipe: weights_identity(Path("outputs") / folder / "heads") for _, recipe, folder, _ in chosen}
     tune = [args.tune_prompts, args.tune_limit]
-    return json.dumps(["records 3", args.prompts, args.limit, args.max_new_tokens, args.repeats, dtype, method_names(chosen), weights, tune])
+    return json.dumps(
+        ["records 3", args.prompts, args.limit, args.max_new_tokens, args.repeats, dtype, method_names(chosen), weights, tune]
+    )
 
 
 def weights_identity(folder: Path) -> str:

@@ -50,8 +50,11 @@ def main() -> None:
     sampling = SamplingConfig(args.temperature)
     eos = default_eos(backbone)
     lengths = [len(r.prompt_ids) for r in requests]
-    print(f"{len(requests)} prompts of {min(lengths)}-{max(lengths)} tokens (mean {sum(lengths) / len(lengths):.0f}), "
-          f"up to {args.max_new_tokens} new tokens, temperature {args.temperature}, torch threads {torch.get_num_threads()}, at most {args.max_batch_tokens} padded prompt tokens a batch")
+    print(
+        f"{len(requests)} prompts of {min(lengths)}-{max(lengths)} tokens (mean {sum(lengths) / len(lengths):.0f}), "
+        f"up to {args.max_new_tokens} new tokens, temperature {args.temperature}, torch threads {torch.get_num_threads()}, "
+        f"at most {args.max_batch_tokens} padded prompt tokens a batch"
+    )
     HFGenerator(backbone, sampling, args.batch_size, eos).generate(requests[: args.batch_size // 2 or 1])  # warm-up
 
     results = {}
@@ -98,11 +101,17 @@ def compare_dtypes(args) -> None:
         seconds = time.perf_counter() - start
         tokens = sum(a.tokens for a in answers)
         results[dtype] = (answers, tokens / seconds)
-        print(f"{dtype:>9}: {tokens} tokens in {seconds:.1f} s = {tokens / seconds:.1f} tokens/s (batch {args.batch_size}, {len(requests)} prompts)")
+        print(
+            f"{dtype:>9}: {tokens} tokens in {seconds:.1f} s = {tokens / seconds:.1f} tokens/s "
+            f"(batch {args.batch_size}, {len(requests)} prompts)"
+        )
     first = args.dtypes[0]
     for dtype in args.dtypes[1:]:
         same = sum(a.text == b.text for a, b in zip(results[first][0], results[dtype][0]))
-        print(f"{dtype} / {first}: {results[dtype][1] / results[first][1]:.2f}x tokens/s; identical answers: {same} of {len(results[first][0])}")
+        print(
+            f"{dtype} / {first}: {results[dtype][1] / results[first][1]:.2f}x tokens/s; "
+            f"identical answers: {same} of {len(results[first][0])}"
+        )
     print(f"machine: {platform.machine()} {platform.processor() or ''} {torch.get_num_threads()} threads, torch {torch.__version__}")
 
 

@@ -78,7 +78,10 @@ def main() -> None:
     size = 256 * 2**20
     src, dst = torch.empty(size, dtype=torch.uint8, device=device), torch.empty(size, dtype=torch.uint8, device=device)
     copy_gbs = 2 * size / cuda_time(lambda: dst.copy_(src)) / 1e6
-    print(f"{torch.cuda.get_device_name(0)}: measured copy bandwidth {copy_gbs:.0f} GB/s; {args.heads} heads / {args.kv_heads} kv heads x {args.dim}, {args.dtype}")
+    print(
+        f"{torch.cuda.get_device_name(0)}: measured copy bandwidth {copy_gbs:.0f} GB/s; "
+        f"{args.heads} heads / {args.kv_heads} kv heads x {args.dim}, {args.dtype}"
+    )
     print(f"{'prefix':>6} {'T':>4} {'triton ms':>9} {'ref ms':>8} {'sdpa ms':>8} {'GB/s':>7} {'% copy':>6}")
     one_node = {}
     for prefix in (512, 2048, 8192):

@@ -47,7 +47,9 @@ def main() -> None:
     families, family_out = SETS["quality"]
     chosen = [f for f in families if f[1] in args.only]
     if len(chosen) != len(args.only):
-        raise SystemExit(f"--only: not quality recipes: {sorted(set(args.only) - {f[1] for f in chosen})}; known: {[f[1] for f in families]}")
+        raise SystemExit(
+            f"--only: not quality recipes: {sorted(set(args.only) - {f[1] for f in chosen})}; known: {[f[1] for f in families]}"
+        )
     trees_path = family_out / "trees.json"
     if not trees_path.is_file():
         raise SystemExit(f"{trees_path}: run bench/families.py --set quality first (its trees are the ones compared here)")
@@ -77,11 +79,21 @@ def main() -> None:
         records = finished_prompts(args.out / "decode", fingerprint)
         if not records:
             raise SystemExit(f"{args.out / 'decode.partial.jsonl'}: no finished questions of a run with these settings")
-        print(f"{len(records)} questions finished" + (" (the run was stopped early: it resumes with the same command)" if len(records) < args.limit else ""))
+        print(
+            f"{len(records)} questions finished"
+            + (" (the run was stopped early: it resumes with the same command)" if len(records) < args.limit else "")
+        )
         print_table([m.name for m in methods[2:]], records, shapes, dtype)
         return
     config = GenerationConfig(max_new_tokens=args.max_new_tokens, eos_token_ids=eos, seed=0)
-    runner = Runner(methods, ChatFormatter(base.tokenizer, model_name=base.location.spec), config, near_tie_epsilon(base.lm_head.weight.dtype), verify=True, verify_fp32=True)
+    runner = Runner(
+        methods,
+        ChatFormatter(base.tokenizer, model_name=base.location.spec),
+        config,
+        near_tie_epsilon(base.lm_head.weight.dtype),
+        verify=True,
+        verify_fp32=True,
+    )
     prompts = interleaved_categories(load_prompts("mt-bench", args.limit))
     args.out.mkdir(parents=True, exist_ok=True)
     records = run_prompts(runner, prompts, args.out / "decode", fingerprint, 0, progress=True)
@@ -105,7 +117,10 @@ def print_table(names: list[str], records: list[dict], shapes: dict, dtype: str)
         real, near = mismatches(records, name, dtype)
         ours = tokens_per_s(records, name)
         by_turn = " / ".join(f"{tau_of([a for r in records for a in r['methods'][name][k]['accepted']]):.3f}" for k in (0, 1))
-        print(f"| {name} | {tree} | {tau_of(accepted):.3f} | {by_turn} | {by_depth} | {max(accepted, default=0)} | {nodes:.1f} | {ours / hf:.2f}x | {ours / lookup:.2f}x | {real} / {near} |")
+        print(
+            f"| {name} | {tree} | {tau_of(accepted):.3f} | {by_turn} | {by_depth} | {max(accepted, default=0)} | {nodes:.1f} | "
+            f"{ours / hf:.2f}x | {ours / lookup:.2f}x | {real} / {near} |"
+        )
 
 
 if __name__ == "__main__":

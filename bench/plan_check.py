@@ -47,7 +47,13 @@ def cache_check(recipe: str, conversations: int, work: Path) -> list[str]:
     written = sum(p.stat().st_size for p in (work / "cache").rglob("*.safetensors"))
     plan = make_plan(recipe, overrides, launch_of(None, None, None))
     planned = plan.cache_bytes_per_token * plan.data_tokens
-    return [recipe, f"{plan.data_tokens:,}", f"{planned / 2**20:.2f} MiB", f"{written / 2**20:.2f} MiB", f"{(planned - written) / written:+.1%}"]
+    return [
+        recipe,
+        f"{plan.data_tokens:,}",
+        f"{planned / 2**20:.2f} MiB",
+        f"{written / 2**20:.2f} MiB",
+        f"{(planned - written) / written:+.1%}",
+    ]
 
 
 def main() -> None:
@@ -59,16 +65,25 @@ def main() -> None:
     memory = Table(["recipe", "planned per process", "measured peak RSS", "plan / measured", "largest planned terms"], [])
     with tempfile.TemporaryDirectory() as scratch:
         for recipe in RECIPES:
-            overrides = ["data.sources=[{path: demo:sharegpt, limit: 1200}]", "train.trackers=[]", f"train.output_dir={Path(scratch) / Path(recipe).stem}",
-                         "train.resume_from=null", *short_run(load_recipe(recipe), args.steps)]
+            overrides = [
+                "data.sources=[{path: demo:sharegpt, limit: 1200}]",
+                "train.trackers=[]",
+                f"train.output_dir={Path(scratch) / Path(recipe).stem}",
+                "train.resume_from=null",
+                *short_run(load_recipe(recipe), args.steps),
+            ]
             plan = make_plan(recipe, overrides, launch_of(None, None, None))
             measured = peak_rss(recipe, overrides)
             top = ", ".join(f"{t.name} {t.bytes / 2**20:.0f} MiB" for t in sorted(plan.memory, key=lambda t: -t.bytes)[:3])
             memory.rows.append([recipe, f"{plan.total / GIB:.2f} GiB", f"{measured / GIB:.2f} GiB", f"{plan.total / measured:.2f}", top])
             print(markdown_table(memory), flush=True)
-        cache = Table(["recipe", "tokens", "planned", "written", "error"], [cache_check(RECIPES[1], args.cache_conversations, Path(scratch))])
+        cache = Table(
+            ["recipe", "tokens", "planned", "written", "error"], [cache_check(RECIPES[1], args.cache_conversations, Path(scratch))]
+        )
     print(markdown_table(cache))
-    outside = [row[0] for row in memory.rows if abs(float(row[3]) - 1) > 0.25] + [row[0] for row in cache.rows if abs(float(row[4].rstrip("%"))) > 5]
+    outside = [row[0] for row in memory.rows if abs(float(row[3]) - 1) > 0.25] + [
+        row[0] for row in cache.rows if abs(float(row[4].rstrip("%"))) > 5
+    ]
     if args.record:
         record = Record.measured_now(args.record, "python " + " ".join(sys.argv), "as each recipe", {"memory": memory, "cache": cache})
         print(f"wrote {record.write()}")

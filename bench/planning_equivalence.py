@@ -124,14 +124,25 @@ def main() -> None:
     rows = [(f"before ({args.old})", before), ("after", after)]
     print(f"auto choice: {after['spec']} (before: {before['spec']})")
     print(f"candidates weighed: {len(after['candidates'])}; identical: {same['candidates']}; choice identical: {same['spec']}")
-    print(f"decode of {args.limit} questions: τ measured {measured_tau(after):.4f} (before {measured_tau(before):.4f}); accepted per step identical: {same['accepted']}")
+    print(
+        f"decode of {args.limit} questions: τ measured {measured_tau(after):.4f} (before {measured_tau(before):.4f}); "
+        f"accepted per step identical: {same['accepted']}"
+    )
     if args.record:
         sys.path.insert(0, str(HERE.parent))
         from records import Record, Table
 
-        table = Table(["version", "auto choice", "τ expected", "candidates weighed", "τ measured"],
-                      [[name, json.dumps(r["spec"]), f"{expected_tau(r):.4f}", str(len(r["candidates"])), f"{measured_tau(r):.4f}"] for name, r in rows])
-        command = f"python bench/planning_equivalence.py --heads HEADS --old {args.old} --limit {args.limit} --max-new-tokens {args.max_new_tokens}"
+        table = Table(
+            ["version", "auto choice", "τ expected", "candidates weighed", "τ measured"],
+            [
+                [name, json.dumps(r["spec"]), f"{expected_tau(r):.4f}", str(len(r["candidates"])), f"{measured_tau(r):.4f}"]
+                for name, r in rows
+            ],
+        )
+        command = (
+            f"python bench/planning_equivalence.py --heads HEADS --old {args.old} --limit {args.limit} "
+            f"--max-new-tokens {args.max_new_tokens}"
+        )
         print(f"wrote {Record.measured_now(args.record, command, args.dtype, {'equivalence': table}, same).write()}")
     if not all(same.values()):
         sys.exit(1)

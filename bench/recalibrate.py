@@ -41,7 +41,10 @@ def recalibrate(recipe_path: str) -> None:
     loader = held_out_loader(held_set, recipe, backbone, accelerator)
     metrics, stats = evaluate(heads.eval(), backbone, loader, accelerator, recipe.train.eval_batches, recipe.train.loss.chunk_size)
     logged = json.loads((Path(recipe.train.output_dir) / "metrics.jsonl").read_text().splitlines()[-1])["top1"]
-    print(f"{folder}: held-out top-1 {' / '.join(f'{v:.4f}' for v in metrics['top1'])}; training logged {' / '.join(f'{v:.4f}' for v in logged)}")
+    print(
+        f"{folder}: held-out top-1 {' / '.join(f'{v:.4f}' for v in metrics['top1'])}; "
+        f"training logged {' / '.join(f'{v:.4f}' for v in logged)}"
+    )
     if any(abs(a - b) > 1e-3 for a, b in zip(metrics["top1"], logged)):
         raise SystemExit(f"{folder}: not the rows or heads training evaluated last; calibration.json left as it was")
     atomic_write_text(folder / CALIBRATION_NAME, calibration_json(stats, "held-out rows of the training data"))

@@ -82,7 +82,9 @@ class Record:
         from draftheads.eval.metrics import hardware, source_commit, versions
 
         when = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
-        return cls(name, command, source_commit() or "unknown", when, hardware(), dtype, versions() | (more_versions or {}), tables, figures or {})
+        return cls(
+            name, command, source_commit() or "unknown", when, hardware(), dtype, versions() | (more_versions or {}), tables, figures or {}
+        )
 
     @classmethod
     def read(cls, name: str, records: Path = RECORDS) -> "Record":
@@ -162,35 +164,85 @@ def from_eval(report_path: Path, name: str, command: str, commit: str | None = N
         notes += ["the best baseline"] if best else []
         return short.get(method, method) + (f" ({'; '.join(notes)})" if notes else "")
 
-    ratios = Table(["ratio", f"median of {report.speed_ratios['ours/baseline'].repeats} repeats", "min - max", "95% interval (prompts x repeats)"], [])
+    ratios = Table(
+        ["ratio", f"median of {report.speed_ratios['ours/baseline'].repeats} repeats", "min - max", "95% interval (prompts x repeats)"], []
+    )
     for pair, r in report.speed_ratios.items():
         a, b = pair.split("/")
         best = a == MethodName.OURS and b == report.best_baseline
-        ratios.rows.append([f"{short.get(a, a)} / {label(b, best)}", f"{r.median:.3f}x", f"{r.min:.3f} - {r.max:.3f}", f"{r.ci95[0]:.3f} - {r.ci95[1]:.3f}"])
-    verified = Table(["method", "re-scored in", "tokens emitted", "tokens verified", "real mismatches", "near ties", "max gap", "p99 gap"], [])
+        ratios.rows.append(
+            [
+                f"{short.get(a, a)} / {label(b, best)}",
+                f"{r.median:.3f}x",
+                f"{r.min:.3f} - {r.max:.3f}",
+                f"{r.ci95[0]:.3f} - {r.ci95[1]:.3f}",
+            ]
+        )
+    verified = Table(
+        ["method", "re-scored in", "tokens emitted", "tokens verified", "real mismatches", "near ties", "max gap", "p99 gap"], []
+    )
     for method, table in (report.verification or {}).items():
         for dtype, row in table.items():
-            verified.rows.append([short.get(method, method), dtype, str(row.tokens_emitted), str(row.tokens_verified), str(row.mismatches), str(row.near_ties),
-                                  f"{row.gap_max:.3f}", f"{row.gap_p99:.3f}"])
+            verified.rows.append(
+                [
+                    short.get(method, method),
+                    dtype,
+                    str(row.tokens_emitted),
+                    str(row.tokens_verified),
+                    str(row.mismatches),
+                    str(row.near_ties),
+                    f"{row.gap_max:.3f}",
+                    f"{row.gap_p99:.3f}",
+                ]
+            )
     predicted = report.tau_predicted
     error = f" ({(predicted - report.tau) / report.tau:+.1%})" if predicted is not None and report.tau else ""
-    prediction = Table(["tree", "τ measured", "τ predicted (error)", "its bootstrap SD", "predicted from"], [[
-        _tree_text(report.tree), f"{report.tau:.3f}", f"{predicted:.3f}{error}" if predicted is not None else "n/a",
-        f"{report.tau_predicted_sd:.3f}" if report.tau_predicted_sd is not None else "n/a", report.tau_predicted_source.split(": the decode")[0],
-    ]])
-    figures = {"tau": report.tau, "tau_predicted_sd": report.tau_predicted_sd,
-               "tau_predicted": report.tau_predicted, "speed_ratios": {k: dataclasses.asdict(v) for k, v in report.speed_ratios.items()},
-               "best_baseline": report.best_baseline, "greedy_mismatches": report.greedy_mismatches, "n_prompts": report.n_prompts, "n_turns": report.n_turns,
-               "max_new_tokens": report.max_new_tokens, "tree": report.tree, "baselines": {k: {"tokens": v["tokens"], "ngram": v["ngram"]} for k, v in report.baselines.items()},
-               "report": str(report_path.resolve().relative_to(ROOT)) if report_path.resolve().is_relative_to(ROOT) else str(report_path)}
+    prediction = Table(
+        ["tree", "τ measured", "τ predicted (error)", "its bootstrap SD", "predicted from"],
+        [
+            [
+                _tree_text(report.tree),
+                f"{report.tau:.3f}",
+                f"{predicted:.3f}{error}" if predicted is not None else "n/a",
+                f"{report.tau_predicted_sd:.3f}" if report.tau_predicted_sd is not None else "n/a",
+                report.tau_predicted_source.split(": the decode")[0],
+            ]
+        ],
+    )
+    figures = {
+        "tau": report.tau,
+        "tau_predicted_sd": report.tau_predicted_sd,
+        "tau_predicted": report.tau_predicted,
+        "speed_ratios": {k: dataclasses.asdict(v) for k, v in report.speed_ratios.items()},
+        "best_baseline": report.best_baseline,
+        "greedy_mismatches": report.greedy_mismatches,
+        "n_prompts": report.n_prompts,
+        "n_turns": report.n_turns,
+        "max_new_tokens": report.max_new_tokens,
+        "tree": report.tree,
+        "baselines": {k: {"tokens": v["tokens"], "ngram": v["ngram"]} for k, v in report.baselines.items()},
+        "report": str(report_path.resolve().relative_to(ROOT)) if report_path.resolve().is_relative_to(ROOT) else str(report_path),
+    }
     commit = commit or report.versions.get("commit")
     if not commit:
         raise SystemExit(f"{report_path}: the report names no commit (written before reports carried it): give --commit")
-    return Record(name, command, commit, report.date, report.hardware, report.dtype, report.versions, {"ratios": ratios, "verification": verified, "prediction": prediction}, figures)
+    return Record(
+        name,
+        command,
+        commit,
+        report.date,
+        report.hardware,
+        report.dtype,
+        report.versions,
+        {"ratios": ratios, "verification": verified, "prediction": prediction},
+        figures,
+    )
 
 
 def _tree_text(tree: dict) -> str:
-    shape = {"none": "no drafted tree", "static": f"static, {tree.get('budget')} nodes"}.get(tree["kind"], f"dynamic {tree.get('budget')} x {tree.get('width')}")
+    shape = {"none": "no drafted tree", "static": f"static, {tree.get('budget')} nodes"}.get(
+        tree["kind"], f"dynamic {tree.get('budget')} x {tree.get('width')}"
+    )
     return shape + (f" + {tree['lookup']}-token lookup branch" if tree.get("lookup") else "")
 
 

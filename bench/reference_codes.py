@@ -4,7 +4,8 @@ trees over EAGLE-1 and EAGLE-3 exports, full and reduced draft vocabulary) and F
 (PyPI medusa-llm 0.1), on the demo model, greedy, CPU. Every emitted token equals HF generate's, and
 τ is within 2% of our engine's on the same tree (our `--tree reference` preset for EAGLE-2).
 
-    python bench/reference_codes.py [--eagle1 HEADS] [--medusa HEADS] [--eagle3 HEADS] [--eagle3-8k HEADS] [--eagle-source DIR] [--limit 8] [--max-new-tokens 64] [--venv DIR] [--record NAME]
+    python bench/reference_codes.py [--eagle1 HEADS] [--medusa HEADS] [--eagle3 HEADS] [--eagle3-8k HEADS] \
+        [--eagle-source DIR] [--limit 8] [--max-new-tokens 64] [--venv DIR] [--record NAME]
 
 The reference codes need transformers 4.x, so they run in a virtualenv of their own (built on first
 use: about a minute), fed through the drivers in bench/reference/. The base folder is handed to them
@@ -143,7 +144,14 @@ def compare(name: str, draft: DraftModel, theirs: list[dict], prompts: list[list
         ours_steps, ours_tokens = ours_steps + result.steps, ours_tokens + len(result.tokens) - 1
         their_steps, their_tokens = their_steps + steps, their_tokens + tokens
     ours, reference = ours_tokens / ours_steps, their_tokens / their_steps
-    return {"code": name, "prompts": len(prompts), "equal": equal, "tau_reference": reference, "tau_ours": ours, "difference": reference / ours - 1}
+    return {
+        "code": name,
+        "prompts": len(prompts),
+        "equal": equal,
+        "tau_reference": reference,
+        "tau_ours": ours,
+        "difference": reference / ours - 1,
+    }
 
 
 def main() -> None:
@@ -167,9 +175,22 @@ def main() -> None:
          ["--choices", json.dumps(MEDUSA_CHOICES)], TreeSpec("static", paths=cartesian_paths(MEDUSA_CHOICES))),
     ]
     if args.eagle_source:
-        for label, heads, eagle3 in (("EAGLE-1", args.eagle1, False), ("EAGLE-3", args.eagle3, True), ("EAGLE-3, 8k draft vocabulary", args.eagle3_8k, True)):
+        for label, heads, eagle3 in (
+            ("EAGLE-1", args.eagle1, False),
+            ("EAGLE-3", args.eagle3, True),
+            ("EAGLE-3, 8k draft vocabulary", args.eagle3_8k, True),
+        ):
             options, tree = eagle2_options(args.eagle_source, eagle3)
-            arms.append((f"SafeAILab EAGLE (GitHub {source_revision(args.eagle_source)}), {label}, EAGLE-2 tree", heads, "eagle", "eagle2_driver.py", options, tree))
+            arms.append(
+                (
+                    f"SafeAILab EAGLE (GitHub {source_revision(args.eagle_source)}), {label}, EAGLE-2 tree",
+                    heads,
+                    "eagle",
+                    "eagle2_driver.py",
+                    options,
+                    tree,
+                )
+            )
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for index, (name, heads, layout, driver, options, tree) in enumerate(arms):
@@ -183,13 +204,22 @@ def main() -> None:
             theirs = run_reference(python, driver, base, export, work / "prompts.json", args.max_new_tokens, options)
             rows.append(compare(name, draft, theirs, prompts, tree, args.max_new_tokens))
             print(json.dumps(rows[-1]), flush=True)
-    table = [[r["code"], f"{r['equal']} of {r['prompts']}", f"{r['tau_reference']:.3f}", f"{r['tau_ours']:.3f}", f"{r['difference']:+.1%}"] for r in rows]
+    table = [
+        [r["code"], f"{r['equal']} of {r['prompts']}", f"{r['tau_reference']:.3f}", f"{r['tau_ours']:.3f}", f"{r['difference']:+.1%}"]
+        for r in rows
+    ]
     print("\n".join(" | ".join(row) for row in table))
     if args.record:
         sys.path.insert(0, str(Path(__file__).resolve().parent))
         from records import Record, Table
 
-        columns = ["reference code, export", "answers equal to HF generate", "τ in the reference", "τ in our engine, same tree", "difference"]
+        columns = [
+            "reference code, export",
+            "answers equal to HF generate",
+            "τ in the reference",
+            "τ in our engine, same tree",
+            "difference",
+        ]
         command = "python bench/reference_codes.py " + " ".join(sys.argv[1:])
         record = Record.measured_now(args.record, command, "float32", {"reference": Table(columns, table)},
                                      {"rows": rows, "limit": args.limit, "max_new_tokens": args.max_new_tokens},

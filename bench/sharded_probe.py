@@ -2,8 +2,8 @@
 `key=value` overrides, then write to OUT (main process) the features of a fixed batch, the first
 optimizer step's loss, the share of the decoder layers' parameters each process holds, and each
 process's peak resident memory over `--steps` optimizer steps (DeepSpeed prefetches from the
-second step on, once it has traced the first) its resident memory after set-up and after the steps, what a DeepSpeed engine gathers ahead, and the heads' weights
-after the steps.
+second step on, once it has traced the first) its resident memory after set-up and after the
+steps, what a DeepSpeed engine gathers ahead, and the heads' weights after the steps.
 
     python bench/sharded_probe.py [--steps N] [--deepspeed-defaults] OUT RECIPE|- key=value ...
 
@@ -78,6 +78,8 @@ if __name__ == "__main__":
     parser.add_argument("recipe", help="a recipe YAML, or - for the defaults")
     parser.add_argument("settings", nargs="*", help="key=value recipe overrides")
     parser.add_argument("--steps", type=int, default=3, help="optimizer steps before memory is read (the loss is the first's)")
-    parser.add_argument("--deepspeed-defaults", action="store_true", help="leave ZeRO-3's gathering at DeepSpeed's defaults (no layer bound)")
+    parser.add_argument(
+        "--deepspeed-defaults", action="store_true", help="leave ZeRO-3's gathering at DeepSpeed's defaults (no layer bound)"
+    )
     args = parser.parse_args()
     main(args.out, args.recipe, args.settings, args.steps, args.deepspeed_defaults)

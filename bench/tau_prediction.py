@@ -64,7 +64,11 @@ def trees_for(whole, shaped, budget: int, width: int) -> dict[str, tuple[TreeSpe
     static = Tree.from_paths(paths)
     return {
         "static": (TreeSpec("static", paths=paths), whole.expected_tau(static), shaped.expected_tau(static)),
-        "dynamic": (TreeSpec("dynamic", budget=budget, width=width), expected_tau(whole, budget, width), expected_tau(shaped, budget, width)),
+        "dynamic": (
+            TreeSpec("dynamic", budget=budget, width=width),
+            expected_tau(whole, budget, width),
+            expected_tau(shaped, budget, width),
+        ),
     }
 
 
@@ -98,18 +102,26 @@ def main() -> None:
     eos = Engine(base).default_eos()
     config = GenerationConfig(max_new_tokens=args.max_new_tokens, eos_token_ids=eos, seed=0)
     runner = Runner(methods, ChatFormatter(base.tokenizer, model_name=base.location.spec), config, 0.0)
-    fingerprint = json.dumps(["records 2", args.limit, args.max_new_tokens, dtype, args.budget, args.width, [m.name for m in methods], sorted(trees.items())])
+    fingerprint = json.dumps(
+        ["records 2", args.limit, args.max_new_tokens, dtype, args.budget, args.width, [m.name for m in methods], sorted(trees.items())]
+    )
     if args.prompts == "mt-bench":
         prompts = load_prompts("mt-bench", args.limit)
     else:
         prompts = unseen_sharegpt(args.limit)
     records = run_prompts(runner, prompts, out / f"tau_prediction-{args.prompts}", fingerprint, 0, progress=True)
-    print(f"\n{len(records)} {args.prompts} conversations, both turns, {args.max_new_tokens} new tokens, greedy, {dtype}, budget {args.budget} x width {args.width}")
+    print(
+        f"\n{len(records)} {args.prompts} conversations, both turns, {args.max_new_tokens} new tokens, greedy, {dtype}, "
+        f"budget {args.budget} x width {args.width}"
+    )
     print("| heads | tree | τ measured | τ predicted: all held-out positions | τ predicted: the positions this decode drafts in |")
     print("| --- | --- | --- | --- | --- |")
     for name, (label, kind, tau_all, tau_shaped) in predicted.items():
         measured = tau_of([a for r in records for t in r["methods"][name] for a in t["accepted"]]) or 1.0
-        print(f"| {label} | {kind} | {measured:.3f} | {tau_all:.3f} ({(tau_all - measured) / measured:+.1%}) | {tau_shaped:.3f} ({(tau_shaped - measured) / measured:+.1%}) |")
+        print(
+            f"| {label} | {kind} | {measured:.3f} | {tau_all:.3f} ({(tau_all - measured) / measured:+.1%}) | "
+            f"{tau_shaped:.3f} ({(tau_shaped - measured) / measured:+.1%}) |"
+        )
 
 
 if __name__ == "__main__":

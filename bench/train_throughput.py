@@ -60,14 +60,19 @@ def main() -> None:
     tokens = args.steps * args.batch * args.seq
     step = sum(parts.values())
     print(f"machine: {platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}")
-    print(f"demo model, {args.heads} Medusa heads (shared lm_head), batch {args.batch} x {args.seq} tokens, {args.steps} steps after warm-up")
+    print(
+        f"demo model, {args.heads} Medusa heads (shared lm_head), batch {args.batch} x {args.seq} tokens, {args.steps} steps after warm-up"
+    )
     print(f"bare backbone forward: {tokens / bare:.0f} tokens/s")
     print(f"training step:         {tokens / step:.0f} tokens/s")
     print(f"ratio training / bare forward: {bare / step:.2f}x")
     print("step breakdown: " + ", ".join(f"{k} {v / step:.0%}" for k, v in parts.items()))
     h, v = backbone.hidden_size, backbone.vocab_size
     body = sum(p.numel() for p in backbone.model.parameters()) - h * v
-    print(f"per-token multiply-adds: backbone body {body / 1e6:.0f}M + lm_head {h * v / 1e6:.0f}M; each head projection {h * v / 1e6:.0f}M forward, about 2x that backward")
+    print(
+        f"per-token multiply-adds: backbone body {body / 1e6:.0f}M + lm_head {h * v / 1e6:.0f}M; "
+        f"each head projection {h * v / 1e6:.0f}M forward, about 2x that backward"
+    )
 
 
 if __name__ == "__main__":

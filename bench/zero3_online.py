@@ -11,9 +11,10 @@ For each recipe, `bench/sharded_probe.py` runs in one process (2 accumulation st
 `accelerate launch --config_file recipes/accelerate/deepspeed-zero3.yaml` (2 processes over gloo,
 batch as the recipe): as shipped, with `--deepspeed-defaults`, and both again with
 `MALLOC_MMAP_THRESHOLD_=131072` (glibc hands large freed blocks back at once, which separates memory
-held from memory the allocator keeps), all on the same 200 ShareGPT conversations; the probe sets up the run, computes the features of the first two training rows,
-takes 3 optimizer steps and reports the first one's loss, the layers' shares and every process's
-peak resident set size and its resident set after set-up and after the steps.
+held from memory the allocator keeps), all on the same 200 ShareGPT conversations; the probe sets
+up the run, computes the features of the first two training rows, takes 3 optimizer steps and
+reports the first one's loss, the layers' shares and every process's peak resident set size and
+its resident set after set-up and after the steps.
 """
 
 from __future__ import annotations
@@ -41,7 +42,9 @@ def probe(out: Path, recipe: str, overrides: list[str], zero3: bool, *flags: str
     """The probe's findings, in one process or under ZeRO-3 on two."""
     launcher = ["-m", "accelerate.commands.launch", "--config_file", str(accelerate_config_path("deepspeed-zero3"))] if zero3 else []
     env = {**os.environ, "OMP_NUM_THREADS": "1", **(env or {})}
-    done = subprocess.run([sys.executable, *launcher, str(PROBE), *flags, str(out), recipe, *overrides], env=env, capture_output=True, text=True)
+    done = subprocess.run(
+        [sys.executable, *launcher, str(PROBE), *flags, str(out), recipe, *overrides], env=env, capture_output=True, text=True
+    )
     if done.returncode != 0:
         raise SystemExit(f"{recipe}: the probe failed{' under ZeRO-3' if zero3 else ''}:\n{done.stderr[-3000:]}")
     return torch.load(out)
@@ -96,7 +99,12 @@ def main() -> None:
                   "plan per ZeRO-3 process"], [])
     for recipe in RECIPES:
         with tempfile.TemporaryDirectory() as scratch:
-            overrides = [f"data.sources=[{{path: demo:sharegpt, limit: {args.conversations}}}]", "train.trackers=[]", "train.resume_from=null", "train.seed=7"]
+            overrides = [
+                f"data.sources=[{{path: demo:sharegpt, limit: {args.conversations}}}]",
+                "train.trackers=[]",
+                "train.resume_from=null",
+                "train.seed=7",
+            ]
             row, readings = rows(recipe, overrides, Path(scratch))
         exact.rows.append(row)
         held.rows += readings

@@ -237,7 +237,9 @@ def run_distill(recipe, progress: bool = True) -> DistillResult:
     # Several CPU processes form a group only with cpu=True (gloo); a long generation leaves ranks
     # finishing far apart, so the final barrier must be willing to wait that long.
     cpu = not _cuda()
-    state = PartialState(cpu=cpu, backend="gloo" if cpu else None, timeout=datetime.timedelta(hours=48)) if several else PartialState(cpu=cpu)
+    state = (
+        PartialState(cpu=cpu, backend="gloo" if cpu else None, timeout=datetime.timedelta(hours=48)) if several else PartialState(cpu=cpu)
+    )
     rank, world = state.process_index, state.num_processes
     sampling = cfg.sampling
     generator, tokenizer, context = _make_generator(recipe, sampling, state.device)

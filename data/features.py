@@ -302,6 +302,10 @@ def open_feature_cache(recipe, backbone: Backbone) -> tuple[CachedDataset, Cache
         )
     layers = [] if joint else wanted.layers
     train, held = (CachedDataset(folder, index["splits"][s], layers) for s in SPLITS)
-    read = "rows and teacher top-k (the backbone trains: features are recomputed)" if joint else f"features ({', '.join(map(str, saved.layers))}; {saved.dtype})"
+    read = (
+        "rows and teacher top-k (the backbone trains: features are recomputed)"
+        if joint
+        else f"features ({', '.join(map(str, saved.layers))}; {saved.dtype})"
+    )
     lines = index.get("stats", []) + [f"{read} from the cache in {folder}"]
     return train, held, lines

@@ -102,7 +102,10 @@ class OpenAIGenerator:
             if response.status_code in REJECTED_STATUS:
                 return GenAnswer(text="", tokens=0, finish_reason=f"rejected: HTTP {response.status_code}: {_detail(response)}")
             if response.status_code != 200:
-                raise ServerError(f"{self.url}: HTTP {response.status_code}: {_detail(response)} (check base_url, the model name '{self.model}' and ${self.cfg.api_key_env})")
+                raise ServerError(
+                    f"{self.url}: HTTP {response.status_code}: {_detail(response)} "
+                    f"(check base_url, the model name '{self.model}' and ${self.cfg.api_key_env})"
+                )
             return self._parse(response)
         raise ServerError(f"{self.url}: gave up after {self.cfg.max_retries + 1} attempts: {problem}")
 

@@ -174,7 +174,10 @@ def unsupported_attention(model: nn.Module) -> list[str]:
     problems = []
     if sorted(calls) != list(range(text.num_hidden_layers)):
         # the engine's cache is filled by the attention function, once per layer, keyed by layer_idx
-        problems.append(f"attention that does not receive the forward's keywords once per layer through transformers' attention interface (layers that did: {sorted(calls)})")
+        problems.append(
+            "attention that does not receive the forward's keywords once per layer through transformers' attention interface "
+            f"(layers that did: {sorted(calls)})"
+        )
     window = seen.pop("sliding_window", None)
     if window is not None and int(window) < context:
         problems.append(f"a sliding attention window of {window} tokens")

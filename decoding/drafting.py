@@ -238,7 +238,10 @@ class RerankedDrafter(_GrownDrafter):
     ) -> Draft:
         """The `budget` best of the candidates drafted under root token `root`."""
         if sample_children:
-            raise ValueError("EAGLE-2 trees keep a node's children by what was drafted below them, which speculative sampling cannot verify exactly: decode greedily or use a dynamic tree")
+            raise ValueError(
+                "EAGLE-2 trees keep a node's children by what was drafted below them, which speculative sampling cannot verify exactly: "
+                "decode greedily or use a dynamic tree"
+            )
         tokens, parents, depth, rank, scores = [root], [-1], [0], [0], [0.0]
         paths = {0: [root]}
         frontier = [0]
@@ -261,5 +264,9 @@ class RerankedDrafter(_GrownDrafter):
         kept = sorted(sorted(range(1, len(tokens)), key=lambda i: (-scores[i], i))[: self.budget])
         index = {old: new for new, old in enumerate([0, *kept])}
         keep = [0, *kept]
-        tree = Tree(torch.tensor([index.get(parents[i], -1) for i in keep]), torch.tensor([depth[i] for i in keep]), torch.tensor([rank[i] for i in keep]))
+        tree = Tree(
+            torch.tensor([index.get(parents[i], -1) for i in keep]),
+            torch.tensor([depth[i] for i in keep]),
+            torch.tensor([rank[i] for i in keep]),
+        )
         return Draft(tree, torch.tensor([tokens[i] for i in keep]), {}, torch.tensor([scores[i] for i in keep]))

@@ -201,7 +201,9 @@ class Engine:
         else:
             generator.seed()  # a fresh nondeterministic seed, leaving torch's global RNG alone
         context = prompt.tolist()  # what a lookup branch copies from; the emitted tokens join it
-        result = GenerationResult(tokens=[], finish_reason="length", times=dict.fromkeys(("prefill", "draft", "verify", "accept", "other"), 0.0))
+        result = GenerationResult(
+            tokens=[], finish_reason="length", times=dict.fromkeys(("prefill", "draft", "verify", "accept", "other"), 0.0)
+        )
         stopper = _Stopper(self.backbone.tokenizer, eos, config.stop_strings, config.max_new_tokens, result)
         watch = _Stopwatch(self.device, result.times)
 

@@ -135,9 +135,14 @@ class TreeSpec:
 
     def __post_init__(self) -> None:
         if self.budget < 1 or self.width < 1 or self.depth < 0:
-            raise ValueError(f"tree budget and width must be at least 1 and depth at least 0 (0: the heads' own), got {self.budget}, {self.width} and {self.depth}")
+            raise ValueError(
+                "tree budget and width must be at least 1 and depth at least 0 (0: the heads' own), "
+                f"got {self.budget}, {self.width} and {self.depth}"
+            )
         if (self.lookup != "auto" and self.lookup < 0) or self.lookup_ngram < 1:
-            raise ValueError(f"tree lookup must be at least 0 (or auto) and lookup_ngram at least 1, got {self.lookup} and {self.lookup_ngram}")
+            raise ValueError(
+                f"tree lookup must be at least 0 (or auto) and lookup_ngram at least 1, got {self.lookup} and {self.lookup_ngram}"
+            )
 
     @property
     def resolved(self) -> bool:
@@ -158,8 +163,15 @@ class TreeSpec:
     def from_description(cls, tree: dict) -> "TreeSpec":
         """The spec `describe` wrote."""
         grown = tree["kind"] in ("dynamic", "eagle2")  # the other kinds describe their size, not a budget
-        return cls(tree["kind"], paths=tree.get("paths"), budget=tree["budget"] if grown else 16, width=tree.get("width", 8), depth=tree.get("depth", 0),
-                   lookup=tree.get("lookup", 0), lookup_ngram=tree.get("lookup_ngram", LOOKUP_NGRAM))
+        return cls(
+            tree["kind"],
+            paths=tree.get("paths"),
+            budget=tree["budget"] if grown else 16,
+            width=tree.get("width", 8),
+            depth=tree.get("depth", 0),
+            lookup=tree.get("lookup", 0),
+            lookup_ngram=tree.get("lookup_ngram", LOOKUP_NGRAM),
+        )
 
 
 def default_static_paths(depth: int, budget: int) -> list[list[int]]:

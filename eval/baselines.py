@@ -35,7 +35,9 @@ def lookup_methods(backbone: Backbone, eos: tuple[int, ...], settings: dict[str,
         methods.append(hf_method(MethodName.HF_PROMPT_LOOKUP, backbone, eos, hf["tokens"], hf["ngram"]))
     if MethodName.LOOKUP in settings:
         ours = settings[MethodName.LOOKUP]
-        methods.append(engine_method(MethodName.LOOKUP, Engine(backbone, tree=TreeSpec("none", lookup=ours["tokens"], lookup_ngram=ours["ngram"]))))
+        methods.append(
+            engine_method(MethodName.LOOKUP, Engine(backbone, tree=TreeSpec("none", lookup=ours["tokens"], lookup_ngram=ours["ngram"])))
+        )
     return methods
 
 
@@ -51,9 +53,18 @@ def tune_baselines(config: EvalConfig, backbone: Backbone, eos: tuple[int, ...],
     if all(len(grid) == 1 for grid in candidates.values()):
         return {name: {"tokens": grid[0][0], "ngram": grid[0][1], "chosen": "as configured"} for name, grid in candidates.items()}
     prompts = [EvalPrompt(p.id, p.category, p.turns[:1], p.system) for p in load_prompts(b.tune_prompts, b.tune_limit)]
-    methods = [dataclasses.replace(method, name=f"{name}:{t}:{n}")
-               for name, grid in candidates.items() for t, n in grid for method in lookup_methods(backbone, eos, {name: {"tokens": t, "ngram": n}})]
-    runner = Runner(methods, ChatFormatter(backbone.tokenizer, model_name=backbone.location.spec), GenerationConfig(max_new_tokens=config.max_new_tokens, eos_token_ids=eos), 0.0)
+    methods = [
+        dataclasses.replace(method, name=f"{name}:{t}:{n}")
+        for name, grid in candidates.items()
+        for t, n in grid
+        for method in lookup_methods(backbone, eos, {name: {"tokens": t, "ngram": n}})
+    ]
+    runner = Runner(
+        methods,
+        ChatFormatter(backbone.tokenizer, model_name=backbone.location.spec),
+        GenerationConfig(max_new_tokens=config.max_new_tokens, eos_token_ids=eos),
+        0.0,
+    )
     runner.warm_up(prompts[0])
     records = []
     for index, prompt in enumerate(prompts):
@@ -65,7 +76,12 @@ def tune_baselines(config: EvalConfig, backbone: Backbone, eos: tuple[int, ...],
     for name, grid in candidates.items():
         sweep = [{"tokens": t, "ngram": n, "tokens_per_s": speeds[f"{name}:{t}:{n}"]} for t, n in grid]
         best = max(sweep, key=lambda row: row["tokens_per_s"])
-        chosen[name] = {"tokens": best["tokens"], "ngram": best["ngram"], "chosen": f"fastest of {len(sweep)} on {len(prompts)} prompts of {b.tune_prompts}", "sweep": sweep}
+        chosen[name] = {
+            "tokens": best["tokens"],
+            "ngram": best["ngram"],
+            "chosen": f"fastest of {len(sweep)} on {len(prompts)} prompts of {b.tune_prompts}",
+            "sweep": sweep,
+        }
     return chosen
 
 

@@ -59,7 +59,9 @@ def answer_sequences(backbone: Backbone, prompts: list[EvalPrompt], max_new_toke
     runner = Runner([method], formatter, GenerationConfig(max_new_tokens=max_new_tokens, eos_token_ids=engine.default_eos()), 0.0)
     dtype = dtype_name(backbone)
     settings = {"max_new_tokens": max_new_tokens, "past_tokens": LOOKUP_CAP, "prompts": [p.id for p in prompts]}
-    fingerprint = json.dumps({"calibration answers of": backbone.location.spec, **({"model": model} if model else {}), "dtype": dtype, **settings})
+    fingerprint = json.dumps(
+        {"calibration answers of": backbone.location.spec, **({"model": model} if model else {}), "dtype": dtype, **settings}
+    )
     if answers is None:
         records = [runner.run_prompt(p, i, 0) for i, p in enumerate(tqdm(prompts, desc="calibration answers", disable=not progress))]
     else:
@@ -75,8 +77,11 @@ def fallback_calibration(draft: DraftModel, new_tokens: int, lookup_ngram: int, 
     prompts = load_prompts(*FALLBACK_PROMPTS)
     sequences = answer_sequences(draft.backbone, prompts, length, None, progress)
     stats = rank_stats(draft, sequences, keep_walks=True, lookup_ngram=lookup_ngram)
-    return stats, (f"the base model's greedy answers to {len(prompts)} two-turn conversations of the {FALLBACK_PROMPTS[0]} set ({stats.positions} positions; the heads "
-                   "carry no calibration.json: `draftheads calibrate` on prompts like the served ones predicts better)")
+    return stats, (
+        f"the base model's greedy answers to {len(prompts)} two-turn conversations of the {FALLBACK_PROMPTS[0]} set "
+        f"({stats.positions} positions; the heads "
+        "carry no calibration.json: `draftheads calibrate` on prompts like the served ones predicts better)"
+    )
 
 
 def calibrate(
@@ -101,15 +106,22 @@ def calibrate(
     dtype_name, note = resolve_dtype(dtype, resolved)
     log.info(f"dtype: {note}")
     draft = DraftModel.from_pretrained(heads, base, device=resolved, dtype=dtype_name)
-    work = Path(answers) if answers is not None else target.with_name(target.stem + "-answers")  # CALIBRATION_ANSWERS_NAME in a heads folder
+    work = (
+        Path(answers) if answers is not None else target.with_name(target.stem + "-answers")
+    )  # CALIBRATION_ANSWERS_NAME in a heads folder
     # A frozen backbone is the base model, whatever heads ride on it: their answers are shared.
     model = None if draft.backbone_mode == "frozen" else f"the {draft.backbone_mode} backbone of {folder.resolve()}"
     sequences = answer_sequences(draft.backbone, chosen, max_new_tokens, work, progress, model)
     stats = rank_stats(draft, sequences, keep_walks=True)
     if not stats.positions:
-        raise ConfigError(f"{prompts}: the answers are too short to draft in (some answer needs more than {draft.heads.config.num_heads} tokens)")
+        raise ConfigError(
+            f"{prompts}: the answers are too short to draft in (some answer needs more than {draft.heads.config.num_heads} tokens)"
+        )
     turns = max(len(p.turns) for p in chosen)
-    source = f"the base model's greedy answers to {len(chosen)} prompts of {prompts} ({turns} turn(s) x {max_new_tokens} new tokens, {dtype_name})"
+    source = (
+        f"the base model's greedy answers to {len(chosen)} prompts of {prompts} "
+        f"({turns} turn(s) x {max_new_tokens} new tokens, {dtype_name})"
+    )
     previous = folder / PREVIOUS_CALIBRATION_NAME
     # The first calibration replaced (training's, typically) is the one kept: a later one never overwrites it.
     if replaced is not None and not previous.exists():

@@ -96,7 +96,10 @@ class EvalConfig:
         if self.drift_batches is not None and self.drift_batches < 1:
             raise ValueError(f"drift_batches must be at least 1, got {self.drift_batches}")
         if self.tree.lookup not in (0, "auto") and self.sampling.temperature > 0:
-            raise ValueError("tree.lookup needs greedy decoding (sampling.temperature 0): copied tokens have no draft distribution, so speculative sampling could not stay exact")
+            raise ValueError(
+                "tree.lookup needs greedy decoding (sampling.temperature 0): "
+                "copied tokens have no draft distribution, so speculative sampling could not stay exact"
+            )
 
     def fingerprint(self) -> str:
         """Hash of the settings that change results (a partial file from other settings is refused)."""

@@ -21,7 +21,17 @@ from draftheads.decoding.planning.search import expected_tau
 from draftheads.decoding.tree import Tree, TreeSpec
 from draftheads.decoding.planning.stats import RankStats
 from draftheads.decoding.verify import TokenCheck, dtype_name
-from draftheads.eval.schema import BASELINES, SPEED_PAIRS, EvalReport, MethodName, MethodTotals, SpeedRatio, TimeBreakdown, VerificationRow, pair_key
+from draftheads.eval.schema import (
+    BASELINES,
+    SPEED_PAIRS,
+    EvalReport,
+    MethodName,
+    MethodTotals,
+    SpeedRatio,
+    TimeBreakdown,
+    VerificationRow,
+    pair_key,
+)
 from draftheads.models.draft_model import DraftModel
 
 
@@ -39,7 +49,11 @@ def acceptance_by_depth(accepted: list[int], depth: int) -> list[float]:
 
 def hardware() -> dict:
     """Where the numbers were measured."""
-    info = {"platform": platform.platform(), "processor": platform.processor() or platform.machine(), "torch_threads": torch.get_num_threads()}
+    info = {
+        "platform": platform.platform(),
+        "processor": platform.processor() or platform.machine(),
+        "torch_threads": torch.get_num_threads(),
+    }
     try:
         with open("/proc/cpuinfo") as handle:
             info["cpu"] = next((line.split(":", 1)[1].strip() for line in handle if line.startswith("model name")), "")
@@ -60,8 +74,14 @@ def versions() -> dict:
         ours = version("draftheads")
     except PackageNotFoundError:
         ours = "source"
-    return {"python": sys.version.split()[0], "torch": torch.__version__, "transformers": transformers.__version__, "accelerate": accelerate.__version__, "draftheads": ours,
-            "commit": source_commit()}
+    return {
+        "python": sys.version.split()[0],
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "accelerate": accelerate.__version__,
+        "draftheads": ours,
+        "commit": source_commit(),
+    }
 
 
 def source_commit() -> str | None:
@@ -70,7 +90,9 @@ def source_commit() -> str | None:
     root = Path(__file__).resolve().parents[1]
     try:
         head = subprocess.run(["git", "-C", str(root), "rev-parse", "--short=12", "HEAD"], capture_output=True, text=True, timeout=10)
-        dirty = subprocess.run(["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"], capture_output=True, text=True, timeout=10)
+        dirty = subprocess.run(
+            ["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"], capture_output=True, text=True, timeout=10
+        )
     except (OSError, subprocess.TimeoutExpired):
         return None
     if head.returncode != 0:
@@ -99,7 +121,9 @@ def verification(records: list[dict], method: str, epsilon: float) -> dict[str, 
             near_ties=sum(check.near_ties(epsilon) for _, check in found),
             gap_max=gaps[-1] if gaps else 0.0,
             gap_p99=_quantile(gaps, verified, 0.99),
-            mismatch_sites=[{"id": rid, "turn": t, "position": p, "gap": g} for rid, check in found for t, p, g in check.gaps if g > epsilon],
+            mismatch_sites=[
+                {"id": rid, "turn": t, "position": p, "gap": g} for rid, check in found for t, p, g in check.gaps if g > epsilon
+            ],
         )
     return table
 
@@ -150,14 +174,18 @@ def speed_ratio(records: list[dict], a: str, b: str, resamples: int = 2000, seed
     everyone = list(range(len(records)))
     per_repeat = [ratio(everyone, [k] * len(records)) for k in range(repeats)]
     rng = random.Random(seed)
-    draws = sorted(ratio([rng.randrange(len(records)) for _ in everyone], [rng.randrange(repeats) for _ in everyone]) for _ in range(resamples))
+    draws = sorted(
+        ratio([rng.randrange(len(records)) for _ in everyone], [rng.randrange(repeats) for _ in everyone]) for _ in range(resamples)
+    )
     return SpeedRatio(
         median=statistics.median(per_repeat), min=min(per_repeat), max=max(per_repeat), per_repeat=per_repeat,
         ci95=[draws[int(0.025 * resamples)], draws[int(0.975 * resamples) - 1]], repeats=repeats, prompts=len(records),
     )
 
 
-def predicted_tau(tree: TreeSpec, own: RankStats, held_out, ours_turns: list[dict], shape: tuple[int, int] | None = None) -> tuple[float | None, list[float] | None, str]:
+def predicted_tau(
+    tree: TreeSpec, own: RankStats, held_out, ours_turns: list[dict], shape: tuple[int, int] | None = None
+) -> tuple[float | None, list[float] | None, str]:
     """τ predicted for `tree`, its acceptance by depth, and where it comes from. A held-out
     calibration that kept its answers (`draftheads calibrate`) replays the decode's steps on them
     for greedy decoding of `shape` (turns, new tokens per turn), lookup branch included. Else the
@@ -186,7 +214,11 @@ def _replayed_tau(tree: TreeSpec, held_out, shape: tuple[int, int] | None) -> tu
     branch = f" and the {tree.lookup}-token lookup branch" if tree.lookup else ""
     grown = {"dynamic": f" (the best {tree.budget}, at most {tree.width} per depth)",
              "eagle2": f" (the best {tree.budget} with ranks below {tree.width}, as deep as the calibration's heads)"}.get(tree.kind, "")
-    return tau_of(accepted), acceptance_by_depth(accepted, max(accepted)), f"calibrated on {where}: the decode's steps replayed on its answers, with the tree's rank paths{grown}{branch}"
+    return (
+        tau_of(accepted),
+        acceptance_by_depth(accepted, max(accepted)),
+        f"calibrated on {where}: the decode's steps replayed on its answers, with the tree's rank paths{grown}{branch}",
+    )
 
 
 def rank_paths(tree: TreeSpec, stats: RankStats) -> list[list[int]]:
@@ -215,24 +247,44 @@ def prediction_spread(tree: TreeSpec, held_out, shape: tuple[int, int] | None, r
     rng = random.Random(seed)
     taus = []
     for _ in range(resamples if len(walks) > 1 else 0):
-        accepted = dataclasses.replace(stats, walks=[rng.choice(walks) for _ in walks]).replayed(paths, *shape, tree.lookup, tree.lookup_ngram)
+        accepted = dataclasses.replace(stats, walks=[rng.choice(walks) for _ in walks]).replayed(
+            paths, *shape, tree.lookup, tree.lookup_ngram
+        )
         if accepted:
             taus.append(tau_of(accepted))
     return statistics.pstdev(taus) if len(taus) > 1 else None
 
 
 def _drafted_tree_tau(tree: TreeSpec, own: RankStats, held_out, ours_turns: list[dict]) -> tuple[float | None, list[float] | None, str]:
-    stats, where = (held_out[0], f"calibrated on {held_out[1]}") if held_out else (own, "calibrated on the baseline's answers to these prompts")
+    stats, where = (
+        (held_out[0], f"calibrated on {held_out[1]}") if held_out else (own, "calibrated on the baseline's answers to these prompts")
+    )
     if tree.kind == "static":
         static = Tree.from_paths(tree.paths)
-        return stats.expected_tau(static), stats.expected_acceptance_by_depth(static), f"{where}: joint rank-path frequencies summed over the tree's nodes"
+        return (
+            stats.expected_tau(static),
+            stats.expected_acceptance_by_depth(static),
+            f"{where}: joint rank-path frequencies summed over the tree's nodes",
+        )
     if tree.kind == "dynamic" and held_out:
-        return expected_tau(stats, tree.budget, tree.width), None, f"{where}: the best {tree.budget} rank paths, at most {tree.width} per depth"
+        return (
+            expected_tau(stats, tree.budget, tree.width),
+            None,
+            f"{where}: the best {tree.budget} rank paths, at most {tree.width} per depth",
+        )
     if tree.kind == "eagle2" and held_out:
-        return stats.expected_tau(Tree.from_paths(rank_paths(tree, stats))), None, f"{where}: the best {tree.budget} rank paths the EAGLE-2 tree could hold"
+        return (
+            stats.expected_tau(Tree.from_paths(rank_paths(tree, stats))),
+            None,
+            f"{where}: the best {tree.budget} rank paths the EAGLE-2 tree could hold",
+        )
     if tree.kind in ("dynamic", "eagle2"):
         predicted = [p for t in ours_turns for p in t["predicted"]]
-        return (sum(predicted) / len(predicted) if predicted else None), None, "the heads' own joint draft probabilities of each dynamic tree's nodes, before verification (uncalibrated)"
+        return (
+            (sum(predicted) / len(predicted) if predicted else None),
+            None,
+            "the heads' own joint draft probabilities of each dynamic tree's nodes, before verification (uncalibrated)",
+        )
     return 1.0, None, "autoregressive: one token per step"
 
 
@@ -284,7 +336,9 @@ def build_report(config, draft: DraftModel, tree: TreeSpec, records: list[dict],
             by_category[r["category"]].extend(t["accepted"])
     sampling = config.sampling
     greedy = sampling.temperature == 0
-    shape = (max(len(r["methods"][MethodName.OURS]) for r in records), config.max_new_tokens) if greedy else None  # the replay is of greedy acceptance
+    shape = (
+        (max(len(r["methods"][MethodName.OURS]) for r in records), config.max_new_tokens) if greedy else None
+    )  # the replay is of greedy acceptance
     tau_predicted, predicted_by_depth, source = predicted_tau(tree, stats, held_out, ours_turns, shape)
     measured_depth = max([depth, *accepted, len(predicted_by_depth or [])])  # a lookup branch goes deeper than the heads
     if predicted_by_depth is not None:
@@ -300,24 +354,58 @@ def build_report(config, draft: DraftModel, tree: TreeSpec, records: list[dict],
         tree_info["mean_nodes"] = sum(sizes) / max(len(sizes), 1)  # drafted and copied nodes
     base = draft.heads.config.base
     return EvalReport(
-        base_model=base.hub_id or draft.backbone.location.spec, heads=config.heads, head_type=draft.heads.config.head_type,
-        prompts=config.prompts, n_prompts=len(records), n_turns=len(ours_turns), max_new_tokens=config.max_new_tokens,
-        new_tokens=totals[MethodName.OURS].tokens, temperature=sampling.temperature, top_p=sampling.top_p, top_k=sampling.top_k,
-        acceptance="greedy" if greedy else "sampling", tree=tree_info, tree_choice=context.tree_choice, steps=len(accepted),
-        tau=tau_of(accepted), acceptance_by_depth=acceptance_by_depth(accepted, measured_depth),
+        base_model=base.hub_id or draft.backbone.location.spec,
+        heads=config.heads,
+        head_type=draft.heads.config.head_type,
+        prompts=config.prompts,
+        n_prompts=len(records),
+        n_turns=len(ours_turns),
+        max_new_tokens=config.max_new_tokens,
+        new_tokens=totals[MethodName.OURS].tokens,
+        temperature=sampling.temperature,
+        top_p=sampling.top_p,
+        top_k=sampling.top_k,
+        acceptance="greedy" if greedy else "sampling",
+        tree=tree_info,
+        tree_choice=context.tree_choice,
+        steps=len(accepted),
+        tau=tau_of(accepted),
+        acceptance_by_depth=acceptance_by_depth(accepted, measured_depth),
         tau_by_category={c: tau_of(a) for c, a in sorted(by_category.items())},
-        tau_predicted=tau_predicted, tau_predicted_sd=prediction_spread(tree, held_out, shape) if tau_predicted is not None else None,
-        tau_predicted_source=source, acceptance_by_depth_predicted=predicted_by_depth,
+        tau_predicted=tau_predicted,
+        tau_predicted_sd=prediction_spread(tree, held_out, shape) if tau_predicted is not None else None,
+        tau_predicted_source=source,
+        acceptance_by_depth_predicted=predicted_by_depth,
         depth_topk_accuracy={f"depth_{d + 1}": {f"top{k}": stats.depth_topk[d][k - 1] for k in (1, 3, 5, 10)} for d in range(depth)},
-        calibration_positions=stats.positions, methods={str(m): v for m, v in totals.items()}, speed_ratios=ratios, best_baseline=str(best),
+        calibration_positions=stats.positions,
+        methods={str(m): v for m, v in totals.items()},
+        speed_ratios=ratios,
+        best_baseline=str(best),
         repeats_differ=sorted({m for r in records for m in r.get("repeats_differ", [])}),
-        greedy_mismatches=real_mismatches(verified[MethodName.OURS], dtype), near_ties=near_ties(verified[MethodName.OURS], dtype),
-        hf_generate_mismatches=real_mismatches(verified[MethodName.HF_GENERATE], dtype), near_tie_epsilon=epsilon,
+        greedy_mismatches=real_mismatches(verified[MethodName.OURS], dtype),
+        near_ties=near_ties(verified[MethodName.OURS], dtype),
+        hf_generate_mismatches=real_mismatches(verified[MethodName.HF_GENERATE], dtype),
+        near_tie_epsilon=epsilon,
         verification=verified if greedy else None,
-        answers=[{"id": r["id"], "methods": {m: [{"prompt_ids": t["prompt_ids"], "tokens": t["tokens"]} for t in turns] for m, turns in r["methods"].items()}}
-                 for r in records],
-        time_breakdown=time_breakdown(ours_turns, len(accepted)), baselines=context.baselines, seed=sampling.seed,
-        config=dataclasses.asdict(config), device=str(draft.backbone.lm_head.weight.device), dtype=dtype, dtype_note=context.dtype_note,
-        backbone_mode=draft.backbone_mode, backbone_drift=context.backbone_drift, hardware=hardware(), versions=versions(),
+        answers=[
+            {
+                "id": r["id"],
+                "methods": {
+                    m: [{"prompt_ids": t["prompt_ids"], "tokens": t["tokens"]} for t in turns] for m, turns in r["methods"].items()
+                },
+            }
+            for r in records
+        ],
+        time_breakdown=time_breakdown(ours_turns, len(accepted)),
+        baselines=context.baselines,
+        seed=sampling.seed,
+        config=dataclasses.asdict(config),
+        device=str(draft.backbone.lm_head.weight.device),
+        dtype=dtype,
+        dtype_note=context.dtype_note,
+        backbone_mode=draft.backbone_mode,
+        backbone_drift=context.backbone_drift,
+        hardware=hardware(),
+        versions=versions(),
         date=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
     )

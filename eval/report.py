@@ -17,8 +17,11 @@ def _fmt(value, digits: int = 3) -> str:
 
 
 LABELS = {
-    MethodName.OURS: "draftheads tree decoding", MethodName.AUTOREGRESSIVE: "draftheads autoregressive", MethodName.HF_GENERATE: "HF generate",
-    MethodName.HF_PROMPT_LOOKUP: "HF prompt lookup", MethodName.LOOKUP: "draftheads lookup alone",
+    MethodName.OURS: "draftheads tree decoding",
+    MethodName.AUTOREGRESSIVE: "draftheads autoregressive",
+    MethodName.HF_GENERATE: "HF generate",
+    MethodName.HF_PROMPT_LOOKUP: "HF prompt lookup",
+    MethodName.LOOKUP: "draftheads lookup alone",
 }
 """How report.md names each method."""
 SHORT = {MethodName.OURS: "ours", MethodName.AUTOREGRESSIVE: "our autoregressive", MethodName.HF_GENERATE: "HF generate",
@@ -69,7 +72,9 @@ def _method_lines(report: EvalReport) -> list[str]:
         if name == MethodName.HF_GENERATE:
             label += " (greedy)" if report.temperature == 0 else " (sampling)"
         ratio = 1.0 if name == MethodName.OURS else report.ratio(MethodName.OURS, name)
-        lines.append(f"| {label} | {m.tokens} | {_fmt(m.seconds, 2)} | {_fmt(m.tokens_per_s, 2)} | {_fmt(ratio, 2) + 'x' if ratio else 'n/a'} |")
+        lines.append(
+            f"| {label} | {m.tokens} | {_fmt(m.seconds, 2)} | {_fmt(m.tokens_per_s, 2)} | {_fmt(ratio, 2) + 'x' if ratio else 'n/a'} |"
+        )
     return lines
 
 
@@ -78,7 +83,8 @@ def _ratio_lines(report: EvalReport) -> list[str]:
         return []
     lines = [
         "",
-        f"Speed ratios: median of {next(iter(report.speed_ratios.values())).repeats} interleaved repeats, their range, and a 95% bootstrap interval over prompts and repeats.",
+        f"Speed ratios: median of {next(iter(report.speed_ratios.values())).repeats} interleaved repeats, their range, "
+        "and a 95% bootstrap interval over prompts and repeats.",
         "",
         "| ratio | median | min - max | 95% interval |",
         "|---|---:|---:|---:|",
@@ -86,7 +92,10 @@ def _ratio_lines(report: EvalReport) -> list[str]:
     for pair, r in report.speed_ratios.items():
         a, b = pair.split("/")
         best = " (the best baseline)" if a == MethodName.OURS and b == report.best_baseline else ""
-        lines.append(f"| {SHORT.get(a, a)} / {SHORT.get(b, b)}{best} | {r.median:.3f}x | {r.min:.3f} - {r.max:.3f} | {r.ci95[0]:.3f} - {r.ci95[1]:.3f} |")
+        lines.append(
+            f"| {SHORT.get(a, a)} / {SHORT.get(b, b)}{best} | {r.median:.3f}x | "
+            f"{r.min:.3f} - {r.max:.3f} | {r.ci95[0]:.3f} - {r.ci95[1]:.3f} |"
+        )
     return lines
 
 
@@ -95,14 +104,18 @@ def _verification_lines(report: EvalReport) -> list[str]:
         return []
     lines = [
         "",
-        f"Every emitted token re-scored teacher-forced by the model; a real mismatch lies more than {report.near_tie_epsilon} below its position's best logit.",
+        "Every emitted token re-scored teacher-forced by the model; "
+        f"a real mismatch lies more than {report.near_tie_epsilon} below its position's best logit.",
         "",
         "| method | re-scored in | tokens emitted | tokens verified | real mismatches | near ties | max gap | p99 gap |",
         "|---|---|---:|---:|---:|---:|---:|---:|",
     ]
     for name, table in report.verification.items():
         for dtype, row in table.items():
-            lines.append(f"| {name} | {dtype} | {row.tokens_emitted} | {row.tokens_verified} | {row.mismatches} | {row.near_ties} | {_fmt(row.gap_max)} | {_fmt(row.gap_p99)} |")
+            lines.append(
+                f"| {name} | {dtype} | {row.tokens_emitted} | {row.tokens_verified} | "
+                f"{row.mismatches} | {row.near_ties} | {_fmt(row.gap_max)} | {_fmt(row.gap_p99)} |"
+            )
     return lines + [""]
 
 
@@ -141,7 +154,9 @@ def plot_png(report: EvalReport) -> bytes:
     left.bar([d - 0.2 for d in depths], report.acceptance_by_depth, width=0.4, label="measured")
     if report.acceptance_by_depth_predicted:
         left.bar([d + 0.2 for d in depths], report.acceptance_by_depth_predicted, width=0.4, label="predicted")
-    left.set(xlabel="depth", ylabel="fraction of steps accepting it", title=f"acceptance by depth (τ = {_fmt(report.tau, 2)})", xticks=depths)
+    left.set(
+        xlabel="depth", ylabel="fraction of steps accepting it", title=f"acceptance by depth (τ = {_fmt(report.tau, 2)})", xticks=depths
+    )
     left.legend()
     categories = list(report.tau_by_category)
     right.bar(categories, [report.tau_by_category[c] or 0 for c in categories])

@@ -169,7 +169,9 @@ def load_draft(config: EvalConfig) -> tuple[DraftModel, str]:
     return DraftModel.from_pretrained(config.heads, config.base, device=device, dtype=dtype), note
 
 
-def calibration(draft: DraftModel, progress: bool, turns: int | None = None, new_tokens: int | None = None, lookup_ngram: int = LOOKUP_NGRAM) -> tuple[RankStats, str]:
+def calibration(
+    draft: DraftModel, progress: bool, turns: int | None = None, new_tokens: int | None = None, lookup_ngram: int = LOOKUP_NGRAM
+) -> tuple[RankStats, str]:
     """The heads' rank statistics on data the eval does not see: the calibration.json written by
     training or `draftheads calibrate` (with `turns` and `new_tokens`, the positions such a decode
     makes), else the base model's answers to the packaged calibration conversations (`fallback_calibration`)."""
@@ -188,8 +190,10 @@ def resolve_tree(config: EvalConfig, draft: DraftModel, progress: bool = True, t
     for that decode's positions); `held_out`: the `calibration` to choose it with (made if None)."""
     spec, choice = _drafted_tree(config, draft, progress, turns, held_out)
     if spec.kind == "eagle2" and config.sampling.temperature > 0:
-        raise ConfigError(f"tree.kind {config.tree.kind}: EAGLE-2 trees keep a node's children by what was drafted below them, so speculative "
-                          "sampling could not stay exact; set sampling.temperature 0 or tree.kind dynamic")
+        raise ConfigError(
+            f"tree.kind {config.tree.kind}: EAGLE-2 trees keep a node's children by what was drafted below them, so speculative "
+            "sampling could not stay exact; set sampling.temperature 0 or tree.kind dynamic"
+        )
     lookup = config.tree.lookup if config.tree.lookup != "auto" else spec.lookup  # the auto tree's choice, else none
     return dataclasses.replace(spec, lookup=lookup, lookup_ngram=config.tree.lookup_ngram), choice
 
@@ -200,20 +204,29 @@ def _drafted_tree(config: EvalConfig, draft: DraftModel, progress: bool, turns: 
         return TreeSpec("none"), {"reason": "asked for (tree.kind none)"}
     if settings.kind in ("dynamic", "eagle2"):
         width = min(settings.width, settings.budget) if settings.kind == "dynamic" else settings.width
-        return TreeSpec(settings.kind, budget=settings.budget, width=width, depth=settings.depth), {"reason": f"asked for (tree.kind {settings.kind})"}
+        return TreeSpec(settings.kind, budget=settings.budget, width=width, depth=settings.depth), {
+            "reason": f"asked for (tree.kind {settings.kind})"
+        }
     if settings.kind in ENGINES:
         heads = draft.heads.config
         try:
             spec = engine_tree(settings.kind, heads.head_type, heads.num_heads, saved.paths if saved is not None else None)
         except ValueError as exc:  # heads no engine of that name serves: the user's choice, not a bug
             raise ConfigError(str(exc)) from None
-        return spec, {"reason": f"how {ENGINES[settings.kind].version} drafts these heads with the export README's command (tree.kind {settings.kind})"}
+        return spec, {
+            "reason": (
+                f"how {ENGINES[settings.kind].version} drafts these heads with the export README's command "
+                f"(tree.kind {settings.kind})"
+            )
+        }
     if settings.kind == "static":
         if settings.paths:
             return TreeSpec("static", paths=settings.paths), {"reason": "asked for (tree.paths)"}
         if saved is not None:
             return TreeSpec("static", paths=saved.paths), {"reason": f"saved by `draftheads tree` ({saved.measured_on})"}
-        return TreeSpec("static", paths=default_static_paths(draft.heads.config.num_heads, settings.budget)), {"reason": "default static tree (no saved one)"}
+        return TreeSpec("static", paths=default_static_paths(draft.heads.config.num_heads, settings.budget)), {
+            "reason": "default static tree (no saved one)"
+        }
     stats, source = held_out or calibration(draft, progress, turns, config.max_new_tokens, settings.lookup_ngram)
     lookups = lookup_choices(config)
     static = saved.paths if saved is not None else None  # one candidate among the dynamic trees, with and without a branch
@@ -251,7 +264,14 @@ def build_runner(config: EvalConfig, draft: DraftModel, tree: TreeSpec, baseline
 
 
 def run_prompts(
-    runner: Runner, prompts: list[EvalPrompt], out: Path, fingerprint: str, seed: int, progress: bool, header: dict | None = None, desc: str = "eval",
+    runner: Runner,
+    prompts: list[EvalPrompt],
+    out: Path,
+    fingerprint: str,
+    seed: int,
+    progress: bool,
+    header: dict | None = None,
+    desc: str = "eval",
 ) -> list[dict]:
     """Every prompt through every method, resuming from and appending to `<out>.partial.jsonl`
     (whose first line holds `fingerprint` and `header`)."""
@@ -295,7 +315,11 @@ def run_eval(config: EvalConfig, out: Path, progress: bool = True) -> EvalReport
 
     # The heads' ranks on the base model's own answers (the autoregressive ones): a measurement of the
     # heads on these prompts; the prediction comes from calibration data the eval does not see.
-    sequences = [(t["prompt_ids"] + t["tokens"], len(t["prompt_ids"]), turn) for r in records for turn, t in enumerate(r["methods"][MethodName.AUTOREGRESSIVE])]
+    sequences = [
+        (t["prompt_ids"] + t["tokens"], len(t["prompt_ids"]), turn)
+        for r in records
+        for turn, t in enumerate(r["methods"][MethodName.AUTOREGRESSIVE])
+    ]
     drift = report_drift(draft, config.drift_batches, draft.backbone.lm_head.weight.device, dtype_name(draft.backbone))
     context = ReportContext(tree_choice=tree_choice, baselines=settings, dtype_note=dtype_note, backbone_drift=drift)
     return build_report(config, draft, tree, records, rank_stats(draft, sequences), context, held_out, runner.epsilon)

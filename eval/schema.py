@@ -17,8 +17,17 @@ SCHEMA_VERSION = 2
 """report.json's layout. Version 1 (no such field) is the untyped dictionary that also held each
 method's tokens/s and the speedups as keys of their own; `EvalReport.from_json` reads one that has
 `speed_ratios` and drops those copies."""
-V1_COPIES = ("tokens_per_s", "baseline_tokens_per_s", "hf_generate_tokens_per_s", "prompt_lookup_tokens_per_s", "speedup", "speedup_vs_hf_generate",
-             "speedup_vs_prompt_lookup", "baseline_vs_hf_generate", "speedup_vs_best_baseline")
+V1_COPIES = (
+    "tokens_per_s",
+    "baseline_tokens_per_s",
+    "hf_generate_tokens_per_s",
+    "prompt_lookup_tokens_per_s",
+    "speedup",
+    "speedup_vs_hf_generate",
+    "speedup_vs_prompt_lookup",
+    "baseline_vs_hf_generate",
+    "speedup_vs_best_baseline",
+)
 """Keys of a version-1 report that repeat `methods` and `speed_ratios`."""
 
 
@@ -40,8 +49,12 @@ class MethodName(StrEnum):
 BASELINES = (MethodName.AUTOREGRESSIVE, MethodName.HF_GENERATE, MethodName.HF_PROMPT_LOOKUP, MethodName.LOOKUP)
 """The methods a speedup is claimed over: the fastest of them is the best baseline."""
 SPEED_PAIRS = (
-    (MethodName.OURS, MethodName.AUTOREGRESSIVE), (MethodName.OURS, MethodName.HF_GENERATE), (MethodName.OURS, MethodName.HF_PROMPT_LOOKUP),
-    (MethodName.OURS, MethodName.LOOKUP), (MethodName.AUTOREGRESSIVE, MethodName.HF_GENERATE), (MethodName.LOOKUP, MethodName.HF_PROMPT_LOOKUP),
+    (MethodName.OURS, MethodName.AUTOREGRESSIVE),
+    (MethodName.OURS, MethodName.HF_GENERATE),
+    (MethodName.OURS, MethodName.HF_PROMPT_LOOKUP),
+    (MethodName.OURS, MethodName.LOOKUP),
+    (MethodName.AUTOREGRESSIVE, MethodName.HF_GENERATE),
+    (MethodName.LOOKUP, MethodName.HF_PROMPT_LOOKUP),
 )
 """The speed ratios every report states; ours over the best baseline is added to them."""
 
@@ -226,10 +239,36 @@ class EvalReport:
 
     def summary(self) -> dict:
         """The numbers a heads folder keeps (eval_report.json: the model card and `push` read it)."""
-        keys = ("prompts", "n_prompts", "n_turns", "max_new_tokens", "temperature", "dtype", "tree", "tau", "tau_predicted", "tau_predicted_sd", "tau_predicted_source",
-                "acceptance_by_depth", "best_baseline", "greedy_mismatches", "near_ties", "hf_generate_mismatches", "backbone_drift", "hardware", "date")
-        ratios = {name: self.ratio(MethodName.OURS, b) for name, b in (("speedup", MethodName.AUTOREGRESSIVE), ("speedup_vs_hf_generate", MethodName.HF_GENERATE),
-                                                                       ("speedup_vs_prompt_lookup", MethodName.HF_PROMPT_LOOKUP), ("speedup_vs_best_baseline", self.best_baseline))}
+        keys = (
+            "prompts",
+            "n_prompts",
+            "n_turns",
+            "max_new_tokens",
+            "temperature",
+            "dtype",
+            "tree",
+            "tau",
+            "tau_predicted",
+            "tau_predicted_sd",
+            "tau_predicted_source",
+            "acceptance_by_depth",
+            "best_baseline",
+            "greedy_mismatches",
+            "near_ties",
+            "hf_generate_mismatches",
+            "backbone_drift",
+            "hardware",
+            "date",
+        )
+        ratios = {
+            name: self.ratio(MethodName.OURS, b)
+            for name, b in (
+                ("speedup", MethodName.AUTOREGRESSIVE),
+                ("speedup_vs_hf_generate", MethodName.HF_GENERATE),
+                ("speedup_vs_prompt_lookup", MethodName.HF_PROMPT_LOOKUP),
+                ("speedup_vs_best_baseline", self.best_baseline),
+            )
+        }
         return {"schema_version": self.schema_version, **{k: getattr(self, k) for k in keys}, **ratios,
                 "speed_ratios": {k: dataclasses.asdict(v) for k, v in self.speed_ratios.items()}, "baselines": self.baselines}
 
@@ -245,7 +284,9 @@ class EvalReport:
             data = {"tau_predicted_sd": None} | {k: v for k, v in data.items() if k not in V1_COPIES} | {"schema_version": SCHEMA_VERSION}
             version = SCHEMA_VERSION
         if version != SCHEMA_VERSION:
-            raise ConfigError(f"{origin}: schema_version {version}, this draftheads reads {SCHEMA_VERSION}; rerun `draftheads eval` to write it anew")
+            raise ConfigError(
+                f"{origin}: schema_version {version}, this draftheads reads {SCHEMA_VERSION}; rerun `draftheads eval` to write it anew"
+            )
         names = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(data) - names)
         if unknown:
@@ -254,7 +295,9 @@ class EvalReport:
         kwargs["methods"] = {m: MethodTotals(**v) for m, v in data["methods"].items()}
         kwargs["speed_ratios"] = {k: SpeedRatio(**v) for k, v in data["speed_ratios"].items()}
         if data.get("verification") is not None:
-            kwargs["verification"] = {m: {d: VerificationRow(**row) for d, row in table.items()} for m, table in data["verification"].items()}
+            kwargs["verification"] = {
+                m: {d: VerificationRow(**row) for d, row in table.items()} for m, table in data["verification"].items()
+            }
         kwargs["time_breakdown"] = TimeBreakdown(**data["time_breakdown"])
         try:
             return cls(**kwargs)

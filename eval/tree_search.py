@@ -55,12 +55,16 @@ def choose_tree(
     if not candidates:
         raise ConfigError(f"no tree: the heads never ranked the true token in their top 10 on {stats.positions} positions")
     ar_seconds = costs.verify[1]
-    log.info(f"calibration: {stats.positions} positions; top-1 accuracy by depth: " + ", ".join(f"{row[0]:.3f}" for row in stats.depth_topk))
+    log.info(
+        f"calibration: {stats.positions} positions; top-1 accuracy by depth: " + ", ".join(f"{row[0]:.3f}" for row in stats.depth_topk)
+    )
     log.info("verify ms by nodes: " + ", ".join(f"{k}: {1000 * v:.1f}" for k, v in sorted(costs.verify.items())))
     log.info("draft ms of a chain by depth: " + ", ".join(f"{1000 * v:.1f}" for v in costs.draft_depths))
     log.info(f"{'nodes':>5} {'depth':>5} {'E[tau]':>7} {'step ms':>8} {'E[speedup]':>10}")
     for c in sorted(candidates, key=lambda c: c.budget):
-        log.info(f"{c.budget:>5} {c.depth:>5} {c.expected_tau:>7.3f} {1000 * c.step_seconds:>8.1f} {c.tokens_per_second * ar_seconds:>10.3f}")
+        log.info(
+            f"{c.budget:>5} {c.depth:>5} {c.expected_tau:>7.3f} {1000 * c.step_seconds:>8.1f} {c.tokens_per_second * ar_seconds:>10.3f}"
+        )
     best = candidates[0]
     speedup = best.tokens_per_second * ar_seconds
     if speedup < 1:

@@ -92,7 +92,11 @@ def _tree_attention_kernel(
         tl.store(stat_ptr + (base + rows) * 2 + 1, l_i, mask=row_ok)
     else:
         out = acc / tl.where(l_i == 0, 1.0, l_i)[:, None]
-        tl.store(o_ptr + b * so_b + h * so_h + rows[:, None] * so_t + cols[None, :], out.to(o_ptr.dtype.element_ty), mask=row_ok[:, None] & col_ok[None, :])
+        tl.store(
+            o_ptr + b * so_b + h * so_h + rows[:, None] * so_t + cols[None, :],
+            out.to(o_ptr.dtype.element_ty),
+            mask=row_ok[:, None] & col_ok[None, :],
+        )
 
 
 def ancestor_bits(tree_mask: torch.Tensor) -> torch.Tensor:

@@ -361,7 +361,11 @@ def tokenizer_parts(tokenizer) -> dict[str, str]:
     """The fingerprint's parts, so a refusal can say which differs: a hash of the vocabulary and of
     the chat template, and each special token as written (`special eos_token`: `<|im_end|>`)."""
     specials = {f"special {k}": str(v) for k, v in sorted(tokenizer.special_tokens_map.items())}
-    return {"vocabulary": _short_hash(sorted(tokenizer.get_vocab().items())), "chat_template": _short_hash(tokenizer.chat_template), **specials}
+    return {
+        "vocabulary": _short_hash(sorted(tokenizer.get_vocab().items())),
+        "chat_template": _short_hash(tokenizer.chat_template),
+        **specials,
+    }
 
 
 def _short_hash(value) -> str:

@@ -40,7 +40,12 @@ def model_card(config: HeadConfig, training: dict | None = None, evaluation: dic
     lines += [f"| {k} | `{v}` |" for k, v in settings.items()]
     imported = (training or {}).get("imported_from")
     if imported:
-        lines += ["", "## Provenance", "", f"Converted by `draftheads import {imported['format']}` from `{imported['source']}`, not trained here."]
+        lines += [
+            "",
+            "## Provenance",
+            "",
+            f"Converted by `draftheads import {imported['format']}` from `{imported['source']}`, not trained here.",
+        ]
     elif training:
         lines += ["", "## Training", "", f"- steps: {training.get('steps')}", f"- data: {', '.join(training.get('data', []))}"]
         lines += [f"- rows: {training.get('train_rows')} training, {training.get('held_out_rows')} held out"]
@@ -64,7 +69,11 @@ def model_card(config: HeadConfig, training: dict | None = None, evaluation: dic
 
 def _backbone_section(joint: dict) -> list[str]:
     """The card's statement that the backbone was trained too, and how far it moved."""
-    stored = "a LoRA adapter (`adapter/`, peft format)" if joint["mode"] == "lora" and not joint.get("merged") else "a full model folder (`backbone/`)"
+    stored = (
+        "a LoRA adapter (`adapter/`, peft format)"
+        if joint["mode"] == "lora" and not joint.get("merged")
+        else "a full model folder (`backbone/`)"
+    )
     lines = [
         "",
         "## Backbone: changed by training",
@@ -97,14 +106,16 @@ def _decoding_lines(evaluation: dict) -> list[str]:
 
     tree = evaluation.get("tree") or {}
     lines = [
-        f"Measured by {evaluation.get('measured_by') or '`draftheads eval`'} on {evaluation.get('n_prompts')} prompts of `{evaluation.get('prompts')}` "
+        f"Measured by {evaluation.get('measured_by') or '`draftheads eval`'} "
+        f"on {evaluation.get('n_prompts')} prompts of `{evaluation.get('prompts')}` "
         f"({evaluation.get('max_new_tokens')} new tokens per turn, temperature {evaluation.get('temperature')}, "
         f"{evaluation.get('dtype')}, {tree.get('kind')} tree), {evaluation.get('date')}:",
         "",
         f"- acceptance length τ: {fmt(evaluation.get('tau'))} (predicted {fmt(evaluation.get('tau_predicted'))}"
         + (f"; {evaluation['tau_predicted_source']})" if evaluation.get("tau_predicted_source") else ")"),
         f"- speedup over autoregressive decoding (same engine): {fmt(evaluation.get('speedup'), 'x')}",
-        f"- speedup over HF `generate`: {fmt(evaluation.get('speedup_vs_hf_generate'), 'x')}; over HF prompt lookup: {fmt(evaluation.get('speedup_vs_prompt_lookup'), 'x')}",
+        f"- speedup over HF `generate`: {fmt(evaluation.get('speedup_vs_hf_generate'), 'x')}; "
+        f"over HF prompt lookup: {fmt(evaluation.get('speedup_vs_prompt_lookup'), 'x')}",
         f"- emitted tokens that are real mismatches, every token re-scored by the model: {evaluation.get('greedy_mismatches')} "
         f"(near ties: {evaluation.get('near_ties', evaluation.get('near_tie_divergences'))})",
         f"- accepted drafts per step by depth: {' / '.join(f'{a:.3f}' for a in evaluation.get('acceptance_by_depth') or [])}",

@@ -179,8 +179,14 @@ def load_head_weights(module: DraftHeads, folder: Path) -> None:
         raise ModelLoadError(f"{path}: not a readable safetensors file (truncated or corrupt?): {exc}") from None
     expected = module.state_dict()
     # a one-element parameter stored as a 0-dim scalar is reshaped to fit
-    weights = {k: v.reshape(expected[k].shape) if k in expected and v.dim() == 0 and expected[k].numel() == 1 else v for k, v in weights.items()}
-    misshapen = [f"{k} {tuple(v.shape)} (file) vs {tuple(expected[k].shape)} (config)" for k, v in weights.items() if k in expected and v.shape != expected[k].shape]
+    weights = {
+        k: v.reshape(expected[k].shape) if k in expected and v.dim() == 0 and expected[k].numel() == 1 else v for k, v in weights.items()
+    }
+    misshapen = [
+        f"{k} {tuple(v.shape)} (file) vs {tuple(expected[k].shape)} (config)"
+        for k, v in weights.items()
+        if k in expected and v.shape != expected[k].shape
+    ]
     if misshapen:
         raise ModelLoadError(f"{path}: tensors do not fit {folder / CONFIG_NAME}: " + "; ".join(misshapen[:4]))
     result = module.load_state_dict(weights, strict=False)

@@ -73,20 +73,63 @@ class EngineRules:
     medusa-llm 0.1's `medusa_choices=[1, 7, 6]`, and TensorRT-LLM's `--medusa_choices` as written."""
 
 
-ENGINES = MappingProxyType({
-    "vllm": EngineRules("vllm", "vLLM 0.34.0", ("eagle",), ("LlamaForCausalLM",), False, "none", "attention", False, (),
-                        MappingProxyType({"eagle": EngineDrafting("chain")})),
-    "sglang": EngineRules("sglang", "SGLang 0.5.23", ("eagle",), ("LlamaForCausalLMEagle",), True, "always", "attention", True, (),
-                          MappingProxyType({"eagle": EngineDrafting("eagle2", topk=4, draft_tokens=8)})),
-    "reference": EngineRules(
-        "reference", "the reference codes (SafeAILab EAGLE cb7e084, FasterDecoding medusa-llm 0.1)", ("eagle", "medusa"), (), False, "config", "fc", True, ("medusa_lm_head.pt",),
-        MappingProxyType({"eagle": EngineDrafting("eagle2", steps=8, topk=10, draft_tokens=60), "medusa": EngineDrafting("cartesian", topk=7, topk2=6)}),
-    ),
-    "trtllm": EngineRules(
-        "trtllm", "TensorRT-LLM examples/medusa/convert_checkpoint.py", ("medusa",), (), False, "config", "fc", True, ("medusa_lm_head.pt", "medusa_lm_head.safetensors"),
-        MappingProxyType({"medusa": EngineDrafting("choices")}),
-    ),
-})
+ENGINES = MappingProxyType(
+    {
+        "vllm": EngineRules(
+            "vllm",
+            "vLLM 0.34.0",
+            ("eagle",),
+            ("LlamaForCausalLM",),
+            False,
+            "none",
+            "attention",
+            False,
+            (),
+            MappingProxyType({"eagle": EngineDrafting("chain")}),
+        ),
+        "sglang": EngineRules(
+            "sglang",
+            "SGLang 0.5.23",
+            ("eagle",),
+            ("LlamaForCausalLMEagle",),
+            True,
+            "always",
+            "attention",
+            True,
+            (),
+            MappingProxyType({"eagle": EngineDrafting("eagle2", topk=4, draft_tokens=8)}),
+        ),
+        "reference": EngineRules(
+            "reference",
+            "the reference codes (SafeAILab EAGLE cb7e084, FasterDecoding medusa-llm 0.1)",
+            ("eagle", "medusa"),
+            (),
+            False,
+            "config",
+            "fc",
+            True,
+            ("medusa_lm_head.pt",),
+            MappingProxyType(
+                {
+                    "eagle": EngineDrafting("eagle2", steps=8, topk=10, draft_tokens=60),
+                    "medusa": EngineDrafting("cartesian", topk=7, topk2=6),
+                }
+            ),
+        ),
+        "trtllm": EngineRules(
+            "trtllm",
+            "TensorRT-LLM examples/medusa/convert_checkpoint.py",
+            ("medusa",),
+            (),
+            False,
+            "config",
+            "fc",
+            True,
+            ("medusa_lm_head.pt", "medusa_lm_head.safetensors"),
+            MappingProxyType({"medusa": EngineDrafting("choices")}),
+        ),
+    }
+)
 """Every engine an export may target."""
 
 ALL = "all"

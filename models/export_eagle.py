@@ -71,10 +71,15 @@ def export_eagle(draft: DraftModel, engines: list[EngineRules]) -> tuple[dict, d
     heads = draft.heads
     config = heads.config
     if config.head_type != "eagle":
-        raise ModelLoadError(f"the eagle layout holds EAGLE heads; these are {config.head_type} heads (export them as medusa, or keep the draftheads layout)")
+        raise ModelLoadError(
+            f"the eagle layout holds EAGLE heads; these are {config.head_type} heads (export them as medusa, or keep the draftheads layout)"
+        )
     rope = getattr(draft.backbone.config, "rope_scaling", None) or {}
     if rope and rope.get("rope_type", rope.get("type", "default")) != "default":
-        raise ModelLoadError(f"the base model uses {rope.get('rope_type', rope.get('type'))} RoPE scaling, which our draft layer does not apply: an export would not draft as these heads do")
+        raise ModelLoadError(
+            f"the base model uses {rope.get('rope_type', rope.get('type'))} RoPE scaling, which our draft layer does not apply: "
+            "an export would not draft as these heads do"
+        )
     if not config.fused:
         return _eagle1(draft, engines)
     expected = default_fuse_layers(draft.backbone.num_layers)
@@ -97,7 +102,9 @@ def export_eagle(draft: DraftModel, engines: list[EngineRules]) -> tuple[dict, d
         tensors |= {"lm_head.weight": heads.lm_head.weight.detach(), "d2t": (tokens - torch.arange(tokens.numel())).long(), "t2d": t2d}
     else:  # the whole vocabulary: no d2t (vLLM refuses one there), so its rows must be in token order
         if heads.lm_head is not None and not torch.equal(heads.draft_to_token.cpu(), torch.arange(vocab)):
-            raise ModelLoadError("a full-vocabulary draft head whose rows are not in token order: the layout would need a d2t, which vLLM refuses there")
+            raise ModelLoadError(
+                "a full-vocabulary draft head whose rows are not in token order: the layout would need a d2t, which vLLM refuses there"
+            )
         tensors["lm_head.weight"] = (heads.lm_head if heads.lm_head is not None else draft.backbone.lm_head).weight.detach()
     serving = {"algorithm": "EAGLE3", "method": "eagle3"}
     extra = {"architectures": ["LlamaForCausalLMEagle3"], "draft_vocab_size": tensors["lm_head.weight"].shape[0]}
@@ -107,14 +114,18 @@ def export_eagle(draft: DraftModel, engines: list[EngineRules]) -> tuple[dict, d
 def _eagle1(draft: DraftModel, engines: list[EngineRules]) -> tuple[dict, dict[str, torch.Tensor], str, dict]:
     heads = draft.heads
     if heads.config.draft_vocab_size:
-        raise ModelLoadError("EAGLE-1 heads with a reduced draft vocabulary: the EAGLE-1 layout projects with the base lm_head over the whole vocabulary, so they cannot be exported exactly")
+        raise ModelLoadError(
+            "EAGLE-1 heads with a reduced draft vocabulary: the EAGLE-1 layout projects with the base lm_head over the whole vocabulary, "
+            "so they cannot be exported exactly"
+        )
     fc = heads.layer.fc
     bias = fc.bias.detach() if fc.bias is not None else torch.zeros(fc.weight.shape[0])
     dropping = [r.version for r in engines if r.eagle1_fc_bias == "none"]
     if dropping and bool(bias.any()):
         raise ModelLoadError(
             f"{', '.join(dropping)}: its EAGLE-1 fc has no bias and drops an fc.bias silently, and these heads' fc bias is not zero "
-            f"(max |b| {bias.abs().max().item():.3g}): export for another engine (--engine sglang or reference), or train with heads.fc_bias=false"
+            f"(max |b| {bias.abs().max().item():.3g}): "
+            "export for another engine (--engine sglang or reference), or train with heads.fc_bias=false"
         )
     tensors = _layer_tensors(heads, "layers.0.") | {"fc.weight": fc.weight.detach(), "fc.bias": bias}
     # SafeAILab's EAGLE-1 checkpoints carry the base model's embedding; engines may read it from there

@@ -29,7 +29,9 @@ def export_medusa(draft: DraftModel, engines: list[EngineRules]) -> tuple[dict, 
     heads = draft.heads
     config = heads.config
     if config.head_type != "medusa":
-        raise ModelLoadError(f"the medusa layout holds Medusa heads; {config.head_type} heads condition on the drafted path, which it cannot express")
+        raise ModelLoadError(
+            f"the medusa layout holds Medusa heads; {config.head_type} heads condition on the drafted path, which it cannot express"
+        )
     if config.draft_vocab_size:
         raise ModelLoadError(
             f"a reduced draft vocabulary ({config.draft_vocab_size} tokens): the Medusa layout projects onto the whole vocabulary, "

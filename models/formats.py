@@ -48,33 +48,46 @@ class Format:
         return getattr(importlib.import_module(module), name)
 
 
-FORMATS = MappingProxyType({
-    "medusa": Format(
-        "FasterDecoding Medusa-1 heads (Medusa's inference, TensorRT-LLM's Medusa conversion)",
-        "draftheads.models.import_medusa:import_medusa", "draftheads.models.export_medusa:export_medusa",
-        MappingProxyType({
-            "reference": "- Medusa (PyPI `medusa-llm` 0.1): `MedusaModel.from_pretrained(\"{out}\")`, base `{base}`. FasterDecoding's GitHub code "
-                         "(e2a5d20) builds 5 heads whatever `medusa_num_heads` says and loads non-strictly: with {heads} heads use the PyPI release.\n",
-            "trtllm": "- TensorRT-LLM: `python examples/medusa/convert_checkpoint.py --model_dir {base} --medusa_model_dir {out} "
-                      "--num_medusa_heads {heads} --num_medusa_layers {layers} --dtype {dtype} --output_dir trt_ckpt` (the head count must be given: "
-                      "its default is 4), then `trtllm-build --checkpoint_dir trt_ckpt --output_dir trt_engine --speculative_decoding_mode medusa "
-                      "--max_batch_size 4`, then `python examples/run.py --engine_dir trt_engine --tokenizer_dir {base} --temperature 1.0 "
-                      "--medusa_choices=\"{choices}\"` (the tree, at most {heads} deep).\n",
-        }),
-    ),
-    "eagle": Format(
-        "SafeAILab EAGLE-1 / EAGLE-3 draft models (SGLang, vLLM, SafeAILab's EAGLE)",
-        "draftheads.models.import_eagle:import_eagle", "draftheads.models.export_eagle:export_eagle",
-        MappingProxyType({
-            "sglang": "- SGLang: `python -m sglang.launch_server --model-path {base} --speculative-algorithm {algorithm} "
-                      "--speculative-draft-model-path {out} --speculative-num-steps {heads} --speculative-eagle-topk 4 --speculative-num-draft-tokens 8`.\n",
-            "vllm": "- vLLM: `vllm serve {base} --speculative-config '{{\"method\": \"{method}\", \"model\": \"{out}\", \"num_speculative_tokens\": {heads}}}'` "
+FORMATS = MappingProxyType(
+    {
+        "medusa": Format(
+            "FasterDecoding Medusa-1 heads (Medusa's inference, TensorRT-LLM's Medusa conversion)",
+            "draftheads.models.import_medusa:import_medusa",
+            "draftheads.models.export_medusa:export_medusa",
+            MappingProxyType(
+                {
+                    "reference": '- Medusa (PyPI `medusa-llm` 0.1): `MedusaModel.from_pretrained("{out}")`, base `{base}`. '
+                    "FasterDecoding's GitHub code (e2a5d20) builds 5 heads whatever `medusa_num_heads` says and loads non-strictly: "
+                    "with {heads} heads use the PyPI release.\n",
+                    "trtllm": "- TensorRT-LLM: `python examples/medusa/convert_checkpoint.py --model_dir {base} --medusa_model_dir {out} "
+                    "--num_medusa_heads {heads} --num_medusa_layers {layers} --dtype {dtype} --output_dir trt_ckpt` "
+                    "(the head count must be given: its default is 4), "
+                    "then `trtllm-build --checkpoint_dir trt_ckpt --output_dir trt_engine --speculative_decoding_mode medusa "
+                    "--max_batch_size 4`, then `python examples/run.py --engine_dir trt_engine --tokenizer_dir {base} --temperature 1.0 "
+                    '--medusa_choices="{choices}"` (the tree, at most {heads} deep).\n',
+                }
+            ),
+        ),
+        "eagle": Format(
+            "SafeAILab EAGLE-1 / EAGLE-3 draft models (SGLang, vLLM, SafeAILab's EAGLE)",
+            "draftheads.models.import_eagle:import_eagle",
+            "draftheads.models.export_eagle:export_eagle",
+            MappingProxyType(
+                {
+                    "sglang": "- SGLang: `python -m sglang.launch_server --model-path {base} --speculative-algorithm {algorithm} "
+                    "--speculative-draft-model-path {out} --speculative-num-steps {heads} "
+                    "--speculative-eagle-topk 4 --speculative-num-draft-tokens 8`.\n",
+                    "vllm": "- vLLM: `vllm serve {base} "
+                    '--speculative-config \'{{"method": "{method}", "model": "{out}", "num_speculative_tokens": {heads}}}\'` '
                     "(vLLM drafts a chain of {heads} tokens, no tree).\n",
-            "reference": "- SafeAILab EAGLE: `EaModel.from_pretrained(base_model_path=\"{base}\", ea_model_path=\"{out}\", use_eagle3={eagle3})`; it reads "
-                         "the base embedding through `model.safetensors.index.json`, which the base folder must have.\n",
-        }),
-    ),
-})
+                    "reference": "- SafeAILab EAGLE: "
+                    '`EaModel.from_pretrained(base_model_path="{base}", ea_model_path="{out}", use_eagle3={eagle3})`; it reads '
+                    "the base embedding through `model.safetensors.index.json`, which the base folder must have.\n",
+                }
+            ),
+        ),
+    }
+)
 
 
 def get_format(name: str) -> Format:
@@ -119,12 +132,20 @@ def export_heads(heads: str | Path, name: str, out: str | Path, dtype: str = "fl
 def _readme(fmt: Format, name: str, draft: DraftModel, config: dict, out: Path, engines: list, serving: dict) -> str:
     heads = draft.heads.config
     trained = draft.backbone_mode != "frozen"
-    fields = {"out": out, "base": config["base_model_name_or_path"], "heads": heads.num_heads, "eagle3": heads.head_type == "eagle" and heads.fused, **serving}
+    fields = {
+        "out": out,
+        "base": config["base_model_name_or_path"],
+        "heads": heads.num_heads,
+        "eagle3": heads.head_type == "eagle" and heads.fused,
+        **serving,
+    }
     lines = [
         f"# {heads.head_type} draft heads in the {name} layout",
         "",
-        f"{fmt.description}. Exported by `draftheads export {name}` from `{draft.folder}`; base model `{heads.base.hub_id or heads.base.model}`"
-        + (" as trained with the heads (merged into `base_model/`, which must be served instead of the original)" if trained else "") + ".",
+        f"{fmt.description}. Exported by `draftheads export {name}` from `{draft.folder}`; "
+        f"base model `{heads.base.hub_id or heads.base.model}`"
+        + (" as trained with the heads (merged into `base_model/`, which must be served instead of the original)" if trained else "")
+        + ".",
         "",
         f"## Serving ({', '.join(r.version for r in engines)})",
         "",
@@ -134,5 +155,10 @@ def _readme(fmt: Format, name: str, draft: DraftModel, config: dict, out: Path, 
     if report is not None and report.is_file():
         summary = json.loads(report.read_text())
         measured = f"τ {summary.get('tau')}, {summary.get('speedup_vs_hf_generate')}x HF generate"
-        lines += ["## Measured by draftheads eval", "", f"{measured} ({summary.get('dtype')}, {summary.get('n_prompts')} prompts of {summary.get('prompts')}).", ""]
+        lines += [
+            "## Measured by draftheads eval",
+            "",
+            f"{measured} ({summary.get('dtype')}, {summary.get('n_prompts')} prompts of {summary.get('prompts')}).",
+            "",
+        ]
     return "\n".join(lines)

@@ -33,7 +33,17 @@ ADAPTER_DIR = "adapter"
 BACKBONE_DIR = "backbone"
 """Subfolder holding a full trained (or merged) backbone with its tokenizer."""
 
-PUBLISHED = (CONFIG_NAME, WEIGHTS_NAME, CARD_NAME, TRAINING_NAME, SUMMARY_NAME, CALIBRATION_NAME, RECIPE_NAME, f"{ADAPTER_DIR}/*", f"{BACKBONE_DIR}/*")
+PUBLISHED = (
+    CONFIG_NAME,
+    WEIGHTS_NAME,
+    CARD_NAME,
+    TRAINING_NAME,
+    SUMMARY_NAME,
+    CALIBRATION_NAME,
+    RECIPE_NAME,
+    f"{ADAPTER_DIR}/*",
+    f"{BACKBONE_DIR}/*",
+)
 """What `draftheads push` uploads (checkpoints, logs and work files never)."""
 UNPUBLISHED = (PREVIOUS_CALIBRATION_NAME, CALIBRATION_ANSWERS_NAME)
 """Files a heads folder may hold that stay local."""

@@ -33,10 +33,14 @@ def push_heads(folder: str | Path, repo_id: str, private: bool = False, commit_m
     folder = Path(folder)
     refresh_card(folder)
     config = read_head_config(folder)
-    return _upload(folder, repo_id, private, commit_message or f"Upload {config.head_type} draft heads for {config.base.model}", list(PUBLISHED))
+    return _upload(
+        folder, repo_id, private, commit_message or f"Upload {config.head_type} draft heads for {config.base.model}", list(PUBLISHED)
+    )
 
 
-def push_export(folder: str | Path, name: str, repo_id: str, dtype: str, private: bool = False, commit_message: str | None = None, engine: str = "all") -> str:
+def push_export(
+    folder: str | Path, name: str, repo_id: str, dtype: str, private: bool = False, commit_message: str | None = None, engine: str = "all"
+) -> str:
     """Export the heads folder in layout `name` for `engine` (`draftheads export`) and upload the whole export."""
     import tempfile
 
@@ -45,7 +49,9 @@ def push_export(folder: str | Path, name: str, repo_id: str, dtype: str, private
     config = read_head_config(Path(folder))
     with tempfile.TemporaryDirectory() as tmp:
         out = export_heads(folder, name, Path(tmp) / "export", dtype, engine=engine)
-        return _upload(out, repo_id, private, commit_message or f"Upload {config.head_type} draft heads for {config.base.model} ({name} layout)", None)
+        return _upload(
+            out, repo_id, private, commit_message or f"Upload {config.head_type} draft heads for {config.base.model} ({name} layout)", None
+        )
 
 
 def _upload(folder: Path, repo_id: str, private: bool, message: str, patterns: list[str] | None) -> str:
@@ -57,7 +63,9 @@ def _upload(folder: Path, repo_id: str, private: bool, message: str, patterns: l
     api = HfApi()
     try:
         api.create_repo(repo_id, private=private, exist_ok=True, repo_type="model")
-        commit = api.upload_folder(folder_path=str(folder), repo_id=repo_id, repo_type="model", commit_message=message, allow_patterns=patterns)
+        commit = api.upload_folder(
+            folder_path=str(folder), repo_id=repo_id, repo_type="model", commit_message=message, allow_patterns=patterns
+        )
     except HfHubHTTPError as exc:
         status = exc.response.status_code if exc.response is not None else "no response"
         raise HubError(f"the Hub refused the upload to {repo_id} (HTTP {status}): {exc.server_message or exc}") from None

@@ -42,7 +42,12 @@ def default_fuse_layers(num_layers: int) -> list[int]:
 def _check_shape(config: dict, backbone: Backbone, path: Path) -> None:
     """Refuse a draft layer whose attention/MLP layout differs from the base model's."""
     shape = Shape.of(backbone)
-    ours = {"hidden_size": shape.hidden, "num_attention_heads": shape.heads, "num_key_value_heads": shape.kv_heads, "intermediate_size": shape.intermediate}
+    ours = {
+        "hidden_size": shape.hidden,
+        "num_attention_heads": shape.heads,
+        "num_key_value_heads": shape.kv_heads,
+        "intermediate_size": shape.intermediate,
+    }
     for key, value in ours.items():
         if key in config and config[key] != value:
             raise ModelLoadError(f"{path}: {key} is {config[key]} but the base model has {value}; the draft layer must share its layout")
@@ -86,7 +91,14 @@ def eagle_state(weights: dict[str, torch.Tensor], where: Path) -> tuple[dict[str
             raise ModelLoadError(f"{where}: d2t has shape {tuple(d2t.shape)}, expected ({draft},) to match lm_head")
         state["draft_to_token"] = torch.arange(draft) + d2t.long()
         fields = {"draft_vocab_size": draft, "fc_bias": False}
-        known = {f"midlayer.{k}" for k in LAYER_NAMES} | {"midlayer.input_layernorm.weight", "midlayer.hidden_norm.weight", "norm.weight", "lm_head.weight", "d2t", "fc.weight"}
+        known = {f"midlayer.{k}" for k in LAYER_NAMES} | {
+            "midlayer.input_layernorm.weight",
+            "midlayer.hidden_norm.weight",
+            "norm.weight",
+            "lm_head.weight",
+            "d2t",
+            "fc.weight",
+        }
     else:
         state |= _layer(weights, "layers.0.", where)
         state["layer.fc.weight"] = weights["fc.weight"]
@@ -120,7 +132,9 @@ def import_eagle(
     weights, weights_path = read_source_weights(folder, WEIGHT_FILES)
     state, fields = eagle_state(weights, weights_path)
     if "draft_vocab_size" in fields and "d2t" not in weights and fields["draft_vocab_size"] != backbone.vocab_size:
-        raise ModelLoadError(f"{weights_path}: an lm_head of {fields['draft_vocab_size']} rows and no d2t: a reduced draft vocabulary needs its d2t")
+        raise ModelLoadError(
+            f"{weights_path}: an lm_head of {fields['draft_vocab_size']} rows and no d2t: a reduced draft vocabulary needs its d2t"
+        )
     if "draft_vocab_size" in fields:
         fields["fuse_layers"] = fuse_layers or default_fuse_layers(backbone.num_layers)
         fields["training_time_test"] = True

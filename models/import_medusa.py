@@ -66,7 +66,9 @@ def import_medusa(
     heads = config_value(config, "medusa_num_heads", config_path)
     layers = config_value(config, "medusa_num_layers", config_path)
     if heads < 1 or layers < 0:
-        raise ModelLoadError(f"{config_path}: medusa_num_heads must be at least 1 and medusa_num_layers at least 0, got {heads} and {layers}")
+        raise ModelLoadError(
+            f"{config_path}: medusa_num_heads must be at least 1 and medusa_num_layers at least 0, got {heads} and {layers}"
+        )
     if backbone is None:
         base = base or config.get("base_model_name_or_path")
         if not base:

@@ -26,15 +26,39 @@ class Verb:
 
 VERBS = (
     Verb(("data", "inspect"), "draftheads.scripts.data_inspect", "print a tokenised row with its loss mask, and dataset statistics"),
-    Verb(("gen-data",), "draftheads.scripts.gen_data_cmd", "make self-distillation data: the base model answers the prompts itself (resumable)"),
-    Verb(("cache-features",), "draftheads.scripts.cache_features_cmd", "run the frozen backbone once over a recipe's data and store the features its heads train on"),
+    Verb(
+        ("gen-data",),
+        "draftheads.scripts.gen_data_cmd",
+        "make self-distillation data: the base model answers the prompts itself (resumable)",
+    ),
+    Verb(
+        ("cache-features",),
+        "draftheads.scripts.cache_features_cmd",
+        "run the frozen backbone once over a recipe's data and store the features its heads train on",
+    ),
     Verb(("train",), "draftheads.scripts.train_cmd", "train draft heads from a recipe (in this process, or through accelerate launch)"),
-    Verb(("plan",), "draftheads.scripts.plan_cmd", "what a recipe needs per process under a launch: memory by term, compute, cache disk (refuses one that does not fit)"),
+    Verb(
+        ("plan",),
+        "draftheads.scripts.plan_cmd",
+        "what a recipe needs per process under a launch: memory by term, compute, cache disk (refuses one that does not fit)",
+    ),
     Verb(("import",), "draftheads.scripts.import_cmd", "convert FasterDecoding Medusa or SafeAILab EAGLE checkpoints into a heads folder"),
-    Verb(("export",), "draftheads.scripts.export_cmd", "write heads in the layouts serving engines load (eagle: SGLang/vLLM; medusa: TensorRT-LLM, Medusa)"),
+    Verb(
+        ("export",),
+        "draftheads.scripts.export_cmd",
+        "write heads in the layouts serving engines load (eagle: SGLang/vLLM; medusa: TensorRT-LLM, Medusa)",
+    ),
     Verb(("push",), "draftheads.scripts.push_cmd", "upload exported heads and their model card to the Hugging Face Hub"),
-    Verb(("eval",), "draftheads.scripts.eval_cmd", "measure acceptance length and speedup of heads against autoregressive decoding and HF generate"),
-    Verb(("calibrate",), "draftheads.scripts.calibrate_cmd", "measure the heads' acceptance on the base model's answers to prompts like the served ones (calibration.json)"),
+    Verb(
+        ("eval",),
+        "draftheads.scripts.eval_cmd",
+        "measure acceptance length and speedup of heads against autoregressive decoding and HF generate",
+    ),
+    Verb(
+        ("calibrate",),
+        "draftheads.scripts.calibrate_cmd",
+        "measure the heads' acceptance on the base model's answers to prompts like the served ones (calibration.json)",
+    ),
     Verb(("tree",), "draftheads.scripts.tree_cmd", "choose the static draft tree with the best expected speedup on this machine"),
     Verb(("config",), "draftheads.scripts.config_show", "print a recipe resolved with its defaults and overrides"),
 )

@@ -33,7 +33,9 @@ def lookup_length(value: str) -> int | str:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Arguments of `eval`."""
-    parser.add_argument("items", nargs="*", metavar="CONFIG.yaml | key=value", help="an eval config file, then overrides such as tree.budget=8")
+    parser.add_argument(
+        "items", nargs="*", metavar="CONFIG.yaml | key=value", help="an eval config file, then overrides such as tree.budget=8"
+    )
     parser.add_argument("--heads", help="heads folder or Hub id (required, here or in the config)")
     parser.add_argument("--base", help="base model (default: the one the heads were trained on)")
     parser.add_argument("--prompts", help="MT-bench question.jsonl, ShareGPT file, JSONL with 'prompt', or mt-bench (default)")
@@ -41,19 +43,40 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--temperature", type=float, help="0 = greedy (default); > 0 = lossless speculative sampling")
     parser.add_argument("--top-p", type=float)
     parser.add_argument("--top-k", type=int)
-    parser.add_argument("--tree", choices=("auto", "static", "dynamic", "eagle2", "none", *ENGINES),
-                        help="auto (default): the tree with the highest expected tokens/s from costs measured at start-up, among dynamic trees and the saved static tree; "
-                             "eagle2: EAGLE-2's reranked tree (--tree-budget, --tree-width as its top-k, --tree-depth); "
-                             f"{', '.join(ENGINES)}: the tree that engine drafts with the export README's command")
-    parser.add_argument("--tree-budget", type=int, help="drafted nodes per step (dynamic and eagle2 trees, and static trees without a saved one)")
-    parser.add_argument("--tree-width", type=int, help="dynamic trees: most nodes added per depth; eagle2: nodes expanded per depth and children per node")
-    parser.add_argument("--tree-depth", type=int, help="dynamic and eagle2 trees: most depths drafted (default: the heads' num_heads; EAGLE heads may go deeper)")
-    parser.add_argument("--tree-lookup", type=lookup_length, help="greedy: also verify up to N tokens copied from the context (prompt lookup) as one more path of the tree; "
-                        "0: off; auto (default): chosen with --tree auto when the heads' calibration kept its answers (training's and `draftheads calibrate`'s do), else off")
+    parser.add_argument(
+        "--tree",
+        choices=("auto", "static", "dynamic", "eagle2", "none", *ENGINES),
+        help="auto (default): the tree with the highest expected tokens/s from costs measured at start-up, "
+        "among dynamic trees and the saved static tree; "
+        "eagle2: EAGLE-2's reranked tree (--tree-budget, --tree-width as its top-k, --tree-depth); "
+        f"{', '.join(ENGINES)}: the tree that engine drafts with the export README's command",
+    )
+    parser.add_argument(
+        "--tree-budget", type=int, help="drafted nodes per step (dynamic and eagle2 trees, and static trees without a saved one)"
+    )
+    parser.add_argument(
+        "--tree-width", type=int, help="dynamic trees: most nodes added per depth; eagle2: nodes expanded per depth and children per node"
+    )
+    parser.add_argument(
+        "--tree-depth",
+        type=int,
+        help="dynamic and eagle2 trees: most depths drafted (default: the heads' num_heads; EAGLE heads may go deeper)",
+    )
+    parser.add_argument(
+        "--tree-lookup",
+        type=lookup_length,
+        help="greedy: also verify up to N tokens copied from the context (prompt lookup) as one more path of the tree; "
+        "0: off; auto (default): chosen with --tree auto when the heads' calibration kept its answers "
+        "(training's and `draftheads calibrate`'s do), else off",
+    )
     parser.add_argument("--limit", type=int, help="N prompts, spread over the prompt set's categories")
     parser.add_argument("--seed", type=int)
     parser.add_argument("--device", help="auto (cuda when available), cpu, cuda, cuda:1, ...")
-    parser.add_argument("--dtype", choices=("auto", "float32", "bfloat16", "float16"), help="auto (default): bf16 where the hardware computes it natively, else fp32")
+    parser.add_argument(
+        "--dtype",
+        choices=("auto", "float32", "bfloat16", "float16"),
+        help="auto (default): bf16 where the hardware computes it natively, else fp32",
+    )
     parser.add_argument("--drift-batches", type=int, help="jointly trained backbones: held-out batches for agreement and perplexity")
     parser.add_argument("--out", default="report.json", help="report.json path; report.md and report.png are written beside it")
 
@@ -91,8 +114,10 @@ def headline(report) -> str:
     near = f" (+{report.near_ties} near ties)" if report.near_ties else ""
     predicted = f"{report.tau_predicted:.3f}" if report.tau_predicted is not None else "n/a"
     return (
-        f"tau {report.tau:.3f} (predicted {predicted}); {report.methods[M.OURS].tokens_per_s:.2f} tok/s = {ratio(M.AUTOREGRESSIVE)} our autoregressive, "
-        f"{ratio(M.HF_GENERATE)} HF generate, {ratio(M.HF_PROMPT_LOOKUP)} HF prompt lookup, {ratio(report.best_baseline)} the best baseline ({report.best_baseline}) "
+        f"tau {report.tau:.3f} (predicted {predicted}); "
+        f"{report.methods[M.OURS].tokens_per_s:.2f} tok/s = {ratio(M.AUTOREGRESSIVE)} our autoregressive, "
+        f"{ratio(M.HF_GENERATE)} HF generate, {ratio(M.HF_PROMPT_LOOKUP)} HF prompt lookup, "
+        f"{ratio(report.best_baseline)} the best baseline ({report.best_baseline}) "
         f"(median of {report.speed_ratios[pair_key(M.OURS, M.AUTOREGRESSIVE)].repeats} repeats [95% interval], {report.dtype}); "
         f"greedy mismatches: {report.greedy_mismatches} of {report.new_tokens} tokens re-scored{near}"
     )
@@ -116,7 +141,8 @@ def run(args: argparse.Namespace) -> int:
         print(f"warning: the backbone was trained ({report.backbone_mode}) but its drift was not measured: {drift['error']}")
     elif drift:
         print(
-            f"backbone ({report.backbone_mode}): agrees with the original on {drift['agreement']:.2%} of {drift['positions']} held-out tokens; "
+            f"backbone ({report.backbone_mode}): agrees with the original on "
+            f"{drift['agreement']:.2%} of {drift['positions']} held-out tokens; "
             f"perplexity {drift['perplexity_original']:.3f} (original) -> {drift['perplexity_trained']:.3f} (trained)"
         )
     print("wrote " + ", ".join(str(p) for p in paths))

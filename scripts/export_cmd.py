@@ -17,8 +17,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", required=True, help="folder to write (replaced atomically)")
     parser.add_argument("--dtype", choices=sorted(DTYPES), default="fp32", help="tensor dtype of the export")
     parser.add_argument("--base", help="base model (default: the one the heads were trained on)")
-    parser.add_argument("--engine", choices=(ALL, *ENGINES), default=ALL,
-                        help="the engine to load the export (all: every engine that loads the layout; models/engines.py lists where they differ)")
+    parser.add_argument(
+        "--engine",
+        choices=(ALL, *ENGINES),
+        default=ALL,
+        help="the engine to load the export (all: every engine that loads the layout; models/engines.py lists where they differ)",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -60,7 +64,10 @@ def engine_taus(heads: str, layout: str, engine: str) -> str:
         tau, _, _ = predicted_tau(tree, held_out[0], held_out, [])
         deepest = (tree.depth if tree.kind == "eagle2" else max(map(len, tree.paths)))
         floor = f"; the calibration measured {measured} depths, so deeper drafts are not counted: a floor" if deepest > measured else ""
-        lines.append(f"- {rules.version}: τ {tau:.2f} predicted ({tree_words(tree.describe())}{floor}); measure it with `draftheads eval --heads {heads} --tree {name}`.")
+        lines.append(
+            f"- {rules.version}: τ {tau:.2f} predicted ({tree_words(tree.describe())}{floor}); "
+            f"measure it with `draftheads eval --heads {heads} --tree {name}`."
+        )
     where = held_out[1]
     return "\n".join(lines + ["", f"Predicted from the heads' calibration: {where}.", ""])
 

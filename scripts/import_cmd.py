@@ -14,7 +14,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", required=True, help="heads folder to write (replaced atomically)")
     parser.add_argument("--base", help="base model (default: the checkpoint's base_model_name_or_path)")
     parser.add_argument("--num-heads", type=int, help="formats without a depth of their own (eagle): draft depth (default 5)")
-    parser.add_argument("--fuse-layers", type=int, nargs=3, metavar="LAYER", help="eagle-3: fused layers (default: as the reference reads them)")
+    parser.add_argument(
+        "--fuse-layers", type=int, nargs=3, metavar="LAYER", help="eagle-3: fused layers (default: as the reference reads them)"
+    )
 
 
 def run(args: argparse.Namespace) -> int:

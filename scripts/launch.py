@@ -71,7 +71,12 @@ def _gpu_processes(config: Path, gpus: int) -> list[str]:
     settings = yaml.safe_load(config.read_text()) or {}
     asked = settings.get("num_processes", 1)
     # CPU configs, one process, and several machines (num_processes counts all of them) are taken as written
-    if settings.get("use_cpu") or settings.get("num_machines", 1) > 1 or settings.get("distributed_type", "NO") == "NO" or not isinstance(asked, int):
+    if (
+        settings.get("use_cpu")
+        or settings.get("num_machines", 1) > 1
+        or settings.get("distributed_type", "NO") == "NO"
+        or not isinstance(asked, int)
+    ):
         return []
     shipped = config.resolve().parent == (recipes_dir() / "accelerate").resolve()
     if asked == gpus or (asked < gpus and not shipped):

@@ -10,10 +10,16 @@ from draftheads.scripts.recipe_args import add_recipe_arguments, recipe_and_over
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Arguments of `plan`."""
     add_recipe_arguments(parser)
-    parser.add_argument("--accelerate-config", metavar="NAME", help="the launch to plan for: a shipped config name or a YAML path (default: one process)")
+    parser.add_argument(
+        "--accelerate-config", metavar="NAME", help="the launch to plan for: a shipped config name or a YAML path (default: one process)"
+    )
     parser.add_argument("--gpus", type=int, help="processes, one per GPU (default: the config's num_processes)")
-    parser.add_argument("--gpu-memory", type=float, metavar="GB", help="memory per GPU in GiB: a plan that does not fit is refused (exit 2)")
-    parser.add_argument("--tflops", type=float, help="sustained TFLOP/s per GPU for the time estimate (default: 400, about 40%% of an H100's bf16 peak)")
+    parser.add_argument(
+        "--gpu-memory", type=float, metavar="GB", help="memory per GPU in GiB: a plan that does not fit is refused (exit 2)"
+    )
+    parser.add_argument(
+        "--tflops", type=float, help="sustained TFLOP/s per GPU for the time estimate (default: 400, about 40%% of an H100's bf16 peak)"
+    )
 
 
 def run(args: argparse.Namespace) -> int:

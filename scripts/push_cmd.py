@@ -11,7 +11,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("repo_id", metavar="REPO_ID", help="Hub repository, e.g. my-org/smollm2-135m-medusa")
     parser.add_argument("--private", action="store_true", help="create the repository as private")
     parser.add_argument("--message", help="commit message")
-    parser.add_argument("--format", default="draftheads", help="draftheads (default: the heads folder as it is), or a serving layout: eagle, medusa (exported first)")
+    parser.add_argument(
+        "--format",
+        default="draftheads",
+        help="draftheads (default: the heads folder as it is), or a serving layout: eagle, medusa (exported first)",
+    )
     parser.add_argument("--dtype", choices=("bf16", "fp16", "fp32"), default="fp32", help="tensor dtype of an exported layout")
     parser.add_argument("--engine", default="all", help="an exported layout's target engine, as `draftheads export --engine`")
 

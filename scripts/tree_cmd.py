@@ -16,7 +16,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--limit", type=int, default=8, help="calibration prompts to use")
     parser.add_argument("--max-new-tokens", type=int, default=96, help="tokens the base model answers each calibration prompt with")
     parser.add_argument("--device", default="auto")
-    parser.add_argument("--dtype", default="auto", choices=("auto", "float32", "bfloat16", "float16"), help="auto: bf16 where the hardware computes it natively (as eval), else fp32")
+    parser.add_argument(
+        "--dtype",
+        default="auto",
+        choices=("auto", "float32", "bfloat16", "float16"),
+        help="auto: bf16 where the hardware computes it natively (as eval), else fp32",
+    )
     parser.add_argument("--dry-run", action="store_true", help="print the search, do not write the config")
 
 

@@ -162,7 +162,13 @@ def random_medusa_heads(base, folder: Path) -> Path:
     return draft.save_pretrained(folder / "medusa")
 
 
-FIXED_BASELINES = ["baselines.prompt_lookup_tokens=10", "baselines.prompt_lookup_ngram=2", "baselines.lookup_tokens=8", "baselines.lookup_ngram=2", "repeats=1"]
+FIXED_BASELINES = [
+    "baselines.prompt_lookup_tokens=10",
+    "baselines.prompt_lookup_ngram=2",
+    "baselines.lookup_tokens=8",
+    "baselines.lookup_ngram=2",
+    "repeats=1",
+]
 """`draftheads eval` overrides for tests that are not about the baselines' sweep or the repeats:
 fixed lookup settings (no sweep at start-up) and one repeat."""
 

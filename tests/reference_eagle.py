@@ -32,7 +32,11 @@ class Eagle3Reference(nn.Module):
         self.lm_head = nn.Linear(h, draft_vocab, bias=False)
 
     def checkpoint(self, d2t):
-        state = {k: v for k, v in self.state_dict().items() if not k.startswith(("q_proj", "k_proj", "v_proj", "o_proj", "mlp", "input_", "hidden_", "post_"))}
+        state = {
+            k: v
+            for k, v in self.state_dict().items()
+            if not k.startswith(("q_proj", "k_proj", "v_proj", "o_proj", "mlp", "input_", "hidden_", "post_"))
+        }
         for name, value in self.state_dict().items():
             if name.startswith(("q_proj", "k_proj", "v_proj", "o_proj")):
                 state[f"midlayer.self_attn.{name}"] = value

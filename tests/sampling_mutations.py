@@ -13,7 +13,9 @@ MUTATIONS = {
     "rejected token not removed from q below the root": (acceptance, "            q[x] = 0\n", "            q[x] = q[x] if node else 0\n"),
     "residual not renormalised": (acceptance, "            p = p / p.sum()\n", ""),
     "bonus drawn from p instead of the residual": (
-        acceptance, "return Accepted(path, int(torch.multinomial(p, 1,", "return Accepted(path, int(torch.multinomial(target_logprobs[node].double().exp(), 1,"
+        acceptance,
+        "return Accepted(path, int(torch.multinomial(p, 1,",
+        "return Accepted(path, int(torch.multinomial(target_logprobs[node].double().exp(), 1,",
     ),
     "children drawn with replacement": (
         sampling,

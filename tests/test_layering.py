@@ -41,7 +41,9 @@ def upward_imports(folder=layer_folder) -> list[str]:
             for line, module in imports(path):
                 target = layer_of(module)
                 if target is not None and target > LAYERS.index(layer):
-                    problems.append(f"{layer}/{path.relative_to(folder(layer))}:{line} imports {module} ({LAYERS[target]} is above {layer})")
+                    problems.append(
+                        f"{layer}/{path.relative_to(folder(layer))}:{line} imports {module} ({LAYERS[target]} is above {layer})"
+                    )
     return problems
 
 

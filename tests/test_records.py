@@ -32,7 +32,10 @@ def test_a_hand_edited_figure_or_an_unmarked_table_is_caught(records, tmp_path):
     edited.write_text(results.replace("| 1.199x |", "| 1.299x |", 1))
     assert any("differs from its record" in p for p in records.check([edited]))
     new = tmp_path / "NEW.md"
-    new.write_text("# x\n\n## A claim\n\n| heads | speedup |\n| --- | --- |\n| Hydra | 2.15x |\n\n## Old\n\n<!-- no record: before -->\n\n| a | 1.5 |\n")
+    new.write_text(
+        "# x\n\n## A claim\n\n| heads | speedup |\n| --- | --- |\n| Hydra | 2.15x |\n\n"
+        "## Old\n\n<!-- no record: before -->\n\n| a | 1.5 |\n"
+    )
     (problem,) = records.check([new])
     assert f"{new}:7: a figure row with no record: | Hydra | 2.15x |" == problem  # the marked section's row passes, this one does not
     new.write_text("<!-- record: nowhere/ratios -->\n<!-- /record -->\n")

@@ -117,7 +117,15 @@ def test_eval_partial_records_read_back_whole(tiny_base, tmp_path):
     heads = draft.save_pretrained(tmp_path / "heads")
     ids = [f"q{i}\u2028\x85" for i in range(N)]
     prompts = write_awkward_jsonl(tmp_path / "prompts.jsonl", [{"question_id": ids[i], "turns": [question(i)]} for i in range(N)])
-    options = EvalConfig(heads=str(heads), prompts=str(prompts), **fixed_baselines(), max_new_tokens=2, tree=TreeSpec("dynamic", budget=2), device="cpu", dtype="float32")
+    options = EvalConfig(
+        heads=str(heads),
+        prompts=str(prompts),
+        **fixed_baselines(),
+        max_new_tokens=2,
+        tree=TreeSpec("dynamic", budget=2),
+        device="cpu",
+        dtype="float32",
+    )
     report = run_eval(options, tmp_path / "report.json", progress=False)
     partial = tmp_path / "report.json.partial.jsonl"
     before = partial.read_bytes()
@@ -136,7 +144,9 @@ def test_records_dropped_by_skip_invalid_are_reported_at_the_end_of_each_run(tin
     assert main(["gen-data", "--base", str(tiny_base), "--data", str(source), "--out", str(tmp_path / "gen")]) == 0
     printed = capsys.readouterr().out.splitlines()
     assert printed[-3:-1] == [f"warning: {note}", "2 of 2 conversations, 2 answers (2 tokens; finish reasons {'stop': 2}); skipped: none"]
-    assert json.loads((tmp_path / "gen" / "metadata.json").read_text())["counts"]["dropped"] == {str(source): {"malformed JSON": 1, "expected a list of turns, got str": 1}}
+    assert json.loads((tmp_path / "gen" / "metadata.json").read_text())["counts"]["dropped"] == {
+        str(source): {"malformed JSON": 1, "expected a list of turns, got str": 1}
+    }
     assert main(["cache-features", "--base", str(tiny_base), "--data", str(source), "--out", str(tmp_path / "cache"),
                  "data.skip_invalid=true", "data.max_length=64", "heads.head_type=medusa", "heads.num_heads=2"]) == 0
     printed = capsys.readouterr().out.splitlines()

@@ -64,7 +64,11 @@ def test_the_check_sees_a_shadowing_package(tmp_path):
     (tmp_path / "tests").mkdir()
     (tmp_path / "bench").mkdir()
     (tmp_path / "bench" / "safetensors.py").write_text("")  # a bench script: `python bench/x.py` puts bench/ first
-    assert [line.split(" ->")[0] for line in shadowed((tmp_path, tmp_path / "tests", tmp_path / "bench"))] == ["kernels", "safetensors", "yaml"]
+    assert [line.split(" ->")[0] for line in shadowed((tmp_path, tmp_path / "tests", tmp_path / "bench"))] == [
+        "kernels",
+        "safetensors",
+        "yaml",
+    ]
 
 
 def test_an_installed_kernels_package_imports_from_the_root():

@@ -69,15 +69,21 @@ def base_config(recipe_path: str | Path, recipe: Recipe):
         return AutoConfig.from_pretrained(location.path, revision=location.revision, trust_remote_code=recipe.model.trust_remote_code)
     except (OSError, ValueError) as exc:
         reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        raise ModelLoadError(f"{recipe_path}: no {CONFIG_FILE} beside the recipe, and the config of {recipe.model.base} cannot be read ({reason}); "
-                             f"put the base's {CONFIG_FILE} beside the recipe, or give model.base as a local folder") from None
+        raise ModelLoadError(
+            f"{recipe_path}: no {CONFIG_FILE} beside the recipe, and the config of {recipe.model.base} cannot be read ({reason}); "
+            f"put the base's {CONFIG_FILE} beside the recipe, or give model.base as a local folder"
+        ) from None
 
 
 def model_dtype(recipe: Recipe, config) -> torch.dtype:
     """The base's dtype in training (auto: the checkpoint's); the heads are built in it too."""
     from draftheads.models.backbone import DTYPES
 
-    name = recipe.model.dtype if recipe.model.dtype != "auto" else str(getattr(config, "torch_dtype", None) or getattr(config, "dtype", None) or "float32")
+    name = (
+        recipe.model.dtype
+        if recipe.model.dtype != "auto"
+        else str(getattr(config, "torch_dtype", None) or getattr(config, "dtype", None) or "float32")
+    )
     return DTYPES.get(name.removeprefix("torch."), torch.float32)
 
 
@@ -101,7 +107,9 @@ def shrunk_config(config, vocab_size: int):
     and its RoPE settings kept, and a vocabulary at least `vocab_size` (the stand-in tokenizer's)."""
     small = copy.deepcopy(config)
     heads = max(config.num_attention_heads // 8, 2)
-    kv_ratio = config.num_attention_heads // getattr(config, "num_key_value_heads", None) if getattr(config, "num_key_value_heads", None) else 1
+    kv_ratio = (
+        config.num_attention_heads // getattr(config, "num_key_value_heads", None) if getattr(config, "num_key_value_heads", None) else 1
+    )
     small.num_hidden_layers = SHRUNK_LAYERS
     small.hidden_size = SHRUNK_HIDDEN
     small.intermediate_size = SHRUNK_HIDDEN * config.intermediate_size // config.hidden_size
@@ -145,7 +153,10 @@ def dry_run(recipe_path: str | Path, work: Path, steps: int = 2, tokens: int = 1
     config_out = GenerationConfig(max_new_tokens=tokens, eos_token_ids=())
     alone = Engine(draft.backbone).generate(prompt, config_out).tokens
     drafted = Engine(draft.backbone, draft.heads, TreeSpec("dynamic", budget=8, width=4)).generate(prompt, config_out).tokens
-    words = f"{type(small).__name__}: {SHRUNK_LAYERS} layers x {SHRUNK_HIDDEN}, {small.num_attention_heads} heads / {small.num_key_value_heads} KV, vocabulary {small.vocab_size}"
+    words = (
+        f"{type(small).__name__}: {SHRUNK_LAYERS} layers x {SHRUNK_HIDDEN}, "
+        f"{small.num_attention_heads} heads / {small.num_key_value_heads} KV, vocabulary {small.vocab_size}"
+    )
     return DryRunReport(
         recipe=str(recipe_path), base_parameters=sum(p.numel() for p in model.parameters()),
         head_parameters=sum(p.numel() for p in heads.parameters()), shrunk=words, losses=list(result.losses),

@@ -67,7 +67,12 @@ def whole_outside_layers(backbone: Backbone) -> None:
     import deepspeed
 
     inside = {id(p) for p in backbone.layers.parameters()}
-    outside = [(module, name, p) for module in backbone.model.modules() for name, p in module.named_parameters(recurse=False) if id(p) not in inside]
+    outside = [
+        (module, name, p)
+        for module in backbone.model.modules()
+        for name, p in module.named_parameters(recurse=False)
+        if id(p) not in inside
+    ]
     partitioned = list({id(p): p for _, _, p in outside if hasattr(p, "ds_id")}.values())
     if not partitioned:
         return
@@ -287,6 +292,8 @@ def _with_adapter(backbone: Backbone, cfg: BackboneTraining):
     if isinstance(backbone.lm_head, LoraLayer) or isinstance(backbone.embed_tokens, LoraLayer):
         # Heads share the lm_head and the embedding as the ORIGINAL model has them; the teacher's
         # projection is taken outside the adapter-disabled block.
-        raise ConfigError("train.backbone.lora.target_modules: the lm_head and the embedding cannot take an adapter; train them with mode full")
+        raise ConfigError(
+            "train.backbone.lora.target_modules: the lm_head and the embedding cannot take an adapter; train them with mode full"
+        )
     return peft_model
 

@@ -8,8 +8,9 @@ ZeRO-3 or FSDP a frozen backbone's layers are prepared too, so that they are sha
 leaves them out of checkpoints and exports (FSDP's full state dict still gathers them: unmeasured,
 it runs on GPUs only). Joint training (Medusa-2) adds L_backbone (KL to the original model,
 or LM loss) and weighs the heads' losses by λ0, optionally after a heads-only stage. Each depth's
-loss is divided by the number of its trained tokens in the whole optimizer step (all micro-batches, all processes), so a run on 2 processes computes
-the same update as a run on 1 process with twice the gradient accumulation.
+loss is divided by the number of its trained tokens in the whole optimizer step (all micro-batches,
+all processes), so a run on 2 processes computes the same update as a run on 1 process with twice
+the gradient accumulation.
 """
 
 from __future__ import annotations
@@ -61,7 +62,16 @@ from draftheads.train.joint import (
     whole_last_layer,
     whole_outside_layers,
 )
-from draftheads.train.losses import answer_walks, backbone_loss_sum, decode_positions, depth_accuracy_counts, depth_loss_sums, depth_weights, joint_ranks, target_counts
+from draftheads.train.losses import (
+    answer_walks,
+    backbone_loss_sum,
+    decode_positions,
+    depth_accuracy_counts,
+    depth_loss_sums,
+    depth_weights,
+    joint_ranks,
+    target_counts,
+)
 from draftheads.train.schedules import make_scheduler
 from draftheads.utils.errors import ConfigError, DraftheadsError
 from draftheads.utils.jsonl import read_lines
@@ -103,7 +113,9 @@ class TrainModule(nn.Module):
         lm_head = spec.backbone.lm_head
         output = self.heads(features, ids, positions)
         loss = spec.loss
-        sums = depth_loss_sums(self.heads, output, batch, features[LAST], lm_head, loss.soft_label_weight, loss.chunk_size, loss.feature_weight)
+        sums = depth_loss_sums(
+            self.heads, output, batch, features[LAST], lm_head, loss.soft_label_weight, loss.chunk_size, loss.feature_weight
+        )
         terms = {"heads": sums, "aux": sum(output.aux_losses.values()) if output.aux_losses else None, "backbone": None}
         if spec.joint:
             cfg = spec.role.cfg
@@ -178,8 +190,10 @@ def shards_parameters(accelerator) -> bool:
 def _refuse_under_zero3(cfg, heads) -> None:
     """What joint training cannot do while no process holds the whole backbone."""
     if cfg.trains and heads.draft_vocab_size:
-        raise ConfigError(f"heads.draft_vocab_size: {heads.draft_vocab_size} reads rows of the lm_head directly, which ZeRO-3 partitions with a trained "
-                          "backbone: set it to 0 (the full vocabulary) or launch with deepspeed-zero2")
+        raise ConfigError(
+            f"heads.draft_vocab_size: {heads.draft_vocab_size} reads rows of the lm_head directly, which ZeRO-3 partitions with a trained "
+            "backbone: set it to 0 (the full vocabulary) or launch with deepspeed-zero2"
+        )
     if cfg.mode == "lora" and cfg.merge_adapter:
         raise ConfigError("train.backbone.merge_adapter: merging needs the whole base in one process, which ZeRO-3 never holds: "
                           "set it to false (the adapter is saved) or launch with deepspeed-zero2")
@@ -263,7 +277,12 @@ def evaluate(
 
 
 def _measure_batch(
-    heads: DraftHeads, backbone: Backbone, batch: dict, features: dict[int, torch.Tensor], chunk_size: int, trainable: TrainableBackbone | None,
+    heads: DraftHeads,
+    backbone: Backbone,
+    batch: dict,
+    features: dict[int, torch.Tensor],
+    chunk_size: int,
+    trainable: TrainableBackbone | None,
     walks_ngram: int | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, list[AnswerWalk]]:
     """One held-out batch: (accuracy counts per depth, joint ranks of every drafted depth, their
@@ -277,7 +296,9 @@ def _measure_batch(
     ranks = joint_ranks(heads, drafted, batch, backbone.lm_head, rows, cols)
     drift = torch.zeros(4, dtype=torch.float64)
     if trainable is not None:
-        drift = drift_counts(features[LAST], trainable.original_hidden(batch), batch, backbone.lm_head, trainable.original_lm_head(), chunk_size)
+        drift = drift_counts(
+            features[LAST], trainable.original_hidden(batch), batch, backbone.lm_head, trainable.original_lm_head(), chunk_size
+        )
     walks = answer_walks(heads, drafted, batch, backbone.lm_head, walks_ngram) if walks_ngram is not None else []
     return counts, ranks, torch.stack([turn, offset], 1), drift, walks
 
@@ -331,7 +352,9 @@ def train(recipe: Recipe, on_step: Callable[[int], None] | None = None, progress
             (run.output_dir / "metrics.jsonl").unlink(missing_ok=True)  # from a run that died before its first checkpoint
         _evaluate_and_log(run, 0)
     data = _batches(run.train_loader, state, accelerator)
-    bar = tqdm(total=cfg.max_steps, initial=state.step, desc="training", unit="step", disable=not (progress and accelerator.is_main_process))
+    bar = tqdm(
+        total=cfg.max_steps, initial=state.step, desc="training", unit="step", disable=not (progress and accelerator.is_main_process)
+    )
     tokens_seen, started = 0, time.perf_counter()
     while state.step < cfg.max_steps:
         step_started = time.perf_counter()
@@ -376,11 +399,18 @@ def _set_up(recipe: Recipe, progress: bool) -> _Run:
         _refuse_under_zero3(joint_cfg, heads_cfg)
     backbone = _load_base(recipe, accelerator, zero3)
     if heads_cfg.draft_vocab_size > backbone.vocab_size:
-        raise ConfigError(f"heads.draft_vocab_size: {heads_cfg.draft_vocab_size} exceeds the vocabulary of {recipe.model.base} ({backbone.vocab_size} tokens)")
+        raise ConfigError(
+            f"heads.draft_vocab_size: {heads_cfg.draft_vocab_size} exceeds the vocabulary of "
+            f"{recipe.model.base} ({backbone.vocab_size} tokens)"
+        )
     train_set, held_set, dropped = _datasets(recipe, backbone, accelerator, progress)
     with whole_last_layer(backbone) if zero3 else nullcontext():  # heads may start from a copy of it
         heads = _new_heads(recipe, backbone, train_set, accelerator.print)
-    role = TrainableBackbone(backbone, joint_cfg) if joint_cfg.trains else FrozenBackbone(backbone, shards_parameters(accelerator) and not recipe.data.feature_cache.path)
+    role = (
+        TrainableBackbone(backbone, joint_cfg)
+        if joint_cfg.trains
+        else FrozenBackbone(backbone, shards_parameters(accelerator) and not recipe.data.feature_cache.path)
+    )
     if not joint_cfg.trains and role.sharded and zero3:
         gather_one_layer_ahead(accelerator, backbone.layers)
     groups = [{"params": list(heads.parameters()), "lr": cfg.lr * joint_cfg.heads_lr_multiplier}] + role.param_groups(cfg.lr)
@@ -398,7 +428,9 @@ def _set_up(recipe: Recipe, progress: bool) -> _Run:
     _resume(accelerator, module, cfg, frozen, state)
     if accelerator.is_main_process and cfg.trackers:
         accelerator.init_trackers("draftheads", config=_flat("", to_dict(recipe), {}))
-    result = TrainResult(output_dir=Path(cfg.output_dir), heads_dir=Path(cfg.output_dir) / "heads", main_process=accelerator.is_main_process)
+    result = TrainResult(
+        output_dir=Path(cfg.output_dir), heads_dir=Path(cfg.output_dir) / "heads", main_process=accelerator.is_main_process
+    )
     return _Run(
         recipe, accelerator, backbone, role, module, accelerator.unwrap_model(module).heads, optimizer, scheduler, train_loader,
         eval_loader, state, frozen, training_layers(heads_cfg), (len(train_set), len(held_set)), dropped, result,
@@ -438,7 +470,9 @@ def _datasets(recipe: Recipe, backbone: Backbone, accelerator, progress: bool):
             train_set, held_set, stat_lines = open_feature_cache(recipe, backbone)
             dropped = cached_dropped(recipe)
         else:
-            train_set, held_set, stats, _ = build_datasets(recipe.data, backbone.tokenizer, recipe.model.base, progress and accelerator.is_main_process)
+            train_set, held_set, stats, _ = build_datasets(
+                recipe.data, backbone.tokenizer, recipe.model.base, progress and accelerator.is_main_process
+            )
             stat_lines, dropped = stats.lines(), stats.dropped()
     if accelerator.is_main_process:
         save_resolved(recipe, recipe.train.output_dir)
@@ -512,7 +546,12 @@ def _optimizer_step(run: _Run, data: Iterator[dict]) -> tuple[float, dict, dict,
         )
     lrs = run.scheduler.get_last_lr()
     shown, logged = role.progress(accelerator.reduce(step_backbone, "sum").item(), head_weight, lrs)
-    return step_loss, {"loss": f"{step_loss:.3f}", "lr": f"{lrs[0]:.2e}", **shown}, {"train/loss": step_loss, "train/lr": lrs[0], **logged}, sum(int(b["input_ids"].numel()) for b in micro)
+    return (
+        step_loss,
+        {"loss": f"{step_loss:.3f}", "lr": f"{lrs[0]:.2e}", **shown},
+        {"train/loss": step_loss, "train/lr": lrs[0], **logged},
+        sum(int(b["input_ids"].numel()) for b in micro),
+    )
 
 
 def _evaluate_and_log(run: _Run, step: int, final: bool = False) -> None:
@@ -599,7 +638,11 @@ def _export(run: _Run) -> None:
         section, write_backbone = run.role.summary(state_dict, history)
         if section is not None:
             summary["backbone"] = section
-        files = {CARD_NAME: model_card(run.heads.config, summary), TRAINING_NAME: json.dumps(summary, indent=2) + "\n", RECIPE_NAME: recipe_yaml(recipe)}
+        files = {
+            CARD_NAME: model_card(run.heads.config, summary),
+            TRAINING_NAME: json.dumps(summary, indent=2) + "\n",
+            RECIPE_NAME: recipe_yaml(recipe),
+        }
         if result.calibration is not None:
             files[CALIBRATION_NAME] = calibration_json(result.calibration, "held-out rows of the training data")
         heads_state = {k[len("heads.") :]: v for k, v in state_dict.items() if k.startswith("heads.")}

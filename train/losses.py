@@ -226,13 +226,21 @@ def decode_positions(batch: dict[str, torch.Tensor], depths: int) -> tuple[torch
 
 @torch.no_grad()
 def joint_ranks(
-    heads: DraftHeads, states: list[torch.Tensor], batch: dict[str, torch.Tensor], lm_head: nn.Module, rows: torch.Tensor, cols: torch.Tensor, max_rank: int = 10
+    heads: DraftHeads,
+    states: list[torch.Tensor],
+    batch: dict[str, torch.Tensor],
+    lm_head: nn.Module,
+    rows: torch.Tensor,
+    cols: torch.Tensor,
+    max_rank: int = 10,
 ) -> torch.Tensor:
     """[positions, depths] ranks of the true tokens at (rows, cols), the positions every depth
     trains on (`joint_positions`: the joint rank paths `RankStats` calibrates trees with); max_rank
     where a token is not in the top."""
     ids = batch["input_ids"]
-    columns = [true_ranks(heads, k, states[k - 1][rows, cols], ids[rows, cols + 1 + k], lm_head, max_rank) for k in range(1, len(states) + 1)]
+    columns = [
+        true_ranks(heads, k, states[k - 1][rows, cols], ids[rows, cols + 1 + k], lm_head, max_rank) for k in range(1, len(states) + 1)
+    ]
     return torch.stack(columns, 1) if columns else torch.zeros(0, 0, dtype=torch.long)
 
 

@@ -125,8 +125,10 @@ class Plan:
         if self.launch.memory_gb is None or self.total <= self.launch.memory_gb * GIB:
             return None
         worst = max(self.memory, key=lambda term: term.bytes)
-        return (f"{self.recipe}: needs {self.total / GIB:.1f} GiB per process, more than {self.launch.memory_gb:g} GiB; the largest term is "
-                f"{worst.name} ({worst.bytes / GIB:.1f} GiB): {worst.fix}")
+        return (
+            f"{self.recipe}: needs {self.total / GIB:.1f} GiB per process, more than {self.launch.memory_gb:g} GiB; the largest term is "
+            f"{worst.name} ({worst.bytes / GIB:.1f} GiB): {worst.fix}"
+        )
 
 
 def launch_of(accelerate_config: str | None, gpus: int | None, gpu_memory: float | None) -> Launch:
@@ -140,14 +142,24 @@ def launch_of(accelerate_config: str | None, gpus: int | None, gpu_memory: float
     kind = settings.get("distributed_type", "NO")
     stage = (settings.get("deepspeed_config") or {}).get("zero_stage")
     if kind == "DEEPSPEED" and stage is None:
-        raise ConfigError(f"--accelerate-config {accelerate_config}: deepspeed_config names no zero_stage (the plan reads the stage from there)")
-    strategy = {"NO": "single", "MULTI_GPU": "ddp", "MULTI_CPU": "ddp", "FSDP": "fsdp"}.get(kind, f"zero{stage}" if kind == "DEEPSPEED" else None)
+        raise ConfigError(
+            f"--accelerate-config {accelerate_config}: deepspeed_config names no zero_stage (the plan reads the stage from there)"
+        )
+    strategy = {"NO": "single", "MULTI_GPU": "ddp", "MULTI_CPU": "ddp", "FSDP": "fsdp"}.get(
+        kind, f"zero{stage}" if kind == "DEEPSPEED" else None
+    )
     if strategy is None:
-        raise ConfigError(f"--accelerate-config {accelerate_config}: distributed_type {kind} is not one the plan knows (NO, MULTI_GPU, DEEPSPEED, FSDP)")
+        raise ConfigError(
+            f"--accelerate-config {accelerate_config}: distributed_type {kind} is not one the plan knows (NO, MULTI_GPU, DEEPSPEED, FSDP)"
+        )
     processes = gpus or settings.get("num_processes", 1)
     if processes > 1 and strategy == "single":
         strategy = "ddp"
-    on_cpu = settings.get("use_cpu") or kind == "MULTI_CPU" or (accelerate_config is None and gpus is None and gpu_memory is None and not torch.cuda.is_available())
+    on_cpu = (
+        settings.get("use_cpu")
+        or kind == "MULTI_CPU"
+        or (accelerate_config is None and gpus is None and gpu_memory is None and not torch.cuda.is_available())
+    )
     device = "cpu" if on_cpu else "cuda"
     return Launch(processes, strategy, device, gpu_memory)
 
@@ -269,7 +281,9 @@ def _backbone_forward(model: torch.nn.Module, length: int, compute: torch.dtype)
     trained backbone keeps), and its FLOPs, on the meta device in the compute dtype."""
     with torch.device("meta"):
         ids = torch.zeros(1, length, dtype=torch.long)
-        mask = torch.ones(1, 1, length, length, dtype=torch.bool)  # a 4-D mask as given: the causal one is built from values a meta tensor lacks
+        mask = torch.ones(
+            1, 1, length, length, dtype=torch.bool
+        )  # a 4-D mask as given: the causal one is built from values a meta tensor lacks
     computing = model.to(compute)
     return _measured(lambda: computing(input_ids=ids, attention_mask=mask, use_cache=False, logits_to_keep=1))
 
@@ -293,22 +307,48 @@ def _memory_terms(recipe: Recipe, launch: Launch, config, sizes: Sizes) -> list[
     trained = own + (b * sizes.base if mode == "full" else 0)
     ddp_buckets = 2 if strategy == "ddp" and n > 1 else 1
     terms = [
-        Term("base weights", base_bytes, f"{sizes.base:,} x {b} B" + (" (4/8-bit linear layers)" if cfg.backbone.lora.load_in_bits and mode == "lora" else "")
-             + (f", / {shard_weights} processes" if mode != "frozen" and shard_weights > 1
-                else f", layers / {n} processes, embedding and lm_head whole" if frozen_sharded and n > 1 else ", whole in every process"),
-             "--accelerate-config deepspeed-zero3 shards a frozen base's layers; or a smaller model.dtype, or (LoRA) lora.load_in_bits 4"),
-        Term("trained weights", own // shard_weights, f"heads {sizes.heads:,} x {b} B" + (f", adapter {sizes.adapter:,} x 4 B" if sizes.adapter else "")
-             + (f" / {shard_weights}" if shard_weights > 1 else ""), "--accelerate-config deepspeed-zero3 or fsdp shards them"),
-        Term("gradients", ddp_buckets * trained // shard_grads, f"one per trained weight{' x 2 (DDP buckets)' if ddp_buckets > 1 else ''}"
-             + (f" / {shard_grads}" if shard_grads > 1 else ""), "--accelerate-config deepspeed-zero2 shards them"),
-        Term("optimizer state", 2 * trained // shard_moments, "AdamW: two moments per trained weight" + (f" / {shard_moments}" if shard_moments > 1 else ""),
-             "--accelerate-config deepspeed-zero2 shards it"),
+        Term(
+            "base weights",
+            base_bytes,
+            f"{sizes.base:,} x {b} B"
+            + (" (4/8-bit linear layers)" if cfg.backbone.lora.load_in_bits and mode == "lora" else "")
+            + (
+                f", / {shard_weights} processes"
+                if mode != "frozen" and shard_weights > 1
+                else f", layers / {n} processes, embedding and lm_head whole"
+                if frozen_sharded and n > 1
+                else ", whole in every process"
+            ),
+            "--accelerate-config deepspeed-zero3 shards a frozen base's layers; or a smaller model.dtype, or (LoRA) lora.load_in_bits 4",
+        ),
+        Term(
+            "trained weights",
+            own // shard_weights,
+            f"heads {sizes.heads:,} x {b} B"
+            + (f", adapter {sizes.adapter:,} x 4 B" if sizes.adapter else "")
+            + (f" / {shard_weights}" if shard_weights > 1 else ""),
+            "--accelerate-config deepspeed-zero3 or fsdp shards them",
+        ),
+        Term(
+            "gradients",
+            ddp_buckets * trained // shard_grads,
+            f"one per trained weight{' x 2 (DDP buckets)' if ddp_buckets > 1 else ''}" + (f" / {shard_grads}" if shard_grads > 1 else ""),
+            "--accelerate-config deepspeed-zero2 shards them",
+        ),
+        Term(
+            "optimizer state",
+            2 * trained // shard_moments,
+            "AdamW: two moments per trained weight" + (f" / {shard_moments}" if shard_moments > 1 else ""),
+            "--accelerate-config deepspeed-zero2 shards it",
+        ),
     ]
     if frozen_sharded and n > 1 and not recipe.data.feature_cache.path:
         layer = (sizes.base - sizes.base_outside_layers) // config.num_hidden_layers
         terms.append(Term("gathered layers", 2 * layer * b, f"the running layer and the next, whole: 2 x {layer:,} x {b} B", "-"))
     if mode == "full" and cfg.backbone.objective == "kl" and cfg.backbone.teacher == "model":
-        terms.append(Term("reference copy", sizes.base * b, "the original model, frozen, for the KL objective", "train.backbone.teacher: cache"))
+        terms.append(
+            Term("reference copy", sizes.base * b, "the original model, frozen, for the KL objective", "train.backbone.teacher: cache")
+        )
     terms += _activation_terms(recipe, launch, config, sizes, b)
     return terms
 
@@ -329,8 +369,14 @@ def _activation_terms(recipe: Recipe, launch: Launch, config, sizes: Sizes, b: i
     from draftheads.data.features import training_layers
 
     layers = len(training_layers(recipe.heads))
-    terms = [Term("features", layers * sizes.rows * config.hidden_size * b, f"{layers} layer(s) x {sizes.rows:,} tokens x {config.hidden_size}",
-                  "a smaller train.batch_size or data.max_length")]
+    terms = [
+        Term(
+            "features",
+            layers * sizes.rows * config.hidden_size * b,
+            f"{layers} layer(s) x {sizes.rows:,} tokens x {config.hidden_size}",
+            "a smaller train.batch_size or data.max_length",
+        )
+    ]
     if cfg.backbone.trains:
         saved = sizes.backbone_saved
         if cfg.backbone.gradient_checkpointing:  # layer inputs kept, one layer's activations at a time
@@ -340,7 +386,9 @@ def _activation_terms(recipe: Recipe, launch: Launch, config, sizes: Sizes, b: i
                           "train.backbone.gradient_checkpointing: true, or a smaller train.batch_size"))
     elif not data.feature_cache.path:
         transient = sizes.rows * (2 * config.intermediate_size + 4 * config.hidden_size) * b
-        terms.append(Term("backbone forward", transient, "one layer's working set (no gradient)", "data.feature_cache (features from disk)"))
+        terms.append(
+            Term("backbone forward", transient, "one layer's working set (no gradient)", "data.feature_cache (features from disk)")
+        )
     terms.append(Term("head activations", sizes.heads_saved, "saved for backward in the heads' forward (measured on the meta device)",
                       "a smaller train.batch_size or data.max_length, or fewer heads.num_heads"))
     vocab = recipe.heads.draft_vocab_size or config.vocab_size
@@ -348,8 +396,14 @@ def _activation_terms(recipe: Recipe, launch: Launch, config, sizes: Sizes, b: i
     alive = 1 if sizes.rows > cfg.loss.chunk_size else depths  # one chunk at a time when recomputed
     chunk = min(sizes.rows, cfg.loss.chunk_size)
     copies = 3 if cfg.loss.soft_label_weight > 0 else 2  # logits and log-probs, and the teacher's for soft labels
-    terms.append(Term("logits", alive * chunk * vocab * 4 * copies, f"{alive} x {chunk:,} positions x {vocab:,} words x {copies} fp32 copies",
-                      "a smaller train.loss.chunk_size, or heads.draft_vocab_size"))
+    terms.append(
+        Term(
+            "logits",
+            alive * chunk * vocab * 4 * copies,
+            f"{alive} x {chunk:,} positions x {vocab:,} words x {copies} fp32 copies",
+            "a smaller train.loss.chunk_size, or heads.draft_vocab_size",
+        )
+    )
     terms.append(Term("framework", FRAMEWORK_BYTES[launch.device], f"the {launch.device} runtime itself", "-"))
     return terms
 
@@ -375,7 +429,9 @@ def _cache_bytes_per_token(recipe: Recipe, config) -> int:
     from draftheads.data.features import CacheIdentity, bytes_per_token, training_layers
 
     cache = recipe.data.feature_cache
-    identity = CacheIdentity(recipe.model.base, config.hidden_size, config.vocab_size, "", "", training_layers(recipe.heads), cache.dtype, cache.teacher_topk)
+    identity = CacheIdentity(
+        recipe.model.base, config.hidden_size, config.vocab_size, "", "", training_layers(recipe.heads), cache.dtype, cache.teacher_topk
+    )
     return bytes_per_token(identity)
 
 
@@ -408,8 +464,18 @@ def plan_lines(plan: Plan, tflops: float) -> list[str]:
     lines.append(f"compute: {plan.flops_per_token / 1e9:.1f} GFLOP per trained token, {plan.tokens_per_step:,} tokens per step")
     if plan.steps:
         seconds = plan.flops_per_token * plan.tokens_per_step * plan.steps / (launch.processes * tflops * 1e12)
-        lines.append(f"  {plan.steps:,} steps: {plan.flops_per_token * plan.tokens_per_step * plan.steps:.3g} FLOP, about {seconds / 3600:.1f} h at {tflops:g} TFLOP/s per GPU")
+        lines.append(
+            f"  {plan.steps:,} steps: {plan.flops_per_token * plan.tokens_per_step * plan.steps:.3g} FLOP, "
+            f"about {seconds / 3600:.1f} h at {tflops:g} TFLOP/s per GPU"
+        )
     if plan.cache_bytes_per_token is not None:
-        data = f", {plan.cache_bytes_per_token * plan.data_tokens / GIB:.2f} GiB for the recipe's {plan.data_tokens:,} tokens" if plan.data_tokens else ""
-        lines.append(f"hidden-state cache: {plan.cache_bytes_per_token:,} B per token ({plan.cache_bytes_per_token * 1e8 / GIB:.1f} GiB per 100M tokens){data}")
+        data = (
+            f", {plan.cache_bytes_per_token * plan.data_tokens / GIB:.2f} GiB for the recipe's {plan.data_tokens:,} tokens"
+            if plan.data_tokens
+            else ""
+        )
+        lines.append(
+            f"hidden-state cache: {plan.cache_bytes_per_token:,} B per token "
+            f"({plan.cache_bytes_per_token * 1e8 / GIB:.1f} GiB per 100M tokens){data}"
+        )
     return lines

@@ -40,12 +40,18 @@ def resolve_dtype(name: str, device: torch.device) -> tuple[str, str]:
             return name, "warning: this GPU has no native bf16; bf16 is emulated and slower than float16"
         return name, f"{name}: as asked"
     if name == "float16":
-        raise ConfigError("dtype float16 on a CPU: PyTorch has no fast fp16 CPU kernels; use bfloat16 (native on CPUs with avx512_bf16/amx_bf16) or float32")
+        raise ConfigError(
+            "dtype float16 on a CPU: PyTorch has no fast fp16 CPU kernels; "
+            "use bfloat16 (native on CPUs with avx512_bf16/amx_bf16) or float32"
+        )
     native = cpu_has_native_bf16()
     if name == "auto":
         if native:
             return "bfloat16", "bf16: this CPU has native bf16 dot products (avx512_bf16/amx_bf16)"
         return "float32", "fp32: this CPU has no native bf16 dot products"
     if name == "bfloat16" and not native:
-        return name, "warning: this CPU has no native bf16 dot products (avx512_bf16/amx_bf16): bf16 is emulated and usually slower than float32"
+        return (
+            name,
+            "warning: this CPU has no native bf16 dot products (avx512_bf16/amx_bf16): bf16 is emulated and usually slower than float32",
+        )
     return name, f"{name}: as asked"

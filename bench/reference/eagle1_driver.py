@@ -39,7 +39,9 @@ def main() -> None:
         lengths.clear()
         start = time.perf_counter()
         with torch.no_grad():
-            result = model.eagenerate(torch.tensor([ids]), temperature=0.0, max_new_tokens=args.max_new_tokens, tree_choices=json.loads(args.tree))
+            result = model.eagenerate(
+                torch.tensor([ids]), temperature=0.0, max_new_tokens=args.max_new_tokens, tree_choices=json.loads(args.tree)
+            )
         out.append(eagle_answer(result, ids, lengths, time.perf_counter() - start))
     print(json.dumps(out))
 

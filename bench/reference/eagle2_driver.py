@@ -4,7 +4,8 @@ greedy answers and steps per prompt, as JSON on stdout. Runs in the reference vi
 bench/reference_codes.py builds (transformers 4.x), never in draftheads' own. The source's RoPE
 reads the config's theta, so unlike the PyPI release it needs no patch.
 
-    python eagle2_driver.py --source DIR --base DIR --draft DIR --eagle3 0|1 --prompts FILE.json --max-new-tokens N --total-token T --depth D --top-k K
+    python eagle2_driver.py --source DIR --base DIR --draft DIR --eagle3 0|1 --prompts FILE.json \
+        --max-new-tokens N --total-token T --depth D --top-k K
 """
 
 import argparse
@@ -33,8 +34,15 @@ def main() -> None:
     sys.path.insert(0, args.source)  # before any installed `eagle` (PyPI eagle-llm installs one too)
     from eagle.model import ea_model
 
-    model = ea_model.EaModel.from_pretrained(use_eagle3=bool(args.eagle3), base_model_path=args.base, ea_model_path=args.draft,
-                                             total_token=args.total_token, depth=args.depth, top_k=args.top_k, torch_dtype=torch.float32).eval()
+    model = ea_model.EaModel.from_pretrained(
+        use_eagle3=bool(args.eagle3),
+        base_model_path=args.base,
+        ea_model_path=args.draft,
+        total_token=args.total_token,
+        depth=args.depth,
+        top_k=args.top_k,
+        torch_dtype=torch.float32,
+    ).eval()
     lengths = count_steps(ea_model)
     out = []
     for ids in json.loads(Path(args.prompts).read_text()):

@@ -26,7 +26,9 @@ def grouped_query_cache(model):
     config = model.config
     kv_heads = getattr(config, "num_key_value_heads", config.num_attention_heads)
     head_dim = getattr(config, "head_dim", config.hidden_size // config.num_attention_heads)
-    data = torch.zeros(config.num_hidden_layers * 2, 1, kv_heads, config.max_position_embeddings, head_dim, device=model.device, dtype=model.dtype)
+    data = torch.zeros(
+        config.num_hidden_layers * 2, 1, kv_heads, config.max_position_embeddings, head_dim, device=model.device, dtype=model.dtype
+    )
     lengths = torch.zeros(config.num_hidden_layers * 2, dtype=torch.long, device="cpu")
     caches = [[KVCache(data[i * 2 + j], lengths[i * 2 + j]) for j in range(2)] for i in range(config.num_hidden_layers)]
     return caches, data, lengths
@@ -34,7 +36,9 @@ def grouped_query_cache(model):
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--base", required=True, help="the base model folder (the export's base_model_name_or_path is replaced by it: no Hub here)")
+    parser.add_argument(
+        "--base", required=True, help="the base model folder (the export's base_model_name_or_path is replaced by it: no Hub here)"
+    )
     parser.add_argument("--draft", required=True)
     parser.add_argument("--prompts", required=True, help="JSON list of prompt token-id lists")
     parser.add_argument("--max-new-tokens", type=int, required=True)
@@ -62,11 +66,20 @@ def main() -> None:
         seen.update(ids=None, prompt=len(ids), after_step=[])
         start = time.perf_counter()
         with torch.no_grad():
-            for _ in model.medusa_generate(torch.tensor([ids]), temperature=0.0, max_steps=args.max_new_tokens, medusa_choices=json.loads(args.choices)):
+            for _ in model.medusa_generate(
+                torch.tensor([ids]), temperature=0.0, max_steps=args.max_new_tokens, medusa_choices=json.loads(args.choices)
+            ):
                 if seen["ids"].shape[1] - len(ids) >= args.max_new_tokens:
                     break
         steps = len(seen["after_step"])
-        out.append({"tokens": seen["ids"][0, len(ids):].tolist(), "steps": steps, "after_step": seen["after_step"], "seconds": time.perf_counter() - start})
+        out.append(
+            {
+                "tokens": seen["ids"][0, len(ids) :].tolist(),
+                "steps": steps,
+                "after_step": seen["after_step"],
+                "seconds": time.perf_counter() - start,
+            }
+        )
     print(json.dumps(out))
 
 

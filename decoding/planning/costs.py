@@ -149,8 +149,15 @@ def lookup_seconds(tokens: int, ngram: int, context_length: int, repeats: int = 
     return median_seconds(step, torch.device("cpu"), repeats)
 
 
-def measure_costs(draft: DraftModel, budgets=BUDGETS, widths=WIDTHS, prefix_length: int = 256, lookups: tuple[int, ...] = (), ngram: int = 2,
-                  static_nodes: int = 0) -> TreeCosts:
+def measure_costs(
+    draft: DraftModel,
+    budgets=BUDGETS,
+    widths=WIDTHS,
+    prefix_length: int = 256,
+    lookups: tuple[int, ...] = (),
+    ngram: int = 2,
+    static_nodes: int = 0,
+) -> TreeCosts:
     """Verification and drafting costs of every candidate on this machine; with
     `lookups`, verification up to the largest tree plus the longest branch and the branches' own
     cost in a context of `prefix_length` tokens; with `static_nodes`, a static tree of that many

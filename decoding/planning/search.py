@@ -135,8 +135,15 @@ def expected_tau(stats: RankStats, budget: int, width: int) -> float:
     return 1 + sum(stats.probability(tuple(p)) for p in stats.best_paths(budget, width))
 
 
-def choose_auto_tree(stats: RankStats, costs: TreeCosts, calibration: str, shape: tuple[int, int] | None = None, lookups: tuple[int, ...] = (0,), ngram: int = 2,
-                     static: list[list[int]] | None = None) -> AutoTree:
+def choose_auto_tree(
+    stats: RankStats,
+    costs: TreeCosts,
+    calibration: str,
+    shape: tuple[int, int] | None = None,
+    lookups: tuple[int, ...] = (0,),
+    ngram: int = 2,
+    static: list[list[int]] | None = None,
+) -> AutoTree:
     """The candidate with the highest expected tokens per second (autoregressive included), over
     the dynamic trees of `costs` and the `static` tree (a saved one; its costs must hold its size
     and drafting by depth), each with each lookup-branch length of `lookups` (0: none). With `shape`
@@ -179,7 +186,10 @@ def _candidate(stats: RankStats, costs: TreeCosts, tree: Candidate, shape: tuple
     if tree.paths:
         paths, drafting = tree.paths, costs.static_draft_seconds(tree.depth)
     else:
-        paths, drafting = (stats.best_paths(tree.budget, tree.width) if tree.budget else []), costs.draft.get((tree.budget, tree.width), 0.0)
+        paths, drafting = (
+            (stats.best_paths(tree.budget, tree.width) if tree.budget else []),
+            costs.draft.get((tree.budget, tree.width), 0.0),
+        )
     drafting += costs.lookup.get(tree.lookup, 0.0)
     if shape is None:
         tau = stats.expected_tau(Tree.from_paths(paths)) if tree.paths else expected_tau(stats, tree.budget, tree.width)

@@ -87,11 +87,17 @@ class RankStats:
             out[depth[i] - 1] += self.probability(tuple(ranks[n] for n in tree.path_to(i)[1:]))
         return out
 
-    def best_paths(self, count: int, width: int | None = None, max_rank: int | None = None, max_depth: int | None = None) -> list[list[int]]:
+    def best_paths(
+        self, count: int, width: int | None = None, max_rank: int | None = None, max_depth: int | None = None
+    ) -> list[list[int]]:
         """The `count` most probable rank paths, at most `width` of them per depth, of ranks below
         `max_rank` and at most `max_depth` long; prefix-closed (a prefix is at least as likely, ties
         put shorter paths first, and a path whose prefix was left out is left out too)."""
-        fits = [(p, c) for p, c in self.path_counts.items() if (max_rank is None or max(p) < max_rank) and (max_depth is None or len(p) <= max_depth)]
+        fits = [
+            (p, c)
+            for p, c in self.path_counts.items()
+            if (max_rank is None or max(p) < max_rank) and (max_depth is None or len(p) <= max_depth)
+        ]
         ordered = sorted(fits, key=lambda kv: (-kv[1], len(kv[0]), kv[0]))
         chosen: set[tuple[int, ...]] = set()
         per_depth: Counter = Counter()
@@ -116,11 +122,16 @@ class RankStats:
         if not positions:
             return None
         counts: Counter = sum((c.path_counts for c in chosen), Counter())
-        topk = [[sum(c.depth_topk[d][k] * c.positions for c in chosen) / positions for k in range(len(row))] for d, row in enumerate(self.depth_topk)]
+        topk = [
+            [sum(c.depth_topk[d][k] * c.positions for c in chosen) / positions for k in range(len(row))]
+            for d, row in enumerate(self.depth_topk)
+        ]
         walks = [w for w in self.walks if w.turn < turns] if self.walks is not None else None
         return RankStats(positions, counts, topk, walks=walks, lookup_ngram=self.lookup_ngram)
 
-    def replayed(self, paths: list[list[int]], turns: int, new_tokens: int, lookup: int = 0, lookup_ngram: int = LOOKUP_NGRAM) -> list[int] | None:
+    def replayed(
+        self, paths: list[list[int]], turns: int, new_tokens: int, lookup: int = 0, lookup_ngram: int = LOOKUP_NGRAM
+    ) -> list[int] | None:
         """Drafted tokens accepted per step when a greedy decode of the tree of rank `paths`, with a
         lookup branch of `lookup` tokens, is replayed on the kept answers (`walks.replay`); None
         without walks, or with a branch the walks cannot replay (another n-gram than the copies were
@@ -128,7 +139,9 @@ class RankStats:
         steps = self.replay_steps(paths, turns, new_tokens, lookup, lookup_ngram)
         return steps.accepted if steps is not None else None
 
-    def replay_steps(self, paths: list[list[int]], turns: int, new_tokens: int, lookup: int = 0, lookup_ngram: int = LOOKUP_NGRAM) -> Steps | None:
+    def replay_steps(
+        self, paths: list[list[int]], turns: int, new_tokens: int, lookup: int = 0, lookup_ngram: int = LOOKUP_NGRAM
+    ) -> Steps | None:
         """`replayed`, with the tokens the branch proposed at each step too."""
         if not self.walks or (lookup and (lookup_ngram != self.lookup_ngram or lookup > LOOKUP_CAP)):
             return None
@@ -167,7 +180,11 @@ class RankStats:
 
     def to_json(self) -> dict:
         """JSON-ready (paths as lists)."""
-        out = {"positions": self.positions, "depth_topk": self.depth_topk, "path_counts": [[list(p), c] for p, c in sorted(self.path_counts.items())]}
+        out = {
+            "positions": self.positions,
+            "depth_topk": self.depth_topk,
+            "path_counts": [[list(p), c] for p, c in sorted(self.path_counts.items())],
+        }
         if self.cells is not None:
             out["offset_bucket"], out["last_turn"] = OFFSET_BUCKET, LAST_TURN
             out["cells"] = [{"turn": turn, "bucket": bucket, **cell.to_json()} for (turn, bucket), cell in sorted(self.cells.items())]
@@ -192,7 +209,9 @@ def calibration_json(stats: RankStats, source: str) -> str:
     return json.dumps({"source": source, **stats.to_json()}) + "\n"
 
 
-def read_calibration(folder, turns: int | None = None, new_tokens: int | None = None, name: str = CALIBRATION_NAME) -> tuple[RankStats, str] | None:
+def read_calibration(
+    folder, turns: int | None = None, new_tokens: int | None = None, name: str = CALIBRATION_NAME
+) -> tuple[RankStats, str] | None:
     """The rank statistics saved in a heads folder (file `name`) and where they were measured, if
     any; with `turns` and `new_tokens`, those of the positions such a decode makes (`RankStats.within`)."""
     path = Path(folder) / name
@@ -208,13 +227,24 @@ def read_calibration(folder, turns: int | None = None, new_tokens: int | None = 
         return stats, f"{source} ({stats.positions} positions, {path})"
     shaped = stats.within(turns, new_tokens)
     if shaped is None:
-        why = "no position lies in them" if stats.cells else "the file records no positions' turns and offsets: rerun `draftheads calibrate`"
-        return stats, f"{source}, all positions, not only those a decode of {turns} turn(s) x {new_tokens} new tokens makes ({why}; {stats.positions} positions, {path})"
-    return shaped, f"{source}, the positions a decode of {turns} turn(s) x {new_tokens} new tokens makes ({shaped.positions} positions, {path})"
+        why = (
+            "no position lies in them" if stats.cells else "the file records no positions' turns and offsets: rerun `draftheads calibrate`"
+        )
+        return (
+            stats,
+            f"{source}, all positions, not only those a decode of {turns} turn(s) x {new_tokens} new tokens makes "
+            f"({why}; {stats.positions} positions, {path})",
+        )
+    return (
+        shaped,
+        f"{source}, the positions a decode of {turns} turn(s) x {new_tokens} new tokens makes ({shaped.positions} positions, {path})",
+    )
 
 
 @torch.inference_mode()
-def rank_stats(draft: DraftModel, sequences: list[Answer | tuple], max_rank: int = 10, keep_walks: bool = False, lookup_ngram: int = LOOKUP_NGRAM) -> RankStats:
+def rank_stats(
+    draft: DraftModel, sequences: list[Answer | tuple], max_rank: int = 10, keep_walks: bool = False, lookup_ngram: int = LOOKUP_NGRAM
+) -> RankStats:
     """Ranks of the true tokens under every head, at every drafting position of the answers, with
     cells by turn and answer offset (`RankStats.located`, located as training's held-out rows are);
     with `keep_walks`, each answer as an `AnswerWalk` too (copies of a lookup branch of `lookup_ngram`).
@@ -226,7 +256,11 @@ def rank_stats(draft: DraftModel, sequences: list[Answer | tuple], max_rank: int
     backbone, heads = draft.backbone, draft.heads
     depths = heads.config.num_heads
     device = backbone.lm_head.weight.device
-    parts, turns, offsets = [torch.zeros(0, depths, dtype=torch.long)], [torch.zeros(0, dtype=torch.long)], [torch.zeros(0, dtype=torch.long)]
+    parts, turns, offsets = (
+        [torch.zeros(0, depths, dtype=torch.long)],
+        [torch.zeros(0, dtype=torch.long)],
+        [torch.zeros(0, dtype=torch.long)],
+    )
     walks = []
     for ids, start, turn, past in (Answer(*s) for s in sequences):
         end = len(ids) - past  # the answer's end

@@ -50,9 +50,14 @@ class AnswerWalk:
     @classmethod
     def from_json(cls, data: dict) -> "AnswerWalk":
         proposed = list(map(int, data["proposed"])) if "proposed" in data else None
-        walk = cls(int(data["turn"]), [list(map(int, row)) for row in data["ranks"]], list(map(int, data["copies"])), int(data["length"]), proposed)
+        walk = cls(
+            int(data["turn"]), [list(map(int, row)) for row in data["ranks"]], list(map(int, data["copies"])), int(data["length"]), proposed
+        )
         if not len(walk.copies) == len(walk.ranks) >= walk.length or (proposed is not None and len(proposed) != len(walk.copies)):
-            raise ValueError(f"a walk of length {walk.length} has {len(walk.ranks)} rank rows, {len(walk.copies)} copies and {len(proposed or [])} proposals")
+            raise ValueError(
+                f"a walk of length {walk.length} has {len(walk.ranks)} rank rows, "
+                f"{len(walk.copies)} copies and {len(proposed or [])} proposals"
+            )
         return walk
 
 

@@ -22,9 +22,10 @@ accepted (the last is position t) and the state it returned the step before (Non
 prompt), and returns the family's drafting state (families with their own KV cache extend it);
 `draft_step(state, paths, lm_head)` takes N partial tree paths of length d, shape [N, d] (column 0
 is the tree root, token t+1, the base model's own next token; column j the token drafted at depth
-j), and returns log-probabilities of depth d, i.e. of token t+1+d, shape [N, draft vocabulary]. Training feeds sequential heads the same tokens
-(t+1..t+d from the data), so drafting and training agree on the same path. This pair is all the
-decoding engine needs; it never asks which family it has.
+j), and returns log-probabilities of depth d, i.e. of token t+1+d, shape [N, draft vocabulary].
+Training feeds sequential heads the same tokens (t+1..t+d from the data), so drafting and training
+agree on the same path. This pair is all the decoding engine needs; it never asks which family it
+has.
 """
 
 from __future__ import annotations
@@ -234,7 +235,11 @@ class DraftHeads(nn.Module):
         return self._projection_cache[1]
 
     def forward(
-        self, features: dict[int, torch.Tensor], input_ids: torch.Tensor, position_ids: torch.Tensor | None = None, depths: int | None = None
+        self,
+        features: dict[int, torch.Tensor],
+        input_ids: torch.Tensor,
+        position_ids: torch.Tensor | None = None,
+        depths: int | None = None,
     ) -> HeadOutput:
         """Per-depth states at every position: depths 1..`depths` (default: the trained ones,
         `config.trained_depths()`; at most `num_heads`, computed as drafting computes them)."""

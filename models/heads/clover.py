@@ -140,7 +140,11 @@ class CloverHeads(DraftHeads):
         return self.block(hidden, positions, mask, past)
 
     def forward(
-        self, features: dict[int, torch.Tensor], input_ids: torch.Tensor, position_ids: torch.Tensor | None = None, depths: int | None = None
+        self,
+        features: dict[int, torch.Tensor],
+        input_ids: torch.Tensor,
+        position_ids: torch.Tensor | None = None,
+        depths: int | None = None,
     ) -> HeadOutput:
         """Depth k at every position t, teacher-forced on tokens t+1..t+k (what a drafted path holds)."""
         hidden = features[LAST]
@@ -165,7 +169,9 @@ class CloverHeads(DraftHeads):
         """Logits of depth `depth` through the base lm_head (its draft vocabulary's rows)."""
         return self.shared_projection(states, lm_head)
 
-    def begin_draft(self, features: dict[int, torch.Tensor], input_ids: torch.Tensor, previous: CloverDraftState | None = None) -> CloverDraftState:
+    def begin_draft(
+        self, features: dict[int, torch.Tensor], input_ids: torch.Tensor, previous: CloverDraftState | None = None
+    ) -> CloverDraftState:
         """Extend the block cache and the decoder keys with the tokens just accepted."""
         hidden = features[LAST]
         count = hidden.shape[1]

@@ -69,7 +69,9 @@ class EagleConfig(HeadConfig):
         if self.fuse_layers and len(set(self.fuse_layers)) != len(self.fuse_layers):
             raise ValueError(f"fuse_layers must be distinct, got {self.fuse_layers}")
         if LAST in self.fuse_layers:
-            raise ValueError("fuse_layers holds decoder layer indices (0..layers-1); the final normed state is EAGLE-1's feature (fuse_layers: [])")
+            raise ValueError(
+                "fuse_layers holds decoder layer indices (0..layers-1); the final normed state is EAGLE-1's feature (fuse_layers: [])"
+            )
 
     @property
     def fused(self) -> bool:
@@ -231,7 +233,9 @@ class EagleHeads(DraftHeads):
         """Heads for `backbone`: the layer from its last decoder layer, the final norm (EAGLE-3) from its own."""
         for layer in config.fuse_layers:
             if not 0 <= layer < backbone.num_layers:
-                raise ValueError(f"fuse_layers: layer {layer} is out of range ({backbone.num_layers} decoder layers: 0..{backbone.num_layers - 1})")
+                raise ValueError(
+                    f"fuse_layers: layer {layer} is out of range ({backbone.num_layers} decoder layers: 0..{backbone.num_layers - 1})"
+                )
         heads = cls(config, Shape.of(backbone), backbone.embed_tokens, backbone.vocab_size)
         if config.init_from_last_layer:
             heads.layer.copy_from(backbone.layers[-1])
@@ -253,7 +257,11 @@ class EagleHeads(DraftHeads):
         return self.fuse(torch.cat([features[i] for i in self.config.fuse_layers], dim=-1))
 
     def forward(
-        self, features: dict[int, torch.Tensor], input_ids: torch.Tensor, position_ids: torch.Tensor | None = None, depths: int | None = None
+        self,
+        features: dict[int, torch.Tensor],
+        input_ids: torch.Tensor,
+        position_ids: torch.Tensor | None = None,
+        depths: int | None = None,
     ) -> HeadOutput:
         """Depth k at every position t: the layer unrolled k times from the pair (f_t, token t+1),
         each later depth on its own previous output and token t+k (what a drafted path holds).
@@ -287,7 +295,9 @@ class EagleHeads(DraftHeads):
             states = self.norm(states)
         return self.lm_head(states) if self.lm_head is not None else self.shared_projection(states, lm_head)
 
-    def begin_draft(self, features: dict[int, torch.Tensor], input_ids: torch.Tensor, previous: EagleDraftState | None = None) -> EagleDraftState:
+    def begin_draft(
+        self, features: dict[int, torch.Tensor], input_ids: torch.Tensor, previous: EagleDraftState | None = None
+    ) -> EagleDraftState:
         """Cache the keys/values of the pairs the accepted tokens complete: (previous pending feature,
         first accepted token), ..., (second-last feature, last token); the last feature waits."""
         feature = self._feature(features)

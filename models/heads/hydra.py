@@ -94,7 +94,11 @@ class HydraHeads(DraftHeads):
         return self.heads[depth - 1](anchor + self.inputs[depth - 1](path_embeddings))
 
     def forward(
-        self, features: dict[int, torch.Tensor], input_ids: torch.Tensor, position_ids: torch.Tensor | None = None, depths: int | None = None
+        self,
+        features: dict[int, torch.Tensor],
+        input_ids: torch.Tensor,
+        position_ids: torch.Tensor | None = None,
+        depths: int | None = None,
     ) -> HeadOutput:
         """Depth k at every position t, teacher-forced on tokens t+1..t+k (what a drafted path holds)."""
         hidden = features[LAST]
@@ -114,7 +118,9 @@ class HydraHeads(DraftHeads):
         """Logits of depth `depth` through the base lm_head (its draft vocabulary's rows)."""
         return self.shared_projection(states, lm_head)
 
-    def begin_draft(self, features: dict[int, torch.Tensor], input_ids: torch.Tensor, previous: HydraDraftState | None = None) -> HydraDraftState:
+    def begin_draft(
+        self, features: dict[int, torch.Tensor], input_ids: torch.Tensor, previous: HydraDraftState | None = None
+    ) -> HydraDraftState:
         """Extend the prefix layer's cache with the tokens just accepted; a_t is the last one's."""
         hidden = features[LAST]
         start = previous.length if previous is not None else 0

@@ -82,7 +82,9 @@ def rope_frequencies(config, head_dim: int, theta: float) -> tuple[tuple[float, 
     if partial != 1.0:
         raise ModelLoadError(f"{name}: partial rotary embeddings (partial_rotary_factor {partial}) are not supported by draft layers")
     if kind in ("dynamic", "longrope") or (kind != "default" and kind not in ROPE_INIT_FUNCTIONS):
-        raise ModelLoadError(f"{name}: RoPE type '{kind}' (its frequencies change with the sequence length, or are unknown) is not supported by draft layers")
+        raise ModelLoadError(
+            f"{name}: RoPE type '{kind}' (its frequencies change with the sequence length, or are unknown) is not supported by draft layers"
+        )
     with torch.device("cpu"):  # numbers, not tensors of the module: on the CPU whatever the default device (meta, when shapes are planned)
         if kind == "default":  # Llama's, computed in float32 as transformers does (exact through the tuple)
             half = head_dim // 2

@@ -74,7 +74,11 @@ class MedusaHeads(DraftHeads):
         return list(self.projections) if self.projections is not None else []
 
     def forward(
-        self, features: dict[int, torch.Tensor], input_ids: torch.Tensor, position_ids: torch.Tensor | None = None, depths: int | None = None
+        self,
+        features: dict[int, torch.Tensor],
+        input_ids: torch.Tensor,
+        position_ids: torch.Tensor | None = None,
+        depths: int | None = None,
     ) -> HeadOutput:
         """States of every head at every position."""
         hidden = features[LAST]

@@ -114,7 +114,10 @@ def test_tokenizer_without_chat_template_is_refused(demo_tokenizer):
 
 
 def test_template_that_is_not_prefix_stable_is_refused(demo_tokenizer):
-    unstable = "{% for m in messages %}{{ m['role'] + ': ' + m['content'] }}{% if loop.last %}{{ ' <END>' }}{% else %}{{ '\\n' }}{% endif %}{% endfor %}"
+    unstable = (
+        "{% for m in messages %}{{ m['role'] + ': ' + m['content'] }}"
+        "{% if loop.last %}{{ ' <END>' }}{% else %}{{ '\\n' }}{% endif %}{% endfor %}"
+    )
     formatter = ChatFormatter(with_template(demo_tokenizer, unstable))
     with pytest.raises(DataError, match="f.json: record 3: the chat template is not prefix-stable"):
         formatter.tokenize_with_mask(CONVERSATION, origin="f.json: record 3")

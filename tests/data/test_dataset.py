@@ -12,7 +12,10 @@ from draftheads.utils.errors import DataError
 
 
 def conversation(i: int, words: int) -> dict:
-    return {"id": f"c{i}", "conversations": [{"from": "human", "value": f"Question {i}?"}, {"from": "gpt", "value": " ".join(["word"] * words)}]}
+    return {
+        "id": f"c{i}",
+        "conversations": [{"from": "human", "value": f"Question {i}?"}, {"from": "gpt", "value": " ".join(["word"] * words)}],
+    }
 
 
 def test_build_dataset_truncates_and_counts(demo_tokenizer, tmp_path):
@@ -29,7 +32,9 @@ def test_build_dataset_truncates_and_counts(demo_tokenizer, tmp_path):
 def test_conversation_whose_replies_are_all_past_max_length_is_skipped(demo_tokenizer, tmp_path):
     long_prompt = {"conversations": [{"from": "human", "value": "x " * 300}, {"from": "gpt", "value": "ok"}]}
     path = write_jsonl(tmp_path / "d.jsonl", [long_prompt, conversation(1, 3)])
-    dataset, _, stats, _ = build_datasets(DataConfig(sources=[SourceConfig(path=str(path))], max_length=48, eval_fraction=0), demo_tokenizer, progress=False)
+    dataset, _, stats, _ = build_datasets(
+        DataConfig(sources=[SourceConfig(path=str(path))], max_length=48, eval_fraction=0), demo_tokenizer, progress=False
+    )
     assert len(dataset) == 1 and stats.skipped == {"no assistant token within max_length": 1}
 
 

@@ -39,7 +39,9 @@ def recipe_for(base: Path, data: Path, out: Path, *overrides: str):
 
 
 def test_answer_groups_drop_original_answers_and_answer_every_user_turn():
-    sys_, u1, a1, u2, u3, a2 = ({"role": r, "content": r + str(i)} for i, r in enumerate(["system", "user", "assistant", "user", "user", "assistant"]))
+    sys_, u1, a1, u2, u3, a2 = (
+        {"role": r, "content": r + str(i)} for i, r in enumerate(["system", "user", "assistant", "user", "user", "assistant"])
+    )
     assert answer_groups([sys_, u1, a1, u2, u3, a2]) == [[sys_, u1], [u2], [u3]]
     assert answer_groups([u1, u2]) == [[u1], [u2]]  # MT-bench: user turns only, each answered in turn
     assert answer_groups([u1, a1, a2]) == [[u1]]
@@ -70,7 +72,9 @@ def test_batched_answers_equal_one_at_a_time_and_greedy_equals_hf_generate(varie
 
 def test_every_turn_is_answered_with_the_models_own_earlier_answers(varied_base, tmp_path):
     data = write_jsonl(tmp_path / "p.jsonl", [conversation(0, turns=2), conversation(1, turns=1)])
-    recipe = recipe_for(varied_base, data, tmp_path / "out", "distill.max_new_tokens=10", "distill.sampling.temperature=0.7", "distill.export_dataset=true")
+    recipe = recipe_for(
+        varied_base, data, tmp_path / "out", "distill.max_new_tokens=10", "distill.sampling.temperature=0.7", "distill.export_dataset=true"
+    )
     result = run_distill(recipe, progress=False)
     assert result.complete and result.counts["conversations"] == 2 and result.counts["answers"] == 3
     records = [json.loads(line) for line in (tmp_path / "out" / "data.jsonl").read_text().splitlines()]
@@ -105,7 +109,9 @@ def test_prompts_longer_than_the_limit_are_skipped_and_counted(varied_base, tmp_
     later = conversation(2, turns=2)
     later["conversations"][2]["value"] = "more " * 400  # the second turn no longer fits
     data = write_jsonl(tmp_path / "p.jsonl", [conversation(0), long, later])
-    result = run_distill(recipe_for(varied_base, data, tmp_path / "out", "distill.max_prompt_tokens=100", "distill.max_new_tokens=4"), progress=False)
+    result = run_distill(
+        recipe_for(varied_base, data, tmp_path / "out", "distill.max_prompt_tokens=100", "distill.max_new_tokens=4"), progress=False
+    )
     assert result.complete
     assert result.counts["skipped"] == {"prompt longer than 100 tokens": 1}
     assert result.counts["conversations"] == 2 and result.counts["cut_short"] == 1
@@ -128,7 +134,9 @@ def test_changing_a_source_limit_resumes_the_same_output(varied_base, tmp_path):
     data = write_jsonl(tmp_path / "p.jsonl", [conversation(i) for i in range(4)])
 
     def run(limit: int):
-        return run_distill(recipe_for(varied_base, data, tmp_path / "out", "distill.max_new_tokens=4", f"distill.sources.0.limit={limit}"), progress=False)
+        return run_distill(
+            recipe_for(varied_base, data, tmp_path / "out", "distill.max_new_tokens=4", f"distill.sources.0.limit={limit}"), progress=False
+        )
 
     assert run(2).generated_records == 2
     first = _records(tmp_path / "out")
@@ -175,10 +183,18 @@ def test_a_chunk_cut_short_is_redone_whole_and_equals_the_uninterrupted_run(vari
     for i, conv in enumerate(convs):
         conv["conversations"][0]["value"] += " tell me more" * (i * 7 % 23)
     data = write_jsonl(tmp_path / "p.jsonl", convs)
-    settings = ("distill.max_new_tokens=24", "distill.sampling.temperature=0.8", "distill.batch_size=4", "distill.chunk_size=4", "model.dtype=bfloat16")
+    settings = (
+        "distill.max_new_tokens=24",
+        "distill.sampling.temperature=0.8",
+        "distill.batch_size=4",
+        "distill.chunk_size=4",
+        "model.dtype=bfloat16",
+    )
     calls: list[list[int]] = []  # the seeds of each generate call: its batch-mates
     real_generate = HFGenerator.generate
-    monkeypatch.setattr(HFGenerator, "generate", lambda self, requests, *a: calls.append([r.seed for r in requests]) or real_generate(self, requests, *a))
+    monkeypatch.setattr(
+        HFGenerator, "generate", lambda self, requests, *a: calls.append([r.seed for r in requests]) or real_generate(self, requests, *a)
+    )
     run_distill(recipe_for(varied_base, data, tmp_path / "ref", *settings), progress=False)
     reference, reference_calls = _records(tmp_path / "ref"), calls[:]
     calls.clear()
@@ -239,7 +255,13 @@ def test_two_processes_split_the_inputs_and_merge_them_exactly_once(varied_base,
     single = subprocess.run(_gen_data(varied_base, data, tmp_path / "one"), capture_output=True, text=True)
     assert single.returncode == 0, single.stderr[-2000:]
     env = {**os.environ, "ACCELERATE_USE_CPU": "true", "OMP_NUM_THREADS": "1"}
-    double = subprocess.run(_gen_data(varied_base, data, tmp_path / "two", "--accelerate-config", "cpu-2proc"), capture_output=True, text=True, env=env, timeout=600)
+    double = subprocess.run(
+        _gen_data(varied_base, data, tmp_path / "two", "--accelerate-config", "cpu-2proc"),
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=600,
+    )
     assert double.returncode == 0, double.stderr[-3000:]
     shards = sorted((tmp_path / "two" / "shards").glob("*.jsonl"))
     assert [len(s.read_text().splitlines()) for s in shards] == [5, 4]

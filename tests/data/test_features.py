@@ -73,7 +73,10 @@ def test_cached_teacher_top_k_over_the_whole_vocabulary_equals_online_soft_label
     torch.testing.assert_close(torch.tensor(cached.losses), torch.tensor(online.losses), rtol=1e-4, atol=0)
     partial = load_recipe(None, overrides(tiny_base, "x", tmp_path / "cache5", **{**extra, "data.feature_cache.teacher_topk": 5}))
     build_feature_cache(partial, progress=False, log=lambda _: None)
-    top5 = train(load_recipe(None, overrides(tiny_base, tmp_path / "top5", tmp_path / "cache5", **{**extra, "data.feature_cache.teacher_topk": 5})), progress=False)
+    top5 = train(
+        load_recipe(None, overrides(tiny_base, tmp_path / "top5", tmp_path / "cache5", **{**extra, "data.feature_cache.teacher_topk": 5})),
+        progress=False,
+    )
     assert top5.losses != cached.losses  # a truncated teacher is a different (cheaper) target
 
 
@@ -140,12 +143,27 @@ def test_joint_training_with_the_cached_teacher_equals_the_adapter_disabled_teac
     }
     build(tiny_base, tmp_path / "cache", **extra)
     online = train(load_recipe(None, overrides(tiny_base, tmp_path / "online", **extra)), progress=False)
-    cached = train(load_recipe(None, overrides(tiny_base, tmp_path / "cached", tmp_path / "cache", **{**extra, "train.backbone.teacher": "cache"})), progress=False)
+    cached = train(
+        load_recipe(None, overrides(tiny_base, tmp_path / "cached", tmp_path / "cache", **{**extra, "train.backbone.teacher": "cache"})),
+        progress=False,
+    )
     torch.testing.assert_close(torch.tensor(cached.losses), torch.tensor(online.losses), rtol=1e-4, atol=0)
     # With LoRA the original stays at hand (adapter disabled), so the drift is measured either way.
     assert cached.evals[-1]["drift"]["agreement"] == online.evals[-1]["drift"]["agreement"]
-    build_feature_cache(load_recipe(None, overrides(tiny_base, "x", tmp_path / "cache0", **{**extra, "data.feature_cache.teacher_topk": 0})), progress=False, log=lambda _: None)
-    no_teacher = load_recipe(None, overrides(tiny_base, tmp_path / "bad", tmp_path / "cache0", **{**extra, "train.backbone.teacher": "cache", "data.feature_cache.teacher_topk": 0}))
+    build_feature_cache(
+        load_recipe(None, overrides(tiny_base, "x", tmp_path / "cache0", **{**extra, "data.feature_cache.teacher_topk": 0})),
+        progress=False,
+        log=lambda _: None,
+    )
+    no_teacher = load_recipe(
+        None,
+        overrides(
+            tiny_base,
+            tmp_path / "bad",
+            tmp_path / "cache0",
+            **{**extra, "train.backbone.teacher": "cache", "data.feature_cache.teacher_topk": 0},
+        ),
+    )
     with pytest.raises(ConfigError, match="teacher=cache needs the teacher top-k"):
         train(no_teacher, progress=False)
 
@@ -156,7 +174,12 @@ def test_a_reduced_draft_vocabulary_trains_the_same_from_the_cache_as_online(tin
     # other, and the cached teacher top-k is renormalised over it as the online teacher is: the same
     # losses only if both agree.
     vocab = load_backbone(BackboneConfig(base=str(tiny_base))).vocab_size
-    extra = {"data.feature_cache.dtype": "float32", "data.feature_cache.teacher_topk": vocab, "train.loss.soft_label_weight": 0.5, "heads.draft_vocab_size": 300}
+    extra = {
+        "data.feature_cache.dtype": "float32",
+        "data.feature_cache.teacher_topk": vocab,
+        "train.loss.soft_label_weight": 0.5,
+        "heads.draft_vocab_size": 300,
+    }
     build(tiny_base, tmp_path / "cache", **extra)
     online = train(load_recipe(None, overrides(tiny_base, tmp_path / "online", **extra)), progress=False)
     cached = train(load_recipe(None, overrides(tiny_base, tmp_path / "cached", tmp_path / "cache", **extra)), progress=False)

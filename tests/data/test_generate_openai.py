@@ -66,8 +66,17 @@ def served_base(tmp_path_factory, demo_tokenizer):
 @pytest.mark.slow  # starts a real `transformers serve` process: about 20 s
 def test_a_real_server_answers_exactly_what_the_hf_backend_generates(served_base, tmp_path):
     folder, url = served_base
-    records = [{"id": f"p{i}", "conversations": [{"from": "human", "value": f"Tell me {i} things."},
-                                                 {"from": "gpt", "value": "old"}, {"from": "human", "value": "And one more?"}]} for i in range(3)]
+    records = [
+        {
+            "id": f"p{i}",
+            "conversations": [
+                {"from": "human", "value": f"Tell me {i} things."},
+                {"from": "gpt", "value": "old"},
+                {"from": "human", "value": "And one more?"},
+            ],
+        }
+        for i in range(3)
+    ]
     data = write_jsonl(tmp_path / "p.jsonl", records)
     common = [f"model.base={folder}", f'distill.sources=[{{"path": "{data}"}}]', "distill.max_new_tokens=12"]
     served = run_distill(load_recipe(None, common + [f"distill.output_dir={tmp_path / 'served'}", "distill.backend=openai",
@@ -142,7 +151,9 @@ def test_giving_up_and_auth_failures_are_clear_and_never_show_the_key(stub, monk
     with pytest.raises(ServerError) as err:
         generator.generate([request("x")])
     assert "HTTP 401: invalid api key" in str(err.value) and "sk-secret" not in str(err.value)
-    closed = OpenAIGenerator(OpenAIBackendConfig(base_url=f"http://127.0.0.1:{free_port()}/v1", max_retries=1, backoff=0.01), "m", SamplingConfig())
+    closed = OpenAIGenerator(
+        OpenAIBackendConfig(base_url=f"http://127.0.0.1:{free_port()}/v1", max_retries=1, backoff=0.01), "m", SamplingConfig()
+    )
     with pytest.raises(ServerError, match="connection failed"):
         closed.generate([request("x")])
 

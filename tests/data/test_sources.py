@@ -48,7 +48,11 @@ def test_mt_bench_turns_are_user_prompts(tmp_path):
 def test_prompt_jsonl_with_optional_response(tmp_path):
     path = write_jsonl(tmp_path / "p.jsonl", [{"prompt": "Q?", "response": "A.", "system": "S"}, {"prompt": "Only?"}])
     convs, _ = read(path, require_assistant=False)
-    assert convs[0].messages == [{"role": "system", "content": "S"}, {"role": "user", "content": "Q?"}, {"role": "assistant", "content": "A."}]
+    assert convs[0].messages == [
+        {"role": "system", "content": "S"},
+        {"role": "user", "content": "Q?"},
+        {"role": "assistant", "content": "A."},
+    ]
     assert convs[1].messages == [{"role": "user", "content": "Only?"}]
 
 

@@ -50,7 +50,9 @@ def tiny(name: str, extra: dict) -> Backbone:
 
 
 def hf_greedy(backbone: Backbone, prompt: torch.Tensor, n: int) -> list[int]:
-    out = backbone.model.generate(prompt[None], attention_mask=torch.ones_like(prompt)[None], max_new_tokens=n, do_sample=False, eos_token_id=None, pad_token_id=0)
+    out = backbone.model.generate(
+        prompt[None], attention_mask=torch.ones_like(prompt)[None], max_new_tokens=n, do_sample=False, eos_token_id=None, pad_token_id=0
+    )
     return out[0, prompt.numel() :].tolist()
 
 
@@ -114,8 +116,12 @@ def test_each_head_family_trains_and_drafts_on_each_architecture(name, label):
 
     def loss() -> torch.Tensor:
         states = heads(features, ids).states
-        return sum(torch.nn.functional.cross_entropy(heads.project(k, s[:, : -1 - k], backbone.lm_head).flatten(0, 1).float(), ids[:, 1 + k :].flatten())
-                   for k, s in enumerate(states, start=1))
+        return sum(
+            torch.nn.functional.cross_entropy(
+                heads.project(k, s[:, : -1 - k], backbone.lm_head).flatten(0, 1).float(), ids[:, 1 + k :].flatten()
+            )
+            for k, s in enumerate(states, start=1)
+        )
 
     # Trains: the loss falls (gradients reach the heads' own parameters).
     optimizer = torch.optim.Adam([p for p in heads.parameters() if p.requires_grad], lr=1e-2)
@@ -137,5 +143,7 @@ def test_each_head_family_trains_and_drafts_on_each_architecture(name, label):
             torch.testing.assert_close(drafted[0], expected, rtol=1e-4, atol=1e-4)
     # ... and tree decoding with the trained heads equals HF generate, with drafts accepted (so the
     # draft layers' caches are rolled forward past accepted paths, not only restarted).
-    result = Engine(backbone, heads, TreeSpec("dynamic", budget=6, width=2)).generate(prompt, GenerationConfig(max_new_tokens=24, eos_token_ids=()))
+    result = Engine(backbone, heads, TreeSpec("dynamic", budget=6, width=2)).generate(
+        prompt, GenerationConfig(max_new_tokens=24, eos_token_ids=())
+    )
     assert result.tokens == expected_tokens and sum(result.accepted) >= 4, result.accepted

@@ -71,7 +71,10 @@ def test_costs_are_measured_for_every_candidate(tiny_llama, demo_tokenizer):
     assert sorted(measured.verify) == [1, 2, 5] and sorted(measured.draft) == [(1, 1), (4, 1), (4, 2)]
     assert all(v > 0 for v in [*measured.verify.values(), *measured.draft.values()])
     with_branches = measure_costs(draft, budgets=(1, 4), widths=(1,), prefix_length=16, lookups=(4, 8))
-    assert sorted(with_branches.verify) == [1, 2, 5, 9, 13] and sorted(with_branches.lookup) == [4, 8]  # the largest tree + half and all of the longest branch
+    assert sorted(with_branches.verify) == [1, 2, 5, 9, 13] and sorted(with_branches.lookup) == [
+        4,
+        8,
+    ]  # the largest tree + half and all of the longest branch
     assert all(v > 0 for v in with_branches.lookup.values())
     with_static = measure_costs(draft, budgets=(1,), widths=(1,), prefix_length=16, static_nodes=6)
     assert sorted(with_static.verify) == [1, 2, 7] and len(with_static.draft_depths) == 3 and all(v > 0 for v in with_static.draft_depths)

@@ -122,14 +122,24 @@ def test_typical_acceptance_on_a_real_decode_obeys_its_threshold_at_every_depth(
     from draftheads.decoding import acceptance
 
     if mutated:
-        monkeypatch.setattr(acceptance, "_deepest_accepted", lambda tree, passes, real=acceptance._deepest_accepted: real(tree, [True] * len(passes)))
+        monkeypatch.setattr(
+            acceptance, "_deepest_accepted", lambda tree, passes, real=acceptance._deepest_accepted: real(tree, [True] * len(passes))
+        )
     backbone, heads = small_vocab_model
     sampling, epsilon, delta = SamplingConfig(temperature=0.7), 0.3, 0.6
     engine = Engine(backbone, heads, TreeSpec("dynamic", budget=6, width=3))
     prompt = torch.tensor([1, 5, 2, 7, 3])
     checked, deepest, violations = 0, 0, []
     for seed in range(6):
-        config = GenerationConfig(max_new_tokens=40, sampling=sampling, acceptance="typical", typical_epsilon=epsilon, typical_delta=delta, eos_token_ids=(), seed=seed)
+        config = GenerationConfig(
+            max_new_tokens=40,
+            sampling=sampling,
+            acceptance="typical",
+            typical_epsilon=epsilon,
+            typical_delta=delta,
+            eos_token_ids=(),
+            seed=seed,
+        )
         result = engine.generate(prompt, config)
         with torch.no_grad():
             logits = backbone.model(torch.cat([prompt, torch.tensor(result.tokens)])[None]).logits[0]
@@ -177,13 +187,21 @@ def exact_joint_after_the_first(model, prompt: torch.Tensor, sampling: SamplingC
 ENGINE_JOINT_CASES = {
     # name: (tree, sampling, drafts' noise and sharpness: NoisyOracleHeads near, not equal to, the
     # model's own distributions, so that drafts below the root are both accepted and rejected often)
-    "static-3deep-T1": (TreeSpec("static", paths=[[0], [1], [2], [0, 0], [0, 1], [1, 0], [0, 0, 0], [0, 0, 1], [0, 1, 0]]), SamplingConfig(temperature=1.0), 1.5, 1.0),
+    "static-3deep-T1": (
+        TreeSpec("static", paths=[[0], [1], [2], [0, 0], [0, 1], [1, 0], [0, 0, 0], [0, 0, 1], [0, 1, 0]]),
+        SamplingConfig(temperature=1.0),
+        1.5,
+        1.0,
+    ),
     "dynamic-T0.7-topk5-topp0.9": (TreeSpec("dynamic", budget=8, width=3), SamplingConfig(temperature=0.7, top_k=5, top_p=0.9), 1.5, 1.0),
     # Three siblings below an accepted depth-1 node, drafted from a peaked q (3x the logits) that
     # is often wrong: the first sibling is rejected often and holds most of q's mass, so how q and
     # the residual are updated below the root decides what is committed next.
     "static-siblings-sharp-T1": (
-        TreeSpec("static", paths=[[0], [1], [0, 0], [0, 1], [0, 2], [1, 0], [0, 0, 0], [0, 0, 1], [0, 1, 0], [0, 1, 1]]), SamplingConfig(temperature=1.0), 1.0, 3.0,
+        TreeSpec("static", paths=[[0], [1], [0, 0], [0, 1], [0, 2], [1, 0], [0, 0, 0], [0, 0, 1], [0, 1, 0], [0, 1, 1]]),
+        SamplingConfig(temperature=1.0),
+        1.0,
+        3.0,
     ),
 }
 

@@ -41,7 +41,11 @@ def test_chain_and_empty_tree():
 @pytest.mark.parametrize("parents", [[0], [-1, 1], [-1, 0, 3, 1], []])
 def test_invalid_trees_are_refused(parents):
     with pytest.raises(ValueError, match="not a parents-first tree"):
-        Tree(torch.tensor(parents, dtype=torch.long), torch.zeros(len(parents), dtype=torch.long), torch.zeros(len(parents), dtype=torch.long))
+        Tree(
+            torch.tensor(parents, dtype=torch.long),
+            torch.zeros(len(parents), dtype=torch.long),
+            torch.zeros(len(parents), dtype=torch.long),
+        )
 
 
 @pytest.mark.parametrize(

@@ -19,7 +19,11 @@ def base(varied_base):
 
 @pytest.fixture
 def tune_prompts(tmp_path):
-    return str(write_jsonl(tmp_path / "tune.jsonl", [{"prompt": "Repeat after me: the red boat sails home."}, {"prompt": "Count from one to ten."}]))
+    return str(
+        write_jsonl(
+            tmp_path / "tune.jsonl", [{"prompt": "Repeat after me: the red boat sails home."}, {"prompt": "Count from one to ten."}]
+        )
+    )
 
 
 def test_each_lookup_baseline_gets_the_fastest_setting_of_its_sweep(base, tune_prompts):
@@ -43,7 +47,8 @@ def test_a_fixed_setting_is_kept_and_sampling_has_no_lookup_alone(base, tune_pro
     assert [(row["tokens"], row["ngram"]) for row in chosen["prompt_lookup"]["sweep"]] == [(10, 1), (10, 2), (10, 3)]
     every = BaselineSettings(10, 2, 8, 2)
     assert tune_baselines(EvalConfig(heads="h", baselines=every), base, default_eos(base), progress=False) == {
-        "prompt_lookup": {"tokens": 10, "ngram": 2, "chosen": "as configured"}, "lookup": {"tokens": 8, "ngram": 2, "chosen": "as configured"},
+        "prompt_lookup": {"tokens": 10, "ngram": 2, "chosen": "as configured"},
+        "lookup": {"tokens": 8, "ngram": 2, "chosen": "as configured"},
     }
 
 

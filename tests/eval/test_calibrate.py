@@ -35,7 +35,11 @@ def questions(tmp_path):
 
 def answers_of(path) -> list[Answer]:
     lines = [json.loads(line) for line in path.read_text().splitlines()[1:]]
-    return [Answer(t["prompt_ids"] + t["tokens"] + t["past"], len(t["prompt_ids"]), turn, len(t["past"])) for r in lines for turn, t in enumerate(r["methods"]["baseline"])]
+    return [
+        Answer(t["prompt_ids"] + t["tokens"] + t["past"], len(t["prompt_ids"]), turn, len(t["past"]))
+        for r in lines
+        for turn, t in enumerate(r["methods"]["baseline"])
+    ]
 
 
 def test_calibrate_locates_every_answer_position_by_turn_and_offset(varied_base, questions, tmp_path, capsys):
@@ -44,7 +48,9 @@ def test_calibrate_locates_every_answer_position_by_turn_and_offset(varied_base,
     command = ["calibrate", "--heads", str(heads), "--prompts", str(questions), "--max-new-tokens", str(NEW_TOKENS), "--dtype", "float32"]
     assert main(command) == 0
     assert json.loads((heads / PREVIOUS_NAME).read_text())["source"] == "training"
-    assert main([*command, "--limit", "1", "--answers", str(tmp_path / "one")]) == 0  # another calibration replaces this one; training's stays kept
+    assert (
+        main([*command, "--limit", "1", "--answers", str(tmp_path / "one")]) == 0
+    )  # another calibration replaces this one; training's stays kept
     assert json.loads((heads / PREVIOUS_NAME).read_text())["source"] == "training"
     assert main(command) == 0  # the answers of the first run are read again, not made again
     assert_named(heads)
@@ -87,7 +93,23 @@ def test_calibrate_resumes_from_its_answers_and_refuses_other_settings(varied_ba
     assert answers_of(partial) == answered
     assert again.to_json() == first.to_json()
     assert not (heads / "calibration.json").exists()  # --out elsewhere leaves the heads folder alone
-    code = main(["calibrate", "--heads", str(heads), "--prompts", str(questions), "--max-new-tokens", "16", "--dtype", "float32", "--out", str(out), "--answers", str(answers)])
+    code = main(
+        [
+            "calibrate",
+            "--heads",
+            str(heads),
+            "--prompts",
+            str(questions),
+            "--max-new-tokens",
+            "16",
+            "--dtype",
+            "float32",
+            "--out",
+            str(out),
+            "--answers",
+            str(answers),
+        ]
+    )
     assert code == 2
 
 
@@ -161,9 +183,14 @@ def test_eval_predicts_the_lookup_branch_by_replaying_its_steps_on_the_calibrati
     from draftheads.eval.runner import run_eval
 
     heads = random_medusa_heads("demo:smollm2-135m", tmp_path)
-    prompt = write_jsonl(tmp_path / "repeat.jsonl", [{"question_id": 1, "category": "writing", "turns": ["Repeat this sentence four times: the small red boat sails home at dusk."]}])
+    prompt = write_jsonl(
+        tmp_path / "repeat.jsonl",
+        [{"question_id": 1, "category": "writing", "turns": ["Repeat this sentence four times: the small red boat sails home at dusk."]}],
+    )
     calibrate(str(heads), str(prompt), max_new_tokens=32, dtype="float32", progress=False)
-    config = EvalConfig(heads=str(heads), prompts=str(prompt), **fixed_baselines(), max_new_tokens=32, tree=TreeSpec("none", lookup=10), dtype="float32")
+    config = EvalConfig(
+        heads=str(heads), prompts=str(prompt), **fixed_baselines(), max_new_tokens=32, tree=TreeSpec("none", lookup=10), dtype="float32"
+    )
     report = run_eval(config, tmp_path / "report.json", progress=False)
     assert report.greedy_mismatches == 0
     assert "replayed" in report.tau_predicted_source and "10-token lookup branch" in report.tau_predicted_source
@@ -186,10 +213,15 @@ def test_the_auto_tree_weighs_the_lookup_branch_from_the_calibration(tmp_path, c
     monkeypatch.setattr(runner, "measure_costs", functools.partial(measure_costs, budgets=(1, 2), widths=(1,)))
 
     heads = random_medusa_heads("demo:smollm2-135m", tmp_path)
-    prompt = write_jsonl(tmp_path / "repeat.jsonl", [{"question_id": 1, "category": "writing", "turns": ["Repeat this sentence four times: the small red boat sails home at dusk."]}])
+    prompt = write_jsonl(
+        tmp_path / "repeat.jsonl",
+        [{"question_id": 1, "category": "writing", "turns": ["Repeat this sentence four times: the small red boat sails home at dusk."]}],
+    )
     calibrate(str(heads), str(prompt), max_new_tokens=32, dtype="float32", progress=False)
     draft = DraftModel.from_pretrained(str(heads), dtype="float32")
-    tree, choice = resolve_tree(EvalConfig(heads=str(heads), prompts=str(prompt), max_new_tokens=32, dtype="float32"), draft, progress=False, turns=1)
+    tree, choice = resolve_tree(
+        EvalConfig(heads=str(heads), prompts=str(prompt), max_new_tokens=32, dtype="float32"), draft, progress=False, turns=1
+    )
     # random heads never pay for their nodes; copies of a sentence said four times do
     assert tree.lookup == choice["lookup"] in (4, 8, 12, 16) and choice["expected_tau"] > 2
     assert {c["lookup"] for c in choice["candidates"]} == {0, 4, 8, 12, 16}

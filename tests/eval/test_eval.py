@@ -43,15 +43,39 @@ def prompts(tmp_path):
 
 def test_eval_writes_a_complete_report_and_is_lossless(heads_dir, prompts, tmp_path, capsys):
     out = tmp_path / "reports" / "demo" / "report.json"  # eval makes the folders it writes into
-    code = main(["eval", *FIXED_BASELINES[:-1], "--dtype", "float32", "--heads", str(heads_dir), "--prompts", str(prompts), "--max-new-tokens", "12",
-                 "--tree", "dynamic", "--tree-budget", "6", "--out", str(out)])
+    code = main(
+        [
+            "eval",
+            *FIXED_BASELINES[:-1],
+            "--dtype",
+            "float32",
+            "--heads",
+            str(heads_dir),
+            "--prompts",
+            str(prompts),
+            "--max-new-tokens",
+            "12",
+            "--tree",
+            "dynamic",
+            "--tree-budget",
+            "6",
+            "--out",
+            str(out),
+        ]
+    )
     assert code == 0
     report = read_report(out)  # typed: every field present, of this schema version
     assert report.schema_version == SCHEMA_VERSION and report.to_json() == json.loads(out.read_text())
     assert report.n_prompts == 2 and report.n_turns == 3 and report.head_type == "medusa"
     assert report.greedy_mismatches == 0 and report.hardware and report.versions and report.tau_predicted is not None
     # every token of every method re-scored (fp32 eval: one re-scoring), with the emitted ids in the report
-    assert list(report.methods) == [MethodName.AUTOREGRESSIVE, MethodName.OURS, MethodName.HF_GENERATE, MethodName.HF_PROMPT_LOOKUP, MethodName.LOOKUP]
+    assert list(report.methods) == [
+        MethodName.AUTOREGRESSIVE,
+        MethodName.OURS,
+        MethodName.HF_GENERATE,
+        MethodName.HF_PROMPT_LOOKUP,
+        MethodName.LOOKUP,
+    ]
     assert report.baselines["lookup"] == {"tokens": 8, "ngram": 2, "chosen": "as configured"}
     assert report.best_baseline in BASELINES
     for name in report.methods:
@@ -74,7 +98,14 @@ def test_eval_writes_a_complete_report_and_is_lossless(heads_dir, prompts, tmp_p
 
 def test_eval_resumes_from_its_partial_file_and_refuses_other_settings(heads_dir, prompts, tmp_path):
     out = tmp_path / "report.json"
-    options = EvalConfig(heads=str(heads_dir), prompts=str(prompts), **fixed_baselines(), max_new_tokens=6, tree=TreeSpec("static", budget=4), dtype="float32")
+    options = EvalConfig(
+        heads=str(heads_dir),
+        prompts=str(prompts),
+        **fixed_baselines(),
+        max_new_tokens=6,
+        tree=TreeSpec("static", budget=4),
+        dtype="float32",
+    )
     first = run_eval(options, out, progress=False)
     partial = out.with_name("report.json.partial.jsonl")
     lines = partial.read_text().splitlines()
@@ -111,11 +142,48 @@ def test_tree_search_saves_a_tree_that_eval_weighs_and_uses_when_asked(repeating
     choice = read_head_config(heads_dir).tree
     assert choice is not None and 1 <= len(choice.paths) <= 4
     out = tmp_path / "report.json"
-    assert main(["eval", *FIXED_BASELINES, "--dtype", "float32", "--heads", str(heads_dir), "--prompts", str(prompts), "--max-new-tokens", "8", "--out", str(out)]) == 0
+    assert (
+        main(
+            [
+                "eval",
+                *FIXED_BASELINES,
+                "--dtype",
+                "float32",
+                "--heads",
+                str(heads_dir),
+                "--prompts",
+                str(prompts),
+                "--max-new-tokens",
+                "8",
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
     auto = json.loads(out.read_text())["tree_choice"]  # --tree auto: the saved tree is one candidate, not a short circuit
     assert "weighed among them" in auto["reason"] and [c for c in auto["candidates"] if c.get("paths") == choice.paths]
-    assert main(["eval", *FIXED_BASELINES, "--dtype", "float32", "--heads", str(heads_dir), "--prompts", str(prompts), "--max-new-tokens", "8",
-                 "--tree", "static", "--out", str(out)]) == 0
+    assert (
+        main(
+            [
+                "eval",
+                *FIXED_BASELINES,
+                "--dtype",
+                "float32",
+                "--heads",
+                str(heads_dir),
+                "--prompts",
+                str(prompts),
+                "--max-new-tokens",
+                "8",
+                "--tree",
+                "static",
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
     report = json.loads(out.read_text())
     assert report["tree"]["kind"] == "static" and report["tree"]["paths"] == choice.paths
     assert report["greedy_mismatches"] == 0
@@ -123,7 +191,23 @@ def test_tree_search_saves_a_tree_that_eval_weighs_and_uses_when_asked(repeating
 
 def test_bad_eval_inputs_are_named(heads_dir, tmp_path, capsys):
     bad = write_jsonl(tmp_path / "bad.jsonl", [{"turns": ["ok"]}, {"question": "no turns"}])
-    assert main(["eval", *FIXED_BASELINES, "--dtype", "float32", "--heads", str(heads_dir), "--prompts", str(bad), "--out", str(tmp_path / "r.json")]) == 2
+    assert (
+        main(
+            [
+                "eval",
+                *FIXED_BASELINES,
+                "--dtype",
+                "float32",
+                "--heads",
+                str(heads_dir),
+                "--prompts",
+                str(bad),
+                "--out",
+                str(tmp_path / "r.json"),
+            ]
+        )
+        == 2
+    )
     err = capsys.readouterr().err
     assert "bad.jsonl" in err and "line 2" in err
     assert main(["eval", *FIXED_BASELINES, "--dtype", "float32", "--heads", str(tmp_path / "missing"), "--prompts", str(bad)]) == 2
@@ -139,7 +223,27 @@ def test_eval_of_jointly_trained_heads_reports_the_backbone_drift_and_stays_loss
     settings = {"train.backbone.mode": "lora", "train.backbone.lora.rank": 4, "train.lr": 0.003, "train.max_steps": 6}
     train(load_recipe(None, overrides(varied_base, run, **settings)), progress=False)
     out = tmp_path / "report.json"
-    assert main(["eval", *FIXED_BASELINES, "--dtype", "float32", "--heads", str(run / "heads"), "--prompts", str(prompts), "--max-new-tokens", "12", "--tree-budget", "6", "--out", str(out)]) == 0
+    assert (
+        main(
+            [
+                "eval",
+                *FIXED_BASELINES,
+                "--dtype",
+                "float32",
+                "--heads",
+                str(run / "heads"),
+                "--prompts",
+                str(prompts),
+                "--max-new-tokens",
+                "12",
+                "--tree-budget",
+                "6",
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
     report = json.loads(out.read_text())
     # The autoregressive baseline and HF generate run the trained (merged) backbone: still lossless.
     assert report["backbone_mode"] == "lora" and report["greedy_mismatches"] == 0 and report["hf_generate_mismatches"] == 0
@@ -155,16 +259,68 @@ def test_eval_of_jointly_trained_heads_reports_the_backbone_drift_and_stays_loss
     assert "backbone (lora): agrees with the original on" in capsys.readouterr().out
     assert "it is not the original model" in out.with_suffix(".md").read_text()
 
-    assert main(["eval", *FIXED_BASELINES, "--dtype", "float32", "--heads", str(run / "heads"), "--prompts", str(prompts), "--drift-batches", "0"]) == 2
+    assert (
+        main(
+            [
+                "eval",
+                *FIXED_BASELINES,
+                "--dtype",
+                "float32",
+                "--heads",
+                str(run / "heads"),
+                "--prompts",
+                str(prompts),
+                "--drift-batches",
+                "0",
+            ]
+        )
+        == 2
+    )
     assert "drift_batches must be at least 1" in capsys.readouterr().err
     (run / "heads" / "recipe.yaml").unlink()
-    assert main(["eval", *FIXED_BASELINES, "--dtype", "float32", "--heads", str(run / "heads"), "--prompts", str(prompts), "--max-new-tokens", "4", "--out", str(tmp_path / "again.json")]) == 0
+    assert (
+        main(
+            [
+                "eval",
+                *FIXED_BASELINES,
+                "--dtype",
+                "float32",
+                "--heads",
+                str(run / "heads"),
+                "--prompts",
+                str(prompts),
+                "--max-new-tokens",
+                "4",
+                "--out",
+                str(tmp_path / "again.json"),
+            ]
+        )
+        == 0
+    )
     assert "drift was not measured" in capsys.readouterr().out
 
 
 def test_auto_tree_measures_costs_and_eval_writes_its_summary_into_the_heads(heads_dir, prompts, tmp_path, capsys):
     out = tmp_path / "auto.json"
-    assert main(["eval", *FIXED_BASELINES, "--dtype", "float32", "--heads", str(heads_dir), "--prompts", str(prompts), "--max-new-tokens", "8", "--out", str(out)]) == 0
+    assert (
+        main(
+            [
+                "eval",
+                *FIXED_BASELINES,
+                "--dtype",
+                "float32",
+                "--heads",
+                str(heads_dir),
+                "--prompts",
+                str(prompts),
+                "--max-new-tokens",
+                "8",
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
     printed = capsys.readouterr().out
     report = json.loads(out.read_text())
     choice = report["tree_choice"]
@@ -190,16 +346,41 @@ def test_eval_config_files_and_bad_settings(heads_dir, prompts, tmp_path, capsys
     config.write_text(f"heads: {heads_dir}\ntree: {{knd: dynamic}}\n")
     assert main(["eval", *FIXED_BASELINES, str(config)]) == 2
     assert "tree.knd: unknown key (did you mean 'kind'?)" in capsys.readouterr().err
-    assert main(["eval", *FIXED_BASELINES, "--heads", str(heads_dir), "--prompts", str(prompts), "--dtype", "float16", "--device", "cpu"]) == 2
+    assert (
+        main(["eval", *FIXED_BASELINES, "--heads", str(heads_dir), "--prompts", str(prompts), "--dtype", "float16", "--device", "cpu"]) == 2
+    )
     assert "float16 on a CPU" in capsys.readouterr().err
-    assert main(["eval", *FIXED_BASELINES, "--heads", str(heads_dir), "--prompts", str(prompts), "--temperature", "0.7", "--tree-lookup", "8"]) == 2
+    assert (
+        main(["eval", *FIXED_BASELINES, "--heads", str(heads_dir), "--prompts", str(prompts), "--temperature", "0.7", "--tree-lookup", "8"])
+        == 2
+    )
     assert "tree.lookup needs greedy decoding" in capsys.readouterr().err
 
 
 def test_eval_with_a_lookup_branch_reports_it_and_stays_lossless(heads_dir, prompts, tmp_path):
     out = tmp_path / "report.json"
-    code = main(["eval", *FIXED_BASELINES, "--dtype", "float32", "--heads", str(heads_dir), "--prompts", str(prompts), "--max-new-tokens", "24",
-                 "--tree", "dynamic", "--tree-budget", "4", "--tree-lookup", "6", "--out", str(out)])
+    code = main(
+        [
+            "eval",
+            *FIXED_BASELINES,
+            "--dtype",
+            "float32",
+            "--heads",
+            str(heads_dir),
+            "--prompts",
+            str(prompts),
+            "--max-new-tokens",
+            "24",
+            "--tree",
+            "dynamic",
+            "--tree-budget",
+            "4",
+            "--tree-lookup",
+            "6",
+            "--out",
+            str(out),
+        ]
+    )
     assert code == 0
     report = json.loads(out.read_text())
     assert report["tree"]["lookup"] == 6 and report["tree"]["lookup_ngram"] == 2
@@ -207,7 +388,12 @@ def test_eval_with_a_lookup_branch_reports_it_and_stays_lossless(heads_dir, prom
     assert report["tau"] == pytest.approx(1 + sum(report["acceptance_by_depth"]))  # depths past the heads' are counted
     # heads without calibration.json: the fallback answers are kept, so the branch is predicted by replaying them, with its spread
     source = report["tau_predicted_source"]
-    assert "8 two-turn conversations of the calibration set" in source and "replayed" in source and "6-token lookup branch" in source and report["tau_predicted_sd"] is not None
+    assert (
+        "8 two-turn conversations of the calibration set" in source
+        and "replayed" in source
+        and "6-token lookup branch" in source
+        and report["tau_predicted_sd"] is not None
+    )
     assert "lookup branch of up to 6 copied tokens" in out.with_suffix(".md").read_text()
 
 

@@ -133,7 +133,9 @@ def test_a_lookup_branch_keeps_greedy_decoding_exact_and_accepts_copied_runs(dem
         assert max(accepted) > 4, (name, accepted)  # deeper than the heads draft: a copied run
         assert 0 in accepted, (name, accepted)  # and steps where nothing (or a wrong copy) was accepted
     with pytest.raises(ValueError, match="lookup branch"):
-        Engine(demo, tree=TreeSpec("none", lookup=8)).generate([1, 2, 3], GenerationConfig(max_new_tokens=4, sampling=SamplingConfig(temperature=1.0)))
+        Engine(demo, tree=TreeSpec("none", lookup=8)).generate(
+            [1, 2, 3], GenerationConfig(max_new_tokens=4, sampling=SamplingConfig(temperature=1.0))
+        )
 
 
 def test_lookup_decoding_accepts_exactly_what_the_copied_tokens_get_right(demo):
@@ -149,7 +151,9 @@ def test_lookup_decoding_accepts_exactly_what_the_copied_tokens_get_right(demo):
         # HF's continuation past our limit: the copies of the last steps are checked against it too
         reference = demo.model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=new + lookup + 1, do_sample=False,
                                         eos_token_id=None, pad_token_id=0)[0, len(prompt) :].tolist()
-        result = Engine(demo, tree=TreeSpec("none", lookup=lookup, lookup_ngram=3)).generate(prompt, GenerationConfig(max_new_tokens=new, eos_token_ids=()))
+        result = Engine(demo, tree=TreeSpec("none", lookup=lookup, lookup_ngram=3)).generate(
+            prompt, GenerationConfig(max_new_tokens=new, eos_token_ids=())
+        )
         assert result.tokens == reference[:new]
         expected, emitted = [], 1  # the first token comes from the prompt's forward
         while emitted < new:

@@ -31,7 +31,9 @@ def make_tree(kind: str, nodes: int) -> Tree:
     generator = torch.Generator().manual_seed(nodes)
     parents = [-1]
     for i in range(1, nodes):  # deep: mostly the previous node; bushy: any earlier node
-        parents.append(i - 1 if kind == "deep" and torch.rand(1, generator=generator) < 0.7 else int(torch.randint(0, i, (1,), generator=generator)))
+        parents.append(
+            i - 1 if kind == "deep" and torch.rand(1, generator=generator) < 0.7 else int(torch.randint(0, i, (1,), generator=generator))
+        )
     depth = [0] * nodes
     for i in range(1, nodes):
         depth[i] = depth[parents[i]] + 1

@@ -42,7 +42,16 @@ from draftheads.models.import_eagle import default_fuse_layers
 from draftheads.utils.errors import ModelLoadError
 from helpers import spread_vocabulary
 
-LAYER = ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj", "mlp.gate_proj", "mlp.up_proj", "mlp.down_proj", "post_attention_layernorm")
+LAYER = (
+    "self_attn.q_proj",
+    "self_attn.k_proj",
+    "self_attn.v_proj",
+    "self_attn.o_proj",
+    "mlp.gate_proj",
+    "mlp.up_proj",
+    "mlp.down_proj",
+    "post_attention_layernorm",
+)
 
 
 def read_export(folder: Path) -> tuple[dict, dict[str, torch.Tensor]]:
@@ -56,7 +65,11 @@ def attention_bias_problems(engine: str, config: dict, tensors: dict, prefix: st
     if not (config.get("attention_bias") or config.get("bias")):
         return []
     missing = [f"{prefix}{p}.bias" for p in LAYER[:4] if f"{prefix}{p}.bias" not in tensors]
-    return [f"{engine}: config bias/attention_bias makes q/k/v/o biases the file lacks ({missing[0]}...): left uninitialised, silently"] if missing else []
+    return (
+        [f"{engine}: config bias/attention_bias makes q/k/v/o biases the file lacks ({missing[0]}...): left uninitialised, silently"]
+        if missing
+        else []
+    )
 
 
 def vllm_problems(folder: Path) -> list[str]:
@@ -87,7 +100,10 @@ def sglang_problems(folder: Path) -> list[str]:
     registered = ("LlamaForCausalLM", "LlamaForCausalLMEagle", "LlamaForCausalLMEagle3")
     chosen = next((a for a in config["architectures"] if a in registered), None)
     if chosen not in ("LlamaForCausalLMEagle", "LlamaForCausalLMEagle3"):
-        return [f"sglang: architectures {config['architectures']} build {chosen or 'nothing'}, not an EAGLE draft (its tensors are skipped with warnings)"]
+        return [
+            f"sglang: architectures {config['architectures']} build {chosen or 'nothing'}, "
+            "not an EAGLE draft (its tensors are skipped with warnings)"
+        ]
     if chosen == "LlamaForCausalLMEagle3":
         problems = ["sglang: tie_word_embeddings makes the draft's lm_head its embedding"] if config.get("tie_word_embeddings") else []
         if config.get("bias") and "fc.bias" not in tensors:
@@ -123,7 +139,9 @@ def medusa_problems(folder: Path) -> list[str]:
         return ["medusa: medusa_lm_head.pt missing: hf_hub_download of a local folder fails"]
     state = torch.load(folder / "medusa_lm_head.pt", weights_only=True)
     heads, layers = config["medusa_num_heads"], config.get("medusa_num_layers", 1)
-    need = [f"{h}.{j}.linear.{p}" for h in range(heads) for j in range(layers) for p in ("weight", "bias")] + [f"{h}.{layers}.weight" for h in range(heads)]
+    need = [f"{h}.{j}.linear.{p}" for h in range(heads) for j in range(layers) for p in ("weight", "bias")] + [
+        f"{h}.{layers}.weight" for h in range(heads)
+    ]
     problems = [f"medusa: {name} missing: random, silently (strict=False)" for name in need if name not in state]
     base = config["base_model_name_or_path"]
     if not Path(base).is_absolute() and (folder / base).exists():
@@ -137,8 +155,16 @@ def trtllm_problems(folder: Path) -> list[str]:
     line = next((line for line in readme.splitlines() if line.startswith("- TensorRT-LLM")), "")
     problems = [] if line else ["trtllm: the README has no conversion command"]
     heads = re.search(r"--num_medusa_heads (\d+)", line)
-    for flag in ("--model_dir", "--medusa_model_dir", "--num_medusa_heads", "--num_medusa_layers", "--output_dir", "trtllm-build --checkpoint_dir",
-                 "--speculative_decoding_mode medusa", "--medusa_choices"):
+    for flag in (
+        "--model_dir",
+        "--medusa_model_dir",
+        "--num_medusa_heads",
+        "--num_medusa_layers",
+        "--output_dir",
+        "trtllm-build --checkpoint_dir",
+        "--speculative_decoding_mode medusa",
+        "--medusa_choices",
+    ):
         if flag not in line:
             problems.append(f"trtllm: the README's commands lack {flag}")
     weights = folder / "medusa_lm_head.pt"
@@ -186,7 +212,12 @@ def heads_of(base: Path, config, folder: Path, fc_bias_zero: bool = False) -> Pa
 
 EXPORTS = {
     "eagle3-full": ("eagle", lambda: EagleConfig(num_heads=2, fuse_layers=default_fuse_layers(8), training_time_test=True), "all", False),
-    "eagle3-reduced": ("eagle", lambda: EagleConfig(num_heads=2, fuse_layers=default_fuse_layers(8), training_time_test=True, draft_vocab_size=300), "all", False),
+    "eagle3-reduced": (
+        "eagle",
+        lambda: EagleConfig(num_heads=2, fuse_layers=default_fuse_layers(8), training_time_test=True, draft_vocab_size=300),
+        "all",
+        False,
+    ),
     "eagle1-zero-fc-bias": ("eagle", lambda: EagleConfig(num_heads=2), "all", True),
     "eagle1-fc-bias-sglang": ("eagle", lambda: EagleConfig(num_heads=2), "sglang", False),
     "eagle1-fc-bias-reference": ("eagle", lambda: EagleConfig(num_heads=2), "reference", False),
@@ -239,7 +270,9 @@ def test_the_contracts_catch_each_broken_export_of_before(exports, tmp_path):
     old_eagle3 = variant("eagle3-full", lambda f: tensors(f, lambda s: s.update(d2t=torch.zeros(vocab, dtype=torch.long))))
     assert "There is no module or parameter named 'draft_id_to_target_id'" in " ".join(vllm_problems(old_eagle3))
     old_eagle1 = variant("eagle1-fc-bias-sglang", lambda f: config(f, lambda c: c.update(architectures=["LlamaForCausalLM"], bias=True)))
-    assert any("attention_bias" in p for p in vllm_problems(old_eagle1)) and any("dropped, silently" in p for p in vllm_problems(old_eagle1))
+    assert any("attention_bias" in p for p in vllm_problems(old_eagle1)) and any(
+        "dropped, silently" in p for p in vllm_problems(old_eagle1)
+    )
     assert "build LlamaForCausalLM, not an EAGLE draft" in " ".join(sglang_problems(old_eagle1))
     no_bias = variant("eagle1-no-fc-bias", lambda f: tensors(f, lambda s: s.pop("fc.bias")))
     assert "always has a bias" in " ".join(sglang_problems(no_bias)) and "fc bias the file lacks" in " ".join(safeailab_problems(no_bias))
@@ -289,7 +322,9 @@ def test_a_single_file_base_gets_the_index_safeailab_reads(base8, tmp_path):
     write_weights_index(folder)
     index = json.loads((folder / "model.safetensors.index.json").read_text())
     header = load_file(str(folder / "model.safetensors"))
-    assert set(index["weight_map"]) == set(header) and index["metadata"]["total_size"] == sum(t.numel() * t.element_size() for t in header.values())
+    assert set(index["weight_map"]) == set(header) and index["metadata"]["total_size"] == sum(
+        t.numel() * t.element_size() for t in header.values()
+    )
 
 
 def test_targets_that_cannot_load_a_layout_or_a_bias_are_refused_with_the_reason(exports, base8, tmp_path):

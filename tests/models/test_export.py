@@ -58,7 +58,11 @@ def assert_same_drafts(a: DraftModel, b: DraftModel):
 
 @pytest.mark.parametrize("vocab", [300, 0], ids=["reduced", "full"])
 def test_eagle3_exports_reimports_and_a_reference_reproduces_its_first_draft(base8, vocab, tmp_path):
-    heads = saved_heads(base8, EagleConfig(num_heads=3, fuse_layers=default_fuse_layers(8), training_time_test=True, draft_vocab_size=vocab), tmp_path / "heads")
+    heads = saved_heads(
+        base8,
+        EagleConfig(num_heads=3, fuse_layers=default_fuse_layers(8), training_time_test=True, draft_vocab_size=vocab),
+        tmp_path / "heads",
+    )
     assert main(["export", "eagle", str(heads), "--out", str(tmp_path / "export")]) == 0
     config = json.loads((tmp_path / "export" / "config.json").read_text())
     assert config["architectures"] == ["LlamaForCausalLMEagle3"] and config["draft_vocab_size"] == (vocab or 49152)
@@ -118,7 +122,12 @@ def test_what_a_layout_cannot_express_is_refused(tiny_base, base8, tmp_path, cap
         ("medusa", HydraConfig(num_heads=2), tiny_base, "hydra heads condition on the drafted path"),
         ("eagle", HydraConfig(num_heads=2), tiny_base, "these are hydra heads"),
         ("eagle", EagleConfig(num_heads=2, draft_vocab_size=100), tiny_base, "EAGLE-1 heads with a reduced draft vocabulary"),
-        ("eagle", EagleConfig(num_heads=2, fuse_layers=[0, 2, 5]), base8, r"fuse_layers \[0, 2, 5\]: SGLang and vLLM fuse the outputs of layers \[1, 3, 4\]"),
+        (
+            "eagle",
+            EagleConfig(num_heads=2, fuse_layers=[0, 2, 5]),
+            base8,
+            r"fuse_layers \[0, 2, 5\]: SGLang and vLLM fuse the outputs of layers \[1, 3, 4\]",
+        ),
     ]
     for index, (name, config, base, reason) in enumerate(cases):
         heads = saved_heads(base, config, tmp_path / f"h{index}")

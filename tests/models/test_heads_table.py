@@ -137,7 +137,9 @@ def test_draft_vocabularies_that_do_not_fit_are_refused(backbone, tmp_path):
     state["draft_to_token"] = state["draft_to_token"] + 200  # a map made for a larger vocabulary
     save_heads(draft.heads, tmp_path / "big", state=state)
     loaded = HEADS.get("hydra").build(read_head_config(tmp_path / "big"), backbone)
-    with _pytest.raises(ModelLoadError, match=r"model.safetensors: the draft vocabulary map holds token id \d+, but the base vocabulary has 128 tokens"):
+    with _pytest.raises(
+        ModelLoadError, match=r"model.safetensors: the draft vocabulary map holds token id \d+, but the base vocabulary has 128 tokens"
+    ):
         load_head_weights(loaded, tmp_path / "big")
     config = read_head_config(tmp_path / "heads")
     smaller = HEADS.get("hydra").build(type(config)(**{**config.__dict__, "draft_vocab_size": 30}), backbone)

@@ -17,7 +17,9 @@ TOKEN = "hf_testsecret1234567890"
 
 @pytest.fixture
 def heads_folder(tiny_llama, demo_tokenizer, tmp_path):
-    draft = DraftModel.new(Backbone(tiny_llama, demo_tokenizer, ModelLocation("org/base", "org/base", "rev1", "hub", "org/base")), MedusaConfig(num_heads=2))
+    draft = DraftModel.new(
+        Backbone(tiny_llama, demo_tokenizer, ModelLocation("org/base", "org/base", "rev1", "hub", "org/base")), MedusaConfig(num_heads=2)
+    )
     training = {"steps": 80, "data": ["demo:sharegpt"], "train_rows": 900, "held_out_rows": 50,
                 "final_eval": {"top1": [0.31, 0.12], "top5": [0.55, 0.3]}, "first_eval": {"top1": [0.02, 0.02], "top5": [0.1, 0.08]}}
     folder = draft.save_pretrained(tmp_path / "heads", {"training.json": json.dumps(training)})
@@ -56,7 +58,13 @@ def test_push_reports_a_refusal(heads_folder, tmp_path):
     with RecordingHub() as hub:
         # huggingface_hub reads HF_ENDPOINT when imported, hence a fresh process.
         env = {**os.environ, "HF_ENDPOINT": hub.url + "/nothing-here", "HF_TOKEN": TOKEN, "HOME": str(tmp_path)}
-        done = subprocess.run([sys.executable, "-m", "draftheads.scripts.cli", "push", str(heads_folder), "me/x"], capture_output=True, text=True, env=env, timeout=120)
+        done = subprocess.run(
+            [sys.executable, "-m", "draftheads.scripts.cli", "push", str(heads_folder), "me/x"],
+            capture_output=True,
+            text=True,
+            env=env,
+            timeout=120,
+        )
     assert done.returncode == 2 and "error: the Hub refused the upload to me/x (HTTP 404)" in done.stderr
     assert "Traceback" not in done.stderr and TOKEN not in done.stderr
 
@@ -73,7 +81,13 @@ def test_push_of_jointly_trained_heads_uploads_the_adapter_and_says_the_backbone
     (heads_folder / "training.json").write_text(json.dumps(training))
     with RecordingHub() as hub:
         env = {**os.environ, "HF_ENDPOINT": hub.url, "HF_TOKEN": TOKEN, "HOME": str(tmp_path)}
-        done = subprocess.run([sys.executable, "-m", "draftheads.scripts.cli", "push", str(heads_folder), "me/m2"], capture_output=True, text=True, env=env, timeout=120)
+        done = subprocess.run(
+            [sys.executable, "-m", "draftheads.scripts.cli", "push", str(heads_folder), "me/m2"],
+            capture_output=True,
+            text=True,
+            env=env,
+            timeout=120,
+        )
     assert done.returncode == 0, done.stderr[-3000:]
     assert {"adapter/adapter_config.json", "adapter/adapter_model.safetensors"} <= set(hub.files)
     assert hub.files["adapter/adapter_model.safetensors"] == (heads_folder / "adapter" / "adapter_model.safetensors").read_bytes()

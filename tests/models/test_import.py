@@ -36,7 +36,9 @@ class ReferenceResBlock(nn.Module):
 def reference_medusa(hidden, vocab, heads, layers):
     torch.manual_seed(0)
     # As the reference builds it: one block object repeated L times per head.
-    module = nn.ModuleList(nn.Sequential(*([ReferenceResBlock(hidden)] * layers), nn.Linear(hidden, vocab, bias=False)) for _ in range(heads))
+    module = nn.ModuleList(
+        nn.Sequential(*([ReferenceResBlock(hidden)] * layers), nn.Linear(hidden, vocab, bias=False)) for _ in range(heads)
+    )
     for p in module.parameters():
         nn.init.normal_(p, std=0.05)
     return module
@@ -45,7 +47,9 @@ def reference_medusa(hidden, vocab, heads, layers):
 def medusa_checkpoint(folder, base, heads=3, layers=2, saver="pt"):
     folder.mkdir()
     reference = reference_medusa(64, 49152 if base is None else json.loads((base / "config.json").read_text())["vocab_size"], heads, layers)
-    (folder / "config.json").write_text(json.dumps({"medusa_num_heads": heads, "medusa_num_layers": layers, "base_model_name_or_path": str(base)}))
+    (folder / "config.json").write_text(
+        json.dumps({"medusa_num_heads": heads, "medusa_num_layers": layers, "base_model_name_or_path": str(base)})
+    )
     if saver == "pt":
         torch.save(reference.state_dict(), folder / "medusa_lm_head.pt")
     else:  # safetensors refuses shared tensors; save_model keeps one name of each
@@ -131,7 +135,11 @@ def test_eagle1_import_drafts_what_the_reference_layer_computes(tiny_base, tmp_p
     state = {f"layers.0.{k}": v for k, v in layer.state_dict().items()} | {"fc.weight": fc.weight, "fc.bias": fc.bias}
     state["embed_tokens.weight"] = backbone_model.model.embed_tokens.weight
     torch.save({k: v.detach().clone() for k, v in state.items()}, source / "pytorch_model.bin")
-    (source / "config.json").write_text(json.dumps({"hidden_size": 64, "num_attention_heads": 4, "num_key_value_heads": 2, "intermediate_size": 128, "num_hidden_layers": 1}))
+    (source / "config.json").write_text(
+        json.dumps(
+            {"hidden_size": 64, "num_attention_heads": 4, "num_key_value_heads": 2, "intermediate_size": 128, "num_hidden_layers": 1}
+        )
+    )
     draft = import_eagle(str(source), tmp_path / "heads", base=str(tiny_base), num_heads=3)
     draft = DraftModel.from_pretrained(tmp_path / "heads")
     assert draft.heads.config.fuse_layers == [] and draft.heads.config.fc_bias
@@ -144,10 +152,14 @@ def test_eagle1_import_drafts_what_the_reference_layer_computes(tiny_base, tmp_p
         # depth 1: pairs (f_0, x_1) .. (f_t, x_{t+1}); depth 2 feeds the predicted feature with x_{t+2}
         out = eagle1_draft(config, layer, fc, embed, features[: t + 1], ids[1 : t + 2])
         theirs1 = torch.log_softmax(draft.backbone.lm_head(out[0, -1]), -1)
-        torch.testing.assert_close(draft.heads.draft_step(state, ids[None, t + 1 : t + 2], draft.backbone.lm_head)[0], theirs1, rtol=1e-4, atol=1e-4)
+        torch.testing.assert_close(
+            draft.heads.draft_step(state, ids[None, t + 1 : t + 2], draft.backbone.lm_head)[0], theirs1, rtol=1e-4, atol=1e-4
+        )
         out2 = eagle1_draft(config, layer, fc, embed, torch.cat([features[: t + 1], out[0, -1:]]), ids[1 : t + 3])
         theirs2 = torch.log_softmax(draft.backbone.lm_head(out2[0, -1]), -1)
-        torch.testing.assert_close(draft.heads.draft_step(state, ids[None, t + 1 : t + 3], draft.backbone.lm_head)[0], theirs2, rtol=1e-4, atol=1e-4)
+        torch.testing.assert_close(
+            draft.heads.draft_step(state, ids[None, t + 1 : t + 3], draft.backbone.lm_head)[0], theirs2, rtol=1e-4, atol=1e-4
+        )
 
 
 def test_eagle3_import_drafts_what_the_reference_computes_over_its_reduced_vocabulary(demo_tokenizer, tmp_path):
@@ -165,8 +177,29 @@ def test_eagle3_import_drafts_what_the_reference_computes_over_its_reduced_vocab
     source = tmp_path / "eagle3"
     source.mkdir()
     save_file({k: v.contiguous() for k, v in reference.checkpoint(d2t).items()}, str(source / "model.safetensors"))
-    (source / "config.json").write_text(json.dumps({"hidden_size": 64, "num_attention_heads": 4, "num_key_value_heads": 2, "draft_vocab_size": 300}))
-    assert main(["import", "eagle", str(source), "--out", str(tmp_path / "heads"), "--base", str(base), "--num-heads", "4", "--fuse-layers", "0", "1", "2"]) == 0
+    (source / "config.json").write_text(
+        json.dumps({"hidden_size": 64, "num_attention_heads": 4, "num_key_value_heads": 2, "draft_vocab_size": 300})
+    )
+    assert (
+        main(
+            [
+                "import",
+                "eagle",
+                str(source),
+                "--out",
+                str(tmp_path / "heads"),
+                "--base",
+                str(base),
+                "--num-heads",
+                "4",
+                "--fuse-layers",
+                "0",
+                "1",
+                "2",
+            ]
+        )
+        == 0
+    )
     draft = DraftModel.from_pretrained(tmp_path / "heads")
     assert draft.heads.config.fuse_layers == [0, 1, 2] and draft.heads.config.draft_vocab_size == 300
     ids = torch.randint(0, 1000, (12,))

@@ -95,7 +95,9 @@ def test_a_cpu_launch_runs_deepspeed_as_deepspeed_and_refuses_fsdp(tmp_path):
     done = subprocess.run([sys.executable, "-m", "draftheads.scripts.cli", "train", "smollm2-135m/medusa1", "--accelerate-config", "fsdp"],
                           capture_output=True, text=True, timeout=120)
     assert done.returncode == 2 and done.stderr.strip().splitlines()[-1].endswith(
-        "--accelerate-config fsdp: accelerate runs FSDP on GPUs only; on CPU use deepspeed-zero3, which shards a frozen backbone's layers and the heads the same way")
+        "--accelerate-config fsdp: accelerate runs FSDP on GPUs only; "
+        "on CPU use deepspeed-zero3, which shards a frozen backbone's layers and the heads the same way"
+    )
 
 
 def test_quick_flags_become_the_overrides_a_relaunch_forwards(tmp_path):
@@ -103,7 +105,21 @@ def test_quick_flags_become_the_overrides_a_relaunch_forwards(tmp_path):
 
     a, b = write_jsonl(tmp_path / "a.jsonl", [SAMPLE]), write_jsonl(tmp_path / "b.jsonl", [SAMPLE])
     args = build_parser().parse_args(
-        ["train", "smollm2-135m/medusa1", "train.max_steps=3", "--data", str(a), "--data", str(b), "--limit", "5", "--base", "demo:smollm2-135m", "--accelerate-config", "cpu-2proc"]
+        [
+            "train",
+            "smollm2-135m/medusa1",
+            "train.max_steps=3",
+            "--data",
+            str(a),
+            "--data",
+            str(b),
+            "--limit",
+            "5",
+            "--base",
+            "demo:smollm2-135m",
+            "--accelerate-config",
+            "cpu-2proc",
+        ]
     )
     command, env = launch_command(args, "train")
     assert command[command.index("draftheads.scripts.cli") + 1 : command.index("--in-process")] == ["train"]
@@ -121,7 +137,10 @@ def test_overrides_may_follow_options_and_unknown_flags_are_refused(tmp_path, ca
     args = build_parser().parse_known_args(["train", "smollm2-135m/medusa1", "--accelerate-config", "cpu-2proc", "train.max_steps=3"])
     assert args[1] == ["train.max_steps=3"]  # what main() folds into the overrides
     path = write_jsonl(tmp_path / "d.jsonl", [SAMPLE, SAMPLE])
-    assert main(["data", "inspect", "--data", str(path), "--color", "never", "data.max_length=256", "--show", "1", "data.eval_fraction=0"]) == 0
+    assert (
+        main(["data", "inspect", "--data", str(path), "--color", "never", "data.max_length=256", "--show", "1", "data.eval_fraction=0"])
+        == 0
+    )
     assert "training row 1 of 2" in capsys.readouterr().out
     with pytest.raises(SystemExit):
         main(["data", "inspect", "--data", str(path), "--no-such-flag"])

@@ -82,7 +82,9 @@ def test_no_family_is_the_default_and_training_without_one_names_them(tmp_path):
 
     recipe = load_recipe(None, [f"train.output_dir={tmp_path / 'run'}"])
     assert recipe.heads is None
-    with pytest.raises(ConfigError, match=r"heads.head_type: training needs a head family; the recipe names none \(one of: clover, eagle, hydra, medusa\)"):
+    with pytest.raises(
+        ConfigError, match=r"heads.head_type: training needs a head family; the recipe names none \(one of: clover, eagle, hydra, medusa\)"
+    ):
         train(recipe, progress=False)
     assert not (tmp_path / "run").exists()
     with pytest.raises(ConfigError, match="heads.head_type: required key is missing"):

@@ -63,6 +63,8 @@ def test_a_recipe_with_no_config_and_no_hub_is_refused_in_one_line(tmp_path, mon
     recipe.write_text((ROOT / "recipes/qwen3-8b/eagle3.yaml").read_text().replace("base: Qwen/Qwen3-8B", "base: someone/not-a-model"))
     from draftheads.utils.errors import ModelLoadError
 
-    with pytest.raises(ModelLoadError, match=r"r.yaml: no config.json beside the recipe, and the config of someone/not-a-model cannot be read") as err:
+    with pytest.raises(
+        ModelLoadError, match=r"r.yaml: no config.json beside the recipe, and the config of someone/not-a-model cannot be read"
+    ) as err:
         base_config(recipe, load_recipe(recipe))
     assert "\n" not in str(err.value)

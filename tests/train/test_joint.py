@@ -156,7 +156,12 @@ def test_a_merged_adapter_exports_the_same_model_as_the_adapter(varied_base, tmp
 
 def test_two_stage_training_keeps_the_backbone_still_until_the_joint_stage(varied_base, tmp_path):
     out = tmp_path / "two-stage"
-    extra = {"train.backbone.heads_only_steps": 3, "train.save_every": 3, "train.keep_checkpoints": 5, "train.backbone.head_weight_warmup_steps": 2}
+    extra = {
+        "train.backbone.heads_only_steps": 3,
+        "train.save_every": 3,
+        "train.keep_checkpoints": 5,
+        "train.backbone.head_weight_warmup_steps": 2,
+    }
     train(load_recipe(None, joint(varied_base, out, **extra)), progress=False)
     stage_one = load_file(str(out / "checkpoints" / "step-00000003" / "model.safetensors"))
     final = load_file(str(out / "checkpoints" / "step-00000006" / "model.safetensors"))
@@ -199,7 +204,10 @@ def test_resuming_a_checkpoint_of_other_heads_is_refused(varied_base, tmp_path):
 def test_gradient_checkpointing_computes_the_same_updates(varied_base, tmp_path):
     plain, checkpointed = tmp_path / "plain", tmp_path / "checkpointed"
     train(load_recipe(None, joint(varied_base, plain, **{"train.max_steps": 3})), progress=False)
-    train(load_recipe(None, joint(varied_base, checkpointed, **{"train.max_steps": 3, "train.backbone.gradient_checkpointing": "true"})), progress=False)
+    train(
+        load_recipe(None, joint(varied_base, checkpointed, **{"train.max_steps": 3, "train.backbone.gradient_checkpointing": "true"})),
+        progress=False,
+    )
     a = load_file(str(plain / "heads" / "adapter" / "adapter_model.safetensors"))
     b = load_file(str(checkpointed / "heads" / "adapter" / "adapter_model.safetensors"))
     for key in a:

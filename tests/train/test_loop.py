@@ -38,7 +38,14 @@ def test_loss_goes_down_and_heads_beat_their_untrained_selves(tiny_base, tmp_pat
     assert [e["step"] for e in result.evals] == [0, 15, 30]
     tokens = [e["target_tokens"] for e in result.evals]  # a learning curve's x-axis
     assert tokens[0] == 0 < tokens[1] < tokens[2] and result.evals[2]["train_seconds"] > result.evals[1]["train_seconds"] > 0
-    assert sorted(p.name for p in (out / "heads").iterdir()) == ["README.md", "calibration.json", "config.json", "model.safetensors", "recipe.yaml", "training.json"]
+    assert sorted(p.name for p in (out / "heads").iterdir()) == [
+        "README.md",
+        "calibration.json",
+        "config.json",
+        "model.safetensors",
+        "recipe.yaml",
+        "training.json",
+    ]
     assert_named(out / "heads")
     assert "Held-out accuracy per head" in (out / "heads" / "README.md").read_text()
     assert list((out / "logs").rglob("events.out.tfevents*")), "tensorboard wrote nothing"
@@ -96,7 +103,9 @@ def test_loading_on_a_different_base_is_refused(tiny_base, tmp_path, demo_tokeni
     other_eos = tmp_path / "other-eos"
     LlamaForCausalLM.from_pretrained(tiny_base).save_pretrained(other_eos)
     AutoTokenizer.from_pretrained(tiny_base, eos_token="<|im_start|>").save_pretrained(other_eos)
-    with pytest.raises(ModelLoadError, match=r"the tokenizers differ in special eos_token '<\|im_end\|>' \(heads\) vs '<\|im_start\|>' \(base\)$"):
+    with pytest.raises(
+        ModelLoadError, match=r"the tokenizers differ in special eos_token '<\|im_end\|>' \(heads\) vs '<\|im_start\|>' \(base\)$"
+    ):
         DraftModel.from_pretrained(out / "heads", base=str(other_eos))
 
 
@@ -180,7 +189,11 @@ def test_zero3_shards_the_frozen_target_and_matches_one_process(heads, wide_base
     for name in a["heads"]:
         torch.testing.assert_close(b["heads"][name], a["heads"][name], rtol=1e-5, atol=1e-6, msg=name)
     layer = a["shares"][0]["total"] // 2  # the 2 layers are alike: DeepSpeed gathers one and prefetches the next, no further
-    assert a["gathering"] is None and b["gathering"] == {"prefetch_bucket_size": layer, "max_live_parameters": 2 * layer, "max_reuse_distance": 0}
+    assert a["gathering"] is None and b["gathering"] == {
+        "prefetch_bucket_size": layer,
+        "max_live_parameters": 2 * layer,
+        "max_reuse_distance": 0,
+    }
 
 
 @pytest.mark.slow  # three launches of two processes, about 20 s each
@@ -201,7 +214,8 @@ def test_a_zero3_run_resumed_from_its_checkpoint_equals_the_straight_run(wide_ba
     assert [m["step"] for m in logged] == [0, 2, 4] and logged[-1]["target_tokens"] == straight_end["target_tokens"]
 
 
-@pytest.mark.slow  # three training processes, 14-29 s (a new virtualenv's first imports compile); test_crash_and_resume stays in the default run
+# three training processes, 14-29 s (a new virtualenv's first imports compile); test_crash_and_resume stays in the default run
+@pytest.mark.slow
 def test_kill_9_and_resume_reproduce_the_uninterrupted_run(tiny_base, tmp_path):
     import signal
     import time
@@ -253,7 +267,10 @@ def test_clover_trains_through_the_same_loop_with_feature_regression_and_reloads
         ({"heads.head_type": "hydra"}, {}),
         ({"heads.head_type": "hydra", "heads.prefix_attention": "true", "heads.head_layers": 2}, {"train.loss.soft_label_weight": 1.0}),
         ({"heads.head_type": "eagle", "heads.feature_noise": 0.05}, {"train.loss.feature_weight": 1.0}),
-        ({"heads.head_type": "eagle", "heads.fuse_layers": "[0, 1]", "heads.training_time_test": "true"}, {"train.loss.soft_label_weight": 1.0}),
+        (
+            {"heads.head_type": "eagle", "heads.fuse_layers": "[0, 1]", "heads.training_time_test": "true"},
+            {"train.loss.soft_label_weight": 1.0},
+        ),
     ],
     ids=["hydra", "hydra++", "eagle1", "eagle3"],
 )

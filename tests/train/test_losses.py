@@ -57,7 +57,9 @@ def test_soft_labels_are_zero_when_the_head_matches_the_teacher(tiny_llama):
     shifted = torch.cat([hidden[LAST][:, 1:], hidden[LAST][:, -1:]], dim=1)
     from draftheads.models.heads.base import HeadOutput
 
-    sums = depth_loss_sums(heads, HeadOutput([shifted]), {"input_ids": ids, "loss_mask": torch.ones_like(ids)}, hidden[LAST], backbone.lm_head, 1.0, 64)
+    sums = depth_loss_sums(
+        heads, HeadOutput([shifted]), {"input_ids": ids, "loss_mask": torch.ones_like(ids)}, hidden[LAST], backbone.lm_head, 1.0, 64
+    )
     assert abs(sums[0].item()) < 1e-4
 
 
@@ -120,12 +122,20 @@ def test_training_walks_are_the_walks_calibration_keeps_of_the_same_answers(vari
     draft = DraftModel.from_pretrained(random_medusa_heads(varied_base, tmp_path), device="cpu", dtype="float32")
     generator = torch.Generator().manual_seed(3)
     first, second = conversation(generator, [(12, 30), (40, 61)]), conversation(generator, [(14, 33)])
-    reference = rank_stats(draft, [Answer(first[0][:30], 12, 0, 0), Answer(first[0][:61], 40, 1, 0), Answer(second[0][:33], 14, 0, 0)], RANKS, keep_walks=True)
-    assert all(max(w.copies) >= 3 for w in reference.walks) and len({r for w in reference.walks for row in w.ranks for r in row}) > 100  # the answers copy: the check below compares something
+    reference = rank_stats(
+        draft, [Answer(first[0][:30], 12, 0, 0), Answer(first[0][:61], 40, 1, 0), Answer(second[0][:33], 14, 0, 0)], RANKS, keep_walks=True
+    )
+    assert (
+        all(max(w.copies) >= 3 for w in reference.walks) and len({r for w in reference.walks for row in w.ranks for r in row}) > 100
+    )  # the answers copy: the check below compares something
 
     def walks_of(ids: list[list[int]], mask: list[list[int]], positions=None):
-        batch = {"input_ids": torch.tensor(ids), "loss_mask": torch.tensor(mask)} | ({"position_ids": torch.tensor(positions)} if positions else {})
-        features = draft.backbone.features(batch["input_ids"], None, batch.get("position_ids"), draft.heads.config.feature_layers()).features
+        batch = {"input_ids": torch.tensor(ids), "loss_mask": torch.tensor(mask)} | (
+            {"position_ids": torch.tensor(positions)} if positions else {}
+        )
+        features = draft.backbone.features(
+            batch["input_ids"], None, batch.get("position_ids"), draft.heads.config.feature_layers()
+        ).features
         states = draft.heads(features, batch["input_ids"], batch.get("position_ids"), depths=3).states
         return answer_walks(draft.heads, states, batch, draft.backbone.lm_head, 2, RANKS)
 

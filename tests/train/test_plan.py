@@ -34,7 +34,11 @@ def test_every_real_recipe_fits_eight_80_gb_gpus(path):
     assert 4 * GIB < plan.total < 80 * GIB
     stated = re.search(r"#   ([\d.]+) GiB per process \(largest: ([a-z ]+) ([\d.]+) GiB\)", path.read_text())
     worst = max(plan.memory, key=lambda term: term.bytes)
-    assert stated and (float(stated[1]), stated[2], float(stated[3])) == (round(plan.total / GIB, 1), worst.name, round(worst.bytes / GIB, 1)), "the header's plan is stale"
+    assert stated and (float(stated[1]), stated[2], float(stated[3])) == (
+        round(plan.total / GIB, 1),
+        worst.name,
+        round(worst.bytes / GIB, 1),
+    ), "the header's plan is stale"
 
 
 def test_a_full_backbone_of_an_8b_model_on_one_24_gb_gpu_is_refused_naming_the_term():
@@ -42,10 +46,26 @@ def test_a_full_backbone_of_an_8b_model_on_one_24_gb_gpu_is_refused_naming_the_t
     plan = make_plan(path, ["train.backbone.mode=full"], launch_of("single-gpu", 1, 24))
     assert plan.refusal().startswith(f"{path}: needs ")
     assert "the largest term is backbone activations" in plan.refusal() and "gradient_checkpointing: true" in plan.refusal()
-    checkpointed = make_plan(path, ["train.backbone.mode=full", "train.backbone.gradient_checkpointing=true"], launch_of("single-gpu", 1, 24))
+    checkpointed = make_plan(
+        path, ["train.backbone.mode=full", "train.backbone.gradient_checkpointing=true"], launch_of("single-gpu", 1, 24)
+    )
     assert "the largest term is optimizer state" in checkpointed.refusal() and "deepspeed-zero2" in checkpointed.refusal()
-    result = subprocess.run([sys.executable, "-m", "draftheads.scripts.cli", "plan", str(path), "train.backbone.mode=full", "--accelerate-config", "single-gpu",
-                             "--gpu-memory", "24"], capture_output=True, text=True)
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "draftheads.scripts.cli",
+            "plan",
+            str(path),
+            "train.backbone.mode=full",
+            "--accelerate-config",
+            "single-gpu",
+            "--gpu-memory",
+            "24",
+        ],
+        capture_output=True,
+        text=True,
+    )
     assert result.returncode == 2 and "the largest term is backbone activations" in result.stderr.strip().splitlines()[-1]
 
 
@@ -54,12 +74,18 @@ def test_each_strategy_shards_what_it_shards():
     single, ddp = (terms(make_plan(path, [], Launch(n, s, "cuda", None))) for n, s in ((1, "single"), (4, "ddp")))
     zero2, zero3 = (terms(make_plan(path, [], Launch(4, s, "cuda", None))) for s in ("zero2", "zero3"))
     assert ddp["gradients"] == 2 * single["gradients"]  # DDP's buckets hold a second copy
-    assert (zero2["gradients"], zero2["optimizer state"], zero2["trained weights"]) == (single["gradients"] // 4, single["optimizer state"] // 4, single["trained weights"])
+    assert (zero2["gradients"], zero2["optimizer state"], zero2["trained weights"]) == (
+        single["gradients"] // 4,
+        single["optimizer state"] // 4,
+        single["trained weights"],
+    )
     assert zero3["trained weights"] == single["trained weights"] // 4
     assert zero3["base weights"] == single["base weights"] // 4  # a trained backbone is prepared, so sharded
     frozen = ROOT / "recipes/vicuna-7b-v1.3/medusa1.yaml"
     whole = terms(make_plan(frozen, [], Launch(1, "single", "cuda", None)))["base weights"]
-    assert terms(make_plan(frozen, [], Launch(4, "zero2", "cuda", None)))["base weights"] == whole  # a frozen base is not prepared under ZeRO-2
+    assert (
+        terms(make_plan(frozen, [], Launch(4, "zero2", "cuda", None)))["base weights"] == whole
+    )  # a frozen base is not prepared under ZeRO-2
     # ZeRO-3 shards a frozen base's 32 layers; the embedding and lm_head (2 x 32000 x 4096) and the final norm stay whole
     outside = (2 * 32000 * 4096 + 4096) * 2
     zero3_frozen = terms(make_plan(frozen, [], Launch(4, "zero3", "cuda", None)))

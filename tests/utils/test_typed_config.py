@@ -70,7 +70,12 @@ def test_overrides_parse_yaml_values_and_index_lists():
 
 @pytest.mark.parametrize(
     "override, message",
-    [("rate", "expected key.path=value"), ("items.3.path=x", "needs a list index below 1"), ("a..b=1", "empty key segment"), ("name.x=1", "'name' is not a mapping")],
+    [
+        ("rate", "expected key.path=value"),
+        ("items.3.path=x", "needs a list index below 1"),
+        ("a..b=1", "empty key segment"),
+        ("name.x=1", "'name' is not a mapping"),
+    ],
 )
 def test_bad_overrides(override, message):
     with pytest.raises(ConfigError, match=message):
@@ -83,7 +88,14 @@ def test_yaml_round_trip_is_equal():
 
 
 def test_field_docs_are_read_from_source():
-    assert field_docs(Outer) == {"name": "A name.", "rate": "A rate.", "mode": "A mode.", "flag": "A flag.", "items": "Inner items.", "inner": "One inner."}
+    assert field_docs(Outer) == {
+        "name": "A name.",
+        "rate": "A rate.",
+        "mode": "A mode.",
+        "flag": "A flag.",
+        "items": "Inner items.",
+        "inner": "One inner.",
+    }
 
 
 @pytest.mark.parametrize("content, message", [("", "the recipe is empty"), ("a: [1,\n", "not valid YAML"), ("- 1\n", "must be a mapping")])
