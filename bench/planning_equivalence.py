@@ -102,7 +102,7 @@ def main() -> None:
     parser.add_argument("--phase", choices=("old", "new"), help=argparse.SUPPRESS)
     parser.add_argument("--costs", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
-    args.heads = str(Path(args.heads).resolve())
+    given, args.heads = args.heads, str(Path(args.heads).resolve())
     shape = (2, args.max_new_tokens)
     if args.phase:
         print(json.dumps(plan(args.heads, args.costs, shape, args.limit, args.dtype, args.phase == "old")))
@@ -140,7 +140,7 @@ def main() -> None:
             ],
         )
         command = (
-            f"python bench/planning_equivalence.py --heads HEADS --old {args.old} --limit {args.limit} "
+            f"python bench/planning_equivalence.py --heads {given} --old {args.old} --limit {args.limit} "
             f"--max-new-tokens {args.max_new_tokens}"
         )
         print(f"wrote {Record.measured_now(args.record, command, args.dtype, {'equivalence': table}, same).write()}")
