@@ -59,13 +59,8 @@ def main() -> None:
         folder = args.work / f"{prompts}-{limit or 'all'}"
         if not (folder / "calibration.json").is_file():
             calibrate(
-                args.heads,
-                prompts,
-                limit,
-                args.max_new_tokens,
-                dtype=args.dtype,
-                out=str(folder / "calibration.json"),
-                answers=str(folder / "answers"),
+                args.heads, prompts, limit, args.max_new_tokens, dtype=args.dtype, out=str(folder / "calibration.json"),
+                answers=str(folder / "answers")
             )
         stats, _ = read_calibration(folder, *shape)
         cells = []

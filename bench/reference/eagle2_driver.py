@@ -35,13 +35,8 @@ def main() -> None:
     from eagle.model import ea_model
 
     model = ea_model.EaModel.from_pretrained(
-        use_eagle3=bool(args.eagle3),
-        base_model_path=args.base,
-        ea_model_path=args.draft,
-        total_token=args.total_token,
-        depth=args.depth,
-        top_k=args.top_k,
-        torch_dtype=torch.float32,
+        use_eagle3=bool(args.eagle3), base_model_path=args.base, ea_model_path=args.draft, total_token=args.total_token, depth=args.depth,
+        top_k=args.top_k, torch_dtype=torch.float32
     ).eval()
     lengths = count_steps(ea_model)
     out = []

@@ -40,12 +40,7 @@ def medusa(backbone):
 def hf_greedy(backbone, prompt, n):
     # an explicit mask: otherwise generate masks prompt tokens that equal pad_token_id
     out = backbone.model.generate(
-        prompt[None],
-        attention_mask=torch.ones_like(prompt)[None],
-        max_new_tokens=n,
-        do_sample=False,
-        pad_token_id=0,
-        eos_token_id=None,
+        prompt[None], attention_mask=torch.ones_like(prompt)[None], max_new_tokens=n, do_sample=False, pad_token_id=0, eos_token_id=None
     )
     return out[0, prompt.numel() :].tolist()
 

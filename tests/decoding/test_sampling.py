@@ -132,13 +132,8 @@ def test_typical_acceptance_on_a_real_decode_obeys_its_threshold_at_every_depth(
     checked, deepest, violations = 0, 0, []
     for seed in range(6):
         config = GenerationConfig(
-            max_new_tokens=40,
-            sampling=sampling,
-            acceptance="typical",
-            typical_epsilon=epsilon,
-            typical_delta=delta,
-            eos_token_ids=(),
-            seed=seed,
+            max_new_tokens=40, sampling=sampling, acceptance="typical", typical_epsilon=epsilon, typical_delta=delta, eos_token_ids=(),
+            seed=seed
         )
         result = engine.generate(prompt, config)
         with torch.no_grad():

@@ -95,19 +95,8 @@ def test_calibrate_resumes_from_its_answers_and_refuses_other_settings(varied_ba
     assert not (heads / "calibration.json").exists()  # --out elsewhere leaves the heads folder alone
     code = main(
         [
-            "calibrate",
-            "--heads",
-            str(heads),
-            "--prompts",
-            str(questions),
-            "--max-new-tokens",
-            "16",
-            "--dtype",
-            "float32",
-            "--out",
-            str(out),
-            "--answers",
-            str(answers),
+            "calibrate", "--heads", str(heads), "--prompts", str(questions), "--max-new-tokens", "16", "--dtype", "float32", "--out",
+            str(out), "--answers", str(answers)
         ]
     )
     assert code == 2

@@ -45,22 +45,8 @@ def test_eval_writes_a_complete_report_and_is_lossless(heads_dir, prompts, tmp_p
     out = tmp_path / "reports" / "demo" / "report.json"  # eval makes the folders it writes into
     code = main(
         [
-            "eval",
-            *FIXED_BASELINES[:-1],
-            "--dtype",
-            "float32",
-            "--heads",
-            str(heads_dir),
-            "--prompts",
-            str(prompts),
-            "--max-new-tokens",
-            "12",
-            "--tree",
-            "dynamic",
-            "--tree-budget",
-            "6",
-            "--out",
-            str(out),
+            "eval", *FIXED_BASELINES[:-1], "--dtype", "float32", "--heads", str(heads_dir), "--prompts", str(prompts), "--max-new-tokens",
+            "12", "--tree", "dynamic", "--tree-budget", "6", "--out", str(out)
         ]
     )
     assert code == 0
@@ -145,18 +131,8 @@ def test_tree_search_saves_a_tree_that_eval_weighs_and_uses_when_asked(repeating
     assert (
         main(
             [
-                "eval",
-                *FIXED_BASELINES,
-                "--dtype",
-                "float32",
-                "--heads",
-                str(heads_dir),
-                "--prompts",
-                str(prompts),
-                "--max-new-tokens",
-                "8",
-                "--out",
-                str(out),
+                "eval", *FIXED_BASELINES, "--dtype", "float32", "--heads", str(heads_dir), "--prompts", str(prompts), "--max-new-tokens",
+                "8", "--out", str(out)
             ]
         )
         == 0
@@ -166,20 +142,8 @@ def test_tree_search_saves_a_tree_that_eval_weighs_and_uses_when_asked(repeating
     assert (
         main(
             [
-                "eval",
-                *FIXED_BASELINES,
-                "--dtype",
-                "float32",
-                "--heads",
-                str(heads_dir),
-                "--prompts",
-                str(prompts),
-                "--max-new-tokens",
-                "8",
-                "--tree",
-                "static",
-                "--out",
-                str(out),
+                "eval", *FIXED_BASELINES, "--dtype", "float32", "--heads", str(heads_dir), "--prompts", str(prompts), "--max-new-tokens",
+                "8", "--tree", "static", "--out", str(out)
             ]
         )
         == 0
@@ -194,16 +158,8 @@ def test_bad_eval_inputs_are_named(heads_dir, tmp_path, capsys):
     assert (
         main(
             [
-                "eval",
-                *FIXED_BASELINES,
-                "--dtype",
-                "float32",
-                "--heads",
-                str(heads_dir),
-                "--prompts",
-                str(bad),
-                "--out",
-                str(tmp_path / "r.json"),
+                "eval", *FIXED_BASELINES, "--dtype", "float32", "--heads", str(heads_dir), "--prompts", str(bad), "--out",
+                str(tmp_path / "r.json")
             ]
         )
         == 2
@@ -226,20 +182,8 @@ def test_eval_of_jointly_trained_heads_reports_the_backbone_drift_and_stays_loss
     assert (
         main(
             [
-                "eval",
-                *FIXED_BASELINES,
-                "--dtype",
-                "float32",
-                "--heads",
-                str(run / "heads"),
-                "--prompts",
-                str(prompts),
-                "--max-new-tokens",
-                "12",
-                "--tree-budget",
-                "6",
-                "--out",
-                str(out),
+                "eval", *FIXED_BASELINES, "--dtype", "float32", "--heads", str(run / "heads"), "--prompts", str(prompts),
+                "--max-new-tokens", "12", "--tree-budget", "6", "--out", str(out)
             ]
         )
         == 0
@@ -262,16 +206,8 @@ def test_eval_of_jointly_trained_heads_reports_the_backbone_drift_and_stays_loss
     assert (
         main(
             [
-                "eval",
-                *FIXED_BASELINES,
-                "--dtype",
-                "float32",
-                "--heads",
-                str(run / "heads"),
-                "--prompts",
-                str(prompts),
-                "--drift-batches",
-                "0",
+                "eval", *FIXED_BASELINES, "--dtype", "float32", "--heads", str(run / "heads"), "--prompts", str(prompts), "--drift-batches",
+                "0"
             ]
         )
         == 2
@@ -281,18 +217,8 @@ def test_eval_of_jointly_trained_heads_reports_the_backbone_drift_and_stays_loss
     assert (
         main(
             [
-                "eval",
-                *FIXED_BASELINES,
-                "--dtype",
-                "float32",
-                "--heads",
-                str(run / "heads"),
-                "--prompts",
-                str(prompts),
-                "--max-new-tokens",
-                "4",
-                "--out",
-                str(tmp_path / "again.json"),
+                "eval", *FIXED_BASELINES, "--dtype", "float32", "--heads", str(run / "heads"), "--prompts", str(prompts),
+                "--max-new-tokens", "4", "--out", str(tmp_path / "again.json")
             ]
         )
         == 0
@@ -305,18 +231,8 @@ def test_auto_tree_measures_costs_and_eval_writes_its_summary_into_the_heads(hea
     assert (
         main(
             [
-                "eval",
-                *FIXED_BASELINES,
-                "--dtype",
-                "float32",
-                "--heads",
-                str(heads_dir),
-                "--prompts",
-                str(prompts),
-                "--max-new-tokens",
-                "8",
-                "--out",
-                str(out),
+                "eval", *FIXED_BASELINES, "--dtype", "float32", "--heads", str(heads_dir), "--prompts", str(prompts), "--max-new-tokens",
+                "8", "--out", str(out)
             ]
         )
         == 0
@@ -361,24 +277,8 @@ def test_eval_with_a_lookup_branch_reports_it_and_stays_lossless(heads_dir, prom
     out = tmp_path / "report.json"
     code = main(
         [
-            "eval",
-            *FIXED_BASELINES,
-            "--dtype",
-            "float32",
-            "--heads",
-            str(heads_dir),
-            "--prompts",
-            str(prompts),
-            "--max-new-tokens",
-            "24",
-            "--tree",
-            "dynamic",
-            "--tree-budget",
-            "4",
-            "--tree-lookup",
-            "6",
-            "--out",
-            str(out),
+            "eval", *FIXED_BASELINES, "--dtype", "float32", "--heads", str(heads_dir), "--prompts", str(prompts), "--max-new-tokens", "24",
+            "--tree", "dynamic", "--tree-budget", "4", "--tree-lookup", "6", "--out", str(out)
         ]
     )
     assert code == 0

@@ -43,14 +43,8 @@ from draftheads.utils.errors import ModelLoadError
 from helpers import spread_vocabulary
 
 LAYER = (
-    "self_attn.q_proj",
-    "self_attn.k_proj",
-    "self_attn.v_proj",
-    "self_attn.o_proj",
-    "mlp.gate_proj",
-    "mlp.up_proj",
-    "mlp.down_proj",
-    "post_attention_layernorm",
+    "self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj", "mlp.gate_proj", "mlp.up_proj", "mlp.down_proj",
+    "post_attention_layernorm"
 )
 
 
@@ -156,14 +150,8 @@ def trtllm_problems(folder: Path) -> list[str]:
     problems = [] if line else ["trtllm: the README has no conversion command"]
     heads = re.search(r"--num_medusa_heads (\d+)", line)
     for flag in (
-        "--model_dir",
-        "--medusa_model_dir",
-        "--num_medusa_heads",
-        "--num_medusa_layers",
-        "--output_dir",
-        "trtllm-build --checkpoint_dir",
-        "--speculative_decoding_mode medusa",
-        "--medusa_choices",
+        "--model_dir", "--medusa_model_dir", "--num_medusa_heads", "--num_medusa_layers", "--output_dir", "trtllm-build --checkpoint_dir",
+        "--speculative_decoding_mode medusa", "--medusa_choices"
     ):
         if flag not in line:
             problems.append(f"trtllm: the README's commands lack {flag}")

@@ -183,19 +183,8 @@ def test_eagle3_import_drafts_what_the_reference_computes_over_its_reduced_vocab
     assert (
         main(
             [
-                "import",
-                "eagle",
-                str(source),
-                "--out",
-                str(tmp_path / "heads"),
-                "--base",
-                str(base),
-                "--num-heads",
-                "4",
-                "--fuse-layers",
-                "0",
-                "1",
-                "2",
+                "import", "eagle", str(source), "--out", str(tmp_path / "heads"), "--base", str(base), "--num-heads", "4", "--fuse-layers",
+                "0", "1", "2"
             ]
         )
         == 0

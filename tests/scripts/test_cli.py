@@ -106,19 +106,8 @@ def test_quick_flags_become_the_overrides_a_relaunch_forwards(tmp_path):
     a, b = write_jsonl(tmp_path / "a.jsonl", [SAMPLE]), write_jsonl(tmp_path / "b.jsonl", [SAMPLE])
     args = build_parser().parse_args(
         [
-            "train",
-            "smollm2-135m/medusa1",
-            "train.max_steps=3",
-            "--data",
-            str(a),
-            "--data",
-            str(b),
-            "--limit",
-            "5",
-            "--base",
-            "demo:smollm2-135m",
-            "--accelerate-config",
-            "cpu-2proc",
+            "train", "smollm2-135m/medusa1", "train.max_steps=3", "--data", str(a), "--data", str(b), "--limit", "5", "--base",
+            "demo:smollm2-135m", "--accelerate-config", "cpu-2proc"
         ]
     )
     command, env = launch_command(args, "train")

@@ -39,12 +39,7 @@ def test_loss_goes_down_and_heads_beat_their_untrained_selves(tiny_base, tmp_pat
     tokens = [e["target_tokens"] for e in result.evals]  # a learning curve's x-axis
     assert tokens[0] == 0 < tokens[1] < tokens[2] and result.evals[2]["train_seconds"] > result.evals[1]["train_seconds"] > 0
     assert sorted(p.name for p in (out / "heads").iterdir()) == [
-        "README.md",
-        "calibration.json",
-        "config.json",
-        "model.safetensors",
-        "recipe.yaml",
-        "training.json",
+        "README.md", "calibration.json", "config.json", "model.safetensors", "recipe.yaml", "training.json"
     ]
     assert_named(out / "heads")
     assert "Held-out accuracy per head" in (out / "heads" / "README.md").read_text()

@@ -52,16 +52,8 @@ def test_a_full_backbone_of_an_8b_model_on_one_24_gb_gpu_is_refused_naming_the_t
     assert "the largest term is optimizer state" in checkpointed.refusal() and "deepspeed-zero2" in checkpointed.refusal()
     result = subprocess.run(
         [
-            sys.executable,
-            "-m",
-            "draftheads.scripts.cli",
-            "plan",
-            str(path),
-            "train.backbone.mode=full",
-            "--accelerate-config",
-            "single-gpu",
-            "--gpu-memory",
-            "24",
+            sys.executable, "-m", "draftheads.scripts.cli", "plan", str(path), "train.backbone.mode=full", "--accelerate-config",
+            "single-gpu", "--gpu-memory", "24"
         ],
         capture_output=True,
         text=True,
