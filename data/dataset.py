@@ -86,12 +86,8 @@ def _percentiles(values: list[int]) -> dict[int, int]:
 
 
 def tokenize_conversations(
-    conversations: list[Conversation],
-    formatter: ChatFormatter,
-    max_length: int,
-    skip_invalid: bool,
-    stats: DataStats,
-    progress: bool = True,
+    conversations: list[Conversation], formatter: ChatFormatter, max_length: int, skip_invalid: bool, stats: DataStats,
+    progress: bool = True
 ) -> list[Row]:
     """Tokenise and mask each conversation; count what is truncated or skipped into `stats`."""
     rows = []

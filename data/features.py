@@ -252,12 +252,11 @@ class CachedDataset(torch.utils.data.Dataset):
         names = set(handle.keys())
         take = lambda name: handle.get_slice(name)[a:b]  # noqa: E731 (reads only this row's bytes)
         return CachedRow(
-            input_ids=take("input_ids").tolist(),
-            loss_mask=take("loss_mask").tolist(),
+            input_ids=take("input_ids").tolist(), loss_mask=take("loss_mask").tolist(),
             position_ids=take("position_ids").tolist() if "position_ids" in names else None,
             features={layer: take(f"features.{layer}") for layer in self.layers},
             teacher_ids=take("teacher_ids") if "teacher_ids" in names else None,
-            teacher_logprobs=take("teacher_logprobs") if "teacher_logprobs" in names else None,
+            teacher_logprobs=take("teacher_logprobs") if "teacher_logprobs" in names else None
         )
 
 

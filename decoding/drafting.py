@@ -90,12 +90,8 @@ class StaticDrafter:
                 seen[parents[c]] = order[-1] + 1
             self.levels.append(
                 _Level(
-                    parents=level_parents,
-                    children=torch.tensor(children),
-                    rows=torch.tensor([row_of[parents[c]] for c in children]),
-                    ranks=torch.tensor([rank[c] for c in children]),
-                    order=torch.tensor(order),
-                    counts=[seen[p] for p in level_parents],
+                    parents=level_parents, children=torch.tensor(children), rows=torch.tensor([row_of[parents[c]] for c in children]),
+                    ranks=torch.tensor([rank[c] for c in children]), order=torch.tensor(order), counts=[seen[p] for p in level_parents]
                 )
             )
         self.max_rank = int(template.rank.max()) + 1

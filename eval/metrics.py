@@ -22,15 +22,7 @@ from draftheads.decoding.tree import Tree, TreeSpec
 from draftheads.decoding.planning.stats import RankStats
 from draftheads.decoding.verify import TokenCheck, dtype_name
 from draftheads.eval.schema import (
-    BASELINES,
-    SPEED_PAIRS,
-    EvalReport,
-    MethodName,
-    MethodTotals,
-    SpeedRatio,
-    TimeBreakdown,
-    VerificationRow,
-    pair_key,
+    BASELINES, SPEED_PAIRS, EvalReport, MethodName, MethodTotals, SpeedRatio, TimeBreakdown, VerificationRow, pair_key
 )
 from draftheads.models.draft_model import DraftModel
 

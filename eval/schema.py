@@ -18,15 +18,8 @@ SCHEMA_VERSION = 2
 method's tokens/s and the speedups as keys of their own; `EvalReport.from_json` reads one that has
 `speed_ratios` and drops those copies."""
 V1_COPIES = (
-    "tokens_per_s",
-    "baseline_tokens_per_s",
-    "hf_generate_tokens_per_s",
-    "prompt_lookup_tokens_per_s",
-    "speedup",
-    "speedup_vs_hf_generate",
-    "speedup_vs_prompt_lookup",
-    "baseline_vs_hf_generate",
-    "speedup_vs_best_baseline",
+    "tokens_per_s", "baseline_tokens_per_s", "hf_generate_tokens_per_s", "prompt_lookup_tokens_per_s", "speedup", "speedup_vs_hf_generate",
+    "speedup_vs_prompt_lookup", "baseline_vs_hf_generate", "speedup_vs_best_baseline"
 )
 """Keys of a version-1 report that repeat `methods` and `speed_ratios`."""
 
@@ -240,25 +233,9 @@ class EvalReport:
     def summary(self) -> dict:
         """The numbers a heads folder keeps (eval_report.json: the model card and `push` read it)."""
         keys = (
-            "prompts",
-            "n_prompts",
-            "n_turns",
-            "max_new_tokens",
-            "temperature",
-            "dtype",
-            "tree",
-            "tau",
-            "tau_predicted",
-            "tau_predicted_sd",
-            "tau_predicted_source",
-            "acceptance_by_depth",
-            "best_baseline",
-            "greedy_mismatches",
-            "near_ties",
-            "hf_generate_mismatches",
-            "backbone_drift",
-            "hardware",
-            "date",
+            "prompts", "n_prompts", "n_turns", "max_new_tokens", "temperature", "dtype", "tree", "tau", "tau_predicted", "tau_predicted_sd",
+            "tau_predicted_source", "acceptance_by_depth", "best_baseline", "greedy_mismatches", "near_ties", "hf_generate_mismatches",
+            "backbone_drift", "hardware", "date"
         )
         ratios = {
             name: self.ratio(MethodName.OURS, b)

@@ -29,13 +29,9 @@ from draftheads.utils.errors import ConfigError, ModelLoadError
 def base_info(backbone: Backbone) -> BaseModelInfo:
     """The identity of `backbone` that heads record and later check."""
     return BaseModelInfo(
-        model=backbone.location.spec,
-        revision=backbone.location.revision,
-        hidden_size=backbone.hidden_size,
-        vocab_size=backbone.vocab_size,
-        tokenizer_fingerprint=tokenizer_fingerprint(backbone.tokenizer),
-        hub_id=backbone.location.hub_id,
-        tokenizer_parts=tokenizer_parts(backbone.tokenizer),
+        model=backbone.location.spec, revision=backbone.location.revision, hidden_size=backbone.hidden_size, vocab_size=backbone.vocab_size,
+        tokenizer_fingerprint=tokenizer_fingerprint(backbone.tokenizer), hub_id=backbone.location.hub_id,
+        tokenizer_parts=tokenizer_parts(backbone.tokenizer)
     )
 
 

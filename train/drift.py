@@ -16,12 +16,8 @@ from draftheads.train.losses import depth_targets
 
 @torch.no_grad()
 def drift_counts(
-    trained_hidden: torch.Tensor,
-    original_hidden: torch.Tensor,
-    batch: dict,
-    trained_head: nn.Module,
-    original_head: nn.Module,
-    chunk_size: int = 2048,
+    trained_hidden: torch.Tensor, original_hidden: torch.Tensor, batch: dict, trained_head: nn.Module, original_head: nn.Module,
+    chunk_size: int = 2048
 ) -> torch.Tensor:
     """[positions, argmax agreements, summed NLL original, summed NLL trained] for one batch (float64)."""
     targets = depth_targets(batch, 0)

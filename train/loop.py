@@ -45,32 +45,14 @@ from draftheads.models.heads.base import DraftHeads
 from draftheads.models.heads_folder import CALIBRATION_NAME, CARD_NAME, RECIPE_NAME, TRAINING_NAME
 from draftheads.models.registry import HEADS
 from draftheads.train.checkpoint import (
-    TrainerState,
-    checkpoint_trained_only,
-    list_checkpoints,
-    load_checkpoint,
-    resolve_resume,
-    save_checkpoint,
+    TrainerState, checkpoint_trained_only, list_checkpoints, load_checkpoint, resolve_resume, save_checkpoint
 )
 from draftheads.train.config import LossConfig, Recipe, recipe_yaml, save_resolved
 from draftheads.train.joint import (
-    FrozenBackbone,
-    TrainableBackbone,
-    batch_features,
-    gather_one_layer_ahead,
-    quantization_config,
-    whole_last_layer,
-    whole_outside_layers,
+    FrozenBackbone, TrainableBackbone, batch_features, gather_one_layer_ahead, quantization_config, whole_last_layer, whole_outside_layers
 )
 from draftheads.train.losses import (
-    answer_walks,
-    backbone_loss_sum,
-    decode_positions,
-    depth_accuracy_counts,
-    depth_loss_sums,
-    depth_weights,
-    joint_ranks,
-    target_counts,
+    answer_walks, backbone_loss_sum, decode_positions, depth_accuracy_counts, depth_loss_sums, depth_weights, joint_ranks, target_counts
 )
 from draftheads.train.schedules import make_scheduler
 from draftheads.utils.errors import ConfigError, DraftheadsError
