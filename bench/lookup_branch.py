@@ -69,7 +69,7 @@ def main() -> None:
         tree = spec_of(trees.get(recipe, {}))
         if tree is None or draft.backbone is not base:
             raise SystemExit(f"{recipe}: this bench takes heads on the shared base whose dynamic tree {trees_path} records")
-        methods.append(engine_method(recipe, Engine(base, draft.heads, tree)))
+        methods.append(engine_method(recipe, Engine(base, draft.heads, dataclasses.replace(tree, lookup=0))))  # the tree alone
         methods.append(engine_method(f"{recipe}+lookup", Engine(base, draft.heads, dataclasses.replace(tree, **branch))))
     shapes = {recipe: trees[recipe] for _, recipe, _, _ in chosen}
     fingerprint = json.dumps(["records 2", args.limit, args.max_new_tokens, dtype, [m.name for m in methods], branch,

@@ -50,7 +50,10 @@ def plan(heads: str, costs_file: Path, shape: tuple[int, int], limit: int, dtype
         from draftheads.decoding.planning.search import choose_auto_tree
         from draftheads.decoding.planning.stats import read_calibration
     draft = DraftModel.from_pretrained(heads, device="cpu", dtype=dtype)
-    stats, source = read_calibration(Path(heads), *shape)
+    saved = read_calibration(Path(heads), *shape)
+    if saved is None:
+        raise SystemExit(f"{heads}: no calibration.json to plan with (train the heads, or run `draftheads calibrate`)")
+    stats, source = saved
     costs = costs_from_json(json.loads(costs_file.read_text()), TreeCosts)
     choice = choose_auto_tree(stats, costs, source, shape, (0, *LOOKUPS), 2)
     formatter = ChatFormatter(draft.backbone.tokenizer, model_name=draft.backbone.location.spec)

@@ -18,6 +18,7 @@ from pathlib import Path
 
 from draftheads.data.features import open_feature_cache
 from draftheads.decoding.planning.stats import calibration_json
+from draftheads.decoding.tree import LOOKUP_NGRAM
 from draftheads.models.heads_folder import CALIBRATION_NAME
 from draftheads.models.backbone import load_backbone
 from draftheads.models.draft_model import load_head_weights, read_head_config
@@ -39,7 +40,9 @@ def recalibrate(recipe_path: str) -> None:
     load_head_weights(heads, folder)
     _, held_set, _ = open_feature_cache(recipe, backbone)
     loader = held_out_loader(held_set, recipe, backbone, accelerator)
-    metrics, stats = evaluate(heads.eval(), backbone, loader, accelerator, recipe.train.eval_batches, recipe.train.loss.chunk_size)
+    metrics, stats = evaluate(
+        heads.eval(), backbone, loader, accelerator, recipe.train.eval_batches, recipe.train.loss.chunk_size, walks_ngram=LOOKUP_NGRAM
+    )
     logged = json.loads((Path(recipe.train.output_dir) / "metrics.jsonl").read_text().splitlines()[-1])["top1"]
     print(
         f"{folder}: held-out top-1 {' / '.join(f'{v:.4f}' for v in metrics['top1'])}; "

@@ -150,7 +150,9 @@ class TreeSpec:
         return self.kind in DRAFTED and self.lookup != "auto"
 
     def describe(self) -> dict:
-        """JSON-ready description for reports."""
+        """JSON-ready description for reports (of a resolved spec: what was drafted)."""
+        if not self.resolved:
+            raise ValueError(f"tree kind {self.kind} with lookup {self.lookup} is not resolved yet: nothing was drafted to describe")
         if self.kind == "static":
             shape = {"kind": "static", "budget": Tree.from_paths(self.paths or []).size - 1, "paths": self.paths}
         elif self.kind in ("dynamic", "eagle2"):

@@ -179,7 +179,7 @@ def predicted_tau(
     tree: TreeSpec, own: RankStats, held_out, ours_turns: list[dict], shape: tuple[int, int] | None = None
 ) -> tuple[float | None, list[float] | None, str]:
     """τ predicted for `tree`, its acceptance by depth, and where it comes from. A held-out
-    calibration that kept its answers (`draftheads calibrate`) replays the decode's steps on them
+    calibration that kept its answers (training's and `draftheads calibrate`'s) replays the decode's steps on them
     for greedy decoding of `shape` (turns, new tokens per turn), lookup branch included. Else the
     held-out position frequencies when the heads carry a calibration, the eval's own answers (static)
     or the heads' own draft probabilities (dynamic); a lookup branch's copies are then not predicted

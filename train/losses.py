@@ -248,28 +248,54 @@ def joint_ranks(
 def answer_walks(
     heads: DraftHeads, states: list[torch.Tensor], batch: dict[str, torch.Tensor], lm_head: nn.Module, ngram: int, max_rank: int = 10
 ) -> list[AnswerWalk]:
-    """Every answer of the batch (a run of loss-mask tokens) position by position, as calibration
-    keeps the base model's answers (`AnswerWalk`): the ranks of its tokens under every drafted
-    depth, and what a lookup branch matching up to `ngram` tokens copies from the answer's own
-    conversation. Nothing follows an answer here (no continuation): a depth whose target lies past
-    the answer's end counts as a miss, which a decode never reaches (its last step stops there)."""
-    ids, mask = batch["input_ids"], batch["loss_mask"].bool()
-    turn, offset = answer_coordinates(batch)
-    positions = batch.get("position_ids")
+    """Every answer of the batch (a run of loss-mask tokens within one conversation) position by
+    position, as calibration keeps the base model's answers (`AnswerWalk`): the ranks of its tokens
+    under every drafted depth, and what a lookup branch matching up to `ngram` tokens copies from
+    the answer's own conversation. Nothing follows an answer here (no continuation): a depth whose
+    target lies past the answer's end counts as a miss, which a decode never reaches (its last step
+    stops there). One projection per depth for the whole batch, as `joint_ranks` makes: every
+    process makes the same calls whatever its answers (a sharded projection gathers on each)."""
+    ids = batch["input_ids"]
+    spans = answer_spans(batch)
+    ranks = [torch.full((end - start, len(states)), max_rank, dtype=torch.long) for _, _, start, end in spans]
+    for k in range(1, len(states) + 1):
+        # depth k drafts token t + 1 + k from position t: positions start - 1 .. end - 2 - k keep it inside the answer
+        cols = [torch.arange(start - 1, end - 1 - k) for _, _, start, end in spans]
+        rows = [torch.full_like(c, row) for c, (row, _, _, _) in zip(cols, spans)]
+        rows_t, cols_t = (torch.cat(x).to(ids.device) if x else torch.zeros(0, dtype=torch.long, device=ids.device) for x in (rows, cols))
+        found = true_ranks(heads, k, states[k - 1][rows_t, cols_t], ids[rows_t, cols_t + 1 + k], lm_head, max_rank)
+        for answer, part in zip(ranks, found.split([len(c) for c in cols])):
+            answer[: len(part), k - 1] = part
+    turn, _ = answer_coordinates(batch)
     walks = []
-    for row in range(ids.shape[0]):
-        ends = mask[row] & ~torch.nn.functional.pad(mask[row, 1:], (0, 1), value=False)
-        for start, end in zip((mask[row] & (offset[row] == 0)).nonzero().flatten().tolist(), (ends.nonzero().flatten() + 1).tolist()):
-            if start < 1 or end - start < 2:  # nothing before it to draft from, or nothing to draft
-                continue
-            document = int((positions[row, : start + 1] == 0).nonzero().max()) if positions is not None else 0
-            ranks = torch.full((end - start, len(states)), max_rank, dtype=torch.long)
-            for k in range(1, len(states) + 1):
-                cols = torch.arange(start - 1, end - 1 - k, device=ids.device)  # depth k's targets inside the answer
-                ranks[: len(cols), k - 1] = true_ranks(heads, k, states[k - 1][row, cols], ids[row, cols + 1 + k], lm_head, max_rank)
-            context = ids[row, document:end].tolist()
-            walks.append(answer_walk(context, start - document, end - start, int(turn[row, start]), ranks.tolist(), ngram))
+    for (row, document, start, end), answer in zip(spans, ranks):
+        context = ids[row, document:end].tolist()
+        walks.append(answer_walk(context, start - document, end - start, int(turn[row, start]), answer.tolist(), ngram))
     return walks
+
+
+def answer_spans(batch: dict[str, torch.Tensor]) -> list[tuple[int, int, int, int]]:
+    """(row, document start, answer start, answer end) of every answer a decode drafts in: runs of
+    loss-mask tokens, split where a packed row's next conversation begins (position id 0), with a
+    token of their conversation before them (the root is drafted from it) and at least two tokens."""
+    mask = batch["loss_mask"].bool()
+    positions = batch.get("position_ids")
+    spans = []
+    for row in range(mask.shape[0]):
+        firsts = (positions[row] == 0) if positions is not None else torch.zeros_like(mask[row])
+        firsts = firsts.clone()
+        firsts[0] = True
+        document, start = 0, None
+        for col, (inside, first) in enumerate(zip(mask[row].tolist() + [False], firsts.tolist() + [True])):
+            if start is not None and (not inside or first):
+                if start > document and col - start >= 2:
+                    spans.append((row, document, start, col))
+                start = None
+            if first:
+                document = col
+            if inside and start is None:
+                start = col
+    return spans
 
 
 def answer_coordinates(batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:

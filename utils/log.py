@@ -4,7 +4,8 @@ Every module logs under its own name (`logger(__name__)`: `draftheads.eval.runne
 `draftheads` logger writes INFO and above to the current standard output, one message per line
 (warnings prefixed `warning:`), which is what the commands show; `logging.getLogger("draftheads").setLevel(
 logging.WARNING)` quiets it, and a handler of the caller's own replaces it
-(`logging.getLogger("draftheads").handlers[:] = [...]`). Training prints through `accelerate` instead,
+(`logging.getLogger("draftheads").handlers[:] = [...]`). Messages stop at the `draftheads` logger (they
+do not reach the root logger's handlers): a handler goes there. Training prints through `accelerate` instead,
 which knows the main process.
 """
 

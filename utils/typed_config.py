@@ -153,12 +153,11 @@ def _over_default(f: dataclasses.Field, tp: Any, value: Any) -> Any:
     """A section given in part keeps its field's own default for the rest: `tree: {budget: 8}` in a
     config whose `tree` defaults to an auto tree stays an auto tree (not the section class's default
     kind). Tagged families (`__from_config__`) choose their class from the value and are left as given."""
-    if (
-        not (isinstance(value, dict) and dataclasses.is_dataclass(tp) and not hasattr(tp, "__from_config__"))
-        or f.default_factory is dataclasses.MISSING
-    ):
+    if not dataclasses.is_dataclass(tp) or hasattr(tp, "__from_config__") or f.default_factory is dataclasses.MISSING:
         return value
-    return {**dataclasses.asdict(f.default_factory()), **value}
+    if value is None:  # an empty section (`tree:` with every key commented out): the field's default
+        return dataclasses.asdict(f.default_factory())
+    return {**dataclasses.asdict(f.default_factory()), **value} if isinstance(value, dict) else value
 
 
 def _nested_home(hints: dict, fields: dict, key: str) -> list[str]:

@@ -15,7 +15,7 @@ from draftheads.decoding.drafting import Draft
 from draftheads.decoding.engine import Engine
 from draftheads.decoding.lookup import graft, lookup_continuation
 from draftheads.decoding.sampling import SamplingConfig
-from draftheads.decoding.tree import Tree, TreeSpec
+from draftheads.decoding.tree import LOOKUP_NGRAM, Tree, TreeSpec
 from draftheads.models.draft_model import DraftModel
 from draftheads.utils.device import synchronize
 
@@ -155,7 +155,7 @@ def measure_costs(
     widths=WIDTHS,
     prefix_length: int = 256,
     lookups: tuple[int, ...] = (),
-    ngram: int = 2,
+    ngram: int = LOOKUP_NGRAM,
     static_nodes: int = 0,
 ) -> TreeCosts:
     """Verification and drafting costs of every candidate on this machine; with

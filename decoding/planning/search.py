@@ -11,7 +11,7 @@ approximates when its draft probabilities rank paths as calibration does. Plain 
 decoding (one node, no drafting) is a candidate too, so heads that cannot pay for their tree on this
 machine are not used.
 
-When the calibration kept its answers (`draftheads calibrate`), each candidate is replayed on them
+When the calibration kept its answers (training's and `draftheads calibrate`'s do), each candidate is replayed on them
 step by step instead (`planning/walks.py`): τ then counts clustered acceptance and the lookup
 branch, and the verification cost is that of each step's tree with the tokens the branch proposed
 there, so a branch is chosen only where its copies pay for the nodes they add.
@@ -25,7 +25,8 @@ from dataclasses import dataclass
 
 from draftheads.decoding.planning.costs import TreeCosts
 from draftheads.decoding.planning.stats import RankStats
-from draftheads.decoding.tree import Tree, TreeSpec
+from draftheads.decoding.planning.walks import LOOKUP_CAP
+from draftheads.decoding.tree import LOOKUP_NGRAM, Tree, TreeSpec
 
 
 @dataclass
@@ -141,7 +142,7 @@ def choose_auto_tree(
     calibration: str,
     shape: tuple[int, int] | None = None,
     lookups: tuple[int, ...] = (0,),
-    ngram: int = 2,
+    ngram: int = LOOKUP_NGRAM,
     static: list[list[int]] | None = None,
 ) -> AutoTree:
     """The candidate with the highest expected tokens per second (autoregressive included), over
@@ -171,11 +172,13 @@ def _why_no_branches(stats: RankStats, costs: TreeCosts, shape, lookups: tuple[i
     if not any(lookups):
         return None
     if shape is None:
-        return "the calibration kept no answers to replay the decode on (`draftheads calibrate` writes one that does)"
+        return "the calibration kept no answers to replay the decode on (`draftheads calibrate`, or training anew, writes one that does)"
     if not stats.costs_branches():
-        return "the calibration's answers do not record what the lookup proposes (rerun `draftheads calibrate`)"
+        return "the calibration's answers do not record what the lookup proposes (rerun `draftheads calibrate`, or train anew)"
     if stats.lookup_ngram != ngram:
         return f"the calibration counted copies of n-gram {stats.lookup_ngram}, not {ngram}"
+    if max(lookups) > LOOKUP_CAP:
+        return f"the calibration counts copies of at most {LOOKUP_CAP} tokens, not {max(lookups)}"
     missing = [t for t in lookups if t and t not in costs.lookup]
     return f"no measured cost for branches of {missing} tokens" if missing else None
 

@@ -161,3 +161,8 @@ def test_the_branch_is_chosen_where_its_copies_pay_for_the_nodes_it_adds():
         choice = choose_auto_tree(stats_, branch_costs(0.001), "test", shape, (0, 8), ngram=ngram)
         assert {c.lookup for c in choice.candidates} == {0} and why in choice.lines()[-1]
     assert "no lookup branch" not in " ".join(choose_auto_tree(walked(6, 8), branch_costs(0.001), "test", None).lines())  # none asked for
+    # A branch longer than the walks count copies for (LOOKUP_CAP) is not weighed, and says why.
+    costs_ = branch_costs(0.001)
+    costs_.lookup[40] = 0.002
+    long = choose_auto_tree(walked(6, 8), costs_, "test", (1, 64), (0, 40))
+    assert {c.lookup for c in long.candidates} == {0} and "at most 32 tokens, not 40" in long.lines()[-1]

@@ -144,4 +144,16 @@ def test_training_walks_are_the_walks_calibration_keeps_of_the_same_answers(vari
     assert unpacked == reference.walks
     packed = walks_of([first[0] + second[0]], [first[1] + second[1]], [list(range(len(first[0]))) + list(range(len(second[0])))])
     assert [(w.turn, w.length, w.copies, w.proposed) for w in packed] == [(w.turn, w.length, w.copies, w.proposed) for w in reference.walks]
-    assert packed[:2] == reference.walks[:2]  # what precedes the second conversation changes neither its ranks nor the first's
+    assert packed == reference.walks  # the first conversation changes neither the second's ranks nor its copies
+
+
+def test_answer_spans_stay_inside_their_conversation():
+    from draftheads.train.losses import answer_spans
+
+    # Conversation 1 (columns 0-5) ends inside a masked run that goes on into conversation 2 (6-11),
+    # whose answer starts at its first token (nothing of its own to draft the root from), then a
+    # one-token answer (nothing to draft) and a two-token one.
+    mask = torch.tensor([[0, 0, 1, 1, 1, 1, 1, 1, 0, 1, 0, 1, 1]])
+    positions = torch.tensor([[0, 1, 2, 3, 4, 5, 0, 1, 2, 3, 4, 5, 6]])
+    assert answer_spans({"loss_mask": mask, "position_ids": positions}) == [(0, 0, 2, 6), (0, 6, 11, 13)]
+    assert answer_spans({"loss_mask": mask}) == [(0, 0, 2, 8), (0, 0, 11, 13)]  # unpacked: one conversation

@@ -122,6 +122,7 @@ def test_a_section_given_in_part_keeps_its_fields_own_default():
 
     config = from_dict(EvalConfig, {"heads": "h", "tree": {"budget": 8}})
     assert (config.tree.kind, config.tree.lookup, config.tree.budget) == ("auto", "auto", 8)
+    assert from_dict(EvalConfig, {"heads": "h", "tree": None}).tree == EvalConfig(heads="h").tree  # an empty section
     assert from_dict(EvalConfig, {"heads": "h", "tree": {"kind": "dynamic", "lookup": 0}}).tree.resolved
     with pytest.raises(ConfigError, match=r"^tree.lookup: expected int or 'auto', got 'often'$"):
         from_dict(EvalConfig, {"heads": "h", "tree": {"lookup": "often"}})
