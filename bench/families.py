@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import datetime
 import hashlib
 import json
 import subprocess
@@ -45,12 +44,13 @@ from draftheads.decoding.tree import TreeSpec
 from draftheads.decoding.verify import near_tie_epsilon
 from draftheads.eval.baselines import lookup_methods, tune_baselines
 from draftheads.eval.config import BaselineSettings, EvalConfig
-from draftheads.eval.metrics import (acceptance_by_depth, hardware, near_ties, predicted_tau, real_mismatches, speed_ratio, tau_of,
+from draftheads.eval.metrics import (ReportContext, acceptance_by_depth, near_ties, predicted_tau, real_mismatches, speed_ratio, tau_of,
                                      tokens_per_s, verification)
-from draftheads.eval.schema import BASELINES, SCHEMA_VERSION, MethodName
+from draftheads.eval.schema import BASELINES, MethodName
 from draftheads.eval.report import write_summary
 from draftheads.eval.prompts import load_prompts
-from draftheads.eval.runner import Runner, engine_method, finished_prompts, hf_method, resolve_tree, resumed_header, run_prompts
+from draftheads.eval.runner import (Runner, engine_method, finished_prompts, hf_method, report_from_records, resolve_tree, resumed_header,
+                                   run_prompts)
 from draftheads.models.backbone import BackboneConfig, load_backbone
 from draftheads.models.draft_model import DraftModel
 from draftheads.models.hub import refresh_card
@@ -277,7 +277,7 @@ def report(chosen, records: list[dict], header: dict, dtype: str, args, out: Pat
         return
     for label, recipe, folder, _ in chosen:
         heads = Path("outputs") / folder / "heads"
-        write_summary(family_summary(records, recipe, trees[recipe], dtype, args, *predictions[recipe]), heads)
+        write_summary(family_report(records, label, recipe, folder, header, dtype, args).summary(), heads)
         refresh_card(heads)
         print(f"{label}: decoding numbers written to {heads / 'eval_report.json'} and its model card")
 
@@ -293,26 +293,27 @@ def interleaved_categories(prompts: list) -> list:
     return [prompt for _, _, prompt in sorted(keyed, key=lambda k: k[:2])]
 
 
-def family_summary(records: list[dict], recipe: str, tree: dict, dtype: str, args, tau_predicted: float | None, source: str | None) -> dict:
-    """One family's numbers from this run, in the form of `draftheads eval`'s summary (the model
-    card reads it)."""
-    turns = [t for r in records for t in r["methods"][recipe]]
-    accepted = [a for t in turns for a in t["accepted"]]
-    ours = tokens_per_s(records, recipe)
-    real, near = mismatches(records, recipe, dtype)
-    return {
-        "schema_version": SCHEMA_VERSION,
-        "measured_by": f"`python bench/families.py --set {args.set} --prompts {args.prompts} --limit {args.limit} --repeats {args.repeats}"
-                       f"{f' --out {args.out}' if args.out else ''}` (one interleaved run of every family)",
-        "prompts": args.prompts, "n_prompts": len(records), "n_turns": len(turns), "max_new_tokens": args.max_new_tokens,
-        "temperature": 0.0, "dtype": dtype, "tree": {"kind": spec_of(tree).kind if spec_of(tree) else "static", **tree},
-        "tau": tau_of(accepted), "tau_predicted": tau_predicted, "tau_predicted_source": source,
-        "acceptance_by_depth": acceptance_by_depth(accepted, max(accepted, default=1)),
-        "speedup": ours / tokens_per_s(records, MethodName.AUTOREGRESSIVE) if MethodName.AUTOREGRESSIVE in records[0]["methods"] else None,
-        "speedup_vs_hf_generate": ours / tokens_per_s(records, MethodName.HF_GENERATE),
-        "speedup_vs_prompt_lookup": ours / tokens_per_s(records, MethodName.HF_PROMPT_LOOKUP),
-        "greedy_mismatches": real, "near_ties": near, "hardware": hardware(), "date": datetime.date.today().isoformat(),
-    }
+def family_report(records: list[dict], label: str, recipe: str, folder: str, header: dict, dtype: str, args):
+    """One family's `EvalReport` from this run, built as `draftheads eval` builds its own
+    (`report_from_records`): the family's records under the eval's method names (its own trained
+    backbone's autoregressive decoding as the autoregressive baseline), its tree and how it was chosen."""
+    own_ar = f"{MethodName.AUTOREGRESSIVE}:{recipe}"
+    renamed = []
+    for record in records:
+        methods = {m: turns for m, turns in record["methods"].items() if m in (MethodName.AUTOREGRESSIVE, *BASELINES)}
+        if own_ar in record["methods"]:
+            methods[MethodName.AUTOREGRESSIVE] = record["methods"][own_ar]
+        renamed.append({**record, "methods": {**methods, MethodName.OURS: record["methods"][recipe]}})
+    heads = Path("outputs") / folder / "heads"
+    draft = load_family(heads, load_backbone(BackboneConfig(base="demo:smollm2-135m", dtype=dtype)), dtype)
+    config = EvalConfig(heads=str(heads), prompts=args.prompts, limit=args.limit, max_new_tokens=args.max_new_tokens, repeats=args.repeats,
+                        dtype=dtype, baselines=tuning(args).baselines)
+    turns = header.get("turns", 2)
+    held_out = read_calibration(heads, turns, args.max_new_tokens)
+    tree = header["trees"][recipe]
+    note = f"{dtype} (bench/families.py, {label})"
+    context = ReportContext(tree_choice=tree, baselines=header["baselines"], dtype_note=note, backbone_drift=None)
+    return report_from_records(config, draft, spec_of(tree), renamed, context, held_out, near_tie_epsilon(getattr(torch, dtype)))
 
 
 def mismatches(records: list[dict], method: str, dtype: str) -> tuple[int | None, int | None]:

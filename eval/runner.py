@@ -311,18 +311,27 @@ def run_eval(config: EvalConfig, out: Path, progress: bool = True) -> EvalReport
     runner = build_runner(config, draft, tree, lookup_methods(draft.backbone, eos, settings))
     header = {"tree": tree.describe(), "tree_choice": tree_choice, "baselines": settings}
     records = run_prompts(runner, prompts, out, config.fingerprint(), config.sampling.seed, progress, header)
-    from draftheads.eval.metrics import ReportContext, build_report
+    from draftheads.eval.metrics import ReportContext
+
+    context = ReportContext(tree_choice=tree_choice, baselines=settings, dtype_note=dtype_note, backbone_drift=None)
+    return report_from_records(config, draft, tree, records, context, held_out, runner.epsilon)
+
+
+def report_from_records(
+    config: EvalConfig, draft: DraftModel, tree: TreeSpec, records: list[dict], context, held_out, epsilon: float
+) -> EvalReport:
+    """The report of decoded `records` (each prompt's turns under the `MethodName`s), with the
+    heads' ranks on the autoregressive answers and a trained backbone's drift measured now: what
+    `draftheads eval` writes, and what a bench that decodes several heads in one run writes for each."""
+    from draftheads.eval.metrics import build_report
 
     # The heads' ranks on the base model's own answers (the autoregressive ones): a measurement of the
     # heads on these prompts; the prediction comes from calibration data the eval does not see.
-    sequences = [
-        (t["prompt_ids"] + t["tokens"], len(t["prompt_ids"]), turn)
-        for r in records
-        for turn, t in enumerate(r["methods"][MethodName.AUTOREGRESSIVE])
-    ]
+    answers = [(turn, t) for r in records for turn, t in enumerate(r["methods"][MethodName.AUTOREGRESSIVE])]
+    sequences = [(t["prompt_ids"] + t["tokens"], len(t["prompt_ids"]), turn) for turn, t in answers]
     drift = report_drift(draft, config.drift_batches, draft.backbone.lm_head.weight.device, dtype_name(draft.backbone))
-    context = ReportContext(tree_choice=tree_choice, baselines=settings, dtype_note=dtype_note, backbone_drift=drift)
-    return build_report(config, draft, tree, records, rank_stats(draft, sequences), context, held_out, runner.epsilon)
+    context = dataclasses.replace(context, backbone_drift=drift)
+    return build_report(config, draft, tree, records, rank_stats(draft, sequences), context, held_out, epsilon)
 
 
 def resumed_header(partial: Path, fingerprint: str) -> dict:
