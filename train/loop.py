@@ -31,7 +31,7 @@ from tqdm.auto import tqdm
 from draftheads.data.collate import Collator
 from draftheads.decoding.planning.search import expected_tau
 from draftheads.decoding.planning.stats import RankStats, calibration_json
-from draftheads.decoding.planning.walks import AnswerWalk
+from draftheads.decoding.planning.walks import AnswerWalk, kept_walks
 from draftheads.decoding.tree import LOOKUP_NGRAM
 from draftheads.data.dataset import build_datasets
 from draftheads.data.features import cached_dropped, open_feature_cache, training_layers
@@ -254,7 +254,7 @@ def evaluate(
         metrics["drift"] = drift_summary(accelerator.reduce(drift.to(accelerator.device), "sum").cpu())
     stats = RankStats.located(gathered[:, :-2], gathered[:, -2], gathered[:, -1])
     if walks_ngram is not None:
-        stats.walks, stats.lookup_ngram = gather_object(walks) if accelerator.num_processes > 1 else walks, walks_ngram
+        stats.walks, stats.lookup_ngram = kept_walks(gather_object(walks) if accelerator.num_processes > 1 else walks), walks_ngram
     return metrics, stats
 
 

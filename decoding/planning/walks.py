@@ -22,6 +22,10 @@ from draftheads.decoding.lookup import lookup_continuation
 
 LOOKUP_CAP = 32
 """Most correctly copied tokens recorded per position (lookup branches up to this length are predicted)."""
+WALKS_KEPT = 256
+"""Most held-out answers training keeps as walks: the auto tree replays every candidate on all of them
+at start-up (and the prediction's spread many times more), so the time grows with them, and a large
+held-out set would make calibration.json large."""
 
 
 @dataclass
@@ -95,6 +99,15 @@ def answer_walk(ids: list[int], start: int, length: int, turn: int, ranks: list[
     lookup branch matching up to `ngram` tokens of the context before each position."""
     correct, proposed = lookup_copies(ids, start, ngram)
     return AnswerWalk(turn, ranks, correct, length, proposed)
+
+
+def kept_walks(walks: list[AnswerWalk], most: int = WALKS_KEPT) -> list[AnswerWalk]:
+    """At most `most` of `walks`, spread evenly over them in an order that does not depend on the
+    order they came in (how many processes gathered them)."""
+    ordered = sorted(walks, key=lambda w: (w.turn, w.length, w.copies, w.ranks))
+    if len(ordered) <= most:
+        return ordered
+    return [ordered[i * len(ordered) // most] for i in range(most)]
 
 
 def replay(walks: list[AnswerWalk], paths: set[tuple[int, ...]], lookup: int, turns: int, new_tokens: int) -> Steps:

@@ -111,3 +111,15 @@ def test_walks_round_trip_through_json_and_within_keeps_the_turns_a_decode_makes
     for walk in older["walks"]:
         del walk["proposed"]
     assert RankStats.from_json(older).replayed([[0]], 1, 128) == [1] and not RankStats.from_json(older).costs_branches()
+
+
+def test_training_keeps_a_spread_of_walks_whatever_order_they_were_gathered_in():
+    import random
+
+    from draftheads.decoding.planning.walks import AnswerWalk, kept_walks
+
+    walks = [AnswerWalk(i % 2, [[i % 7]] * (3 + i % 5), [i % 3] * (3 + i % 5), 3 + i % 5) for i in range(100)]
+    shuffled = random.Random(0).sample(walks, len(walks))
+    kept = kept_walks(walks, 10)
+    assert len(kept) == 10 and kept == kept_walks(shuffled, 10) and {w.turn for w in kept} == {0, 1}
+    assert kept_walks(walks[:5], 10) == kept_walks(walks[:5][::-1], 10) and len(kept_walks(walks[:5], 10)) == 5

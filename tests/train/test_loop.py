@@ -119,6 +119,10 @@ def test_two_processes_agree_with_one(config, tiny_base, tmp_path):
     for key in a:
         torch.testing.assert_close(a[key], b[key], rtol=1e-4, atol=1e-6)
     assert any(a[k].abs().sum() > 0 for k in a)  # the heads did move from their zero init
+    # every held-out answer's walk, gathered from both processes (the answers' data, not their ranks, which ties may move)
+    calibrations = [RankStats.from_json(json.loads((run / "heads" / "calibration.json").read_text())) for run in (one, two)]
+    walks = [{(w.turn, w.length, tuple(w.copies)) for w in c.walks} for c in calibrations]
+    assert walks[0] and walks[0] == walks[1]
 
 
 @pytest.fixture(scope="module")
