@@ -275,27 +275,36 @@ def answer_walks(
 
 
 def answer_spans(batch: dict[str, torch.Tensor]) -> list[tuple[int, int, int, int]]:
-    """(row, document start, answer start, answer end) of every answer a decode drafts in: runs of
-    loss-mask tokens, split where a packed row's next conversation begins (position id 0), with a
-    token of their conversation before them (the root is drafted from it) and at least two tokens."""
+    """(row, document start, answer start, answer end) of every answer a decode drafts in (the
+    answers of `answer_coordinates`), with a token of their conversation before them (the root is
+    drafted from it) and at least two tokens."""
     mask = batch["loss_mask"].bool()
-    positions = batch.get("position_ids")
+    firsts = _conversation_firsts(batch, mask)
+    starts = _answer_starts(mask, firsts)
+    last = mask & torch.nn.functional.pad(starts[:, 1:] | ~mask[:, 1:], (0, 1), value=True)  # the next token begins another or none
+    index = torch.arange(mask.shape[1], device=mask.device).expand_as(mask)
+    document = torch.where(firsts, index, 0).cummax(1).values
     spans = []
     for row in range(mask.shape[0]):
-        firsts = (positions[row] == 0) if positions is not None else torch.zeros_like(mask[row])
-        firsts = firsts.clone()
-        firsts[0] = True
-        document, start = 0, None
-        for col, (inside, first) in enumerate(zip(mask[row].tolist() + [False], firsts.tolist() + [True])):
-            if start is not None and (not inside or first):
-                if start > document and col - start >= 2:
-                    spans.append((row, document, start, col))
-                start = None
-            if first:
-                document = col
-            if inside and start is None:
-                start = col
+        for begin, end in zip(starts[row].nonzero().flatten().tolist(), (last[row].nonzero().flatten() + 1).tolist()):
+            first = int(document[row, begin])
+            if begin > first and end - begin >= 2:
+                spans.append((row, first, begin, end))
     return spans
+
+
+def _conversation_firsts(batch: dict[str, torch.Tensor], mask: torch.Tensor) -> torch.Tensor:
+    """[B, L] whether a token begins a conversation: each row's first, and where a packed row's
+    position ids restart at 0."""
+    positions = batch.get("position_ids")
+    firsts = (positions == 0) if positions is not None else torch.zeros_like(mask)
+    return firsts | (torch.arange(mask.shape[1], device=mask.device) == 0)
+
+
+def _answer_starts(mask: torch.Tensor, firsts: torch.Tensor) -> torch.Tensor:
+    """[B, L] whether a token begins an answer: a loss-mask token after a token outside the mask, or
+    at a conversation's start (an answer never runs on into the next conversation)."""
+    return mask & (~torch.nn.functional.pad(mask[:, :-1], (1, 0), value=False) | firsts)
 
 
 def answer_coordinates(batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -304,11 +313,9 @@ def answer_coordinates(batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, to
     distance from that answer's first token. Meaningless outside answers."""
     mask = batch["loss_mask"].bool()
     index = torch.arange(mask.shape[1], device=mask.device).expand_as(mask)
-    starts = mask & ~torch.nn.functional.pad(mask[:, :-1], (1, 0), value=False)
+    firsts = _conversation_firsts(batch, mask)
+    starts = _answer_starts(mask, firsts)
     offset = index - torch.where(starts, index, 0).cummax(1).values
     answers = starts.long().cumsum(1)
-    positions = batch.get("position_ids")
-    document = (positions == 0) if positions is not None else index == 0
-    document = document | (index == 0)
-    before = torch.where(document, answers - starts.long(), 0).cummax(1).values  # answers begun before this document
+    before = torch.where(firsts, answers - starts.long(), 0).cummax(1).values  # answers begun before this conversation
     return answers - before - 1, offset

@@ -157,3 +157,8 @@ def test_answer_spans_stay_inside_their_conversation():
     positions = torch.tensor([[0, 1, 2, 3, 4, 5, 0, 1, 2, 3, 4, 5, 6]])
     assert answer_spans({"loss_mask": mask, "position_ids": positions}) == [(0, 0, 2, 6), (0, 6, 11, 13)]
     assert answer_spans({"loss_mask": mask}) == [(0, 0, 2, 8), (0, 0, 11, 13)]  # unpacked: one conversation
+    from draftheads.train.losses import answer_coordinates
+
+    turn, offset = answer_coordinates({"loss_mask": mask, "position_ids": positions})  # the same answers, located
+    assert turn[0, 2:8].tolist() == [0, 0, 0, 0, 0, 0] and offset[0, 2:8].tolist() == [0, 1, 2, 3, 0, 1]
+    assert turn[0, [9, 11]].tolist() == [1, 2] and offset[0, 11:13].tolist() == [0, 1]
