@@ -4,8 +4,9 @@ rows (ShareGPT) predict it 2-6% high (issue 17).
 
     python bench/calibration_prompts.py [--prompts calibration] [--sharegpt 80 --out bench/out/calibration-mixed]
 
-The calibration prompts: `calibration` (draftheads/data/calibration_questions.jsonl), 40 two-turn
-questions written for this purpose in MT-bench's eight categories (5 each); none is an MT-bench question. The base model
+The calibration prompts: `calibration` (draftheads/data/calibration_questions.jsonl), 48 two-turn
+questions written for this purpose in MT-bench's eight categories (6 each, one of them carrying a
+page of material: a draft, code, notes, a table); none is an MT-bench question. The base model
 answers them once (greedy, 128 new tokens per turn, the decode dtype; resumable), and each quality
 family's heads are calibrated on those answers with `draftheads calibrate`: it writes the heads'
 calibration.json (what `draftheads eval`, the family run's report and the model cards predict from)

