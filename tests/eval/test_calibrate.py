@@ -264,5 +264,7 @@ def test_the_fallback_keeps_its_answers_in_a_local_heads_folder_and_answers_once
     assert again.to_json() == stats.to_json()
     with pytest.raises(AssertionError, match="answered again"):  # another length: other answers, beside the first
         calibration(draft, False, 2, 5, heads=str(heads))
+    monkeypatch.chdir(tmp_path)
     with pytest.raises(AssertionError, match="answered again"):  # a Hub id's download is never written to
         calibration(draft, False, 2, 6, heads="someone/heads")
+    assert not (tmp_path / "someone").exists()
