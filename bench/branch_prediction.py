@@ -23,18 +23,17 @@ from pathlib import Path
 
 from draftheads.decoding.planning.stats import read_calibration
 from draftheads.decoding.tree import TreeSpec
-from draftheads.eval.calibrate import FALLBACK_PROMPTS, calibrate
+from draftheads.eval.calibrate import FALLBACK_PROMPTS, MATERIAL_CHARS, calibrate
 from draftheads.eval.metrics import _replayed_tau, prediction_spread
 from draftheads.eval.prompts import load_prompts
 
 from records import Record, Table
 
-MATERIAL = 400
-"""Characters over which a first turn carries material to work on (ShareGPT's upper quartile)."""
 SETS = (
     ("calibration, first of each category (the old fallback)", "calibration-8", ("calibration", 8)),
-    (f"calibration, the 8 whose first turn is over {MATERIAL} characters", "calibration-material", ("calibration", None, MATERIAL)),
-    ("calibration, all 48 (the fallback)", "calibration-48", FALLBACK_PROMPTS),
+    (f"calibration, those whose first turn is over {MATERIAL_CHARS} characters", "calibration-material",
+     ("calibration", None, MATERIAL_CHARS)),
+    ("calibration, all (the fallback)", "calibration-48", FALLBACK_PROMPTS),
     ("MT-bench, 8 spread", "mt-bench-8", ("mt-bench", 8)),
     ("MT-bench, all 80", "mt-bench-all", ("mt-bench", None)),
 )

@@ -43,6 +43,8 @@ of it), so a set of 8 leaves the prediction's bootstrap SD at 6-10%; 48 bring it
 varies with how much the prompt carries to copy from: a quarter of served first turns hold over
 400 characters (ShareGPT's first user turns: quartiles 52, 116 and 401 characters), so one question
 per category brings a page of material (a draft, code, notes, a table, a passage)."""
+MATERIAL_CHARS = 400
+"""Characters over which a first turn carries material to work on (ShareGPT's upper quartile of first user turns)."""
 
 
 def answer_sequences(backbone: Backbone, prompts: list[EvalPrompt], max_new_tokens: int, answers: Path | None, progress: bool = True,

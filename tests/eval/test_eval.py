@@ -307,7 +307,7 @@ def test_a_short_mt_bench_run_covers_every_category():
 
 
 def test_the_fallback_calibration_set_is_packaged_and_shares_no_question_with_mt_bench():
-    from draftheads.eval.calibrate import FALLBACK_PROMPTS
+    from draftheads.eval.calibrate import FALLBACK_PROMPTS, MATERIAL_CHARS
     from draftheads.eval.prompts import load_prompts
 
     chosen = load_prompts(*FALLBACK_PROMPTS)
@@ -315,6 +315,6 @@ def test_the_fallback_calibration_set_is_packaged_and_shares_no_question_with_mt
     assert len(chosen) == 48 and all(categories.count(c) == 6 for c in set(categories)) and all(len(p.turns) == 2 for p in chosen)
     assert set(categories) == {p.category for p in load_prompts("mt-bench")}
     # served first turns often carry material (ShareGPT's upper quartile: 401 characters): one question per category does
-    assert sorted(p.category for p in chosen if len(p.turns[0]) > 400) == sorted(set(categories))
+    assert sorted(p.category for p in chosen if len(p.turns[0]) > MATERIAL_CHARS) == sorted(set(categories))
     mt_bench = {turn for p in load_prompts("mt-bench") for turn in p.turns}
     assert not mt_bench & {turn for p in load_prompts("calibration") for turn in p.turns}
